@@ -1,0 +1,347 @@
+"""Typed settings: ``default.toml`` → user TOML file → ``TUNELOOP_*`` env → overrides.
+
+``config/default.toml`` is the documentation: every key lives there with a
+comment, and ``tests/test_config.py`` fails when a field below has no documented
+key (or the other way round). Each section is a frozen dataclass whose
+``__post_init__`` checks values, so a bad setting stops start-up with a message
+that names the key, e.g. ``gateway.port: must be 1..65535, got 70000``.
+
+Environment variables name a key as ``TUNELOOP_<SECTION>__<KEY>``
+(``TUNELOOP_GATEWAY__PORT=9000``); lists are given as JSON or comma-separated.
+Nothing is read at import time: callers call :func:`load_settings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from config.errors import ConfigError
+
+DEFAULT_TOML = Path(__file__).with_name("default.toml")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "TUNELOOP_"
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}", field=key)
+
+
+@dataclass(frozen=True)
+class PathsSettings:
+    data_dir: str = "var"
+
+    def __post_init__(self):
+        _check(bool(self.data_dir), "paths.data_dir", "must not be empty")
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    path: str = ""
+    busy_timeout_ms: int = 5000
+
+    def __post_init__(self):
+        _check(self.busy_timeout_ms >= 0, "database.busy_timeout_ms", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 2
+    worker_connections: int = 2000
+    require_api_key: str = "auto"
+    max_body_bytes: int = 65536
+    max_message_chars: int = 4000
+    cors_origins: list[str] = field(default_factory=list)
+    model_cache_s: float = 2.0
+    secret_key: str = ""
+
+    def __post_init__(self):
+        _check(1 <= self.port <= 65535, "gateway.port", f"must be 1..65535, got {self.port}")
+        _check(self.workers >= 1, "gateway.workers", f"must be >= 1, got {self.workers}")
+        _check(self.worker_connections >= 1, "gateway.worker_connections", "must be >= 1")
+        _check(
+            self.require_api_key in ("auto", "always", "never"),
+            "gateway.require_api_key",
+            f"must be one of auto, always, never; got {self.require_api_key!r}",
+        )
+        _check(self.max_body_bytes >= 1024, "gateway.max_body_bytes", "must be >= 1024")
+        _check(self.max_message_chars >= 1, "gateway.max_message_chars", "must be >= 1")
+        _check(self.model_cache_s >= 0, "gateway.model_cache_s", "must be >= 0")
+
+    @property
+    def binds_publicly(self) -> bool:
+        """True when the gateway listens on anything but loopback."""
+        return self.host not in ("127.0.0.1", "localhost", "::1")
+
+    @property
+    def api_key_required(self) -> bool:
+        """Keys are required when configured so, and by default off loopback."""
+        if self.require_api_key == "auto":
+            return self.binds_publicly
+        return self.require_api_key == "always"
+
+
+@dataclass(frozen=True)
+class FallbackModel:
+    name: str
+    base_url: str = ""
+    api_key_env: str = ""
+
+    def __post_init__(self):
+        _check(bool(self.name), "model.fallbacks.name", "must not be empty")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    provider: str = "builtin"
+    base_url: str = "http://127.0.0.1:8001/v1"
+    name: str = "starter"
+    api_key_env: str = ""
+    connect_timeout_s: float = 3.0
+    first_token_timeout_s: float = 30.0
+    timeout_s: float = 120.0
+    retries: int = 2
+    fallbacks: list[FallbackModel] = field(default_factory=list)
+
+    def __post_init__(self):
+        _check(
+            self.provider in ("builtin", "vllm", "openai"),
+            "model.provider",
+            f"must be one of builtin, vllm, openai; got {self.provider!r}",
+        )
+        _check(
+            self.base_url.startswith(("http://", "https://")),
+            "model.base_url",
+            f"must be an http(s) URL, got {self.base_url!r}",
+        )
+        _check(bool(self.name), "model.name", "must not be empty")
+        for key in ("connect_timeout_s", "first_token_timeout_s", "timeout_s"):
+            _check(getattr(self, key) > 0, f"model.{key}", "must be > 0")
+        _check(0 <= self.retries <= 10, "model.retries", "must be 0..10")
+
+    def api_key(self) -> str:
+        """The upstream key, read from the named environment variable at call time."""
+        return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    system_prompt: str = ""
+    history_turns: int = 6
+    max_tokens: int = 256
+    temperature: float = 0.0
+
+    def __post_init__(self):
+        _check(self.history_turns >= 0, "chat.history_turns", "must be >= 0")
+        _check(self.max_tokens >= 1, "chat.max_tokens", "must be >= 1")
+        _check(0 <= self.temperature <= 2, "chat.temperature", "must be 0..2")
+
+
+@dataclass(frozen=True)
+class FeedbackSettings:
+    reasons: list[str] = field(default_factory=lambda: ["wrong", "incomplete", "unhelpful", "other"])
+    max_comment_chars: int = 2000
+    max_correction_chars: int = 4000
+
+    def __post_init__(self):
+        _check(bool(self.reasons), "feedback.reasons", "must list at least one reason")
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    enabled: bool = True
+    chat: str = "60/minute"
+    feedback: str = "120/minute"
+    storage_uri: str = "memory://"
+
+
+@dataclass(frozen=True)
+class ModelServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8001
+    model_dir: str = ""
+    served_name: str = "starter"
+    device: str = "auto"
+    threads: int = 8
+    max_new_tokens: int = 512
+
+    def __post_init__(self):
+        _check(1 <= self.port <= 65535, "model_server.port", f"must be 1..65535, got {self.port}")
+        _check(self.device in ("auto", "cpu", "cuda"), "model_server.device", "must be auto, cpu or cuda")
+        _check(self.threads >= 1, "model_server.threads", "must be >= 1")
+        _check(self.max_new_tokens >= 1, "model_server.max_new_tokens", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every section of ``default.toml``, typed and checked."""
+
+    paths: PathsSettings = field(default_factory=PathsSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    chat: ChatSettings = field(default_factory=ChatSettings)
+    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    model_server: ModelServerSettings = field(default_factory=ModelServerSettings)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.paths.data_dir).expanduser()
+
+    @property
+    def db_path(self) -> Path:
+        """``database.path``, or ``<data_dir>/tuneloop.db`` when it is empty."""
+        return Path(self.database.path).expanduser() if self.database.path else self.data_dir / "tuneloop.db"
+
+    @property
+    def model_dir(self) -> Path:
+        """Where the built-in model server's base model lives (the starter model by default)."""
+        if self.model_server.model_dir:
+            return Path(self.model_server.model_dir).expanduser()
+        return self.data_dir / "models" / "starter"
+
+
+def load_settings(
+    path: str | os.PathLike | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Load settings: defaults, then ``path`` (or ``$TUNELOOP_CONFIG``), then env, then overrides.
+
+    ``overrides`` is a nested mapping (``{"gateway": {"port": 9000}}``) or dotted keys
+    (``{"gateway.port": 9000}``). Raises :class:`ConfigError` naming the bad key.
+    """
+    env = os.environ if env is None else env
+    raw = _read_toml(DEFAULT_TOML)
+    path = path or env.get(ENV_PREFIX + "CONFIG")
+    if path:
+        _merge(raw, _read_toml(Path(path)))
+    _merge(raw, _from_env(env))
+    if overrides:
+        _merge(raw, _nest(overrides))
+    return _build(Settings, raw, "")
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _merge(base: dict, extra: Mapping) -> None:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _nest(flat: Mapping[str, Any]) -> dict:
+    nested: dict = {}
+    for key, value in flat.items():
+        if isinstance(value, Mapping):
+            _merge(nested.setdefault(key, {}), value)
+            continue
+        parts = key.split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def _from_env(env: Mapping[str, str]) -> dict:
+    nested: dict = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        nested.setdefault(section, {})[key] = _EnvString(value)
+    return nested
+
+
+class _EnvString(str):
+    """A value that came from the environment: converted to the field's type."""
+
+
+def _build(cls: type, raw: Any, prefix: str):
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a table, got {type(raw).__name__}", field=prefix)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = f"{prefix}{unknown[0]}"
+        raise ConfigError(f"{key}: unknown setting (see config/default.toml)", field=key)
+    values = {name: _convert(hints[name], raw[name], f"{prefix}{name}") for name in names if name in raw}
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, key: str):
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")
+    if origin is list:
+        (item_hint,) = typing.get_args(hint)
+        if isinstance(value, _EnvString):
+            value = _parse_env_list(value, key)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}", field=key)
+        return [_convert(item_hint, item, key) for item in value]
+    if origin in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if hint is bool:
+        if isinstance(value, _EnvString):
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}", field=key)
+    if hint in (int, float):
+        if isinstance(value, _EnvString):
+            try:
+                return hint(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}", field=key) from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and isinstance(value, float)):
+            raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}", field=key)
+        return hint(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}", field=key)
+        return str(value)
+    if hint is dict or origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a table, got {value!r}", field=key)
+        return dict(value)
+    return value
+
+
+def _parse_env_list(value: str, key: str) -> list:
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{key}: not a JSON list: {exc}", field=key) from None
+        return parsed
+    return [part.strip() for part in text.split(",") if part.strip()]

@@ -1,0 +1,114 @@
+"""The gateway's Flask application: ``create_app(test_config=None)`` and ``init_app(app)``.
+
+Configuration is read when the app is created, never at import time: defaults →
+file → ``TUNELOOP_*`` environment → ``test_config`` overrides. Creating the app
+migrates the database and registers the configured model, once per process, so
+request handlers never migrate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Mapping
+
+from flask import Flask, g, request
+from flask_cors import CORS
+from flask_limiter import Limiter
+
+from config.settings import Settings, load_settings
+from feedback.db import open_db
+from feedback.secrets import instance_secret
+from server import metrics
+from server.auth import authenticate, rate_limit_key
+from server.context import Gateway, close_db, get_db
+from server.errors import register_error_handlers
+from server.routes import api, openai_compat, ops
+from server.serving import ChatService, ModelRouter
+
+API_PREFIXES = ("/api/", "/v1/")
+
+
+def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settings | None = None) -> Flask:
+    """Build the gateway. ``test_config`` are setting overrides (``{"gateway.port": 9000}``)."""
+    settings = settings or load_settings(overrides=test_config)
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.gateway.max_body_bytes,
+        TUNELOOP_VERSION=_version(),
+    )
+    app.json.ensure_ascii = False  # Korean answers stay readable on the wire
+    app.json.sort_keys = False
+    init_app(app, settings)
+    return app
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    """Wire the store, the model router, auth, limits, CORS, metrics and routes onto ``app``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per upstream call is noise
+    db = open_db(settings.db_path, busy_timeout_ms=settings.database.busy_timeout_ms)
+    try:
+        secret = settings.gateway.secret_key or instance_secret(db, "feedback_token")
+        gw = Gateway(settings=settings, secret=secret, router=None, chat=None)  # type: ignore[arg-type]
+        gw.router = ModelRouter(settings, gw.connect)
+        gw.router.prime(db)
+        gw.chat = ChatService(settings=settings, router=gw.router, secret=secret, connect=gw.connect)
+    finally:
+        db.close()
+    app.extensions["tuneloop"] = gw
+    app.teardown_appcontext(close_db)
+    register_error_handlers(app)
+
+    @app.before_request
+    def _start_and_authenticate():
+        g.started = time.perf_counter()
+        if request.method != "OPTIONS" and request.path.startswith(API_PREFIXES):
+            authenticate(get_db(), settings.gateway.api_key_required)
+
+    @app.after_request
+    def _count(response):
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        if "started" in g:
+            metrics.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - g.started)
+        return response
+
+    CORS(
+        app,
+        resources={r"/api/*": {"origins": settings.gateway.cors_origins}, r"/v1/*": {"origins": settings.gateway.cors_origins}},
+        allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Tuneloop-Client"],
+        expose_headers=["Retry-After", "X-Tuneloop-Message-Id", "X-Tuneloop-Conversation-Id"],
+        max_age=600,
+    )
+    for blueprint in (api.bp, openai_compat.bp, ops.bp):
+        app.register_blueprint(blueprint)
+    _install_limits(app, settings)
+
+
+def _install_limits(app: Flask, settings: Settings) -> None:
+    limits = settings.limits
+    limiter = Limiter(
+        rate_limit_key,
+        app=app,
+        storage_uri=limits.storage_uri,
+        headers_enabled=True,
+        enabled=limits.enabled,
+        key_prefix="tuneloop",
+    )
+    per_endpoint = {
+        "api.chat": limits.chat,
+        "openai.chat_completions": limits.chat,
+        "api.feedback": limits.feedback,
+    }
+    for endpoint, limit in per_endpoint.items():
+        app.view_functions[endpoint] = limiter.limit(limit)(app.view_functions[endpoint])
+    app.extensions["tuneloop_limiter"] = limiter
+
+
+def _version() -> str:
+    try:
+        return version("tuneloop")
+    except PackageNotFoundError:
+        return "0+unknown"

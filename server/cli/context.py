@@ -1,0 +1,29 @@
+"""What every CLI command shares: settings, loaded once, and the database."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import click
+from sqlite_utils import Database
+
+from config.settings import Settings, load_settings
+from feedback.db import open_db
+
+
+class CliContext:
+    """Lazily loaded settings and database for one CLI invocation."""
+
+    def __init__(self, config_path: str | None):
+        self.config_path = config_path
+
+    @cached_property
+    def settings(self) -> Settings:
+        return load_settings(self.config_path)
+
+    @cached_property
+    def db(self) -> Database:
+        return open_db(self.settings.db_path, busy_timeout_ms=self.settings.database.busy_timeout_ms)
+
+
+pass_cli = click.make_pass_decorator(CliContext)

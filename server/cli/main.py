@@ -1,0 +1,54 @@
+"""The ``tuneloop`` command: the top layer, wiring every package; nothing imports it.
+
+Each command group lives in its own module beside this one. Domain errors are
+turned into a one-line message and an exit code here, in one place.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from config.errors import ConfigError, InvalidRequest, TuneloopError
+from server.cli import context, keys, serve
+
+
+class _Group(click.Group):
+    """Translates tuneloop's errors into ``error: …`` and an exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except TuneloopError as exc:
+            click.secho(f"error: {exc.message}", fg="red", err=True)
+            code = 2 if isinstance(exc, (ConfigError, InvalidRequest)) else 1
+            sys.exit(code)
+
+
+@click.group(cls=_Group)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="TUNELOOP_CONFIG",
+    help="TOML file with your settings (defaults: config/default.toml).",
+)
+@click.version_option(package_name="tuneloop")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """tuneloop: serve a chat model, collect thumbs, retrain, gate and promote."""
+    ctx.obj = context.CliContext(config_path)
+
+
+for _command in (*keys.COMMANDS, *serve.COMMANDS):
+    cli.add_command(_command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="tuneloop")
+
+
+if __name__ == "__main__":
+    main()

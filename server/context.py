@@ -1,0 +1,43 @@
+"""Per-app and per-request state: the gateway's services and a database connection per request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app, g
+from sqlite_utils import Database
+
+from config.settings import Settings
+from feedback.db import open_db
+from server.serving import ChatService, ModelRouter
+
+
+@dataclass
+class Gateway:
+    """What ``create_app`` builds once and every request shares."""
+
+    settings: Settings
+    secret: str
+    router: ModelRouter
+    chat: ChatService
+
+    def connect(self) -> Database:
+        """A new connection to the (already migrated) database."""
+        return open_db(self.settings.db_path, busy_timeout_ms=self.settings.database.busy_timeout_ms, migrate=False)
+
+
+def gateway() -> Gateway:
+    return current_app.extensions["tuneloop"]
+
+
+def get_db() -> Database:
+    """This request's connection, opened on first use and closed at teardown."""
+    if "db" not in g:
+        g.db = gateway().connect()
+    return g.db
+
+
+def close_db(_exc: BaseException | None = None) -> None:
+    db = g.pop("db", None)
+    if db is not None:
+        db.close()

@@ -1,0 +1,89 @@
+"""The HTTP boundary for errors: every failure becomes ``{"error": {...}}`` JSON.
+
+Domain code raises :mod:`config.errors`; this module maps them — and Werkzeug's
+own HTTP errors (404 route, 405, 413 body too large) and anything unexpected —
+to the one error shape with the class's status. No stack trace, no HTML page,
+on any API path. Admin pages (HTML) render the same message as text.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from config.errors import TuneloopError
+
+log = logging.getLogger("tuneloop.gateway")
+
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_failed",
+    429: "rate_limited",
+}
+
+
+def error_response(code: str, message: str, status: int, field: str | None = None, headers: dict | None = None):
+    """A Flask response in the one error shape."""
+    body = {"code": code, "message": message}
+    if field:
+        body["field"] = field
+    response = jsonify({"error": body})
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Install the handlers on ``app``."""
+
+    @app.errorhandler(TuneloopError)
+    def _domain(exc: TuneloopError):
+        if exc.status >= 500:
+            log.warning("%s: %s", exc.code, exc.message)
+        response = error_response(exc.code, exc.message, exc.status, exc.field)
+        if exc.status == 429 and getattr(exc, "retry_after", None):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):
+        status = exc.code or 500
+        code = _HTTP_CODES.get(status, "http_error")
+        message = exc.description or exc.name
+        if status == 413:
+            message = f"request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes"
+        headers = {}
+        if status == 429:
+            headers["Retry-After"] = _retry_after(exc)
+        if status == 405 and getattr(exc, "valid_methods", None):
+            headers["Allow"] = ", ".join(exc.valid_methods)
+        return error_response(code, message, status, headers=headers)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return error_response("internal_error", "internal error; the event was logged", 500)
+
+
+def _retry_after(exc: HTTPException) -> str:
+    # flask-limiter puts the reset time on the exception's response headers.
+    response = getattr(exc, "response", None)
+    if response is not None and response.headers.get("Retry-After"):
+        return response.headers["Retry-After"]
+    limit = getattr(exc, "limit", None)
+    if limit is not None:
+        try:
+            return str(int(limit.limit.get_expiry()))
+        except Exception:  # noqa: BLE001 - best effort; 1 s is a safe default
+            pass
+    return "1"

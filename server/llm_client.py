@@ -1,0 +1,282 @@
+"""The one OpenAI-protocol generation client, shared by the gateway and evaluation.
+
+It talks to any chat-completions server — vLLM, OpenAI (``ft:`` models), the
+built-in model server — through the official ``openai`` SDK. Streaming and
+non-streaming answers share one path: upstream is always asked to stream (with
+``stream_options.include_usage``), and :class:`Generation` owns timing, usage and
+the finish reason, whether the caller iterates chunks or calls ``.collect()``.
+
+Failure policy, decided here once:
+
+- before the first token, connection errors, timeouts, 429 and 5xx are retried
+  (``retries`` extra attempts, short backoff) and then the next target in the
+  ordered fallback list is tried;
+- once a token has been handed to the caller nothing is retried or switched —
+  the user has already seen part of an answer — and the failure surfaces as
+  :class:`UpstreamError` for the caller to report in-band;
+- any other 4xx (bad request, unknown model) fails at once: retrying cannot help.
+
+Timeouts: ``connect_timeout_s`` for the TCP connection, ``first_token_timeout_s``
+as the socket read timeout (so it bounds the wait for the first chunk and every
+later gap), and ``timeout_s`` as a deadline for the whole answer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import httpx2
+import openai
+
+from config.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+
+
+@dataclass(frozen=True)
+class Target:
+    """A model to try: its name on the server, where the server is, and a tag for the caller."""
+
+    name: str
+    base_url: str
+    api_key: str = ""
+    tag: Any = None
+
+
+@dataclass(frozen=True)
+class ClientPolicy:
+    connect_timeout_s: float = 3.0
+    first_token_timeout_s: float = 30.0
+    timeout_s: float = 120.0
+    retries: int = 2
+    backoff_s: float = 0.2
+
+
+@dataclass
+class Generation:
+    """An answer being generated. Iterate for text chunks, or call :meth:`collect`.
+
+    After iteration: ``text``, ``finish_reason``, ``usage`` (``prompt_tokens``,
+    ``completion_tokens``), ``latency_ms`` (whole answer), ``first_token_ms`` and
+    ``target`` (the model that actually answered, after any fallback).
+    """
+
+    target: Target
+    _chunks: Iterator[str]
+    _started: float
+    _on_done: Callable[["Generation"], None] | None = None
+    text: str = ""
+    finish_reason: str | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    latency_ms: float | None = None
+    first_token_ms: float | None = None
+    attempts: list[str] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[str]:
+        for piece in self._chunks:
+            if self.first_token_ms is None:
+                self.first_token_ms = (time.perf_counter() - self._started) * 1000
+            self.text += piece
+            yield piece
+        self.latency_ms = (time.perf_counter() - self._started) * 1000
+        if self._on_done:
+            self._on_done(self)
+
+    def close(self) -> None:
+        """Stop reading and release the upstream connection (client went away, or failure)."""
+        closer = getattr(self._chunks, "close", None)
+        if closer:
+            closer()
+
+    def collect(self) -> "Generation":
+        """Consume the whole answer; returns self for chaining."""
+        for _ in self:
+            pass
+        return self
+
+
+class ChatClient:
+    """Chat completions against an ordered list of targets (the first is preferred)."""
+
+    def __init__(self, policy: ClientPolicy | None = None):
+        self.policy = policy or ClientPolicy()
+        self._clients: dict[tuple[str, str], openai.OpenAI] = {}
+        self._lock = threading.Lock()
+
+    def _client(self, target: Target) -> openai.OpenAI:
+        key = (target.base_url, target.api_key)
+        with self._lock:
+            if key not in self._clients:
+                p = self.policy
+                self._clients[key] = openai.OpenAI(
+                    base_url=target.base_url,
+                    # Local servers take any key; the SDK insists on a non-empty one.
+                    api_key=target.api_key or "not-needed",
+                    max_retries=0,  # retries are ours: only before the first token
+                    timeout=httpx2.Timeout(p.first_token_timeout_s, connect=p.connect_timeout_s),
+                )
+            return self._clients[key]
+
+    def generate(
+        self,
+        targets: list[Target],
+        messages: list[dict[str, str]],
+        *,
+        on_done: Callable[[Generation], None] | None = None,
+        **params: Any,
+    ) -> Generation:
+        """Start an answer, falling back along ``targets``; returns once the first token is in.
+
+        ``params`` are chat-completion parameters (max_tokens, temperature, top_p,
+        stop, seed). Raises :class:`UpstreamError` (or a subclass) when no target
+        produced a first token.
+        """
+        if not targets:
+            raise UpstreamUnavailable("no model is configured")
+        started = time.perf_counter()
+        attempts: list[str] = []
+        last_error: UpstreamError | None = None
+        for target in targets:
+            for attempt in range(self.policy.retries + 1):
+                if attempt:
+                    time.sleep(self.policy.backoff_s * attempt)
+                try:
+                    stream, first = self._open(target, messages, params)
+                except UpstreamError as exc:
+                    attempts.append(f"{target.name}: {exc.message}")
+                    last_error = exc
+                    if not _retriable(exc):
+                        raise exc
+                    continue
+                gen = Generation(target=target, _chunks=iter(()), _started=started, _on_done=on_done, attempts=attempts)
+                gen._chunks = self._drain(gen, stream, first, started)
+                return gen
+        assert last_error is not None
+        if len(attempts) > 1:
+            tried = ", ".join(dict.fromkeys(t.name for t in targets))
+            last_error.message = f"{last_error.message} (after {len(attempts)} attempts; models tried: {tried})"
+            last_error.args = (last_error.message,)
+        raise last_error
+
+    def ping(self, target: Target, timeout_s: float = 2.0) -> list[str]:
+        """The model ids the target's server lists; raises :class:`UpstreamError` when it cannot be reached."""
+        try:
+            page = self._client(target).with_options(timeout=timeout_s).models.list()
+            return [m.id for m in page.data]
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc, target) from exc
+
+    def complete(self, targets: list[Target], messages: list[dict[str, str]], **params: Any) -> Generation:
+        """A whole answer at once (same failure policy as :meth:`generate`)."""
+        return self.generate(targets, messages, **params).collect()
+
+    def _open(self, target: Target, messages, params) -> tuple[Any, Any]:
+        """Send the request and wait for the first chunk that carries text (or the end)."""
+        clean = {k: v for k, v in params.items() if v is not None}
+        try:
+            stream = self._client(target).chat.completions.create(
+                model=target.name,
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},
+                **clean,
+            )
+            chunks = iter(stream)  # one iterator, read here up to the first text, then by _drain
+            buffered = []
+            for chunk in chunks:
+                buffered.append(chunk)
+                if _chunk_text(chunk) or _chunk_finish(chunk):
+                    break
+            return (stream, chunks), buffered
+        except Exception as exc:  # noqa: BLE001 - translated into our error tree
+            raise _translate(exc, target) from exc
+
+    def _drain(self, gen: Generation, opened: tuple[Any, Iterator], buffered: list, started: float) -> Iterator[str]:
+        stream, chunks = opened
+        deadline = started + self.policy.timeout_s
+
+        def absorb(chunk) -> str:
+            if getattr(chunk, "usage", None):
+                gen.usage = {
+                    "prompt_tokens": chunk.usage.prompt_tokens or 0,
+                    "completion_tokens": chunk.usage.completion_tokens or 0,
+                }
+            reason = _chunk_finish(chunk)
+            if reason:
+                gen.finish_reason = reason
+            return _chunk_text(chunk)
+
+        for chunk in buffered:
+            text = absorb(chunk)
+            if text:
+                yield text
+        try:
+            for chunk in chunks:
+                text = absorb(chunk)
+                if text:
+                    yield text
+                if time.perf_counter() > deadline:
+                    raise UpstreamTimeout(f"the answer took longer than {self.policy.timeout_s:g} s")
+        except UpstreamError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            err = _translate(exc, gen.target)
+            if isinstance(err, UpstreamUnavailable):
+                err = UpstreamError(f"model {gen.target.name!r} dropped the connection mid-answer")
+            raise type(err)(f"the answer broke off: {err.message}") from exc
+        finally:
+            # Also runs when the caller closes us early: free the upstream connection.
+            stream.close()
+        if not gen.usage:
+            gen.usage = {"prompt_tokens": 0, "completion_tokens": 0}
+
+
+def _chunk_text(chunk) -> str:
+    if not getattr(chunk, "choices", None):
+        return ""
+    delta = chunk.choices[0].delta
+    return (delta.content or "") if delta else ""
+
+
+def _chunk_finish(chunk) -> str | None:
+    if not getattr(chunk, "choices", None):
+        return None
+    return chunk.choices[0].finish_reason
+
+
+def _retriable(exc: UpstreamError) -> bool:
+    return isinstance(exc, (UpstreamUnavailable, UpstreamTimeout)) or getattr(exc, "retriable", False)
+
+
+def _translate(exc: Exception, target: Target) -> UpstreamError:
+    where = f"model {target.name!r} at {target.base_url}"
+    if isinstance(exc, UpstreamError):
+        return exc
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamTimeout(f"{where} did not answer in time")
+    if isinstance(exc, openai.APIConnectionError):
+        return UpstreamUnavailable(f"cannot reach {where}")
+    if isinstance(exc, openai.APIStatusError):
+        detail = _status_detail(exc)
+        if exc.status_code == 429:
+            return UpstreamUnavailable(f"{where} is overloaded (429): {detail}")
+        err = UpstreamError(f"{where} answered {exc.status_code}: {detail}")
+        err.retriable = exc.status_code >= 500  # type: ignore[attr-defined]
+        return err
+    if isinstance(exc, (httpx2.TimeoutException,)):
+        return UpstreamTimeout(f"{where} did not answer in time")
+    if isinstance(exc, (httpx2.TransportError,)):
+        return UpstreamUnavailable(f"connection to {where} broke: {exc}")
+    return UpstreamError(f"{where} failed: {type(exc).__name__}: {exc}")
+
+
+def _status_detail(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])[:300]
+        if isinstance(inner, str):
+            return inner[:300]
+    return str(exc.message)[:300]

@@ -1,0 +1,175 @@
+"""``/api``: chat, feedback and conversations — the product's own API."""
+
+from __future__ import annotations
+
+import json
+from typing import Iterator
+
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+
+from config.errors import Forbidden, NotFound, ValidationFailed
+from feedback import ratings, turns
+from feedback.tokens import pseudonym, token_matches
+from server import metrics
+from server.auth import caller_key_id, publishable
+from server.context import gateway, get_db
+from server.openapi import documented
+from server.protocol import (
+    ChatRequest,
+    ChatResponse,
+    ConversationResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    parse_body,
+)
+from server.serving import Caller, PendingAnswer
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+def sse(event: str, data: dict) -> str:
+    """One server-sent event."""
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+@bp.post("/chat")
+@publishable
+@documented(
+    "Send a message and get the answer (JSON, or text/event-stream with stream: true).",
+    request=ChatRequest,
+    response=ChatResponse,
+    stream=True,
+    errors=(400, 401, 404, 413, 422, 429, 502, 503, 504),
+)
+def chat():
+    gw = gateway()
+    body = parse_body(request, ChatRequest, max_message_chars=gw.settings.gateway.max_message_chars)
+    key_id = caller_key_id()
+    caller = Caller(key_id, gw.chat.user_ref(key_id, body.user))
+    pending = gw.chat.start(
+        get_db(),
+        caller,
+        message=body.message,
+        conversation_id=body.conversation_id,
+        metadata=body.metadata,
+        source="widget" if request.headers.get("X-Tuneloop-Client") == "widget" else "api",
+    )
+    if body.stream:
+        return Response(
+            stream_with_context(_event_stream(pending)),
+            mimetype="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    turn = pending.collect()
+    return jsonify(_chat_response(pending, turn))
+
+
+def _chat_response(pending: PendingAnswer, turn: turns.Turn) -> dict:
+    return ChatResponse(
+        conversation_id=turn.conversation_id,
+        message_id=turn.assistant_message_id,
+        answer=turn.answer,
+        model=pending.model,
+        feedback_token=pending.feedback_token,
+        usage=_usage(pending),
+        latency_ms=round(turn.latency_ms or 0.0, 2),
+        finish_reason=turn.finish_reason,
+    ).model_dump()
+
+
+def _event_stream(pending: PendingAnswer) -> Iterator[str]:
+    turn = pending.turn
+    yield sse(
+        "start",
+        {
+            "conversation_id": turn.conversation_id,
+            "message_id": turn.assistant_message_id,
+            "model": pending.model,
+            "feedback_token": pending.feedback_token,
+        },
+    )
+    for kind, value in pending.events():
+        if kind == "delta":
+            yield sse("delta", {"text": value})
+        elif kind == "error":
+            yield sse("error", value)
+        else:
+            yield sse("done", {"usage": _usage(pending), "finish_reason": value.finish_reason, "latency_ms": round(value.latency_ms or 0.0, 2)})
+
+
+def _usage(pending: PendingAnswer) -> dict:
+    usage = pending.generation.usage
+    return {"prompt_tokens": usage.get("prompt_tokens", 0), "completion_tokens": usage.get("completion_tokens", 0)}
+
+
+@bp.post("/feedback")
+@publishable
+@documented(
+    "Rate an answer: thumbs up or down, with an optional reason, comment and correction.",
+    request=FeedbackRequest,
+    response=FeedbackResponse,
+    errors=(400, 401, 403, 404, 409, 413, 422, 429),
+    tag="feedback",
+)
+def feedback():
+    gw = gateway()
+    body = parse_body(request, FeedbackRequest)
+    fb = gw.settings.feedback
+    if body.reason is not None and body.reason not in fb.reasons:
+        raise ValidationFailed(f"reason must be one of: {', '.join(fb.reasons)}", field="reason")
+    for name, limit in (("comment", fb.max_comment_chars), ("correction", fb.max_correction_chars)):
+        value = getattr(body, name)
+        if value is not None and len(value) > limit:
+            raise ValidationFailed(f"{name} has {len(value)} characters; the limit is {limit}", field=name)
+    db = get_db()
+    key_id = caller_key_id()
+    owner = db.execute(
+        "SELECT c.api_key_id FROM messages m JOIN conversations c ON c.id = m.conversation_id WHERE m.id = ?",
+        [body.message_id],
+    ).fetchone()
+    if owner is None or owner[0] != key_id:
+        raise NotFound(f"no assistant message {body.message_id!r}", field="message_id")
+    if not token_matches(gw.secret, body.message_id, body.feedback_token):
+        raise Forbidden("feedback_token does not match this message", field="feedback_token", code="bad_feedback_token")
+    voter = body.user or request.remote_addr or "anonymous"
+    result = ratings.record_rating(
+        db,
+        message_id=body.message_id,
+        voter_ref=pseudonym(gw.secret, "voter", f"{key_id}:{voter}"),
+        rating=body.rating,
+        reason=body.reason,
+        comment=_blank_to_none(body.comment),
+        correction=_blank_to_none(body.correction),
+    )
+    metrics.observe_rating(body.rating)
+    return jsonify(FeedbackResponse(feedback_id=result.feedback_id, rating=result.rating, updated=result.updated).model_dump())
+
+
+def _blank_to_none(value: str | None) -> str | None:
+    return value.strip() or None if value is not None else None
+
+
+@bp.get("/conversations/<conversation_id>")
+@documented(
+    "A conversation with its messages, as recorded.",
+    response=ConversationResponse,
+    errors=(401, 403, 404),
+)
+def conversation(conversation_id: str):
+    conv = turns.get_conversation(get_db(), conversation_id, api_key_id=caller_key_id())
+    return jsonify(ConversationResponse.model_validate(conv).model_dump())
+
+
+@bp.get("/config")
+@publishable
+@documented("What a client needs to render the rating UI: reasons and limits.", tag="feedback")
+def client_config():
+    s = current_app.extensions["tuneloop"].settings
+    return jsonify(
+        {
+            "reasons": s.feedback.reasons,
+            "max_message_chars": s.gateway.max_message_chars,
+            "max_comment_chars": s.feedback.max_comment_chars,
+            "max_correction_chars": s.feedback.max_correction_chars,
+        }
+    )

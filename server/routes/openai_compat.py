@@ -1,0 +1,143 @@
+"""``/v1``: the OpenAI-compatible face of the gateway, so the official SDK works unchanged.
+
+The client sends the whole conversation each time (that is the protocol); the
+gateway logs the last user message and the answer as a turn, and returns the
+assistant message id as the completion ``id`` plus a ``tuneloop`` object with the
+ids and the feedback token, so the answer can be rated through ``/api/feedback``.
+Continue a logged conversation with the ``X-Tuneloop-Conversation-Id`` header.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Iterator
+
+from flask import Blueprint, Response, jsonify, request, stream_with_context
+
+from config.errors import PayloadTooLarge, ValidationFailed
+from server.auth import caller_key_id, publishable
+from server.context import gateway, get_db
+from server.openapi import documented
+from server.protocol import OpenAIChatRequest, parse_body
+from server.serving import Caller, PendingAnswer
+
+bp = Blueprint("openai", __name__, url_prefix="/v1")
+
+
+@bp.post("/chat/completions")
+@publishable
+@documented(
+    "OpenAI-compatible chat completion (streaming with stream: true).",
+    request=OpenAIChatRequest,
+    stream=True,
+    errors=(400, 401, 404, 413, 422, 429, 502, 503, 504),
+    tag="openai",
+)
+def chat_completions():
+    gw = gateway()
+    body = parse_body(request, OpenAIChatRequest)
+    last = body.messages[-1]
+    if last.role != "user":
+        raise ValidationFailed("the last message must come from the user", field="messages")
+    question = last.text()
+    limit = gw.settings.gateway.max_message_chars
+    if not question.strip():
+        raise ValidationFailed("the last user message is empty", field="messages")
+    if len(question) > limit:
+        raise PayloadTooLarge(f"message has {len(question)} characters; the limit is {limit}", field="messages", code="message_too_long")
+    prior = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages[:-1]]
+    key_id = caller_key_id()
+    pending = gw.chat.start(
+        get_db(),
+        Caller(key_id, gw.chat.user_ref(key_id, body.user)),
+        message=question,
+        conversation_id=request.headers.get("X-Tuneloop-Conversation-Id") or None,
+        prior=prior,
+        source="openai",
+        params={
+            "max_tokens": body.max_completion_tokens or body.max_tokens,
+            "temperature": body.temperature,
+            "top_p": body.top_p,
+            "stop": body.stop,
+            "seed": body.seed,
+        },
+    )
+    created = int(time.time())
+    if body.stream:
+        return Response(
+            stream_with_context(_chunks(pending, created)),
+            mimetype="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    turn = pending.collect()
+    gen = pending.generation
+    usage = _usage(gen.usage)
+    response = jsonify(
+        {
+            "id": turn.assistant_message_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": pending.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": turn.answer},
+                    "finish_reason": turn.finish_reason or "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": usage,
+            "tuneloop": _ids(pending),
+        }
+    )
+    response.headers["X-Tuneloop-Message-Id"] = turn.assistant_message_id
+    response.headers["X-Tuneloop-Conversation-Id"] = turn.conversation_id
+    return response
+
+
+def _ids(pending: PendingAnswer) -> dict:
+    return {
+        "conversation_id": pending.turn.conversation_id,
+        "message_id": pending.turn.assistant_message_id,
+        "feedback_token": pending.feedback_token,
+    }
+
+
+def _usage(usage: dict) -> dict:
+    prompt = usage.get("prompt_tokens", 0)
+    completion = usage.get("completion_tokens", 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _chunks(pending: PendingAnswer, created: int) -> Iterator[str]:
+    base = {"id": pending.turn.assistant_message_id, "object": "chat.completion.chunk", "created": created, "model": pending.model}
+
+    def line(payload: dict) -> str:
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    first = dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+    first["tuneloop"] = _ids(pending)
+    yield line(first)
+    for kind, value in pending.events():
+        if kind == "delta":
+            yield line(dict(base, choices=[{"index": 0, "delta": {"content": value}, "finish_reason": None}]))
+        elif kind == "error":
+            yield line(value)  # in-band, as OpenAI does; the SDK raises it
+        else:
+            yield line(dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": value.finish_reason or "stop"}]))
+            yield line(dict(base, choices=[], usage=_usage(pending.generation.usage)))
+            yield "data: [DONE]\n\n"
+
+
+@bp.get("/models")
+@documented("The models this gateway serves (OpenAI list shape).", tag="openai")
+def models():
+    router = gateway().router
+    created = int(time.time())
+    return jsonify(
+        {
+            "object": "list",
+            "data": [{"id": name, "object": "model", "created": created, "owned_by": "tuneloop"} for name in router.served_names()],
+        }
+    )

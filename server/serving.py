@@ -1,0 +1,280 @@
+"""Chat logic between the HTTP routes and the model: route, generate, record.
+
+``ChatService.start()`` does everything up to the first token — checks the
+conversation, builds the prompt (system prompt + last N turns + the new message),
+picks the model version, and asks the model, with retries and fallbacks — so a
+failure there still becomes a proper 502/503/504 response. It returns a
+:class:`PendingAnswer`, which the route either collects (JSON) or streams (SSE);
+both paths end in the same ``finish()``, which records the turn in one
+transaction. A failed turn is recorded on purpose, with its error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from sqlite_utils import Database
+
+from config.errors import NotFound, TuneloopError, UpstreamError
+from config.settings import Settings
+from feedback import turns, versions
+from feedback.tokens import feedback_token, pseudonym
+from server import metrics
+from server.llm_client import ChatClient, ClientPolicy, Generation, Target
+
+log = logging.getLogger("tuneloop.gateway")
+
+
+class ModelRouter:
+    """Which model version answers a conversation.
+
+    Reads the live and canary rows from the database at most every
+    ``gateway.model_cache_s`` seconds, so a promotion reaches every gateway
+    process without a restart. A canary takes the conversations whose id hashes
+    below its traffic weight: the same conversation always lands on the same
+    version (sticky).
+    """
+
+    def __init__(self, settings: Settings, connect: Callable[[], Database]):
+        self.settings = settings
+        self.connect = connect
+        self._cached_at = -1e9
+        self._live: versions.ModelVersion | None = None
+        self._canaries: list[versions.ModelVersion] = []
+        self._fallbacks: list[Target] = []
+
+    def prime(self, db: Database) -> None:
+        """Register the configured model and fallbacks (first start), then load the cache."""
+        model = self.settings.model
+        versions.ensure_live_version(db, name=model.name, provider=model.provider, base_url=None)
+        self._fallbacks = []
+        for fb in model.fallbacks:
+            row = versions.ensure_standby_version(db, name=fb.name, provider=model.provider, base_url=fb.base_url or None)
+            key = _env_key(fb.api_key_env) if fb.api_key_env else model.api_key()
+            self._fallbacks.append(Target(fb.name, fb.base_url or model.base_url, key, row.id))
+        self._refresh(db)
+
+    def _refresh(self, db: Database) -> None:
+        self._live = versions.live_version(db)
+        self._canaries = versions.canary_versions(db)
+        self._cached_at = time.monotonic()
+
+    def _current(self) -> tuple[versions.ModelVersion | None, list[versions.ModelVersion]]:
+        if time.monotonic() - self._cached_at > self.settings.gateway.model_cache_s:
+            db = self.connect()
+            try:
+                self._refresh(db)
+            finally:
+                db.close()
+        return self._live, self._canaries
+
+    def live_name(self) -> str:
+        live, _ = self._current()
+        return live.name if live else self.settings.model.name
+
+    def served_names(self) -> list[str]:
+        live, canaries = self._current()
+        return [v.name for v in ([live] if live else []) + canaries]
+
+    def targets(self, conversation_id: str) -> list[Target]:
+        """The version for this conversation first, then the configured fallbacks."""
+        live, canaries = self._current()
+        chosen = live
+        bucket = int(hashlib.sha256(conversation_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        edge = 0.0
+        for canary in canaries:
+            edge += canary.traffic_weight
+            if bucket < edge:
+                chosen = canary
+                break
+        primary = []
+        if chosen is not None:
+            primary.append(self._target(chosen))
+        return primary + self._fallbacks
+
+    def _target(self, version: versions.ModelVersion) -> Target:
+        model = self.settings.model
+        return Target(version.name, version.base_url or model.base_url, model.api_key(), version.id)
+
+
+def _env_key(name: str) -> str:
+    return os.environ.get(name, "")
+
+
+@dataclass
+class Caller:
+    """Who is asking: the API key (if any) and their end-user id, already pseudonymised."""
+
+    api_key_id: str | None
+    user_ref: str | None
+
+
+@dataclass
+class PendingAnswer:
+    """An answer whose first token has arrived; iterate it, then call :meth:`finish`."""
+
+    service: "ChatService"
+    generation: Generation
+    turn: turns.Turn
+    feedback_token: str
+    _finished: bool = False
+
+    @property
+    def model(self) -> str:
+        return self.generation.target.name
+
+    def collect(self) -> turns.Turn:
+        """The whole answer, recorded; a failure mid-way is recorded, then re-raised."""
+        try:
+            for _ in self.generation:
+                pass
+        except Exception as exc:
+            self.finish(error=_message(exc))
+            self.generation.close()
+            raise
+        return self.finish()
+
+    def events(self) -> Iterator[tuple[str, Any]]:
+        """``("delta", text)`` for each chunk, then ``("done", turn)`` or ``("error", error_body)``.
+
+        The turn is recorded in every case — also when the client goes away
+        mid-stream (the generator is closed), then with the text so far and
+        ``error = "client disconnected"``, and the upstream stream is closed.
+        """
+        error: str | None = "client disconnected"
+        try:
+            for text in self.generation:
+                yield "delta", text
+            error = None
+        except Exception as exc:  # noqa: BLE001 - after the first byte, errors travel in-band
+            error = _message(exc)
+            body = exc.to_dict() if isinstance(exc, TuneloopError) else {"error": {"code": "internal_error", "message": "internal error"}}
+            if not isinstance(exc, TuneloopError):
+                log.exception("stream failed")
+            yield "error", body
+            return
+        finally:
+            turn = self.finish(error=error)
+            if error:
+                self.generation.close()
+        yield "done", turn
+
+    def finish(self, error: str | None = None) -> turns.Turn:
+        """Record the turn (once), with whatever text was produced and the error, if any."""
+        if self._finished:
+            return self.turn
+        self._finished = True
+        gen = self.generation
+        t = self.turn
+        t.answer = gen.text
+        t.model_version_id = gen.target.tag
+        t.latency_ms = gen.latency_ms if gen.latency_ms is not None else _elapsed_ms(gen)
+        t.tokens_in = gen.usage.get("prompt_tokens")
+        t.tokens_out = gen.usage.get("completion_tokens")
+        t.finish_reason = gen.finish_reason if error is None else "error"
+        t.error = error
+        self.service.record(t)
+        metrics.observe_answer(gen, error)
+        return t
+
+
+def _message(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, TuneloopError) else f"{type(exc).__name__}: {exc}"
+
+
+def _elapsed_ms(gen: Generation) -> float:
+    return (time.perf_counter() - gen._started) * 1000
+
+
+@dataclass
+class ChatService:
+    """Answers chat messages and records every turn."""
+
+    settings: Settings
+    router: ModelRouter
+    secret: str
+    connect: Callable[[], Database]
+    client: ChatClient = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self):
+        if self.client is None:
+            m = self.settings.model
+            self.client = ChatClient(
+                ClientPolicy(
+                    connect_timeout_s=m.connect_timeout_s,
+                    first_token_timeout_s=m.first_token_timeout_s,
+                    timeout_s=m.timeout_s,
+                    retries=m.retries,
+                )
+            )
+
+    def user_ref(self, api_key_id: str | None, user: str | None) -> str | None:
+        return pseudonym(self.secret, "user", f"{api_key_id}:{user}") if user else None
+
+    def start(
+        self,
+        db: Database,
+        caller: Caller,
+        *,
+        message: str,
+        conversation_id: str | None = None,
+        prior: list[dict[str, str]] | None = None,
+        metadata: dict[str, Any] | None = None,
+        source: str = "api",
+        params: dict[str, Any] | None = None,
+    ) -> PendingAnswer:
+        """Everything up to the first token. Raises :class:`UpstreamError` if no model answered.
+
+        ``prior`` replaces the stored history (the OpenAI-compatible route, where
+        the client sends the whole conversation).
+        """
+        if conversation_id:
+            conv = turns.conversation_owner(db, conversation_id)
+            if conv is None or conv["api_key_id"] != caller.api_key_id:
+                raise NotFound(f"no conversation {conversation_id!r}", field="conversation_id")
+            earlier = turns.history(db, conversation_id, self.settings.chat.history_turns)
+        else:
+            conversation_id = turns.new_conversation_id()
+            earlier = []
+        if prior is not None:
+            earlier = prior
+        chat = self.settings.chat
+        prompt: list[dict[str, str]] = []
+        if chat.system_prompt and not any(m["role"] == "system" for m in earlier):
+            prompt.append({"role": "system", "content": chat.system_prompt})
+        prompt += earlier + [{"role": "user", "content": message}]
+        targets = self.router.targets(conversation_id)
+        turn = turns.Turn(
+            conversation_id=conversation_id,
+            question=message,
+            answer="",
+            model_version_id=targets[0].tag if targets else None,
+            api_key_id=caller.api_key_id,
+            user_ref=caller.user_ref,
+            source=source,
+            metadata=metadata or {},
+        )
+        call = {"max_tokens": chat.max_tokens, "temperature": chat.temperature}
+        call.update({k: v for k, v in (params or {}).items() if v is not None})
+        try:
+            generation = self.client.generate(targets, prompt, **call)
+        except UpstreamError as exc:
+            turn.error = exc.message
+            turn.finish_reason = "error"
+            self.record(turn)
+            metrics.observe_upstream_failure(exc)
+            raise
+        return PendingAnswer(self, generation, turn, feedback_token(self.secret, turn.assistant_message_id))
+
+    def record(self, turn: turns.Turn) -> None:
+        """Write a turn on a connection of its own (streams outlive the request's)."""
+        db = self.connect()
+        try:
+            turns.record_turn(db, turn)
+        finally:
+            db.close()

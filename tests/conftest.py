@@ -1,0 +1,7 @@
+"""Shared fixtures. Each plugin module owns one kind of real part (see tests/plugins/)."""
+
+pytest_plugins = [
+    "tests.plugins.common",
+    "tests.plugins.upstream",
+    "tests.plugins.gateway",
+]
