@@ -1,7 +1,7 @@
 """Who is calling: API keys on the API routes.
 
 ``Authorization: Bearer <key>`` (what the OpenAI SDK sends) or ``X-API-Key``.
-A key that is sent must be valid even where keys are optional. Keys are required
+A tuneloop key (``tl_…``) that is sent must be valid even where keys are optional. Keys are required
 when ``gateway.require_api_key`` says so — by default whenever the gateway binds
 to a non-loopback address. Publishable keys (embedded in web pages) may only use
 routes marked with :func:`publishable`: chat and rate.
@@ -17,6 +17,7 @@ from config.errors import Forbidden, Unauthorized
 from feedback.apikeys import ApiKey, verify_key
 
 PUBLISHABLE_OK = "_tuneloop_publishable_ok"
+KEY_PREFIX = "tl_"
 
 
 def publishable(view: Callable) -> Callable:
@@ -35,6 +36,11 @@ def presented_key() -> str | None:
 def authenticate(db, required: bool) -> ApiKey | None:
     """Resolve the caller's key for this request (sets ``g.api_key``)."""
     raw = presented_key()
+    if raw and not required and not raw.startswith(KEY_PREFIX):
+        # The OpenAI SDK refuses to send no key at all, so where keys are optional a
+        # placeholder ("unused", "EMPTY") means anonymous. A tuneloop-shaped key is
+        # always checked, so a revoked or mistyped real key never passes silently.
+        raw = None
     key = verify_key(db, raw) if raw else None
     if raw and key is None:
         raise Unauthorized("the API key is not valid or was revoked", code="invalid_api_key")

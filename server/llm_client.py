@@ -259,8 +259,8 @@ def _translate(exc: Exception, target: Target) -> UpstreamError:
         return UpstreamUnavailable(f"cannot reach {where}")
     if isinstance(exc, openai.APIStatusError):
         detail = _status_detail(exc)
-        if exc.status_code == 429:
-            return UpstreamUnavailable(f"{where} is overloaded (429): {detail}")
+        if exc.status_code in (429, 503):
+            return UpstreamUnavailable(f"{where} is overloaded or unavailable ({exc.status_code}): {detail}")
         err = UpstreamError(f"{where} answered {exc.status_code}: {detail}")
         err.retriable = exc.status_code >= 500  # type: ignore[attr-defined]
         return err

@@ -47,3 +47,110 @@ def gateway_db(tmp_path):
     db = open_db(tmp_path / "var" / "tuneloop.db")
     yield db
     db.close()
+
+
+class RunningGateway:
+    """A gateway under real gunicorn (``tuneloop serve``) in a subprocess."""
+
+    def __init__(self, url: str, process, log_path: Path, data_dir: Path):
+        self.url = url
+        self.process = process
+        self.log_path = log_path
+        self.data_dir = data_dir
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def write_config(path: Path, values: dict) -> Path:
+    """Write a TOML settings file from {"section": {"key": value}}."""
+    import tomllib  # noqa: F401 - only to make sure we write what Python can read back
+
+    lines = []
+    for section, keys in values.items():
+        lines.append(f"[{section}]")
+        for key, value in keys.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _toml_value(value) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(value)
+
+
+def start_gunicorn_gateway(tmp_path: Path, base_url: str, extra: dict | None = None, timeout_s: float = 30) -> RunningGateway:
+    """Run ``tuneloop serve`` on a free port against ``base_url``; wait for /healthz."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx2
+
+    from tests.plugins.common import free_port
+
+    port = free_port()
+    data_dir = tmp_path / "gw-var"
+    values = {
+        "paths": {"data_dir": str(data_dir)},
+        "gateway": {"port": port, "workers": 2},
+        "model": {"base_url": base_url, "retries": 1, "first_token_timeout_s": 5.0},
+        "limits": {"enabled": False},
+    }
+    for section, keys in (extra or {}).items():
+        values.setdefault(section, {}).update(keys)
+    config = write_config(tmp_path / "gateway.toml", values)
+    log_path = tmp_path / "gunicorn.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
+    tuneloop = Path(sys.executable).with_name("tuneloop")
+    process = subprocess.Popen(
+        [str(tuneloop), "--config", str(config), "serve"],
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=tmp_path,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited early:\n{log_path.read_text()}")
+        try:
+            if httpx2.get(url + "/healthz", timeout=1).status_code == 200:
+                return RunningGateway(url, process, log_path, data_dir)
+        except httpx2.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"gateway did not start in {timeout_s} s:\n{log_path.read_text()}")
+
+
+def stop_gateway(gw: RunningGateway) -> None:
+    import signal
+
+    gw.process.send_signal(signal.SIGTERM)
+    try:
+        gw.process.wait(timeout=20)
+    except Exception:  # noqa: BLE001
+        gw.process.kill()
+
+
+@pytest.fixture(scope="module")
+def gunicorn_gateway(tmp_path_factory, module_fake_upstream):
+    """A real gunicorn gateway (2 gevent workers) on the fake upstream, shared by a test module."""
+    gw = start_gunicorn_gateway(tmp_path_factory.mktemp("gunicorn"), module_fake_upstream.base_url)
+    yield gw
+    stop_gateway(gw)

@@ -123,12 +123,25 @@ class RunningUpstream:
         return self.url + "/v1"
 
 
-@pytest.fixture
-def fake_upstream():
-    """A scriptable OpenAI-protocol server on a free loopback port, for one test."""
+def _serve_fake_upstream():
     log = UpstreamLog()
     server = make_server("127.0.0.1", 0, fake_openai_app(log), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield RunningUpstream(f"http://127.0.0.1:{server.server_port}", log)
+    return server, RunningUpstream(f"http://127.0.0.1:{server.server_port}", log)
+
+
+@pytest.fixture
+def fake_upstream():
+    """A scriptable OpenAI-protocol server on a free loopback port, for one test."""
+    server, upstream = _serve_fake_upstream()
+    yield upstream
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def module_fake_upstream():
+    """The same, shared by a test module (for fixtures that are slow to start)."""
+    server, upstream = _serve_fake_upstream()
+    yield upstream
     server.shutdown()
