@@ -24,7 +24,7 @@ from server import metrics
 from server.auth import authenticate, rate_limit_key
 from server.context import Gateway, close_db, get_db
 from server.errors import register_error_handlers
-from server.routes import api, openai_compat, ops
+from server.routes import api, openai_compat, ops, pages
 from server.serving import ChatService, ModelRouter
 
 API_PREFIXES = ("/api/", "/v1/")
@@ -82,7 +82,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         expose_headers=["Retry-After", "X-Tuneloop-Message-Id", "X-Tuneloop-Conversation-Id"],
         max_age=600,
     )
-    for blueprint in (api.bp, openai_compat.bp, ops.bp):
+    for blueprint in (api.bp, openai_compat.bp, ops.bp, pages.bp):
         app.register_blueprint(blueprint)
     _install_limits(app, settings)
 

@@ -10,6 +10,7 @@ routes marked with :func:`publishable`: chat and rate.
 from __future__ import annotations
 
 from typing import Callable
+from urllib.parse import urlsplit
 
 from flask import current_app, g, request
 
@@ -53,8 +54,19 @@ def authenticate(db, required: bool) -> ApiKey | None:
         view = current_app.view_functions.get(request.endpoint or "")
         if not getattr(view, PUBLISHABLE_OK, False):
             raise Forbidden("a publishable key may only chat and rate", code="key_not_allowed")
+    origin = request.headers.get("Origin")
+    if origin and (key is None or key.kind == "publishable") and not origin_allowed(origin):
+        # Browsers enforce CORS; this also stops what CORS lets through (a text/plain POST
+        # is sent without a preflight) and non-browser clients replaying a page's key.
+        raise Forbidden(f"origin {origin} is not in gateway.cors_origins", code="origin_not_allowed")
     g.api_key = key
     return key
+
+
+def origin_allowed(origin: str) -> bool:
+    """A browser page on ``origin`` may call the API: listed in ``gateway.cors_origins`` (or "*"), or the gateway's own."""
+    allowed = {o.rstrip("/") for o in current_app.extensions["tuneloop"].settings.gateway.cors_origins}
+    return "*" in allowed or origin.rstrip("/") in allowed or urlsplit(origin).netloc == request.host
 
 
 def caller_key_id() -> str | None:

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.plugins.common",
     "tests.plugins.upstream",
     "tests.plugins.gateway",
+    "tests.plugins.browser",
 ]
