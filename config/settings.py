@@ -14,11 +14,13 @@ Nothing is read at import time: callers call :func:`load_settings`.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import tomllib
 import types
 import typing
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -183,6 +185,174 @@ class ModelServerSettings:
 
 
 @dataclass(frozen=True)
+class StarterSettings:
+    """Hyperparameters of the starter model (``tuneloop starter build``); all of them feed its fingerprint."""
+
+    seed: int = 0
+    data_file: str = ""
+    vocab_size: int = 2048
+    hidden_size: int = 128
+    layers: int = 2
+    heads: int = 4
+    mlp_size: int = 256
+    context_length: int = 1024
+    history_turns: int = 3
+    batch_size: int = 16
+    learning_rate: float = 0.003
+    warmup_steps: int = 20
+    epochs: int = 60
+    check_every: int = 5
+    threads: int = 2
+    time_limit_s: float = 300.0
+
+    def __post_init__(self):
+        _check(self.vocab_size >= 300, "starter.vocab_size", f"must be >= 300 (256 bytes + specials), got {self.vocab_size}")
+        _check(self.heads >= 1 and self.hidden_size % self.heads == 0, "starter.heads", "must divide hidden_size")
+        _check((self.hidden_size // self.heads) % 2 == 0, "starter.hidden_size", "hidden_size / heads must be even (RoPE)")
+        for key in ("layers", "mlp_size", "batch_size", "epochs", "check_every", "threads"):
+            _check(getattr(self, key) >= 1, f"starter.{key}", "must be >= 1")
+        _check(self.context_length >= 64, "starter.context_length", "must be >= 64")
+        _check(self.history_turns >= 0, "starter.history_turns", "must be >= 0")
+        _check(self.learning_rate > 0, "starter.learning_rate", "must be > 0")
+        _check(self.warmup_steps >= 0, "starter.warmup_steps", "must be >= 0")
+        _check(self.time_limit_s >= 0, "starter.time_limit_s", "must be >= 0 (0 = no limit)")
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """The worst-answered ranking and the weekly report (``tuneloop worst``, ``tuneloop report``)."""
+
+    reports_dir: str = ""
+    timezone: str = "Asia/Seoul"
+    min_votes: int = 5
+    top_n: int = 20
+    similarity_threshold: float = 0.45
+    confidence: float = 0.95
+    trend_weeks: int = 12
+    low_ratings_warning: int = 30
+    shutdown_dates: dict[str, str] = field(default_factory=dict)
+    shutdown_warning_days: int = 90
+    public_url: str = ""
+    webhook_url: str = ""
+    webhook_timeout_s: float = 10.0
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_starttls: bool = True
+    smtp_user: str = ""
+    smtp_password_env: str = ""
+    smtp_from: str = ""
+    smtp_to: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"report.timezone: unknown time zone {self.timezone!r}", field="report.timezone") from None
+        _check(self.min_votes >= 1, "report.min_votes", f"must be >= 1, got {self.min_votes}")
+        _check(self.top_n >= 1, "report.top_n", f"must be >= 1, got {self.top_n}")
+        _check(0 < self.similarity_threshold <= 1, "report.similarity_threshold", "must be in (0, 1]")
+        _check(0 < self.confidence < 1, "report.confidence", "must be between 0 and 1, e.g. 0.95")
+        _check(2 <= self.trend_weeks <= 104, "report.trend_weeks", "must be 2..104")
+        _check(self.low_ratings_warning >= 0, "report.low_ratings_warning", "must be >= 0")
+        _check(self.shutdown_warning_days >= 0, "report.shutdown_warning_days", "must be >= 0")
+        dates = {}
+        for model, day in self.shutdown_dates.items():
+            try:
+                dates[str(model)] = datetime.date.fromisoformat(str(day)).isoformat()
+            except ValueError:
+                raise ConfigError(
+                    f"report.shutdown_dates.{model}: expected a date like 2026-12-31, got {day!r}",
+                    field="report.shutdown_dates",
+                ) from None
+        object.__setattr__(self, "shutdown_dates", dates)  # TOML dates and strings alike become "YYYY-MM-DD"
+        for key in ("public_url", "webhook_url"):
+            value = getattr(self, key)
+            _check(not value or value.startswith(("http://", "https://")), f"report.{key}", "must be an http(s) URL or empty")
+        _check(self.webhook_timeout_s > 0, "report.webhook_timeout_s", "must be > 0")
+        _check(1 <= self.smtp_port <= 65535, "report.smtp_port", f"must be 1..65535, got {self.smtp_port}")
+        _check(not self.smtp_host or bool(self.smtp_to), "report.smtp_to", "list at least one recipient when smtp_host is set")
+        _check(not self.smtp_host or bool(self.smtp_from), "report.smtp_from", "must be set when smtp_host is set")
+
+    def smtp_password(self) -> str:
+        """The SMTP password, read from the named environment variable at call time."""
+        return os.environ.get(self.smtp_password_env, "") if self.smtp_password_env else ""
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """Access to the ``/admin`` pages."""
+
+    token: str = ""
+    session_hours: float = 12.0
+
+    def __post_init__(self):
+        _check(not self.token or len(self.token) >= 16, "admin.token", "must be at least 16 characters (or empty)")
+        _check(self.session_hours > 0, "admin.session_hours", "must be > 0")
+
+
+@dataclass(frozen=True)
+class ReviewSettings:
+    """The review queue (``tuneloop review``, ``/admin/review``) and its optional teacher model."""
+
+    top_n: int = 20
+    window_days: int = 7
+    teacher_model: str = ""
+    teacher_base_url: str = ""
+    teacher_api_key_env: str = ""
+    teacher_max_tokens: int = 400
+    auto_approve_teacher: bool = False
+
+    def __post_init__(self):
+        _check(self.top_n >= 1, "review.top_n", f"must be >= 1, got {self.top_n}")
+        _check(1 <= self.window_days <= 366, "review.window_days", "must be 1..366")
+        _check(
+            not self.teacher_model or self.teacher_base_url.startswith(("http://", "https://")),
+            "review.teacher_base_url",
+            f"must be an http(s) URL when teacher_model is set, got {self.teacher_base_url!r}",
+        )
+        _check(self.teacher_max_tokens >= 1, "review.teacher_max_tokens", "must be >= 1")
+
+    def teacher_api_key(self) -> str:
+        """The teacher's API key, read from the named environment variable at call time."""
+        return os.environ.get(self.teacher_api_key_env, "") if self.teacher_api_key_env else ""
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    """Building training sets (``tuneloop dataset build``)."""
+
+    base_file: str = ""
+    include_upvoted_min: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+    near_duplicate_threshold: float = 0.45
+    max_tokens_per_example: int = 65536
+    min_examples: int = 10
+    epochs: int = 3
+    prices: dict[str, float] = field(default_factory=dict)
+    pii_allowlist: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        _check(self.include_upvoted_min >= 0, "dataset.include_upvoted_min", "must be >= 0 (0 = off)")
+        for key in ("val_fraction", "test_fraction"):
+            _check(0 <= getattr(self, key) < 0.5, f"dataset.{key}", "must be in [0, 0.5)")
+        _check(0 < self.near_duplicate_threshold <= 1, "dataset.near_duplicate_threshold", "must be in (0, 1]")
+        _check(self.max_tokens_per_example >= 16, "dataset.max_tokens_per_example", "must be >= 16")
+        _check(self.min_examples >= 1, "dataset.min_examples", "must be >= 1")
+        _check(self.epochs >= 1, "dataset.epochs", "must be >= 1")
+        prices = {}
+        for model, price in self.prices.items():
+            _check(
+                isinstance(price, (int, float)) and not isinstance(price, bool) and price >= 0,
+                f"dataset.prices.{model}",
+                f"must be a price in USD per 1M training tokens, got {price!r}",
+            )
+            prices[str(model)] = float(price)
+        object.__setattr__(self, "prices", prices)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every section of ``default.toml``, typed and checked."""
 
@@ -194,10 +364,20 @@ class Settings:
     feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     model_server: ModelServerSettings = field(default_factory=ModelServerSettings)
+    starter: StarterSettings = field(default_factory=StarterSettings)
+    report: ReportSettings = field(default_factory=ReportSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    review: ReviewSettings = field(default_factory=ReviewSettings)
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
 
     @property
     def data_dir(self) -> Path:
         return Path(self.paths.data_dir).expanduser()
+
+    @property
+    def reports_dir(self) -> Path:
+        """``report.reports_dir``, or ``<data_dir>/reports`` when it is empty."""
+        return Path(self.report.reports_dir).expanduser() if self.report.reports_dir else self.data_dir / "reports"
 
     @property
     def db_path(self) -> Path:
@@ -210,6 +390,11 @@ class Settings:
         if self.model_server.model_dir:
             return Path(self.model_server.model_dir).expanduser()
         return self.data_dir / "models" / "starter"
+
+    @property
+    def datasets_dir(self) -> Path:
+        """Where built training sets go: ``<data_dir>/datasets/v{n}/``."""
+        return self.data_dir / "datasets"
 
 
 def load_settings(
@@ -255,14 +440,14 @@ def _merge(base: dict, extra: Mapping) -> None:
 def _nest(flat: Mapping[str, Any]) -> dict:
     nested: dict = {}
     for key, value in flat.items():
-        if isinstance(value, Mapping):
-            _merge(nested.setdefault(key, {}), value)
-            continue
-        parts = key.split(".")
+        *parents, leaf = key.split(".")
         node = nested
-        for part in parts[:-1]:
+        for part in parents:
             node = node.setdefault(part, {})
-        node[parts[-1]] = value
+        if isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
+            _merge(node[leaf], value)
+        else:
+            node[leaf] = dict(value) if isinstance(value, Mapping) else value
     return nested
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from feedback.text import question_key
+
 MIGRATIONS = Migrations("tuneloop")
 
 
@@ -115,6 +117,118 @@ def m001_core(db: Database) -> None:
         CREATE TABLE instance_secrets (
             name TEXT PRIMARY KEY,
             value TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+
+
+@MIGRATIONS()
+def m002_question_keys(db: Database) -> None:
+    # Ranking groups answers by the normalized question they replied to. Computing
+    # that key per report meant joining every answer to its question and running
+    # Python over the text; stored on the answer row, it is read from one covering
+    # index instead (bench/analytics.py, docs/benchmarks.md).
+    db.execute("ALTER TABLE messages ADD COLUMN question_key TEXT")
+    rows = db.execute(
+        """SELECT a.rowid, u.content FROM messages a
+           JOIN messages u ON u.conversation_id = a.conversation_id AND u.seq = a.seq - 1
+           WHERE a.role = 'assistant'"""
+    ).fetchall()
+    db.conn.executemany(
+        "UPDATE messages SET question_key = ? WHERE rowid = ?", [(question_key(text), rowid) for rowid, text in rows]
+    )
+    # Covering for the per-question counts and the report's latency percentiles. It
+    # starts with the old index's two columns, so that one is dead weight on every insert.
+    db.execute("DROP INDEX messages_version_time")
+    db.execute(
+        "CREATE INDEX messages_version_time_question"
+        " ON messages(model_version_id, created_at, question_key, error, latency_ms)"
+    )
+    # Each vote carries a copy of what it rated: the answer's version, time and question
+    # key. Joining 300k votes to their answers by text id cost ~1 s per report at 1M turns;
+    # with the copy, counting votes per question, version and week is an index range scan.
+    # A trigger fills it, so every writer of feedback (ratings.py, imports) gets it; an
+    # answer's version, time and question never change after it is written.
+    for column in ("model_version_id", "answered_at", "question_key"):
+        db.execute(f"ALTER TABLE feedback ADD COLUMN {column} TEXT")
+    db.execute(
+        """CREATE TRIGGER feedback_copy_answer AFTER INSERT ON feedback BEGIN
+               UPDATE feedback SET (model_version_id, answered_at, question_key) =
+                   (SELECT model_version_id, created_at, question_key FROM messages WHERE id = NEW.message_id)
+               WHERE rowid = NEW.rowid;
+           END"""
+    )
+    db.execute(
+        """UPDATE feedback SET (model_version_id, answered_at, question_key) =
+               (SELECT model_version_id, created_at, question_key FROM messages WHERE id = feedback.message_id)"""
+    )
+    db.execute(
+        "CREATE INDEX feedback_version_answered ON feedback(model_version_id, answered_at, question_key, rating)"
+    )
+
+
+@MIGRATIONS()
+def m003_review_and_datasets(db: Database) -> None:
+    # The review queue: a worst-answered question waits here until a person approves
+    # a corrected answer (or rejects it). Only approved rows ever reach training data;
+    # thumbs-down answers are evidence, never targets.
+    db.execute(
+        """
+        CREATE TABLE review_items (
+            id TEXT PRIMARY KEY,
+            question TEXT NOT NULL,
+            question_key TEXT NOT NULL,
+            origin TEXT NOT NULL DEFAULT 'ranking' CHECK (origin IN ('ranking', 'import', 'manual')),
+            model_version_id TEXT REFERENCES model_versions(id),
+            evidence TEXT NOT NULL DEFAULT '{}',
+            status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'approved', 'rejected')),
+            answer TEXT,
+            answer_source TEXT CHECK (answer_source IN ('reviewer', 'teacher', 'user')),
+            draft TEXT,
+            draft_model TEXT,
+            reviewer TEXT,
+            note TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            decided_at TEXT,
+            CHECK (status != 'approved' OR (answer IS NOT NULL AND length(trim(answer)) > 0))
+        )
+        """
+    )
+    # Collecting every week must not queue a question that is already waiting or already
+    # fixed; the database itself refuses a second open item for the same question.
+    db.execute(
+        "CREATE UNIQUE INDEX review_items_one_open ON review_items(question_key)"
+        " WHERE status IN ('pending', 'approved')"
+    )
+    db.execute("CREATE INDEX review_items_status ON review_items(status, created_at)")
+    # Company FAQ files imported with `tuneloop dataset import`; the newest is the base
+    # dataset every build starts from (unless dataset.base_file names one).
+    db.execute(
+        """
+        CREATE TABLE dataset_bases (
+            id TEXT PRIMARY KEY,
+            path TEXT NOT NULL,
+            original_name TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            rows INTEGER NOT NULL,
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+    # Built training sets. The files and the manifest (with per-row lineage) live in
+    # `path`; the row says which version it is and fingerprints it.
+    db.execute(
+        """
+        CREATE TABLE datasets (
+            id TEXT PRIMARY KEY,
+            version INTEGER NOT NULL UNIQUE,
+            path TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            counts TEXT NOT NULL DEFAULT '{}',
+            manifest_path TEXT NOT NULL,
+            params TEXT NOT NULL DEFAULT '{}',
             created_at TEXT NOT NULL
         )
         """

@@ -19,6 +19,7 @@ from sqlite_utils import Database
 
 from config.errors import NotFound
 from feedback.db import new_id, utc_now, write_transaction
+from feedback.text import question_key
 
 
 @dataclass
@@ -74,8 +75,8 @@ def record_turn(db: Database, turn: Turn) -> None:
         )
         db.execute(
             """INSERT INTO messages (id, conversation_id, seq, role, content, model_version_id, created_at,
-                   latency_ms, tokens_in, tokens_out, finish_reason, error)
-               VALUES (?, ?, ?, 'assistant', ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   latency_ms, tokens_in, tokens_out, finish_reason, error, question_key)
+               VALUES (?, ?, ?, 'assistant', ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             [
                 turn.assistant_message_id,
                 turn.conversation_id,
@@ -88,6 +89,7 @@ def record_turn(db: Database, turn: Turn) -> None:
                 turn.tokens_out,
                 turn.finish_reason,
                 turn.error,
+                question_key(turn.question),  # what ranking groups answers by (feedback/text.py)
             ],
         )
 

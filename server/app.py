@@ -20,7 +20,7 @@ from flask_limiter import Limiter
 from config.settings import Settings, load_settings
 from feedback.db import open_db
 from feedback.secrets import instance_secret
-from server import metrics
+from server import admin, metrics
 from server.auth import authenticate, rate_limit_key
 from server.context import Gateway, close_db, get_db
 from server.errors import register_error_handlers
@@ -82,7 +82,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         expose_headers=["Retry-After", "X-Tuneloop-Message-Id", "X-Tuneloop-Conversation-Id"],
         max_age=600,
     )
-    for blueprint in (api.bp, openai_compat.bp, ops.bp, pages.bp):
+    for blueprint in (api.bp, openai_compat.bp, ops.bp, pages.bp, admin.bp):
         app.register_blueprint(blueprint)
     _install_limits(app, settings)
 

@@ -1,0 +1,127 @@
+"""The report's view of the rest of the loop: review queue, training, evaluation, promotions.
+
+Those tables arrive with later parts of tuneloop (``review_items``,
+``training_runs``, ``evaluations``). Until a table exists its section says
+"nothing yet"; once it does, the rows are read here — and only here, so a new
+kind of event is one function in this module. Columns are looked up by name
+rather than assumed, because these schemas may still grow; a time column is
+the first of :data:`TIME_COLUMNS` the table has.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from sqlite_utils import Database
+
+TIME_COLUMNS = ("finished_at", "decided_at", "completed_at", "updated_at", "created_at", "started_at")
+
+
+def _columns(db: Database, table: str) -> set[str] | None:
+    if table not in db.table_names():
+        return None
+    return {row[1] for row in db.execute(f"PRAGMA table_info('{table}')").fetchall()}
+
+
+def _time_column(columns: set[str]) -> str | None:
+    return next((c for c in TIME_COLUMNS if c in columns), None)
+
+
+def _pick(columns: set[str], wanted: tuple[str, ...]) -> list[str]:
+    return [c for c in wanted if c in columns]
+
+
+def _rows(db: Database, table: str, columns: list[str], where: str, params: list, order: str, limit: int = 50) -> list[dict]:
+    sql = f"SELECT {', '.join(columns)} FROM {table} WHERE {where} ORDER BY {order} LIMIT {int(limit)}"
+    return [dict(zip(columns, row)) for row in db.execute(sql, params).fetchall()]
+
+
+def review_queue_status(db: Database, since: str, until: str) -> dict:
+    """Review queue counts: by status now, added and decided in the window, oldest pending."""
+    columns = _columns(db, "review_items")
+    if columns is None or "status" not in columns:
+        return {"available": False}
+    by_status = dict(db.execute("SELECT status, COUNT(*) FROM review_items GROUP BY status").fetchall())
+    status: dict = {"available": True, "by_status": by_status, "pending": by_status.get("pending", 0)}
+    if "created_at" in columns:
+        (status["added"],) = db.execute(
+            "SELECT COUNT(*) FROM review_items WHERE created_at >= ? AND created_at < ?", [since, until]
+        ).fetchone()
+        (oldest,) = db.execute("SELECT MIN(created_at) FROM review_items WHERE status = 'pending'").fetchone()
+        status["oldest_pending"] = oldest
+        if oldest:
+            age = datetime.fromisoformat(until.replace("Z", "+00:00")) - datetime.fromisoformat(
+                oldest.replace("Z", "+00:00")
+            )
+            status["oldest_pending_days"] = max(0, age.days)
+    if "decided_at" in columns:
+        status["decided"] = dict(
+            db.execute(
+                "SELECT status, COUNT(*) FROM review_items WHERE decided_at >= ? AND decided_at < ? GROUP BY status",
+                [since, until],
+            ).fetchall()
+        )
+    return status
+
+
+def training_events(db: Database, since: str, until: str) -> dict:
+    """Training runs that ended (or last changed) in the window."""
+    return _events(
+        db, "training_runs", since, until,
+        ("id", "provider", "base_model", "state", "dataset_id", "metrics", "error"),
+    )
+
+
+def evaluation_events(db: Database, since: str, until: str) -> dict:
+    """Candidate-versus-live evaluations finished in the window."""
+    return _events(
+        db, "evaluations", since, until,
+        ("id", "candidate_id", "incumbent_id", "passed", "reasons", "metrics"),
+    )
+
+
+def promotion_events(db: Database, since: str, until: str) -> dict:
+    """Model versions promoted or retired in the window (from ``model_versions``)."""
+    columns = _columns(db, "model_versions") or set()
+    events = []
+    for column, kind in (("promoted_at", "promoted"), ("retired_at", "retired")):
+        if column not in columns:
+            continue
+        for version_id, name, status, at in db.execute(
+            f"SELECT id, name, status, {column} FROM model_versions WHERE {column} >= ? AND {column} < ?",
+            [since, until],
+        ).fetchall():
+            events.append({"kind": kind, "model_version_id": version_id, "name": name, "status": status, "at": at})
+    events.sort(key=lambda e: e["at"])
+    return {"available": True, "events": events}
+
+
+def _events(db: Database, table: str, since: str, until: str, wanted: tuple[str, ...]) -> dict:
+    columns = _columns(db, table)
+    if columns is None:
+        return {"available": False, "events": []}
+    at = _time_column(columns)
+    if at is None:
+        return {"available": True, "events": []}
+    picked = _pick(columns, wanted) + [at]
+    rows = _rows(db, table, picked, f"{at} >= ? AND {at} < ?", [since, until], f"{at}")
+    for row in rows:
+        row["at"] = row.pop(at)
+        for key in ("metrics", "reasons"):
+            if isinstance(row.get(key), str):
+                try:
+                    row[key] = json.loads(row[key])
+                except ValueError:
+                    pass
+    return {"available": True, "events": rows}
+
+
+def lifecycle(db: Database, since: str, until: str) -> dict:
+    """Everything the report says about the loop beyond ratings, for the window."""
+    return {
+        "review_queue": review_queue_status(db, since, until),
+        "training": training_events(db, since, until),
+        "evaluations": evaluation_events(db, since, until),
+        "promotions": promotion_events(db, since, until),
+    }

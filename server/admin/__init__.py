@@ -1,0 +1,12 @@
+"""Admin pages under ``/admin``: the blueprint and its route modules.
+
+``bp`` is registered by ``server/app.py``. A new group of pages is a module that
+adds views to :data:`server.admin.blueprint.bp` and is imported here; the
+blueprint's ``before_request`` already guards it (see ``auth.py``).
+"""
+
+from server.admin import pages  # noqa: F401  (its views register on the blueprint)
+from server.admin.auth import admin_token
+from server.admin.blueprint import bp
+
+__all__ = ["admin_token", "bp"]

@@ -1,0 +1,176 @@
+"""Admin pages: the token, bearer and browser sessions, CSRF, escaping, and serving reports."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from feedback.db import open_db, utc_now
+from feedback.report import generate_report
+from feedback.secrets import instance_secret
+from server.admin import admin_token
+from server.admin.auth import COOKIE, session_is_valid, session_value
+from server.cli.main import cli
+from tests.test_ranking import ask, make_version
+
+HOSTILE = "<script>alert(1)</script>배송비는?"
+
+
+@pytest.fixture
+def app(make_gateway):
+    return make_gateway()
+
+
+@pytest.fixture
+def token(app, tmp_path):
+    db = open_db(tmp_path / "var" / "tuneloop.db")
+    try:
+        return admin_token(app.extensions["tuneloop"].settings, db)
+    finally:
+        db.close()
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def login(client, token: str, next_path: str = "/admin/reports"):
+    return client.post("/admin/login", data={"token": token, "next": next_path})
+
+
+def csrf_of(page_html: str) -> str:
+    return re.search(r'name="csrf" value="([0-9a-f]+)"', page_html).group(1)
+
+
+def test_token_is_generated_once_kept_in_the_database_and_shared(app, token, tmp_path, make_gateway):
+    db = open_db(tmp_path / "var" / "tuneloop.db")
+    assert instance_secret(db, "admin_token") == token and len(token) >= 32
+    db.close()
+    again = make_gateway()  # a restart (or a second worker) on the same database
+    assert again.test_client().get("/admin/api/reports", headers=bearer(token)).status_code == 200
+
+
+def test_configured_token_wins(make_gateway):
+    app = make_gateway(**{"admin.token": "a-configured-admin-token"})
+    client = app.test_client()
+    assert client.get("/admin/api/reports", headers=bearer("a-configured-admin-token")).status_code == 200
+
+
+def test_pages_send_browsers_to_login_and_scripts_get_401(app):
+    client = app.test_client()
+    page = client.get("/admin/worst?days=3", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+    assert page.status_code == 302
+    assert page.headers["Location"] == "/admin/login?next=/admin/worst?days%3D3"
+    for path, headers in (("/admin/api/reports", {}), ("/admin/", {"Accept": "*/*"}),
+                          ("/admin/reports/2026-W47.json", {"Accept": "text/html"})):
+        response = client.get(path, headers=headers)
+        assert response.status_code == 401, path
+        assert response.get_json()["error"]["code"] == "admin_auth_required"
+
+
+def test_bearer_token(app, token):
+    client = app.test_client()
+    assert client.get("/admin/api/reports", headers=bearer(token)).get_json() == {"reports": []}
+    wrong = client.get("/admin/", headers=bearer(token + "x"))
+    assert wrong.status_code == 401 and wrong.get_json()["error"]["code"] == "invalid_admin_token"
+
+
+def test_login_sets_a_strict_httponly_session_cookie(app, token):
+    client = app.test_client()
+    assert login(client, "not-the-token").status_code == 401
+    response = login(client, token, "/admin/reports")
+    assert response.status_code == 302 and response.headers["Location"] == "/admin/reports"
+    cookie = response.headers["Set-Cookie"]
+    assert cookie.startswith(f"{COOKIE}=")
+    for attribute in ("HttpOnly", "SameSite=Strict", "Path=/admin", "Max-Age=43200"):
+        assert attribute in cookie
+    page = client.get("/admin/reports")
+    assert page.status_code == 200 and b"Weekly reports" in page.data
+    assert page.headers["Cache-Control"] == "no-store" and page.headers["X-Frame-Options"] == "DENY"
+    assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+    client.post("/admin/logout", data={"csrf": csrf_of(page.get_data(as_text=True))})
+    assert client.get("/admin/reports").status_code in (302, 401)
+
+
+def test_login_never_redirects_off_site(app, token):
+    client = app.test_client()
+    for target in ("https://evil.example/admin", "//evil.example/admin", "/api/chat", "/\\evil.example"):
+        assert login(client, token, target).headers["Location"] == "/admin/"
+
+
+def test_sessions_expire_and_die_with_the_token():
+    value = session_value("token-one-1234567890")
+    assert session_is_valid("token-one-1234567890", value, 60)
+    assert not session_is_valid("token-two-1234567890", value, 60)
+    assert not session_is_valid("token-one-1234567890", value, -1)
+    assert not session_is_valid("token-one-1234567890", value + "x", 60)
+
+
+def test_cookie_posts_need_the_csrf_field_bearer_posts_do_not(app, token):
+    client = app.test_client()
+    login(client, token)
+    page = client.get("/admin/reports").get_data(as_text=True)
+    refused = client.post("/admin/reports", data={"week": "2026-W46"})
+    assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "csrf_failed"
+    made = client.post("/admin/reports", data={"week": "2026-W46", "csrf": csrf_of(page)})
+    assert made.status_code == 302 and made.headers["Location"] == "/admin/reports/2026-W46"
+    assert app.test_client().post("/admin/reports", data={"week": "2026-W45"}, headers=bearer(token)).status_code == 302
+    listed = client.get("/admin/api/reports").get_json()["reports"]
+    assert [r["week"] for r in listed] == ["2026-W46", "2026-W45"]
+
+
+@pytest.fixture
+def written_report(app):
+    """A report for 2026-W47 whose worst question is hostile markup (5 of 5 down)."""
+    settings = app.extensions["tuneloop"].settings
+    db = open_db(settings.db_path)
+    live = make_version(db, "ranked")
+    ask(db, live, HOSTILE, at="2026-11-18T03:00:00.000Z", down=5)
+    generate_report(db, settings, week="2026-W47")
+    db.close()
+    return "2026-W47"
+
+
+def test_reports_are_served_and_names_are_checked(app, token, written_report):
+    client = app.test_client()
+    html = client.get("/admin/reports/2026-W47", headers=bearer(token))
+    assert html.status_code == 200 and html.mimetype == "text/html"
+    assert b"Weekly report \xc2\xb7 2026-W47" in html.data and b"<script" not in html.data
+    assert "default-src 'none'" in html.headers["Content-Security-Policy"]
+    assert client.get("/admin/reports/2026-W47.json", headers=bearer(token)).get_json()["week"] == "2026-W47"
+    assert client.get("/admin/reports/2026-W47.md", headers=bearer(token)).mimetype == "text/markdown"
+    for name in ("2026-W48", "2026-W47.exe", "..%2f..%2fetc%2fpasswd", "2026-W47.html%00"):
+        assert client.get(f"/admin/reports/{name}", headers=bearer(token)).status_code == 404, name
+
+
+def test_worst_page_escapes_user_text(app, token):
+    settings = app.extensions["tuneloop"].settings
+    db = open_db(settings.db_path)
+    live = db.execute("SELECT id FROM model_versions WHERE status = 'live'").fetchone()[0]
+    for _ in range(5):
+        ask(db, live, HOSTILE, answer="<img src=x onerror=alert(2)>", down=1, at=utc_now(),
+            comment="<b>rude</b>")
+    db.close()
+    client = app.test_client()
+    page = client.get("/admin/worst?days=3", headers=bearer(token))
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;배송비는?" in text
+    assert "<script>" not in text and "<img" not in text
+    data = client.get("/admin/api/worst?days=3", headers=bearer(token)).get_json()
+    assert data["groups"][0]["question"] == HOSTILE and data["groups"][0]["down"] == 5
+    assert client.get("/admin/api/worst?days=0", headers=bearer(token)).status_code == 422
+
+
+def test_dashboard_shows_the_latest_report(app, token, written_report):
+    page = app.test_client().get("/admin/", headers=bearer(token))
+    text = page.get_data(as_text=True)
+    assert page.status_code == 200 and "Last report:" in text and "2026-W47" in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;배송비는?" in text and "<script>" not in text
+
+
+def test_cli_prints_the_same_token(app, token, tmp_path):
+    result = CliRunner().invoke(cli, ["admin", "token"], env={"TUNELOOP_PATHS__DATA_DIR": str(tmp_path / "var")})
+    assert result.exit_code == 0 and result.output.strip() == token

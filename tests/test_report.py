@@ -1,0 +1,313 @@
+"""The weekly report: hand-computed numbers, sections, escaping, files, delivery, CLI and demo data."""
+
+from __future__ import annotations
+
+import email
+import json
+import re
+import socketserver
+import threading
+from datetime import datetime, timezone
+from email import policy
+
+import pytest
+from click.testing import CliRunner
+
+from bench import analytics
+from config.errors import ConfigError
+from config.settings import load_settings
+from feedback import turns
+from feedback.db import write_transaction
+from feedback.demo import has_demo, remove_demo, seed_demo
+from feedback.report import build_report, generate_report, list_reports, render_html, render_markdown
+from feedback.report.deliver import deliver_report, webhook_payload
+from feedback.report.weeks import iso_week_window, last_complete_week, shift_week
+from server.cli.main import cli
+from tests.test_ranking import ask, make_version
+
+W47 = "2026-W47"
+NOW = datetime(2026, 11, 23, 0, 30, tzinfo=timezone.utc)  # Monday morning in Seoul
+THIS = "2026-11-18T03:00:00.000Z"  # Wed of W47 (KST)
+LAST = "2026-11-11T03:00:00.000Z"  # Wed of W46
+HOSTILE = '<script>alert("q")</script> & <b>bold</b>'
+
+
+def report_settings(tmp_path, **overrides):
+    values = {"paths.data_dir": str(tmp_path / "var"), "report.min_votes": 1}
+    values.update(overrides)
+    return load_settings(env={}, overrides=values)
+
+
+def failed_turn(db, version_id, at):
+    turn = turns.Turn(conversation_id=turns.new_conversation_id(), question="anything", answer="",
+                      model_version_id=version_id, error="upstream_timeout", latency_ms=30000.0)
+    turns.record_turn(db, turn)
+    with write_transaction(db):
+        db.execute("UPDATE messages SET created_at = ? WHERE conversation_id = ?", [at, turn.conversation_id])
+
+
+@pytest.fixture
+def store(db):
+    """Week W47: 4 good answers (latency 100/200/300/1000 ms) + 1 failed; 3 rated, 2 down.
+    Week W46: 2 answers, both up — one of those votes cast late, during W47."""
+    live = make_version(db, "starter", "live")
+    ask(db, live, HOSTILE, down=1, reason="wrong", comment="<img src=x onerror=alert(1)> wrong | bad")
+    ask(db, live, "How much is shipping?", up=1)
+    ask(db, live, "Do points expire?", down=1, reason="outdated", correction="Points expire after 1 year.")
+    ask(db, live, "Unrated question")
+    failed_turn(db, live, THIS)
+    with write_transaction(db):
+        for ms, question in ((100, HOSTILE), (200, "How much is shipping?"), (300, "Do points expire?"),
+                             (1000, "Unrated question")):
+            db.execute("UPDATE messages SET latency_ms = ? WHERE role = 'assistant' AND conversation_id IN "
+                       "(SELECT conversation_id FROM messages WHERE content = ?)", [ms, question])
+    ask(db, live, "How much is shipping?", at=LAST, up=1)
+    late = ask(db, live, "Do points expire?", at=LAST, up=1)
+    with write_transaction(db):
+        db.execute("UPDATE feedback SET created_at = ? WHERE message_id = ?", ["2026-11-17T01:00:00.000Z", late])
+    return live
+
+
+def test_week_windows_are_iso_weeks_in_the_configured_zone():
+    assert iso_week_window(W47, "Asia/Seoul") == ("2026-11-15T15:00:00.000Z", "2026-11-22T15:00:00.000Z")
+    assert iso_week_window(W47, "UTC") == ("2026-11-16T00:00:00.000Z", "2026-11-23T00:00:00.000Z")
+    assert shift_week("2027-W01", -1) == "2026-W53"
+    # Monday 00:30 UTC is already Monday 09:30 in Seoul: last week is W47 there, W47 in UTC too.
+    assert last_complete_week("Asia/Seoul", NOW) == W47
+    assert last_complete_week("UTC", datetime(2026, 11, 22, 20, 0, tzinfo=timezone.utc)) == "2026-W46"
+
+
+def test_headline_numbers_by_hand(db, store, tmp_path):
+    report = build_report(db, report_settings(tmp_path), week=W47, now=NOW)
+    this, previous = report["headline"]["this"], report["headline"]["previous"]
+    assert this == {
+        "week": W47, "answers": 5, "failed": 1, "failed_rate": 0.2, "ratings": 3, "rating_rate": 0.75,
+        "up": 1, "down": 2, "satisfaction": 0.3333,
+        "latency_p50": 200.0,  # nearest rank: ⌈0.5·4⌉ = 2nd of 100, 200, 300, 1000
+        "latency_p95": 1000.0,  # ⌈0.95·4⌉ = 4th
+        "corrections": 1,
+    }
+    # The late vote belongs to its answer's week.
+    assert (previous["answers"], previous["ratings"], previous["satisfaction"]) == (2, 2, 1.0)
+    assert report["reasons"] == {"this": {"wrong": 1, "outdated": 1}, "previous": {}}
+    assert [v["label"] for v in report["versions"]] == ["starter"]
+    assert report["trend"]["weeks"][-2:] == ["2026-W46", W47] and len(report["trend"]["weeks"]) == 12
+    assert report["trend"]["series"][0]["satisfaction"][-2:] == [1.0, 0.3333]
+    worst = report["worst"]["ranking"]["groups"]
+    # Both 1 of 1 down (score 0.2065), both asked once: the tie falls to the key's alphabetical order.
+    assert [(g["question"], g["score"]) for g in worst][:2] == [("Do points expire?", 0.2065), (HOSTILE, 0.2065)]
+
+
+def test_warnings_few_ratings_and_announced_shutdown(db, store, tmp_path):
+    settings = report_settings(tmp_path, report={"shutdown_dates": {"starter": "2026-12-01"}})
+    kinds = {w["kind"]: w["message"] for w in build_report(db, settings, week=W47, now=NOW)["warnings"]}
+    assert "only 3 rating(s)" in kinds["few_ratings"]
+    assert "few_ratings_previous" in kinds
+    assert "starter shuts down on 2026-12-01 (in 8 days)" in kinds["model_shutdown"]
+    assert "20.0%" in kinds["failed_answers"]
+    far = report_settings(tmp_path, report={"shutdown_dates": {"starter": "2027-12-01"}, "low_ratings_warning": 3})
+    kinds = {w["kind"] for w in build_report(db, far, week=W47, now=NOW)["warnings"]}
+    assert "model_shutdown" not in kinds and "few_ratings" not in kinds
+
+
+def test_later_sections_say_nothing_yet_until_their_tables_exist(db, store, tmp_path):
+    settings = report_settings(tmp_path)
+    with write_transaction(db):
+        # A store from before the review queue and training existed (later migrations add them).
+        for table in ("evaluations", "training_runs", "review_items"):
+            db.execute(f"DROP TABLE IF EXISTS {table}")
+    report = build_report(db, settings, week=W47, now=NOW)
+    assert report["review_queue"] == {"available": False}
+    assert report["training"] == {"available": False, "events": []}
+    html = render_html(report)
+    assert "Nothing yet: the review queue has not been set up." in html
+    with write_transaction(db):
+        db.execute("CREATE TABLE review_items (id TEXT, question TEXT, status TEXT, created_at TEXT, decided_at TEXT)")
+        db.execute("INSERT INTO review_items VALUES ('r1', 'q', 'pending', '2026-11-02T00:00:00.000Z', NULL),"
+                   " ('r2', 'q', 'approved', '2026-11-17T00:00:00.000Z', '2026-11-18T00:00:00.000Z'),"
+                   " ('r3', 'q', 'pending', '2026-11-19T00:00:00.000Z', NULL)")
+        db.execute("CREATE TABLE training_runs (id TEXT, provider TEXT, state TEXT, error TEXT, created_at TEXT, "
+                   "finished_at TEXT)")
+        db.execute("INSERT INTO training_runs VALUES ('tr1', 'local', 'succeeded', NULL, "
+                   "'2026-11-18T00:00:00.000Z', '2026-11-18T01:00:00.000Z')")
+    report = build_report(db, settings, week=W47, now=NOW)
+    queue = report["review_queue"]
+    assert (queue["pending"], queue["added"], queue["decided"], queue["oldest_pending_days"]) == (2, 2, {"approved": 1}, 20)
+    assert report["training"]["events"] == [{"id": "tr1", "provider": "local", "state": "succeeded",
+                                             "error": None, "at": "2026-11-18T01:00:00.000Z"}]
+    markdown = render_markdown(report)
+    assert "- pending: 2 (oldest 20 days)" in markdown
+    assert "training run tr1 (local): succeeded" in markdown
+
+
+def test_user_text_is_escaped_and_the_html_is_self_contained(db, store, tmp_path):
+    html = render_html(build_report(db, report_settings(tmp_path), week=W47, now=NOW))
+    assert "<script" not in html and "<img" not in html
+    assert "&lt;script&gt;alert(&#34;q&#34;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+    # Nothing fetched from anywhere: no external URLs but the SVG namespace, no <link>, no src=.
+    assert set(re.findall(r"https?://[^\s\"'<>]+", html)) == {"http://www.w3.org/2000/svg"}
+    assert "<link" not in html and not re.search(r"<[^>]*\ssrc=", html)
+    assert html.count("<svg") == 4
+
+
+def test_markdown_keeps_tables_intact(db, store, tmp_path):
+    markdown = render_markdown(build_report(db, report_settings(tmp_path), week=W47, now=NOW))
+    assert "| Satisfaction (thumbs-up share) | 33.3% | 100.0% | -66.7 pts |" in markdown
+    assert "wrong \\| bad" in markdown  # a pipe in a comment cannot break the table
+
+
+def test_files_are_written_and_listed(db, store, tmp_path):
+    settings = report_settings(tmp_path)
+    report, paths = generate_report(db, settings, week=W47, now=NOW)
+    assert {p.name for p in paths.values()} == {f"report-{W47}.{ext}" for ext in ("html", "md", "json")}
+    assert all(p.parent == settings.reports_dir for p in paths.values())
+    assert json.loads(paths["json"].read_text())["headline"] == report["headline"]
+    (listed,) = list_reports(settings.reports_dir)
+    assert (listed["week"], listed["formats"]) == (W47, ["html", "json", "md"])
+
+
+def test_webhook_gets_slack_compatible_json(db, store, tmp_path, httpserver):
+    httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("ok")
+    settings = report_settings(tmp_path, **{"report.webhook_url": httpserver.url_for("/hook"),
+                                           "report.public_url": "https://bot.example.com"})
+    report = build_report(db, settings, week=W47, now=NOW)
+    (result,) = deliver_report(report, settings.report)
+    assert result.ok and result.detail == "HTTP 200"
+    (request, _), = httpserver.log
+    body = json.loads(request.get_data())
+    assert body == webhook_payload(report, settings.report)
+    assert body["blocks"][0]["text"]["type"] == "mrkdwn"
+    assert "weekly report 2026-W47" in body["text"] and "Satisfaction 33.3%" in body["text"]
+    assert "https://bot.example.com/admin/reports/2026-W47" in body["text"]
+    httpserver.expect_oneshot_request("/hook").respond_with_data("nope", status=500)
+    (failed,) = deliver_report(report, settings.report)
+    assert not failed.ok and "HTTP 500" in failed.detail
+
+
+class _SMTPHandler(socketserver.StreamRequestHandler):
+    """Just enough of SMTP (RFC 5321) to receive one message."""
+
+    def handle(self):
+        self.wfile.write(b"220 test ESMTP\r\n")
+        in_data, lines = False, []
+        while line := self.rfile.readline():
+            if in_data:
+                if line.rstrip(b"\r\n") == b".":
+                    in_data = False
+                    self.server.received.append(b"".join(lines))
+                    self.wfile.write(b"250 queued\r\n")
+                else:
+                    lines.append(line[1:] if line.startswith(b"..") else line)
+                continue
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                self.wfile.write(b"250-test\r\n250 8BITMIME\r\n")
+            elif verb == b"RCPT":
+                self.server.recipients.append(line[8:].strip().decode())
+                self.wfile.write(b"250 ok\r\n")
+            elif verb == b"DATA":
+                in_data = True
+                self.wfile.write(b"354 go on\r\n")
+            elif verb == b"QUIT":
+                self.wfile.write(b"221 bye\r\n")
+                return
+            else:
+                self.wfile.write(b"250 ok\r\n")
+
+
+@pytest.fixture
+def smtp_server():
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SMTPHandler)
+    server.received, server.recipients = [], []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_email_carries_html_markdown_and_json(db, store, tmp_path, smtp_server):
+    settings = report_settings(tmp_path, **{
+        "report.smtp_host": "127.0.0.1", "report.smtp_port": smtp_server.server_address[1],
+        "report.smtp_starttls": False, "report.smtp_from": "tuneloop@example.com",
+        "report.smtp_to": ["lead@example.com"],
+    })
+    report = build_report(db, settings, week=W47, now=NOW)
+    (result,) = deliver_report(report, settings.report)
+    assert result.ok, result.detail
+    assert smtp_server.recipients == ["<lead@example.com>"]
+    (raw,) = smtp_server.received
+    message = email.message_from_bytes(raw, policy=policy.default)
+    assert message["Subject"] == "tuneloop weekly report 2026-W47: satisfaction 33.3%"
+    assert "Weekly report · 2026-W47" in message.get_body(("html",)).get_content()
+    assert "# Weekly report 2026-W47" in message.get_body(("plain",)).get_content()
+    (attachment,) = list(message.iter_attachments())
+    assert attachment.get_filename() == "report-2026-W47.json"
+    assert json.loads(attachment.get_content())["week"] == W47
+
+
+def test_unreachable_smtp_is_reported_not_raised(db, store, tmp_path):
+    settings = report_settings(tmp_path, **{
+        "report.smtp_host": "127.0.0.1", "report.smtp_port": 9, "report.smtp_starttls": False,
+        "report.smtp_from": "a@example.com", "report.smtp_to": ["b@example.com"], "report.webhook_timeout_s": 2.0,
+    })
+    (result,) = deliver_report(build_report(db, settings, week=W47, now=NOW), settings.report)
+    assert not result.ok and result.channel == "email"
+
+
+def test_demo_seed_then_report_from_the_cli(tmp_path):
+    runner = CliRunner()
+    env = {"TUNELOOP_PATHS__DATA_DIR": str(tmp_path / "var")}
+    seeded = runner.invoke(cli, ["demo", "seed", "--weeks", "3", "--turns-per-week", "300"], env=env)
+    assert seeded.exit_code == 0, seeded.output
+    assert "ratings" in seeded.output
+    again = runner.invoke(cli, ["demo", "seed", "--weeks", "3"], env=env)
+    assert again.exit_code == 1 and "already" in again.output
+    made = runner.invoke(cli, ["report", "--no-deliver"], env=env)
+    assert made.exit_code == 0, made.output
+    assert re.search(r"html .*report-\d{4}-W\d{2}\.html", made.output)
+    ranked = runner.invoke(cli, ["worst", "--json", "--top", "3"], env=env)
+    assert ranked.exit_code == 0, ranked.output
+    assert len(json.loads(ranked.output)["groups"]) == 3
+    bad = runner.invoke(cli, ["report", "--week", "2026-W99"], env=env)
+    assert bad.exit_code == 2 and "no ISO week 99" in bad.output
+
+
+def test_demo_data_tells_a_story_and_can_be_removed(db, tmp_path):
+    settings = report_settings(tmp_path)
+    summary = seed_demo(db, settings, weeks=6, turns_per_week=600, now=NOW)
+    assert 0.25 < summary.ratings / summary.answers < 0.4
+    report = build_report(db, settings, week=W47, now=NOW)
+    labels = [s["label"] for s in report["trend"]["series"]]
+    assert labels == ["starter-v0", "starter"]
+    old, new = report["trend"]["series"]
+    assert old["answers"][-1] == 0 and new["answers"][-1] > 500  # the new version took over
+    worst = report["worst"]["ranking"]["groups"]
+    assert worst and worst[0]["evidence"]["comments"] and worst[0]["down_share"] > 0.5
+    assert has_demo(db)
+    assert remove_demo(db) == summary.conversations
+    assert not has_demo(db)
+    assert db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
+
+
+def test_report_settings_are_checked(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('[report]\nshutdown_dates = { "gpt-4o-mini" = 2026-03-31, "old" = "2026-01-05" }\n')
+    assert load_settings(good, env={}).report.shutdown_dates == {"gpt-4o-mini": "2026-03-31", "old": "2026-01-05"}
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[report]\nshutdown_dates = { "gpt-4o-mini" = "next spring" }\n')
+    with pytest.raises(ConfigError, match=r"^report.shutdown_dates.gpt-4o-mini: expected a date"):
+        load_settings(bad, env={})
+    with pytest.raises(ConfigError, match=r"^report.timezone: unknown time zone"):
+        load_settings(env={"TUNELOOP_REPORT__TIMEZONE": "Mars/Olympus"})
+    with pytest.raises(ConfigError, match=r"^report.smtp_to:"):
+        load_settings(env={"TUNELOOP_REPORT__SMTP_HOST": "smtp.example.com", "TUNELOOP_REPORT__SMTP_FROM": "a@b.c"})
+
+
+def test_analytics_benchmark_runs_on_a_small_store(tmp_path, capsys):
+    (row,) = analytics.run([3000], tmp_path, repeat=1, rebuild=False)
+    assert (row["turns"], row["messages"]) == (3000, 6000)
+    assert 0.25 < row["feedback"] / row["turns"] < 0.35
+    assert row["one_week"]["rated"] > 0 and row["all"]["groups"] > 0
+    assert json.loads(capsys.readouterr().out.strip()) == row
