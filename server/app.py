@@ -18,7 +18,7 @@ from flask_cors import CORS
 from flask_limiter import Limiter
 
 from config.settings import Settings, load_settings
-from feedback.db import open_db
+from feedback.db import ConnectionPool, open_db
 from feedback.secrets import instance_secret
 from server import admin, metrics
 from server.auth import authenticate, rate_limit_key
@@ -49,14 +49,13 @@ def init_app(app: Flask, settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per upstream call is noise
     db = open_db(settings.db_path, busy_timeout_ms=settings.database.busy_timeout_ms)
-    try:
-        secret = settings.gateway.secret_key or instance_secret(db, "feedback_token")
-        gw = Gateway(settings=settings, secret=secret, router=None, chat=None)  # type: ignore[arg-type]
-        gw.router = ModelRouter(settings, gw.connect)
-        gw.router.prime(db)
-        gw.chat = ChatService(settings=settings, router=gw.router, secret=secret, connect=gw.connect)
-    finally:
-        db.close()
+    pool = ConnectionPool(settings.db_path, busy_timeout_ms=settings.database.busy_timeout_ms)
+    secret = settings.gateway.secret_key or instance_secret(db, "feedback_token")
+    router = ModelRouter(settings, pool.connection)
+    router.prime(db)
+    pool.release(db)  # the start-up connection stays open in the pool for the worker's life
+    chat = ChatService(settings=settings, router=router, secret=secret, connection=pool.connection)
+    gw = Gateway(settings=settings, secret=secret, pool=pool, router=router, chat=chat)
     app.extensions["tuneloop"] = gw
     app.teardown_appcontext(close_db)
     register_error_handlers(app)

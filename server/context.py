@@ -8,7 +8,7 @@ from flask import current_app, g
 from sqlite_utils import Database
 
 from config.settings import Settings
-from feedback.db import open_db
+from feedback.db import ConnectionPool, open_db
 from server.serving import ChatService, ModelRouter
 
 
@@ -18,11 +18,12 @@ class Gateway:
 
     settings: Settings
     secret: str
+    pool: ConnectionPool
     router: ModelRouter
     chat: ChatService
 
     def connect(self) -> Database:
-        """A new connection to the (already migrated) database."""
+        """A new connection of the caller's own (tools, tests); requests use :attr:`pool`."""
         return open_db(self.settings.db_path, busy_timeout_ms=self.settings.database.busy_timeout_ms, migrate=False)
 
 
@@ -33,11 +34,11 @@ def gateway() -> Gateway:
 def get_db() -> Database:
     """This request's connection, opened on first use and closed at teardown."""
     if "db" not in g:
-        g.db = gateway().connect()
+        g.db = gateway().pool.acquire()
     return g.db
 
 
 def close_db(_exc: BaseException | None = None) -> None:
     db = g.pop("db", None)
     if db is not None:
-        db.close()
+        gateway().pool.release(db)

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 from sqlite_utils import Database
 
@@ -40,9 +40,9 @@ class ModelRouter:
     version (sticky).
     """
 
-    def __init__(self, settings: Settings, connect: Callable[[], Database]):
+    def __init__(self, settings: Settings, connection: Callable[[], ContextManager[Database]]):
         self.settings = settings
-        self.connect = connect
+        self.connection = connection
         self._cached_at = -1e9
         self._live: versions.ModelVersion | None = None
         self._canaries: list[versions.ModelVersion] = []
@@ -66,11 +66,8 @@ class ModelRouter:
 
     def _current(self) -> tuple[versions.ModelVersion | None, list[versions.ModelVersion]]:
         if time.monotonic() - self._cached_at > self.settings.gateway.model_cache_s:
-            db = self.connect()
-            try:
+            with self.connection() as db:
                 self._refresh(db)
-            finally:
-                db.close()
         return self._live, self._canaries
 
     def live_name(self) -> str:
@@ -198,7 +195,7 @@ class ChatService:
     settings: Settings
     router: ModelRouter
     secret: str
-    connect: Callable[[], Database]
+    connection: Callable[[], ContextManager[Database]]
     client: ChatClient = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self):
@@ -272,9 +269,6 @@ class ChatService:
         return PendingAnswer(self, generation, turn, feedback_token(self.secret, turn.assistant_message_id))
 
     def record(self, turn: turns.Turn) -> None:
-        """Write a turn on a connection of its own (streams outlive the request's)."""
-        db = self.connect()
-        try:
+        """Write a turn on a pooled connection of its own (streams outlive the request's)."""
+        with self.connection() as db:
             turns.record_turn(db, turn)
-        finally:
-            db.close()

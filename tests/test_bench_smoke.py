@@ -1,0 +1,38 @@
+"""The gateway benchmark runs end to end: `bench/gateway.py --quick` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_quick_benchmark_runs_and_prints_its_table(tmp_path):
+    figures_path = tmp_path / "figures.json"
+    proc = subprocess.run(
+        [sys.executable, "bench/gateway.py", "--quick", "--json", str(figures_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    for heading in ("1. Added latency", "2. Concurrent SSE streams", "3. Ratings over HTTP", "Checks: all requests answered"):
+        assert heading in out
+    assert "p50 ms" in out and "added" in out
+    figures = json.loads(figures_path.read_text())
+    stream = figures["streams"][0]
+    assert stream["gateway"]["ok"] == stream["n"] == 100
+    assert stream["gateway"]["gap_p50_ms"] > 0
+    latency = figures["latency"]
+    assert latency["1"]["gateway"]["requests"] == 100 and latency["64"]["gateway"]["requests"] == 320
+    rated = figures["ratings"]["feedback"]
+    assert rated["stored"] == rated["requests"] == 300
+    assert rated["server_errors"] == 0
