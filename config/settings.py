@@ -176,12 +176,14 @@ class ModelServerSettings:
     device: str = "auto"
     threads: int = 8
     max_new_tokens: int = 512
+    torch_threads: int = 1
 
     def __post_init__(self):
         _check(1 <= self.port <= 65535, "model_server.port", f"must be 1..65535, got {self.port}")
         _check(self.device in ("auto", "cpu", "cuda"), "model_server.device", "must be auto, cpu or cuda")
         _check(self.threads >= 1, "model_server.threads", "must be >= 1")
         _check(self.max_new_tokens >= 1, "model_server.max_new_tokens", "must be >= 1")
+        _check(self.torch_threads >= 0, "model_server.torch_threads", "must be >= 0 (0 = one per core)")
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,7 @@ class StarterSettings:
     warmup_steps: int = 20
     epochs: int = 60
     check_every: int = 5
-    threads: int = 2
+    threads: int = 1
     time_limit_s: float = 300.0
 
     def __post_init__(self):

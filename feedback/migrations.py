@@ -180,7 +180,7 @@ def m003_review_and_datasets(db: Database) -> None:
             question TEXT NOT NULL,
             question_key TEXT NOT NULL,
             origin TEXT NOT NULL DEFAULT 'ranking' CHECK (origin IN ('ranking', 'import', 'manual')),
-            model_version_id TEXT REFERENCES model_versions(id),
+            model_version_id TEXT,  -- no foreign key: removing demo versions must not trip on the queue
             evidence TEXT NOT NULL DEFAULT '{}',
             status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'approved', 'rejected')),
             answer TEXT,

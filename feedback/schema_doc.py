@@ -22,6 +22,9 @@ TABLE_NOTES = {
     "messages": "User and assistant messages in order (`seq`). Every assistant message records the `model_version_id` that wrote it, its latency, token counts and finish reason; a failed answer keeps its `error`.",
     "feedback": "Ratings (+1/−1) with reason, comment and suggested correction; unique per (message, voter), so a voter changes a vote instead of adding one.",
     "instance_secrets": "Secrets shared by every process on this database (the feedback-token signing key).",
+    "review_items": "The review queue: a worst-answered question (`origin` `ranking`, or an `import`ed / `manual` one) with its `evidence` as JSON (votes, answers given with their votes, comments, reasons, suggested corrections, phrasings, down-voted message ids). `status` pending → approved (with a non-empty `answer`; `answer_source` reviewer, teacher or user) or rejected (with a `note`); `draft` is a teacher model's suggestion. A partial unique index keeps one pending-or-approved item per `question_key`.",
+    "dataset_bases": "Company FAQ files imported with `tuneloop dataset import` (copied into `<data_dir>/base/`); the newest is the base dataset of the next build unless `dataset.base_file` is set.",
+    "datasets": "Built training sets: `version` n lives in `path` (`<data_dir>/datasets/vN/`: train/val/test JSONL, preference pairs, and `manifest_path` with per-row lineage); `sha256` fingerprints the files, `counts` and `params` say what went in.",
 }
 
 

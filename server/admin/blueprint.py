@@ -20,7 +20,8 @@ CONTENT_SECURITY_POLICY = (
     "frame-ancestors 'none'; base-uri 'none'"
 )
 
-NAV = [("admin.index", "Dashboard"), ("admin.reports", "Weekly reports"), ("admin.worst", "Worst answered")]
+NAV = [("admin.index", "Dashboard"), ("admin.reports", "Weekly reports"), ("admin.worst", "Worst answered"),
+       ("admin.review_list", "Review queue")]
 
 
 @bp.record_once
