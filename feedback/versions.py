@@ -93,3 +93,30 @@ def ensure_standby_version(db: Database, *, name: str, provider: str, base_url: 
             [version_id, name, provider, name, base_url, utc_now()],
         )
         return get_version(db, version_id)
+
+
+def create_candidate(
+    db: Database,
+    *,
+    name: str,
+    provider: str,
+    base_model: str,
+    training_run_id: str | None = None,
+    adapter_path: str | None = None,
+    base_url: str | None = None,
+    notes: str | None = None,
+) -> ModelVersion:
+    """Register a trained model as a ``candidate``: servable by name, not yet taking traffic.
+
+    ``name`` is what the model server will know it as (a vLLM LoRA name, an
+    OpenAI ``ft:`` name); ``adapter_path`` is the folder a LoRA is loaded from.
+    """
+    version_id = new_id("mv")
+    with write_transaction(db):
+        db.execute(
+            """INSERT INTO model_versions (id, name, provider, base_model, base_url, adapter_path, training_run_id,
+                   status, created_at, notes)
+               VALUES (?, ?, ?, ?, ?, ?, ?, 'candidate', ?, ?)""",
+            [version_id, name, provider, base_model, base_url, adapter_path, training_run_id, utc_now(), notes],
+        )
+    return get_version(db, version_id)
