@@ -198,12 +198,11 @@ class StarterSettings:
     heads: int = 4
     mlp_size: int = 256
     context_length: int = 1024
-    history_turns: int = 3
-    batch_size: int = 16
+    history_turns: int = 6
+    batch_size: int = 4
     learning_rate: float = 0.003
     warmup_steps: int = 20
-    epochs: int = 60
-    check_every: int = 5
+    epochs: int = 40
     threads: int = 1
     time_limit_s: float = 300.0
 
@@ -211,7 +210,7 @@ class StarterSettings:
         _check(self.vocab_size >= 300, "starter.vocab_size", f"must be >= 300 (256 bytes + specials), got {self.vocab_size}")
         _check(self.heads >= 1 and self.hidden_size % self.heads == 0, "starter.heads", "must divide hidden_size")
         _check((self.hidden_size // self.heads) % 2 == 0, "starter.hidden_size", "hidden_size / heads must be even (RoPE)")
-        for key in ("layers", "mlp_size", "batch_size", "epochs", "check_every", "threads"):
+        for key in ("layers", "mlp_size", "batch_size", "epochs", "threads"):
             _check(getattr(self, key) >= 1, f"starter.{key}", "must be >= 1")
         _check(self.context_length >= 64, "starter.context_length", "must be >= 64")
         _check(self.history_turns >= 0, "starter.history_turns", "must be >= 0")
@@ -354,6 +353,134 @@ class DatasetSettings:
         object.__setattr__(self, "prices", prices)
 
 
+EVALUATION_SUITES = ("test", "corrections", "golden")
+GATE_METRICS = ("exact_match", "token_f1", "rouge_l", "chrf")
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """Candidate-versus-live evaluation (``tuneloop eval``); see docs/registry-and-evaluation.md."""
+
+    golden_file: str = ""
+    suites: list[str] = field(default_factory=lambda: list(EVALUATION_SUITES))
+    max_tokens: int = 256
+    concurrency: int = 4
+    judge_name: str = ""
+    judge_base_url: str = ""
+    judge_api_key_env: str = ""
+
+    def __post_init__(self):
+        unknown = [s for s in self.suites if s not in EVALUATION_SUITES]
+        _check(not unknown, "evaluation.suites", f"unknown suite(s) {unknown}; pick from {list(EVALUATION_SUITES)}")
+        _check(bool(self.suites), "evaluation.suites", "must name at least one suite")
+        _check(self.max_tokens >= 1, "evaluation.max_tokens", "must be >= 1")
+        _check(1 <= self.concurrency <= 64, "evaluation.concurrency", "must be 1..64")
+        _check(
+            not self.judge_name or self.judge_base_url.startswith(("http://", "https://")),
+            "evaluation.judge_base_url",
+            f"must be an http(s) URL when judge_name is set, got {self.judge_base_url!r}",
+        )
+
+    def judge_api_key(self) -> str:
+        """The judge's API key, read from the named environment variable at call time."""
+        return os.environ.get(self.judge_api_key_env, "") if self.judge_api_key_env else ""
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """When a candidate may replace the live model (``tuneloop eval --gate``)."""
+
+    metric: str = "chrf"
+    correction_margin: float = 0.02
+    golden_tolerance: float = 0.01
+    canary_weight: float = 0.0
+    unload_retired: bool = True
+
+    def __post_init__(self):
+        _check(self.metric in GATE_METRICS, "gate.metric", f"must be one of {', '.join(GATE_METRICS)}; got {self.metric!r}")
+        _check(0 <= self.correction_margin <= 1, "gate.correction_margin", "must be 0..1 (metrics are on a 0..1 scale)")
+        _check(0 <= self.golden_tolerance <= 1, "gate.golden_tolerance", "must be 0..1 (metrics are on a 0..1 scale)")
+        _check(0 <= self.canary_weight < 1, "gate.canary_weight", "must be in [0, 1) (0 = promote directly)")
+
+
+TRAINING_PROVIDERS = ("local", "openai")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Fine-tuning runs (``tuneloop train``); see docs/training.md."""
+
+    provider: str = "local"
+    method: str = "lora"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    epochs: int = 10
+    early_stopping_patience: int = 2
+    learning_rate: float = 0.005
+    batch_size: int = 8
+    gradient_accumulation: int = 1
+    max_length: int = 1024
+    seed: int = 0
+    device: str = "auto"
+    cpu_threads: int = 1
+    save_total_limit: int = 2
+    launcher: str = ""
+    openai_base_url: str = ""
+    openai_api_key_env: str = "OPENAI_API_KEY"
+    openai_base_model: str = "gpt-4.1-mini-2025-04-14"
+    openai_suffix: str = "tuneloop"
+    openai_epochs: int = 0
+    openai_lr_multiplier: float = 0.0
+    openai_batch_size: int = 0
+    poll_interval_s: float = 10.0
+    openai_cutoff_date: str = "2027-01-06"
+
+    def __post_init__(self):
+        _check(
+            self.provider in TRAINING_PROVIDERS,
+            "training.provider",
+            f"must be one of {', '.join(TRAINING_PROVIDERS)}; got {self.provider!r}",
+        )
+        _check(self.method in ("lora", "full"), "training.method", f"must be lora or full; got {self.method!r}")
+        _check(self.lora_r >= 1, "training.lora_r", f"must be >= 1, got {self.lora_r}")
+        _check(self.lora_alpha >= 1, "training.lora_alpha", f"must be >= 1, got {self.lora_alpha}")
+        _check(0 <= self.lora_dropout < 1, "training.lora_dropout", "must be in [0, 1)")
+        _check(bool(self.target_modules), "training.target_modules", 'list at least one module (or ["all-linear"])')
+        for key in ("epochs", "batch_size", "gradient_accumulation", "save_total_limit"):
+            _check(getattr(self, key) >= 1, f"training.{key}", "must be >= 1")
+        _check(self.early_stopping_patience >= 0, "training.early_stopping_patience", "must be >= 0 (0 = off)")
+        _check(self.learning_rate > 0, "training.learning_rate", "must be > 0")
+        _check(self.max_length >= 16, "training.max_length", "must be >= 16")
+        _check(self.device in ("auto", "cpu", "cuda"), "training.device", "must be auto, cpu or cuda")
+        _check(self.cpu_threads >= 0, "training.cpu_threads", "must be >= 0 (0 = one per core)")
+        _check(
+            not self.openai_base_url or self.openai_base_url.startswith(("http://", "https://")),
+            "training.openai_base_url",
+            f"must be an http(s) URL or empty, got {self.openai_base_url!r}",
+        )
+        _check(bool(self.openai_base_model), "training.openai_base_model", "must not be empty")
+        _check(len(self.openai_suffix) <= 64, "training.openai_suffix", "must be at most 64 characters (OpenAI's limit)")
+        _check(self.openai_epochs >= 0, "training.openai_epochs", "must be >= 0 (0 = auto)")
+        _check(self.openai_lr_multiplier >= 0, "training.openai_lr_multiplier", "must be >= 0 (0 = auto)")
+        _check(self.openai_batch_size >= 0, "training.openai_batch_size", "must be >= 0 (0 = auto)")
+        _check(self.poll_interval_s > 0, "training.poll_interval_s", "must be > 0")
+        try:
+            datetime.date.fromisoformat(self.openai_cutoff_date)
+        except ValueError:
+            raise ConfigError(
+                f"training.openai_cutoff_date: expected a date like \"2027-01-06\", got {self.openai_cutoff_date!r}",
+                field="training.openai_cutoff_date",
+            ) from None
+
+    def openai_api_key(self) -> str:
+        """The OpenAI API key, read from the named environment variable at call time."""
+        return os.environ.get(self.openai_api_key_env, "") if self.openai_api_key_env else ""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every section of ``default.toml``, typed and checked."""
@@ -371,6 +498,9 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     review: ReviewSettings = field(default_factory=ReviewSettings)
     dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    gate: GateSettings = field(default_factory=GateSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
 
     @property
     def data_dir(self) -> Path:

@@ -233,3 +233,117 @@ def m003_review_and_datasets(db: Database) -> None:
         )
         """
     )
+
+
+@MIGRATIONS()
+def m004_training_runs(db: Database) -> None:
+    # One row per fine-tuning run, written before anything is submitted: a process
+    # that restarts finds its runs here and resumes polling `external_job_id` (an
+    # OpenAI job id, or the local worker's "pid:N") instead of training again.
+    # `config_key` fingerprints provider + base model + hyperparameters, and the
+    # database itself refuses a second queued-or-running run of one dataset and config.
+    db.execute(
+        """
+        CREATE TABLE training_runs (
+            id TEXT PRIMARY KEY,
+            dataset_id TEXT NOT NULL REFERENCES datasets(id),
+            provider TEXT NOT NULL,
+            base_model TEXT NOT NULL,
+            hyperparameters TEXT NOT NULL DEFAULT '{}',
+            config_key TEXT NOT NULL,
+            external_job_id TEXT,
+            state TEXT NOT NULL DEFAULT 'queued'
+                CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+            progress REAL,
+            metrics TEXT NOT NULL DEFAULT '{}',
+            output TEXT,
+            work_dir TEXT,
+            error TEXT,
+            created_at TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT,
+            updated_at TEXT NOT NULL,
+            candidate_version_id TEXT REFERENCES model_versions(id)
+        )
+        """
+    )
+    db.execute(
+        "CREATE UNIQUE INDEX training_runs_one_active ON training_runs(dataset_id, config_key)"
+        " WHERE state IN ('queued', 'running')"
+    )
+    db.execute("CREATE INDEX training_runs_state ON training_runs(state, created_at)")
+    # The run log: the local worker's progress and evaluation losses, OpenAI's job
+    # events. `external_id` is the provider's event id, unique per run, so polling
+    # the same events twice stores them once.
+    db.execute(
+        """
+        CREATE TABLE training_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT NOT NULL REFERENCES training_runs(id) ON DELETE CASCADE,
+            created_at TEXT NOT NULL,
+            level TEXT NOT NULL DEFAULT 'info' CHECK (level IN ('debug', 'info', 'warning', 'error')),
+            message TEXT NOT NULL,
+            data TEXT NOT NULL DEFAULT '{}',
+            external_id TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX training_events_run ON training_events(run_id, id)")
+    db.execute(
+        "CREATE UNIQUE INDEX training_events_external ON training_events(run_id, external_id)"
+        " WHERE external_id IS NOT NULL"
+    )
+
+
+@MIGRATIONS()
+def m005_evaluations_and_model_events(db: Database) -> None:
+    # Candidate-versus-incumbent evaluations. Metrics per suite are small JSON; the
+    # answers themselves (two per question, with per-row scores) go to a JSONL file
+    # at `rows_path`, so the database stays small however large the golden set grows.
+    # `passed`/`reasons` are the gate's verdict under the settings kept in `gate`.
+    # Version ids carry no foreign key here or in model_events, as in review_items:
+    # removing the demo's model version must not trip on its history.
+    db.execute(
+        """
+        CREATE TABLE evaluations (
+            id TEXT PRIMARY KEY,
+            candidate_id TEXT NOT NULL,
+            incumbent_id TEXT,
+            dataset_id TEXT REFERENCES datasets(id),
+            suites TEXT NOT NULL DEFAULT '[]',
+            metrics TEXT NOT NULL DEFAULT '{}',
+            rows_path TEXT,
+            passed INTEGER CHECK (passed IN (0, 1)),
+            reasons TEXT NOT NULL DEFAULT '[]',
+            judge TEXT,
+            gate TEXT NOT NULL DEFAULT '{}',
+            params TEXT NOT NULL DEFAULT '{}',
+            duration_s REAL,
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX evaluations_candidate ON evaluations(candidate_id, created_at)")
+    db.execute("CREATE INDEX evaluations_created ON evaluations(created_at)")
+    # What happened to each model version, in order. A status column alone cannot say
+    # which version was live before the current one; this history can, which is what
+    # makes rollback one command. For `promoted` and `rolled_back`, `version_id` is the
+    # version that became live and `previous_live_id` the one it replaced.
+    db.execute(
+        """
+        CREATE TABLE model_events (
+            id TEXT PRIMARY KEY,
+            version_id TEXT NOT NULL,
+            event TEXT NOT NULL CHECK (event IN
+                ('promoted', 'canary', 'rolled_back', 'retired', 'rejected', 'deployed', 'undeployed')),
+            previous_live_id TEXT,
+            evaluation_id TEXT REFERENCES evaluations(id),
+            actor TEXT NOT NULL,
+            reason TEXT,
+            details TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX model_events_version ON model_events(version_id, event, created_at)")
+    db.execute("CREATE INDEX model_events_created ON model_events(created_at)")

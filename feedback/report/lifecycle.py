@@ -74,17 +74,75 @@ def training_events(db: Database, since: str, until: str) -> dict:
 
 
 def evaluation_events(db: Database, since: str, until: str) -> dict:
-    """Candidate-versus-live evaluations finished in the window."""
-    return _events(
+    """Candidate-versus-live evaluations finished in the window, with model names and a one-line summary."""
+    result = _events(
         db, "evaluations", since, until,
-        ("id", "candidate_id", "incumbent_id", "passed", "reasons", "metrics"),
+        ("id", "candidate_id", "incumbent_id", "passed", "reasons", "metrics", "gate"),
     )
+    names = _version_names(db)
+    for row in result["events"]:
+        gate = row.pop("gate", None)
+        metric = (json.loads(gate) if isinstance(gate, str) else gate or {}).get("metric", "chrf")
+        row["candidate_name"] = names.get(row.get("candidate_id"))
+        row["incumbent_name"] = names.get(row.get("incumbent_id"))
+        metrics = row.get("metrics") if isinstance(row.get("metrics"), dict) else {}
+        row["summary"] = ", ".join(
+            f"{suite} {metric} {m['candidate'][metric]:.3f} vs {m['incumbent'][metric]:.3f}"
+            for suite, m in metrics.items() if m.get("rows") and metric in m.get("candidate", {})
+        )
+    return result
+
+
+def _version_names(db: Database) -> dict[str, str]:
+    if "model_versions" not in db.table_names():
+        return {}
+    return dict(db.execute("SELECT id, name FROM model_versions").fetchall())
+
+
+# How a registry event reads in "<name> <kind> (now <status>)".
+_EVENT_WORDS = {"promoted": "promoted", "canary": "made a canary", "rolled_back": "made live again by a rollback",
+                "retired": "retired", "rejected": "rejected by the gate"}
+
+
+def _registry_events(db: Database, since: str, until: str) -> tuple[list[dict], set[tuple[str, str]]]:
+    """Events from the registry history (``model_events``), and the (version, kind) pairs they cover."""
+    if "model_events" not in db.table_names():
+        return [], set()
+    names = _version_names(db)
+    statuses = dict(db.execute("SELECT id, status FROM model_versions").fetchall())
+    events, covered = [], set()
+    rows = db.execute(
+        """SELECT version_id, event, previous_live_id, actor, reason, details, created_at FROM model_events
+           WHERE created_at >= ? AND created_at < ? AND event NOT IN ('deployed', 'undeployed')
+           ORDER BY created_at""",
+        [since, until],
+    ).fetchall()
+    for version_id, event, previous, actor, reason, details, at in rows:
+        kind = _EVENT_WORDS[event]
+        if event == "canary":
+            kind += f" for {json.loads(details or '{}').get('weight', 0):.0%} of conversations"
+        if event in ("promoted", "rolled_back"):
+            covered.add((version_id, "promoted"))
+            if previous:
+                covered.add((previous, "retired"))
+                kind += f", replacing {names.get(previous, previous)}"
+        if event == "retired":
+            covered.add((version_id, "retired"))
+        events.append({"kind": kind, "event": event, "model_version_id": version_id,
+                       "name": names.get(version_id, version_id), "status": statuses.get(version_id, "?"),
+                       "actor": actor, "reason": reason, "at": at})
+    return events, covered
 
 
 def promotion_events(db: Database, since: str, until: str) -> dict:
-    """Model versions promoted or retired in the window (from ``model_versions``)."""
+    """Promotions, canaries, rollbacks, retirements and rejections in the window.
+
+    From the registry history (``model_events``: who, why, what it replaced) where
+    there is one, else from ``model_versions``' ``promoted_at``/``retired_at`` (the
+    configured model, demo data, changes from before the history existed).
+    """
     columns = _columns(db, "model_versions") or set()
-    events = []
+    events, covered = _registry_events(db, since, until)
     for column, kind in (("promoted_at", "promoted"), ("retired_at", "retired")):
         if column not in columns:
             continue
@@ -92,6 +150,8 @@ def promotion_events(db: Database, since: str, until: str) -> dict:
             f"SELECT id, name, status, {column} FROM model_versions WHERE {column} >= ? AND {column} < ?",
             [since, until],
         ).fetchall():
+            if (version_id, kind) in covered:
+                continue
             events.append({"kind": kind, "model_version_id": version_id, "name": name, "status": status, "at": at})
     events.sort(key=lambda e: e["at"])
     return {"available": True, "events": events}

@@ -213,10 +213,17 @@ def _events(report: dict) -> list[dict]:
                                + (f" — {e['error']}" if e.get("error") else "")})
     for e in report["evaluations"]["events"]:
         verdict = {1: "passed", 0: "failed", True: "passed", False: "failed"}.get(e.get("passed"), "done")
+        candidate = e.get("candidate_name") or e.get("candidate_id") or "?"
+        against = f" against {e['incumbent_name']}" if e.get("incumbent_name") else ""
+        detail = f" — {e['summary']}" if e.get("summary") else ""
+        reasons = e.get("reasons") if isinstance(e.get("reasons"), list) else []
+        why = f" ({'; '.join(map(str, reasons))})" if reasons and verdict == "failed" else ""
         events.append({"at": e["at"], "kind": "evaluation",
-                       "text": f"evaluation {e['id']} of {e.get('candidate_id') or '?'}: {verdict}"})
+                       "text": f"evaluation of {candidate}{against}: {verdict}{detail}{why}"})
     for e in report["promotions"]["events"]:
-        events.append({"at": e["at"], "kind": e["kind"], "text": f"{e['name']} {e['kind']} (now {e['status']})"})
+        by = f" by {e['actor']}" if e.get("actor") else ""
+        reason = f": {e['reason']}" if e.get("reason") else ""
+        events.append({"at": e["at"], "kind": e["kind"], "text": f"{e['name']} {e['kind']} (now {e['status']}){by}{reason}"})
     return sorted(events, key=lambda e: e["at"])
 
 

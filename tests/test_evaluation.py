@@ -1,0 +1,311 @@
+"""Evaluation: the metrics by hand (Korean included), and candidate-versus-live runs over real HTTP.
+
+``table_upstream`` is an OpenAI-protocol server whose models answer from a table
+(question → answer per model name), so a test can decide exactly how the
+candidate and the live model differ; its ``judge`` model scores an answer 5 when
+it equals the reference and 1 otherwise. ``tests/test_gate.py`` uses it too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from config.errors import Conflict, ValidationFailed
+from config.settings import load_settings
+from feedback.db import open_db, utc_now, write_transaction
+from feedback.review import create_item
+from feedback.versions import create_candidate, ensure_live_version
+from trainer.evaluation import metrics
+from trainer.evaluation.judge import parse_reply
+from trainer.evaluation.run import evaluate, get_evaluation, list_evaluations, read_rows
+
+# --- metrics, computed by hand ------------------------------------------------------------------
+
+
+def test_tokens_split_hangul_into_characters_and_keep_latin_words():
+    assert metrics.tokens("배송비는 3,000원입니다. Free  SHIPPING!") == [
+        "배", "송", "비", "는", "3", "000", "원", "입", "니", "다", "free", "shipping"]
+    assert metrics.tokens("abc가나") == ["abc", "가", "나"]  # a Latin run stops at Hangul
+
+
+def test_exact_match_ignores_only_invisible_differences():
+    assert metrics.exact_match("배송비는  무료입니다\u200b ", "배송비는 무료입니다") == 1.0
+    assert metrics.exact_match("ＡＢＣ 1", "ABC 1") == 1.0  # NFKC folds full-width forms
+    assert metrics.exact_match("Free shipping", "free shipping") == 0.0
+    assert metrics.exact_match("3,000 won", "3000 won") == 0.0
+
+
+def test_token_f1_by_hand():
+    # 배 송 비 는 무 료 vs 배 송 비 는 유 료: 5 of 6 in common both ways → P = R = F1 = 5/6.
+    assert metrics.token_f1("배송비는 무료", "배송비는 유료") == pytest.approx(5 / 6)
+    # the cat sat / the cat ran: 2 of 3 → 2/3.
+    assert metrics.token_f1("the cat sat", "the cat ran") == pytest.approx(2 / 3)
+    # a b / a b c d: P = 1, R = 1/2 → F1 = 2/3.
+    assert metrics.token_f1("a b", "a b c d") == pytest.approx(2 / 3)
+    assert metrics.token_f1("무료 배송", "배송 무료") == 1.0  # a bag of tokens: order does not count
+
+
+def test_rouge_l_by_hand_keeps_hangul():
+    # LCS of a b c d / a c d e is a c d: P = R = 3/4.
+    assert metrics.rouge_l("a b c d", "a c d e") == pytest.approx(0.75)
+    # 무 료 배 송 vs 배 송 무 료: the longest common subsequence has 2 tokens → 2/4.
+    assert metrics.rouge_l("무료 배송", "배송 무료") == pytest.approx(0.5)
+    # rouge-score's own tokenizer would see no tokens at all in Korean-only text.
+    assert metrics.rouge_l("환불은 3일 걸립니다", "교환은 불가합니다") < 0.5
+
+
+@pytest.mark.parametrize("name", metrics.METRICS)
+def test_identical_is_the_maximum_and_disjoint_is_zero(name):
+    fn = getattr(metrics, name)
+    for text in ("배송비는 3,000원입니다.", "Orders ship the same day.", ""):
+        assert fn(text, text) == 1.0
+    assert fn("가나다라", "마바사아") == 0.0
+    assert fn("spot on", "black mud") == 0.0  # no word and no character in common
+    assert fn("", "배송") == 0.0
+
+
+def test_chrf_gives_partial_credit_for_a_particle_and_ignores_spacing():
+    close = metrics.chrf("배송비가 3,000원입니다", "배송비는 3,000원입니다")
+    far = metrics.chrf("환불은 영업일 3일 이내입니다", "배송비는 3,000원입니다")
+    assert 0 < far < close < 1
+    assert metrics.chrf("배송비 는 무료", "배송비는 무료") == 1.0  # Korean spacing varies; chrF drops whitespace
+
+
+def test_mean_scores_and_score_agree():
+    rows = [metrics.score("a b", "a b"), metrics.score("a", "b")]
+    assert metrics.mean_scores(rows) == {"exact_match": 0.5, "token_f1": 0.5, "rouge_l": 0.5, "chrf": 0.5}
+
+
+def test_judge_replies_are_read_strictly():
+    assert parse_reply('Both fine. {"a": 5, "b": 2}') == (5, 2)
+    assert parse_reply('{"A": 3.0, "B": 4}') == (3, 4)
+    assert parse_reply('{"a": 7, "b": 2}') is None
+    assert parse_reply("A is better") is None
+
+
+# --- a table-driven OpenAI-protocol server ------------------------------------------------------
+
+
+@dataclass
+class TableUpstream:
+    base_url: str
+    answers: dict[str, dict[str, str]]  # model -> question -> answer
+    requests: list[dict] = field(default_factory=list)
+    default: str = "I do not know."
+
+
+def _judge_reply(payload: dict) -> str:
+    text = payload["messages"][-1]["content"]
+    parts = re.split(r"\n\n(?:Reference answer|Answer A|Answer B):\n", text)
+    reference, a, b = parts[1], parts[2], parts[3]
+    return json.dumps({"a": 5 if a == reference else 1, "b": 5 if b == reference else 1})
+
+
+def _table_app(table: TableUpstream):
+    def app(environ, start_response):
+        req = Request(environ)
+        if req.path.endswith("/models"):
+            names = [*table.answers, "judge"]
+            body = {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "t"} for n in names]}
+            return Response(json.dumps(body), mimetype="application/json")(environ, start_response)
+        payload = json.loads(req.get_data())
+        table.requests.append(payload)
+        model = payload["model"]
+        if model == "judge":
+            text = _judge_reply(payload)
+        elif model in table.answers:
+            question = payload["messages"][-1]["content"]
+            text = table.answers[model].get(question, table.default)
+        else:
+            body = {"error": {"message": f"The model `{model}` does not exist.", "type": "NotFoundError"}}
+            return Response(json.dumps(body), status=404, mimetype="application/json")(environ, start_response)
+
+        def stream():
+            for delta, finish in (({"role": "assistant", "content": ""}, None), ({"content": text}, None), ({}, "stop")):
+                chunk = {"id": "c", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+                         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+
+        return Response(stream(), mimetype="text/event-stream")(environ, start_response)
+
+    return app
+
+
+@pytest.fixture
+def table_upstream():
+    """Models answering from ``.answers[model][question]``; fill the table in the test."""
+    table = TableUpstream(base_url="", answers={})
+    server = make_server("127.0.0.1", 0, _table_app(table), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    table.base_url = f"http://127.0.0.1:{server.server_port}/v1"
+    yield table
+    server.shutdown()
+
+
+GOLDEN = [("How long does delivery take?", "Standard delivery takes 2-3 business days."),
+          ("배송비는 얼마인가요?", "배송비는 3,000원이며 30,000원 이상 무료입니다."),
+          ("Can I pay with KakaoPay?", "Yes, KakaoPay and Naver Pay are accepted."),
+          ("비밀번호를 잊어버렸어요.", "로그인 화면의 비밀번호 찾기에서 재설정할 수 있습니다.")]
+CORRECTIONS = [("Do you ship to Jeju?", "Yes; Jeju and remote islands pay an extra 3,000 won."),
+               ("포인트는 언제 적립되나요?", "구매 확정 시 또는 배송 7일 후 자동으로 적립됩니다.")]
+TEST_SPLIT = [("What are your hours?", "Weekdays 9 a.m. to 6 p.m. KST."),
+              ("쿠폰은 몇 장 쓸 수 있나요?", "주문당 쿠폰은 한 장만 사용할 수 있습니다.")]
+
+
+def write_chat_jsonl(path, pairs) -> None:
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]},
+                                       ensure_ascii=False) + "\n" for q, a in pairs), encoding="utf-8")
+
+
+def add_dataset(db, folder, pairs, *, version: int = 1) -> str:
+    """A built dataset with ``pairs`` as its test split (and a manifest carrying their lineage)."""
+    folder.mkdir(parents=True)
+    write_chat_jsonl(folder / "test.jsonl", pairs)
+    manifest = {"rows": {"test": [{"source": "base", "file": "faq.jsonl", "line": i + 1} for i in range(len(pairs))]}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    dataset_id = f"ds_test{version}"
+    with write_transaction(db):
+        db.execute("INSERT INTO datasets (id, version, path, sha256, manifest_path, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                   [dataset_id, version, str(folder), "0" * 64, str(folder / "manifest.json"), utc_now()])
+    return dataset_id
+
+
+@dataclass
+class Setup:
+    settings: object
+    db: object
+    live: object
+    candidate: object
+    upstream: TableUpstream
+    dataset_id: str
+
+
+def make_setup(tmp_path, upstream: TableUpstream, **overrides) -> Setup:
+    """Settings, database, a live ``starter`` and a ``tuned`` candidate, corrections, golden set and a dataset."""
+    golden = tmp_path / "golden.jsonl"
+    write_chat_jsonl(golden, GOLDEN)
+    values = {"paths.data_dir": str(tmp_path / "var"), "model.base_url": upstream.base_url, "model.retries": 0,
+              "evaluation.golden_file": str(golden), "evaluation.concurrency": 2}
+    values.update(overrides)
+    settings = load_settings(env={}, overrides=values)
+    db = open_db(settings.db_path)
+    live = ensure_live_version(db, name="starter", provider="builtin")
+    candidate = create_candidate(db, name="tuned", provider="local", base_model="starter")
+    for question, answer in CORRECTIONS:
+        create_item(db, question=question, answer=answer, reviewer="tester")
+    dataset_id = add_dataset(db, tmp_path / "var" / "datasets" / "v1", TEST_SPLIT)
+    return Setup(settings, db, live, candidate, upstream, dataset_id)
+
+
+def fill(upstream: TableUpstream, model: str, pairs, *, wrong: set[str] = frozenset()) -> None:
+    """Let ``model`` answer each question correctly, except those in ``wrong``."""
+    table = upstream.answers.setdefault(model, {})
+    for q, a in pairs:
+        table[q] = "Sorry, I cannot help with that." if q in wrong else a
+
+
+@pytest.fixture
+def better_candidate(tmp_path, table_upstream):
+    """The candidate learned both corrections; both models know the golden set and the test split."""
+    s = make_setup(tmp_path, table_upstream)
+    fill(table_upstream, "starter", GOLDEN + TEST_SPLIT + CORRECTIONS, wrong={q for q, _ in CORRECTIONS})
+    fill(table_upstream, "tuned", GOLDEN + TEST_SPLIT + CORRECTIONS)
+    yield s
+    s.db.close()
+
+
+# --- evaluate() end to end ----------------------------------------------------------------------
+
+
+def test_evaluate_asks_both_models_scores_each_suite_and_stores_it(better_candidate):
+    s = better_candidate
+    ev = evaluate(s.db, s.settings, "tuned")
+    assert (ev.candidate_id, ev.incumbent_id, ev.dataset_id) == (s.candidate.id, s.live.id, s.dataset_id)
+    assert ev.suites == ["test", "corrections", "golden"]
+    corrections = ev.metrics["corrections"]
+    assert corrections["rows"] == 2
+    assert corrections["candidate"] == {"exact_match": 1.0, "token_f1": 1.0, "rouge_l": 1.0, "chrf": 1.0}
+    assert corrections["incumbent"]["exact_match"] == 0.0
+    assert corrections["delta"]["exact_match"] == 1.0
+    for suite in ("golden", "test"):
+        assert ev.metrics[suite]["candidate"] == ev.metrics[suite]["incumbent"]
+        assert ev.metrics[suite]["errors"] == {"candidate": 0, "incumbent": 0}
+    assert ev.metrics["golden"]["rows"] == 4 and ev.metrics["test"]["rows"] == 2
+    assert ev.passed is True and ev.reasons == []
+    assert ev.judge is None  # no judge configured
+    # Every question went to both models, greedy, with evaluation.max_tokens.
+    asked = [(r["model"], r["messages"][-1]["content"]) for r in s.upstream.requests]
+    assert sorted(asked) == sorted((m, q) for m in ("starter", "tuned") for q, _ in TEST_SPLIT + CORRECTIONS + GOLDEN)
+    assert {(r["temperature"], r["max_tokens"]) for r in s.upstream.requests} == {(0.0, 256)}
+    # Stored: the row, and the answers with per-row scores in the JSONL file.
+    stored = get_evaluation(s.db, ev.id)
+    assert (stored.metrics, stored.passed, stored.params["dataset_source"]) == (ev.metrics, True, "newest dataset")
+    assert [e.id for e in list_evaluations(s.db, s.candidate.id)] == [ev.id]
+    rows = read_rows(stored)
+    assert len(rows) == 8
+    jeju = next(r for r in rows if r["reference"] == CORRECTIONS[0][1])
+    assert jeju["suite"] == "corrections" and jeju["source"]["source"] == "review"
+    assert jeju["incumbent"]["answer"] == "Sorry, I cannot help with that."
+    assert jeju["candidate"]["scores"]["exact_match"] == 1.0
+    assert next(r for r in rows if r["suite"] == "test")["source"] == {"dataset_version": 1, "source": "base",
+                                                                       "file": "faq.jsonl", "line": 1}
+
+
+def test_the_system_prompt_goes_first_as_in_the_gateway(tmp_path, table_upstream):
+    s = make_setup(tmp_path, table_upstream, **{"chat.system_prompt": "You are Haneul Mart's assistant."})
+    fill(table_upstream, "starter", GOLDEN)
+    fill(table_upstream, "tuned", GOLDEN)
+    evaluate(s.db, s.settings, s.candidate, suites=["golden"])
+    assert {r["messages"][0]["content"] for r in table_upstream.requests} == {"You are Haneul Mart's assistant."}
+    s.db.close()
+
+
+def test_the_judge_scores_each_pair_whichever_side_it_is_shown_on(tmp_path, table_upstream):
+    s = make_setup(tmp_path, table_upstream, **{"evaluation.judge_name": "judge",
+                                                "evaluation.judge_base_url": table_upstream.base_url})
+    fill(table_upstream, "starter", GOLDEN + TEST_SPLIT + CORRECTIONS, wrong={q for q, _ in CORRECTIONS})
+    fill(table_upstream, "tuned", GOLDEN + TEST_SPLIT + CORRECTIONS)
+    ev = evaluate(s.db, s.settings, s.candidate)
+    assert ev.judge["model"] == "judge"
+    assert ev.judge["suites"]["corrections"] == {"rows": 2, "scored": 2, "candidate_mean": 5.0, "incumbent_mean": 1.0,
+                                                 "wins": 2, "ties": 0, "losses": 0}
+    assert ev.judge["suites"]["golden"]["ties"] == 4
+    judged = [r for r in table_upstream.requests if r["model"] == "judge"]
+    assert len(judged) == 8
+    # The candidate (the one answering with the reference) is shown as A for one correction and as B for the
+    # other, and both times its score came back as the candidate's: the swap is undone correctly.
+    sides = sorted("Sorry, I cannot help with that." in r["messages"][-1]["content"].split("Answer B:")[1]
+                   for r in judged if "Sorry, I cannot" in r["messages"][-1]["content"])
+    assert sides == [False, True]
+    assert ev.passed  # the judge never decides the gate
+    s.db.close()
+
+
+def test_failed_answers_score_zero_and_are_counted(tmp_path, table_upstream):
+    s = make_setup(tmp_path, table_upstream)
+    fill(table_upstream, "starter", GOLDEN)
+    fill(table_upstream, "tuned", GOLDEN)
+    ev = evaluate(s.db, s.settings, s.candidate, suites=["golden", "corrections"])
+    assert ev.metrics["corrections"]["candidate"]["exact_match"] == 0.0  # both say "I do not know."
+    assert ev.passed is False
+    assert ev.reasons[0].startswith("corrections: candidate chrF 0.")
+
+
+def test_a_candidate_the_server_does_not_serve_is_refused_before_asking_anything(tmp_path, table_upstream):
+    s = make_setup(tmp_path, table_upstream)
+    fill(table_upstream, "starter", GOLDEN)
+    with pytest.raises(Conflict, match="does not serve 'tuned'"):
+        evaluate(s.db, s.settings, s.candidate)
+    assert table_upstream.requests == []
+    with pytest.raises(ValidationFailed, match="against itself"):
+        evaluate(s.db, s.settings, s.live)
+    s.db.close()

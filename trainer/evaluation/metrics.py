@@ -1,0 +1,114 @@
+"""Answer-versus-reference scores, all on a 0..1 scale, that work for Korean as well as English.
+
+- **exact_match** — 1 when the texts are equal after Unicode NFKC, removing
+  invisible format characters and collapsing whitespace; case and punctuation
+  count (a golden answer must come back word for word, and "3,000 won" is not
+  "3000 won").
+- **token_f1** — SQuAD-style bag-of-tokens F1 over :func:`tokens`.
+- **rouge_l** — ROUGE-L F-measure from Google's ``rouge-score`` package, with
+  our tokenizer: its default tokenizer keeps only ``[a-z0-9]`` and so drops
+  every Hangul character (``tokenize("배송비는 3,000원")`` is ``["3", "000"]``,
+  checked with rouge-score 0.1.2), which scores any two Korean answers with the
+  same numbers as identical. ``RougeScorer(tokenizer=...)`` is the documented way
+  to plug in another one.
+- **chrf** — chrF from ``sacrebleu`` (character 6-grams, β = 2, whitespace
+  ignored), divided by 100. It needs no tokenizer, gives partial credit for a
+  changed particle or ending (배송비는 / 배송비가), and ignores spacing, which
+  Korean writers vary freely — the gate's default metric for those reasons.
+
+Tokens (:func:`tokens`): the text is NFKC-normalized and case-folded; Latin,
+digits and other spaced scripts give one token per word (punctuation dropped);
+Hangul, kana and Han characters give one token *per character*. A Korean word
+(eojeol) glues a noun to its particle — 배송비는, 배송비가, 배송비를 are three
+"words" — so word tokens would score a one-particle change as a total miss;
+characters are what KorQuAD's official evaluation script compares for F1 as well.
+
+Two empty texts are a perfect match for every metric; one empty text scores 0.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+
+from rouge_score.rouge_scorer import RougeScorer
+from sacrebleu.metrics import CHRF
+
+METRICS = ("exact_match", "token_f1", "rouge_l", "chrf")
+METRIC_LABELS = {"exact_match": "exact", "token_f1": "token F1", "rouge_l": "ROUGE-L", "chrf": "chrF"}
+
+# Scripts written without spaces between words, or (Hangul) with particles glued to words.
+_CHAR_SCRIPTS = "\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7a3\uf900-\ufaff"
+_TOKEN = re.compile(rf"[{_CHAR_SCRIPTS}]|[^\W_{_CHAR_SCRIPTS}]+")
+_SPACE = re.compile(r"\s+")
+
+
+def normalize(text: str) -> str:
+    """NFKC, invisible format characters (zero-width space, BOM, soft hyphen) removed, whitespace collapsed."""
+    text = unicodedata.normalize("NFKC", text or "")
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    return _SPACE.sub(" ", text).strip()
+
+
+def tokens(text: str) -> list[str]:
+    """Word tokens, with one token per Hangul/kana/Han character (see the module docstring)."""
+    return _TOKEN.findall(normalize(text).casefold())
+
+
+class _Tokenizer:
+    """The interface ``rouge_score`` expects of a tokenizer."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return tokens(text)
+
+
+_ROUGE = RougeScorer(["rougeL"], tokenizer=_Tokenizer())
+_CHRF = CHRF()
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when the normalized texts are equal, else 0.0."""
+    return 1.0 if normalize(prediction) == normalize(reference) else 0.0
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Harmonic mean of token precision and recall (tokens counted with multiplicity)."""
+    pred, ref = tokens(prediction), tokens(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    same = sum((Counter(pred) & Counter(ref)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure (longest common token subsequence)."""
+    if not tokens(prediction) and not tokens(reference):
+        return 1.0
+    return _ROUGE.score(reference, prediction)["rougeL"].fmeasure
+
+
+def chrf(prediction: str, reference: str) -> float:
+    """sacrebleu's sentence chrF, on a 0..1 scale."""
+    pred, ref = normalize(prediction), normalize(reference)
+    if pred == ref:
+        return 1.0  # also covers two empty texts, which sacrebleu scores 0
+    return _CHRF.sentence_score(pred, [ref]).score / 100
+
+
+_FUNCTIONS = {"exact_match": exact_match, "token_f1": token_f1, "rouge_l": rouge_l, "chrf": chrf}
+
+
+def score(prediction: str, reference: str) -> dict[str, float]:
+    """Every metric of one answer, by name."""
+    return {name: round(float(_FUNCTIONS[name](prediction, reference)), 6) for name in METRICS}
+
+
+def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
+    """The per-metric mean of several :func:`score` results (0 for each metric when there are none)."""
+    if not rows:
+        return {name: 0.0 for name in METRICS}
+    return {name: round(sum(r[name] for r in rows) / len(rows), 6) for name in METRICS}
