@@ -202,7 +202,8 @@ class StarterSettings:
     batch_size: int = 4
     learning_rate: float = 0.003
     warmup_steps: int = 20
-    epochs: int = 40
+    epochs: int = 60
+    decay_epochs: int = 12
     threads: int = 1
     time_limit_s: float = 300.0
 
@@ -216,6 +217,7 @@ class StarterSettings:
         _check(self.history_turns >= 0, "starter.history_turns", "must be >= 0")
         _check(self.learning_rate > 0, "starter.learning_rate", "must be > 0")
         _check(self.warmup_steps >= 0, "starter.warmup_steps", "must be >= 0")
+        _check(1 <= self.decay_epochs <= self.epochs, "starter.decay_epochs", "must be 1..epochs")
         _check(self.time_limit_s >= 0, "starter.time_limit_s", "must be >= 0 (0 = no limit)")
 
 

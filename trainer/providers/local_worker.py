@@ -1,0 +1,99 @@
+"""The local provider's worker: ``python -m trainer.providers.local_worker RUN_ID [--db PATH]``.
+
+Started by ``tuneloop train start`` (through ``LocalProvider.submit``), it trains
+one run and leaves ``result.json`` (output folder and metrics) or ``error.json``
+in the run's folder; progress and losses go to ``training_events``. It may also
+be started by hand, e.g. on a machine with several GPUs::
+
+    accelerate launch --multi_gpu --num_processes 4 -m trainer.providers.local_worker RUN_ID --db var/tuneloop.db
+
+(``training.launcher`` does the same for runs the CLI or the scheduler start).
+Only the main process (rank 0) logs and writes results. Exit codes: 0 trained
+(or the run had already finished), 1 training failed, 3 another worker holds
+this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from config.settings import load_settings
+from feedback.db import open_db
+from trainer.providers.base import RunEvent
+from trainer.providers.local import ERROR_FILE, LOCK_FILE, RESULT_FILE, write_json_atomic
+from trainer.providers.runs import add_event, get_run, log
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSONL file; a missing file is an empty split."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train the run named on the command line; see the module docstring for exit codes."""
+    parser = argparse.ArgumentParser(prog="python -m trainer.providers.local_worker", description=__doc__.split("\n")[0])
+    parser.add_argument("run_id")
+    parser.add_argument("--db", help="SQLite database (default: the configured one)")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    args = parser.parse_args(argv)
+    db = open_db(args.db or load_settings().db_path)
+    run = get_run(db, args.run_id)
+    work = Path(run.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    lock = FileLock(str(work / LOCK_FILE))
+    if main_process:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            print(f"another worker is training {run.id}; exiting", file=sys.stderr)
+            return 3
+    try:
+        if run.finished or (work / RESULT_FILE).exists():
+            print(f"{run.id} already finished ({run.state}); nothing to do", file=sys.stderr)
+            return 0
+        return _train(db, run, work, main_process, progress=not args.no_progress)
+    finally:
+        if lock.is_locked:
+            lock.release()
+
+
+def _train(db, run, work: Path, main_process: bool, *, progress: bool) -> int:
+    if main_process:
+        # Logged before the slow imports: from now on the run's log says which process trains it.
+        log(db, run.id, "worker started", pid=os.getpid(), world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    # Imported here: torch and transformers are the slow part of starting, and the checks above need neither.
+    from trainer.providers.local_train import train_local
+
+    def on_event(event: RunEvent) -> None:
+        if main_process:
+            add_event(db, run.id, event)
+
+    dataset = Path(run.dataset_path)
+    try:
+        result = train_local(run.hyperparameters, run.hyperparameters["base_model_path"],
+                             read_jsonl(dataset / "train.jsonl"), read_jsonl(dataset / "val.jsonl"), work,
+                             on_event=on_event, progress=progress)
+    except Exception as exc:  # noqa: BLE001 - every failure must reach error.json, whatever raised it
+        traceback.print_exc()
+        if main_process:
+            message = f"{type(exc).__name__}: {exc}"
+            write_json_atomic(work / ERROR_FILE, {"error": message})
+            log(db, run.id, f"training failed: {message}", level="error")
+        return 1
+    if main_process:
+        write_json_atomic(work / RESULT_FILE, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
