@@ -200,10 +200,9 @@ class StarterSettings:
     context_length: int = 1024
     history_turns: int = 6
     batch_size: int = 4
-    learning_rate: float = 0.003
-    warmup_steps: int = 20
-    epochs: int = 60
-    decay_epochs: int = 12
+    learning_rate: float = 0.004
+    warmup_steps: int = 40
+    epochs: int = 40
     threads: int = 1
     time_limit_s: float = 300.0
 
@@ -217,7 +216,6 @@ class StarterSettings:
         _check(self.history_turns >= 0, "starter.history_turns", "must be >= 0")
         _check(self.learning_rate > 0, "starter.learning_rate", "must be > 0")
         _check(self.warmup_steps >= 0, "starter.warmup_steps", "must be >= 0")
-        _check(1 <= self.decay_epochs <= self.epochs, "starter.decay_epochs", "must be 1..epochs")
         _check(self.time_limit_s >= 0, "starter.time_limit_s", "must be >= 0 (0 = no limit)")
 
 
@@ -483,6 +481,38 @@ class TrainingSettings:
         return os.environ.get(self.openai_api_key_env, "") if self.openai_api_key_env else ""
 
 
+SCHEDULER_JOBS = ("weekly", "monthly", "threshold")
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """The loop's schedule (``tuneloop scheduler``); see docs/loop.md."""
+
+    timezone: str = "Asia/Seoul"
+    weekly_cron: str = "0 9 * * mon"
+    monthly_cron: str = "0 3 1 * *"
+    retrain_threshold: int = 0
+    threshold_check_minutes: float = 10.0
+    jobs: list[str] = field(default_factory=lambda: ["weekly", "monthly", "threshold"])
+    misfire_grace_s: int = 86400
+    poll_interval_s: float = 10.0
+
+    def __post_init__(self):
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"scheduler.timezone: unknown time zone {self.timezone!r}", field="scheduler.timezone") from None
+        for key in ("weekly_cron", "monthly_cron"):
+            _check(len(getattr(self, key).split()) == 5, f"scheduler.{key}",
+                   f'must be five crontab fields like "0 9 * * mon"; got {getattr(self, key)!r}')
+        _check(self.retrain_threshold >= 0, "scheduler.retrain_threshold", "must be >= 0 (0 = off)")
+        _check(self.threshold_check_minutes > 0, "scheduler.threshold_check_minutes", "must be > 0")
+        unknown = [j for j in self.jobs if j not in SCHEDULER_JOBS]
+        _check(not unknown, "scheduler.jobs", f"unknown job(s) {unknown}; pick from {', '.join(SCHEDULER_JOBS)}")
+        _check(self.misfire_grace_s >= 0, "scheduler.misfire_grace_s", "must be >= 0 (0 = run however late)")
+        _check(self.poll_interval_s > 0, "scheduler.poll_interval_s", "must be > 0")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every section of ``default.toml``, typed and checked."""
@@ -503,6 +533,7 @@ class Settings:
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     gate: GateSettings = field(default_factory=GateSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
 
     @property
     def data_dir(self) -> Path:

@@ -347,3 +347,28 @@ def m005_evaluations_and_model_events(db: Database) -> None:
     )
     db.execute("CREATE INDEX model_events_version ON model_events(version_id, event, created_at)")
     db.execute("CREATE INDEX model_events_created ON model_events(created_at)")
+
+
+@MIGRATIONS()
+def m006_pipeline_runs(db: Database) -> None:
+    # One row per run of the loop (weekly collect + report, monthly or threshold retrain).
+    # Every step's outcome is written before the next one starts, so a scheduler killed
+    # mid-run resumes at the step it stopped; `context` carries the ids the steps made
+    # (dataset, training run, candidate, evaluation), which is what keeps a resumed train
+    # step from submitting a second training job.
+    db.execute(
+        """
+        CREATE TABLE pipeline_runs (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('weekly', 'monthly', 'threshold', 'manual')),
+            step TEXT,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'running', 'succeeded', 'failed', 'skipped')),
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            error TEXT,
+            context TEXT NOT NULL DEFAULT '{}',
+            steps TEXT NOT NULL DEFAULT '[]'
+        )
+        """
+    )
+    db.execute("CREATE INDEX pipeline_runs_kind ON pipeline_runs(kind, started_at)")

@@ -58,10 +58,12 @@ def observe_rating(rating: str) -> None:
     RATINGS.labels(rating).inc()
 
 
-def render() -> tuple[bytes, str]:
-    """The exposition text for every worker (or this process alone)."""
+def render(loop: CollectorRegistry | None = None) -> tuple[bytes, str]:
+    """The exposition text for every worker (or this process alone), plus ``loop``'s gauges (read from the
+    database, so the same in every worker: added once, never summed across workers)."""
+    extra = generate_latest(loop) if loop is not None else b""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        return generate_latest(registry) + extra, CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY) + extra, CONTENT_TYPE_LATEST

@@ -3,6 +3,8 @@
 pytest_plugins = [
     "tests.plugins.common",
     "tests.plugins.upstream",
+    "tests.plugins.model",
+    "tests.plugins.starter_model",
     "tests.plugins.gateway",
     "tests.plugins.browser",
 ]

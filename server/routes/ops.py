@@ -9,6 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify
 from config.errors import UpstreamError
 from server import metrics
 from server.context import gateway, get_db
+from server.loop_metrics import loop_registry
 from server.openapi import build_spec
 
 bp = Blueprint("ops", __name__)
@@ -48,7 +49,8 @@ def readyz():
 
 @bp.get("/metrics")
 def prometheus():
-    body, content_type = metrics.render()
+    gw = gateway()
+    body, content_type = metrics.render(loop_registry(str(gw.settings.db_path), gw.connect))
     return Response(body, content_type=content_type)
 
 

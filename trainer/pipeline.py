@@ -1,0 +1,292 @@
+"""The loop as a resumable pipeline: each run a ``pipeline_runs`` row, written step by step.
+
+Kinds and their steps:
+
+- ``weekly``: collect (worst-answered questions of the live version in the last
+  7 days → review queue) → report (write and deliver the weekly report);
+- ``monthly``, ``threshold``, ``manual``: build → train → evaluate → gate →
+  deploy → report. ``build`` is skipped, and every step after it up to the
+  report, when no correction was approved since the last dataset.
+
+Each step's outcome and whatever it made (dataset id, training run id,
+candidate id, evaluation id, gate action, report path) are stored in the row
+before the next step starts. :func:`run_pipeline` resumes the newest unfinished
+run of the same kind, so a scheduler killed mid-run picks up at the step it
+stopped. Steps are idempotent: a finished step is not run again, and the train
+step reuses the run stored in ``context`` — or, when the process died between
+submitting and storing it, the run ``trainer.training.start_run`` finds for the
+same dataset and configuration — so one pipeline run never submits a second
+training job.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+from sqlite_utils import Database
+
+from config.errors import NotFound, ValidationFailed
+from config.settings import Settings
+from feedback.db import new_id, write_transaction
+from feedback.ranking import RankingOptions, version_to_rank
+from feedback.report import generate_report
+from feedback.report.deliver import deliver_report
+from feedback.report.weeks import utc_text
+from feedback.review import collect_worst
+from feedback.versions import get_version, live_version
+from trainer import deploy, gate
+from trainer.dataset import build_dataset
+from trainer.evaluation.run import evaluate, get_evaluation, list_evaluations
+from trainer.training import start_run, wait_for_run
+
+Clock = Callable[[], datetime]
+KINDS = ("weekly", "monthly", "threshold", "manual")
+RETRAIN_STEPS = ("build", "train", "evaluate", "gate", "deploy", "report")
+STEPS = {"weekly": ("collect", "report"), "monthly": RETRAIN_STEPS, "threshold": RETRAIN_STEPS, "manual": RETRAIN_STEPS}
+ALL_STEPS = ("collect", *RETRAIN_STEPS)
+ACTOR = "pipeline"
+
+
+def utc_clock() -> datetime:
+    """The real clock (UTC, aware)."""
+    return datetime.now(timezone.utc)
+
+
+class Skip(Exception):
+    """A step has nothing to do; the message says why."""
+
+
+@dataclass
+class PipelineRun:
+    """A ``pipeline_runs`` row, with ``context`` and ``steps`` decoded."""
+
+    id: str
+    kind: str
+    step: str | None
+    state: str
+    started_at: str
+    finished_at: str | None
+    error: str | None
+    context: dict = field(default_factory=dict)
+    steps: list[dict] = field(default_factory=list)
+
+    def outcome(self, step: str) -> dict | None:
+        """The stored outcome of ``step`` in this run (None when it has not finished)."""
+        return next((s for s in self.steps if s["step"] == step), None)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _from_row(row) -> PipelineRun:
+    values = dict(row)
+    values["context"] = json.loads(values["context"] or "{}")
+    values["steps"] = json.loads(values["steps"] or "[]")
+    return PipelineRun(**values)
+
+
+def get_pipeline_run(db: Database, run_id: str) -> PipelineRun:
+    """One run by id (:class:`NotFound` otherwise)."""
+    rows = list(db.query("SELECT * FROM pipeline_runs WHERE id = ?", [run_id]))
+    if not rows:
+        raise NotFound(f"no pipeline run {run_id!r}", field="run_id")
+    return _from_row(rows[0])
+
+
+def list_pipeline_runs(db: Database, *, kind: str | None = None, limit: int = 20) -> list[PipelineRun]:
+    """Runs, newest first."""
+    where, params = ("WHERE kind = ?", [kind]) if kind else ("", [])
+    rows = db.query(f"SELECT * FROM pipeline_runs {where} ORDER BY started_at DESC, rowid DESC LIMIT ?", [*params, limit])
+    return [_from_row(r) for r in rows]
+
+
+def _save(db: Database, run: PipelineRun) -> None:
+    with write_transaction(db):
+        db.execute(
+            "UPDATE pipeline_runs SET step = ?, state = ?, finished_at = ?, error = ?, context = ?, steps = ? WHERE id = ?",
+            [run.step, run.state, run.finished_at, run.error, json.dumps(run.context, ensure_ascii=False),
+             json.dumps(run.steps, ensure_ascii=False), run.id],
+        )
+
+
+def open_run(db: Database, kind: str, *, now: datetime) -> tuple[PipelineRun, bool]:
+    """The newest unfinished (pending or running) run of ``kind``, or a new one: (run, resumed)."""
+    if kind not in KINDS:
+        raise ValidationFailed(f"unknown pipeline kind {kind!r}; pick from {', '.join(KINDS)}", field="kind")
+    with write_transaction(db):
+        rows = list(db.query("SELECT * FROM pipeline_runs WHERE kind = ? AND state IN ('pending', 'running') "
+                             "ORDER BY started_at DESC, rowid DESC LIMIT 1", [kind]))
+        if rows:
+            return _from_row(rows[0]), True
+        run = PipelineRun(id=new_id("pl"), kind=kind, step=None, state="pending", started_at=utc_text(now),
+                          finished_at=None, error=None)
+        db.execute("INSERT INTO pipeline_runs (id, kind, step, state, started_at, context, steps) "
+                   "VALUES (?, ?, ?, ?, ?, '{}', '[]')", [run.id, kind, None, "pending", run.started_at])
+    return run, False
+
+
+def new_corrections(db: Database) -> int:
+    """Approved corrections decided after the newest dataset was built (all approved ones if none was)."""
+    (last,) = db.execute("SELECT MAX(created_at) FROM datasets").fetchone()
+    (count,) = db.execute("SELECT COUNT(*) FROM review_items WHERE status = 'approved' AND (? IS NULL OR decided_at > ?)",
+                          [last, last]).fetchone()
+    return count
+
+
+# --- the steps: (db, settings, run, now, hooks) -> outcome dict; raise Skip when there is nothing to do ---
+
+
+def step_collect(db: Database, settings: Settings, run: PipelineRun, now: datetime, hooks: dict) -> dict:
+    """Queue the live version's worst-answered questions of the last 7 days for review."""
+    version = version_to_rank(db, None)
+    since, until = utc_text(now - timedelta(days=7)), utc_text(now)
+    result = collect_worst(db, model_version_id=version.id, since=since, until=until,
+                           options=RankingOptions.from_settings(settings.report))
+    run.context["collected"] = [item.id for item in result.added]
+    return {"detail": f"queued {len(result.added)} question(s) of {version.name} for review, "
+                      f"{len(result.skipped)} already in the queue", "added": len(result.added)}
+
+
+def step_report(db: Database, settings: Settings, run: PipelineRun, now: datetime, hooks: dict) -> dict:
+    """Write the weekly report for the last complete week and deliver it where configured."""
+    built, paths = generate_report(db, settings, now=now)
+    deliveries = deliver_report(built, settings.report)
+    run.context["report"] = {"week": built["week"], "paths": {k: str(v) for k, v in paths.items()}}
+    failed = [f"{d.channel}: {d.detail}" for d in deliveries if not d.ok]
+    return {"detail": f"report {built['week']} written to {paths.get('html') or next(iter(paths.values()))}"
+                      + (f"; delivery failed: {'; '.join(failed)}" if failed else ""),
+            "delivered": [d.channel for d in deliveries if d.ok]}
+
+
+def step_build(db: Database, settings: Settings, run: PipelineRun, now: datetime, hooks: dict) -> dict:
+    """Build the next dataset, unless no correction was approved since the last one."""
+    fresh = new_corrections(db)
+    if fresh == 0:
+        raise Skip("skipped: no approved corrections since the last dataset")
+    result = build_dataset(db, settings)
+    run.context.update(dataset_id=result.dataset_id, dataset_version=result.version)
+    return {"detail": f"built dataset v{result.version} with {fresh} new approved correction(s)"}
+
+
+def step_train(db: Database, settings: Settings, run: PipelineRun, now: datetime, hooks: dict) -> dict:
+    """Fine-tune the run's dataset (never a second job for it) and wait until a candidate is registered."""
+    dataset_id = run.context["dataset_id"]
+    if not run.context.get("training_run_id"):
+        # start_run returns the existing run for this dataset and configuration, so a process that died
+        # after submitting, before the id below was stored, does not submit again.
+        started = start_run(db, settings, dataset_id)
+        run.context["training_run_id"] = started.run.id
+        _save(db, run)
+        if hooks.get("after_submit"):
+            hooks["after_submit"](run)
+    training = wait_for_run(db, settings, run.context["training_run_id"], interval_s=settings.scheduler.poll_interval_s)
+    if training.state != "succeeded":
+        raise RuntimeError(f"training run {training.id} {training.state}: {training.error or 'no error given'}")
+    run.context["candidate_id"] = training.candidate_version_id
+    return {"detail": f"training run {training.id} succeeded; candidate {training.candidate_version_id}"}
+
+
+def step_evaluate(db: Database, settings: Settings, run: PipelineRun, now: datetime, hooks: dict) -> dict:
+    """Evaluate the candidate against the live model (reusing an evaluation a crash left unrecorded)."""
+    candidate = run.context["candidate_id"]
+    live = live_version(db)
+    earlier = [e for e in list_evaluations(db, candidate, limit=1) if live and e.incumbent_id == live.id]
+    evaluation = earlier[0] if earlier else evaluate(db, settings, candidate, "live", actor=ACTOR)
+    run.context["evaluation_id"] = evaluation.id
+    return {"detail": f"evaluation {evaluation.id}: {'passed' if evaluation.passed else 'failed'} the gate",
+            "passed": bool(evaluation.passed), "reasons": list(evaluation.reasons)}
+
+
+def step_gate(db: Database, settings: Settings, run: PipelineRun, now: datetime, hooks: dict) -> dict:
+    """Act on the verdict: promote (or canary) a passing candidate, mark a failing one rejected."""
+    evaluation = get_evaluation(db, run.context["evaluation_id"])
+    candidate = get_version(db, evaluation.candidate_id)
+    if candidate.status == "candidate":
+        outcome = gate.apply(db, settings, evaluation, actor=ACTOR)
+        action, reasons = outcome.action, outcome.reasons
+    else:  # applied before a crash: the registry already says what happened
+        action = {"live": "promoted", "canary": "canary"}.get(candidate.status, candidate.status)
+        reasons = list(evaluation.reasons)
+    run.context["gate"] = {"action": action, "passed": bool(evaluation.passed), "reasons": reasons}
+    words = {"promoted": "promoted to live", "canary": "made the canary", "rejected": "rejected; live model unchanged"}
+    return {"detail": f"candidate {candidate.id} {words.get(action, action)}"
+                      + (": " + "; ".join(reasons) if reasons else ""), "action": action, "reasons": reasons}
+
+
+def step_deploy(db: Database, settings: Settings, run: PipelineRun, now: datetime, hooks: dict) -> dict:
+    """Make sure what serves users (live and canary) is loaded in the model server."""
+    if run.context.get("gate", {}).get("action") not in ("promoted", "canary"):
+        raise Skip("skipped: the gate kept the live model")
+    results = deploy.deploy_serving(db, settings, actor=ACTOR)
+    return {"detail": "; ".join(f"{r.name}: {r.action}" for r in results) or "nothing to deploy"}
+
+
+STEP_FUNCTIONS = {"collect": step_collect, "report": step_report, "build": step_build, "train": step_train,
+                  "evaluate": step_evaluate, "gate": step_gate, "deploy": step_deploy}
+
+
+def run_pipeline(
+    db: Database,
+    settings: Settings,
+    kind: str = "monthly",
+    *,
+    steps: list[str] | None = None,
+    clock: Clock = utc_clock,
+    hooks: dict | None = None,
+) -> PipelineRun:
+    """Run (or resume) a pipeline of ``kind``; with ``steps``, only those of its steps that are still to do.
+
+    A step that raises fails the run (``error`` says which step and why) and stops
+    it; the next run of that kind starts afresh. A run whose process died stays
+    ``running`` and is resumed. ``hooks`` are for tests (``after_submit``).
+    """
+    hooks = hooks or {}
+    now = clock()
+    run, _ = open_run(db, kind, now=now)
+    wanted = STEPS[kind]
+    unknown = [s for s in steps or () if s not in wanted]
+    if unknown:
+        raise ValidationFailed(f"a {kind} pipeline has no step(s) {unknown}; its steps: {', '.join(wanted)}", field="step")
+    skip_reason = None
+    for step in wanted:
+        if run.outcome(step):
+            if run.outcome(step)["state"] == "skipped" and step == "build":
+                skip_reason = run.outcome(step)["detail"]
+            continue
+        if steps and step not in steps:
+            continue
+        run.step, run.state = step, "running"
+        _save(db, run)
+        started = utc_text(clock())
+        try:
+            if skip_reason and step != "report":
+                raise Skip(skip_reason)
+            result, state = STEP_FUNCTIONS[step](db, settings, run, now, hooks), "succeeded"
+        except Skip as exc:
+            result, state = {"detail": str(exc)}, "skipped"
+            skip_reason = skip_reason or (str(exc) if step == "build" else None)
+        except Exception as exc:  # noqa: BLE001 — any failure ends the run with its reason, the scheduler lives on
+            message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            run.steps.append({"step": step, "state": "failed", "started_at": started,
+                              "finished_at": utc_text(clock()), "detail": message})
+            run.state, run.error, run.finished_at = "failed", f"{step}: {message}", utc_text(clock())
+            _save(db, run)
+            return run
+        run.steps.append({"step": step, "state": state, "started_at": started, "finished_at": utc_text(clock()),
+                          **result})
+        _save(db, run)
+    if all(run.outcome(s) for s in wanted):
+        run.state, run.finished_at = "succeeded", utc_text(clock())
+    else:
+        run.state = "pending"  # --step ran part of it; the rest waits for the next run of this kind
+    _save(db, run)
+    return run
+
+
+def retrain_due(db: Database, settings: Settings) -> bool:
+    """True when ``scheduler.retrain_threshold`` (K > 0) approved corrections are not yet in a dataset."""
+    k = settings.scheduler.retrain_threshold
+    return k > 0 and new_corrections(db) >= k
