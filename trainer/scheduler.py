@@ -85,6 +85,10 @@ class SqliteJobStore(BaseJobStore):
 
     def _sql(self, sql: str, params=()) -> list:
         with self._lock:
+            if self._conn is None:
+                # APScheduler's thread may ask once more for due jobs while it shuts
+                # down, after shutdown() closed the connection: there are none.
+                return []
             return self._conn.execute(sql, params).fetchall()
 
     def _state(self, job: Job) -> bytes:
@@ -148,9 +152,10 @@ class SqliteJobStore(BaseJobStore):
         self._sql("DELETE FROM apscheduler_jobs")
 
     def shutdown(self):
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 def _ts(moment: datetime | None) -> float | None:
