@@ -2,8 +2,8 @@
 
 Byte-level, so any text (Korean, English, emoji, a correction nobody foresaw)
 encodes without unknown tokens; trained on the FAQ, so its ~2,000 merges cover
-whole Korean syllables and common words and an answer is ~24 tokens, not ~90
-bytes (shorter sequences are what make training fit in under a minute).
+whole Korean syllables and common words and an answer is ~24 tokens, not ~106
+bytes, on average (shorter sequences are what make training fit in under a minute).
 """
 
 from __future__ import annotations
