@@ -81,6 +81,11 @@ def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Databa
         raise StorageError(f"database is not writable: {exc}") from exc
     try:
         yield db
+    except sqlite3.OperationalError as exc:
+        conn.rollback()
+        if _is_storage_failure(exc):
+            raise StorageError(f"could not write to the database: {exc}") from exc
+        raise
     except BaseException:
         conn.rollback()
         raise
@@ -89,6 +94,14 @@ def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Databa
     except sqlite3.Error as exc:
         conn.rollback()
         raise StorageError(f"could not commit to the database: {exc}") from exc
+
+
+def _is_storage_failure(exc: sqlite3.OperationalError) -> bool:
+    # The disk or the file failed us (full, read-only, locked past the busy timeout,
+    # I/O error) — answer 503 and say so. Anything else (a bad statement) is a bug
+    # and must stay loud.
+    text = str(exc).lower()
+    return any(word in text for word in ("full", "readonly", "read-only", "locked", "disk i/o", "unable to open"))
 
 
 def utc_now() -> str:

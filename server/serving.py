@@ -141,25 +141,36 @@ class PendingAnswer:
 
         The turn is recorded in every case — also when the client goes away
         mid-stream (the generator is closed), then with the text so far and
-        ``error = "client disconnected"``, and the upstream stream is closed.
+        ``error = "client disconnected"``, and the upstream stream is closed. If
+        recording itself fails (a full disk), that arrives as the error event.
         """
-        error: str | None = "client disconnected"
         try:
             for text in self.generation:
                 yield "delta", text
-            error = None
+        except GeneratorExit:
+            self._finish_quietly("client disconnected")
+            raise
         except Exception as exc:  # noqa: BLE001 - after the first byte, errors travel in-band
-            error = _message(exc)
-            body = exc.to_dict() if isinstance(exc, TuneloopError) else {"error": {"code": "internal_error", "message": "internal error"}}
             if not isinstance(exc, TuneloopError):
                 log.exception("stream failed")
+            body = exc.to_dict() if isinstance(exc, TuneloopError) else {"error": {"code": "internal_error", "message": "internal error"}}
+            self._finish_quietly(_message(exc))
             yield "error", body
             return
-        finally:
-            turn = self.finish(error=error)
-            if error:
-                self.generation.close()
+        try:
+            turn = self.finish()
+        except TuneloopError as exc:
+            yield "error", exc.to_dict()
+            return
         yield "done", turn
+
+    def _finish_quietly(self, error: str) -> None:
+        """Record a failed or abandoned turn; a storage failure here is logged, not raised over the first error."""
+        self.generation.close()
+        try:
+            self.finish(error=error)
+        except Exception:  # noqa: BLE001
+            log.exception("could not record a failed turn")
 
     def finish(self, error: str | None = None) -> turns.Turn:
         """Record the turn (once), with whatever text was produced and the error, if any."""

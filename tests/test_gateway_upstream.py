@@ -123,3 +123,48 @@ def test_canary_is_sticky_per_conversation(make_gateway, fake_upstream, gateway_
         assert again["model"] == first["model"]
         served[first["model"]] = served.get(first["model"], 0) + 1
     assert set(served) == {"starter", "canary"}
+
+
+def _fill_the_disk(app) -> None:
+    """Cap every pooled connection at its current size: the next write fails with SQLITE_FULL,
+    exactly as on a full disk."""
+    pool = app.extensions["tuneloop"].pool
+    held = [pool.acquire() for _ in range(4)]  # a request uses two: its own and the one that records
+    for db in held:
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {pages}")
+    for db in held:
+        pool.release(db)
+
+
+def test_full_disk_is_503_with_a_clear_message(make_gateway, gateway_db):
+    app = make_gateway()
+    c = app.test_client()
+    ok = c.post("/api/chat", json={"message": "before"}).get_json()
+    _fill_the_disk(app)
+    # Enough text that the new rows cannot fit in the pages already there.
+    r = c.post("/api/chat", json={"message": "x" * 3900})
+    assert r.status_code == 503
+    assert r.get_json()["error"]["code"] == "storage_unavailable"
+    assert "full" in r.get_json()["error"]["message"]
+    rated = c.post("/api/feedback", json={"message_id": ok["message_id"], "feedback_token": ok["feedback_token"],
+                                          "rating": "down", "comment": "y" * 1999})
+    assert rated.status_code in (200, 503)  # a small row may still fit in a free slot of a page
+    if rated.status_code == 503:
+        assert rated.get_json()["error"]["code"] == "storage_unavailable"
+    # Nothing half-written: the failed turn left no user message without its answer.
+    orphans = gateway_db.execute(
+        "SELECT COUNT(*) FROM messages u WHERE u.role = 'user' AND NOT EXISTS "
+        "(SELECT 1 FROM messages a WHERE a.conversation_id = u.conversation_id AND a.seq = u.seq + 1)"
+    ).fetchone()[0]
+    assert orphans == 0
+
+
+def test_full_disk_while_streaming_is_an_error_event(make_gateway):
+    app = make_gateway()
+    c = app.test_client()
+    _fill_the_disk(app)
+    r = c.post("/api/chat", json={"message": "z" * 3900, "stream": True})
+    evs = events(r)
+    assert evs[0][0] == "start" and evs[-1][0] == "error"
+    assert evs[-1][1]["error"]["code"] == "storage_unavailable"
