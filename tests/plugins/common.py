@@ -29,3 +29,24 @@ def db(settings):
     database = open_db(settings.db_path)
     yield database
     database.close()
+
+
+def wait_until_healthy(process, url: str, log_path, *, what: str, timeout_s: float) -> None:
+    """Poll ``url`` until it answers 200; raise with the log's tail if ``process`` exits or time runs out."""
+    import time
+    from pathlib import Path
+
+    import httpx2
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{Path(log_path).read_text(errors='replace')[-3000:]}")
+        try:
+            if httpx2.get(url, timeout=2).status_code == 200:
+                return
+        except httpx2.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"{what} did not answer {url} within {timeout_s} s:\n{Path(log_path).read_text(errors='replace')[-3000:]}")

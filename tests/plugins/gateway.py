@@ -96,11 +96,8 @@ def start_gunicorn_gateway(tmp_path: Path, base_url: str, extra: dict | None = N
     import os
     import subprocess
     import sys
-    import time
 
-    import httpx2
-
-    from tests.plugins.common import free_port
+    from tests.plugins.common import free_port, wait_until_healthy
 
     port = free_port()
     data_dir = tmp_path / "gw-var"
@@ -124,18 +121,8 @@ def start_gunicorn_gateway(tmp_path: Path, base_url: str, extra: dict | None = N
         cwd=tmp_path,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gateway exited early:\n{log_path.read_text()}")
-        try:
-            if httpx2.get(url + "/healthz", timeout=1).status_code == 200:
-                return RunningGateway(url, process, log_path, data_dir)
-        except httpx2.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"gateway did not start in {timeout_s} s:\n{log_path.read_text()}")
+    wait_until_healthy(process, url + "/healthz", log_path, what="gateway", timeout_s=timeout_s)
+    return RunningGateway(url, process, log_path, data_dir)
 
 
 def stop_gateway(gw: RunningGateway) -> None:

@@ -16,16 +16,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx2
 import pytest
 
 from config.settings import PROJECT_ROOT, StarterSettings
-from tests.plugins.common import free_port
+from tests.plugins.common import free_port, wait_until_healthy
 from trainer.starter import build_starter
 
 # Small enough to train in a few seconds on one core, big enough to memorize 8 rows
@@ -146,18 +144,12 @@ def start_model_server(model_dir: Path, folder: Path, *, name: str = TINY_NAME, 
             cwd=folder,
         )
     server = RunningModelServer(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/v1", name, process, log_path)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"model server exited with {process.returncode}:\n{server.log()[-3000:]}")
-        try:
-            if httpx2.get(server.url + "/health", timeout=2).status_code == 200:
-                return server
-        except httpx2.TransportError:
-            pass
-        time.sleep(0.2)
-    stop_model_server(server)
-    raise RuntimeError(f"model server did not answer /health within {timeout_s} s:\n{server.log()[-3000:]}")
+    try:
+        wait_until_healthy(process, server.url + "/health", log_path, what="model server", timeout_s=timeout_s)
+    except RuntimeError:
+        stop_model_server(server)
+        raise
+    return server
 
 
 def stop_model_server(server: RunningModelServer, grace_s: float = 20) -> int:
