@@ -32,6 +32,15 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "TUNELOOP_"
 
 
+def env_secret(variable: str) -> str:
+    """The value of the environment variable named ``variable`` ("" when unnamed or unset).
+
+    Settings hold the *name* of the variable that carries a secret, never the
+    secret; it is read at call time so a rotated key needs no restart.
+    """
+    return os.environ.get(variable, "") if variable else ""
+
+
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}", field=key)
@@ -133,7 +142,7 @@ class ModelSettings:
 
     def api_key(self) -> str:
         """The upstream key, read from the named environment variable at call time."""
-        return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+        return env_secret(self.api_key_env)
 
 
 @dataclass(frozen=True)
@@ -276,7 +285,7 @@ class ReportSettings:
 
     def smtp_password(self) -> str:
         """The SMTP password, read from the named environment variable at call time."""
-        return os.environ.get(self.smtp_password_env, "") if self.smtp_password_env else ""
+        return env_secret(self.smtp_password_env)
 
 
 @dataclass(frozen=True)
@@ -315,7 +324,7 @@ class ReviewSettings:
 
     def teacher_api_key(self) -> str:
         """The teacher's API key, read from the named environment variable at call time."""
-        return os.environ.get(self.teacher_api_key_env, "") if self.teacher_api_key_env else ""
+        return env_secret(self.teacher_api_key_env)
 
 
 @dataclass(frozen=True)
@@ -383,7 +392,7 @@ class EvaluationSettings:
 
     def judge_api_key(self) -> str:
         """The judge's API key, read from the named environment variable at call time."""
-        return os.environ.get(self.judge_api_key_env, "") if self.judge_api_key_env else ""
+        return env_secret(self.judge_api_key_env)
 
 
 @dataclass(frozen=True)
@@ -478,7 +487,7 @@ class TrainingSettings:
 
     def openai_api_key(self) -> str:
         """The OpenAI API key, read from the named environment variable at call time."""
-        return os.environ.get(self.openai_api_key_env, "") if self.openai_api_key_env else ""
+        return env_secret(self.openai_api_key_env)
 
 
 SCHEDULER_JOBS = ("weekly", "monthly", "threshold")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Iterator
@@ -21,7 +20,7 @@ from typing import Any, Callable, ContextManager, Iterator
 from sqlite_utils import Database
 
 from config.errors import NotFound, TuneloopError, UpstreamError
-from config.settings import Settings
+from config.settings import Settings, env_secret
 from feedback import turns, versions
 from feedback.tokens import feedback_token, pseudonym
 from server import metrics
@@ -55,7 +54,7 @@ class ModelRouter:
         self._fallbacks = []
         for fb in model.fallbacks:
             row = versions.ensure_standby_version(db, name=fb.name, provider=model.provider, base_url=fb.base_url or None)
-            key = _env_key(fb.api_key_env) if fb.api_key_env else model.api_key()
+            key = env_secret(fb.api_key_env) if fb.api_key_env else model.api_key()
             self._fallbacks.append(Target(fb.name, fb.base_url or model.base_url, key, row.id))
         self._refresh(db)
 
@@ -97,10 +96,6 @@ class ModelRouter:
     def _target(self, version: versions.ModelVersion) -> Target:
         model = self.settings.model
         return Target(version.name, version.base_url or model.base_url, model.api_key(), version.id)
-
-
-def _env_key(name: str) -> str:
-    return os.environ.get(name, "")
 
 
 @dataclass

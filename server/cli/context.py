@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 
 import click
@@ -27,3 +28,8 @@ class CliContext:
 
 
 pass_cli = click.make_pass_decorator(CliContext)
+
+
+def current_user() -> str:
+    """Who runs this command, as recorded in histories (reviewer, actor): ``$USER``, else "cli"."""
+    return os.environ.get("USER") or "cli"

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import click
 
 from config.settings import EVALUATION_SUITES
-from server.cli.context import CliContext, pass_cli
+from server.cli.context import CliContext, current_user, pass_cli
 from trainer import gate
 from trainer.evaluation.metrics import METRIC_LABELS, METRICS
 from trainer.evaluation.run import Evaluation, evaluate, read_rows
@@ -88,7 +87,7 @@ def eval_command(ctx: CliContext, candidate, against, suites, apply_gate, worst,
     The candidate is deployed first (never made live). Exit code 1 when it fails the gate.
     """
     evaluation = evaluate(ctx.db, ctx.settings, candidate, against, suites=list(suites) or None, progress=not as_json,
-                          actor=os.environ.get("USER") or "cli")
+                          actor=current_user())
     outcome = gate.apply(ctx.db, ctx.settings, evaluation, actor="gate") if apply_gate else None
     if as_json:
         body = {k: v for k, v in evaluation.__dict__.items() if k != "rows"}

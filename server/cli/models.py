@@ -8,16 +8,15 @@ pick the change up within ``gateway.model_cache_s`` seconds, without a restart.
 from __future__ import annotations
 
 import json
-import os
 
 import click
 
 from feedback.versions import live_version
-from server.cli.context import CliContext, pass_cli
+from server.cli.context import CliContext, current_user, pass_cli
 from trainer import deploy, registry
 from trainer.evaluation.run import list_evaluations
 
-_ACTOR = click.option("--actor", default=lambda: os.environ.get("USER") or "cli", show_default="$USER",
+_ACTOR = click.option("--actor", default=current_user, show_default="$USER",
                       help="Name recorded in the model history.")
 _REASON = click.option("--reason", help="Why; kept in the model history and shown in the weekly report.")
 _FORCE = click.option("--force", is_flag=True, help="Also serve a version the gate rejected.")

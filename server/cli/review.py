@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timedelta, timezone
 
 import click
@@ -13,10 +12,10 @@ from feedback import review
 from feedback.ranking import RankingOptions, version_to_rank
 from feedback.report.weeks import utc_text
 from feedback.review_io import FORMATS, export_items, import_items, write_items
-from server.cli.context import CliContext, pass_cli
+from server.cli.context import CliContext, current_user, pass_cli
 from trainer.review_drafts import draft_answers
 
-_REVIEWER = click.option("--reviewer", default=lambda: os.environ.get("USER") or "cli", show_default="$USER",
+_REVIEWER = click.option("--reviewer", default=current_user, show_default="$USER",
                          help="Name recorded as the reviewer.")
 
 
