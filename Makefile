@@ -1,19 +1,27 @@
-# The two commands: `make run` and `make test`. Both work on a fresh Debian machine
-# with only Python 3.11: they create .venv, install torch (CPU, pinned) first, then
-# the project, and only redo an install when pyproject.toml or the pins change.
+# The two commands: `make run` and `make test`. Both work on a fresh Debian machine with only Python 3.11:
+# they create .venv, install torch (the CPU build, pinned) first, then every other package from the lock in
+# config/ (exact versions, sha256-checked, transitive included), and only redo an install when the lock changes.
+# `make lock` regenerates the lock on purpose (README, "Development").
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Every pip call below (and every build environment pip creates) honours the pins.
-export PIP_CONSTRAINT := $(CURDIR)/config/constraints.txt
+TORCH := torch==2.13.0
+RUNTIME_LOCK := config/requirements.lock
+TEST_LOCK := config/requirements-test.lock
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
-DEPS_HASH := $(shell cat pyproject.toml config/constraints.txt | sha1sum | cut -c1-12)
+DEPS_HASH := $(shell cat pyproject.toml $(RUNTIME_LOCK) $(TEST_LOCK) | sha1sum | cut -c1-12)
 RUNTIME_STAMP := $(VENV)/.runtime-$(DEPS_HASH)
 TEST_STAMP := $(VENV)/.test-$(DEPS_HASH)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# The lock is installed as it is: --no-deps because it already names every package, --require-hashes so a
+# file that changed on the registry is refused, --no-build-isolation so tuneloop is built with the locked setuptools.
+PIP_LOCKED := $(BIN)/python -m pip install --progress-bar on --require-hashes --no-deps
+UV := $(VENV)-lock/bin/uv
+UV_COMPILE := $(UV) pip compile --quiet --python-version 3.11 --generate-hashes --no-emit-package torch \
+	--find-links /opt/wheels --custom-compile-command "make lock"
 
-.PHONY: run test install install-test browser bench clean
+.PHONY: run test install install-test browser bench lock clean
 
 run: $(RUNTIME_STAMP)
 	$(BIN)/tuneloop up
@@ -28,17 +36,34 @@ install-test: $(TEST_STAMP)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# torch first, on its own: the CPU wheel, so nothing later can pull a CUDA build.
-$(RUNTIME_STAMP): $(BIN)/python pyproject.toml config/constraints.txt
-	$(BIN)/pip install --progress-bar on torch==2.13.0
-	$(BIN)/pip install --progress-bar on -e .
+# torch first, on its own: the CPU wheel, so nothing later can pull a CUDA build. The lock leaves it out
+# (the Dockerfile picks CPU or CUDA), and pyproject.toml pins it exactly.
+define install_from
+	$(BIN)/python -m pip install --progress-bar on $(TORCH)
+	$(PIP_LOCKED) -r $(1)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
+endef
+
+$(RUNTIME_STAMP): $(BIN)/python pyproject.toml $(RUNTIME_LOCK)
+	$(call install_from,$(RUNTIME_LOCK))
 	touch $@
 
-$(TEST_STAMP): $(RUNTIME_STAMP)
-	$(BIN)/pip install --progress-bar on -e '.[test]'
-	touch $@
+# The test lock is a superset of the runtime one (same versions), so this also serves `make run`.
+$(TEST_STAMP): $(BIN)/python pyproject.toml $(TEST_LOCK)
+	$(call install_from,$(TEST_LOCK))
+	touch $@ $(RUNTIME_STAMP)
+
+# Regenerate both locks from pyproject.toml: the test lock first, then the runtime lock constrained to it so a
+# package shared by both has one version. To upgrade one package: make lock UPGRADE="--upgrade-package NAME".
+lock: $(UV)
+	$(UV_COMPILE) $(UPGRADE) pyproject.toml config/build-requirements.in --extra test -o $(TEST_LOCK)
+	$(UV_COMPILE) pyproject.toml config/build-requirements.in -c $(TEST_LOCK) -o $(RUNTIME_LOCK)
+
+$(UV):
+	$(PYTHON) -m venv $(VENV)-lock
+	$(VENV)-lock/bin/python -m pip install --quiet uv==0.13.9
 
 # Browser tests drive Debian's Chromium; a test tool's own browser download fails here.
 browser:
@@ -49,4 +74,4 @@ bench: $(TEST_STAMP)
 	$(BIN)/python bench/gateway.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VENV)-lock .pytest_cache

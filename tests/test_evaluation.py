@@ -62,6 +62,25 @@ def test_rouge_l_by_hand_keeps_hangul():
     assert metrics.rouge_l("환불은 3일 걸립니다", "교환은 불가합니다") < 0.5
 
 
+@pytest.mark.parametrize(
+    ("prediction", "reference", "expected"),
+    [
+        # Values printed by Google's rouge-score 0.1.2 (RougeScorer(["rougeL"], tokenizer=<metrics.tokens>)),
+        # the package this implementation replaced: ours must agree to the last digit.
+        ("the cat sat on the mat", "the cat was on the mat", 0.8333333333333334),
+        ("Standard delivery takes 2-3 business days.", "Delivery takes two to three business days, standard.",
+         0.5333333333333333),
+        ("배송비는 3,000원입니다", "배송비는 무료입니다 3,000원 이상", 0.5833333333333334),
+        ("a b a b a", "b a b", 0.7499999999999999),
+        ("환불은 3일 걸립니다", "교환은 불가합니다", 0.47058823529411764),
+    ],
+)
+def test_rouge_l_matches_the_reference_scorer(prediction, reference, expected):
+    assert metrics.rouge_l(prediction, reference) == pytest.approx(expected, abs=1e-12)
+    assert metrics.lcs_length(metrics.tokens(prediction), metrics.tokens(reference)) == \
+        metrics.lcs_length(metrics.tokens(reference), metrics.tokens(prediction))
+
+
 @pytest.mark.parametrize("name", metrics.METRICS)
 def test_identical_is_the_maximum_and_disjoint_is_zero(name):
     fn = getattr(metrics, name)
