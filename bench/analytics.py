@@ -72,8 +72,15 @@ def _pool(rng: random.Random) -> list[tuple[str, str, str, float]]:
     for question, answer in rows:
         bad = rng.random() < 0.08
         p_down = rng.uniform(0.45, 0.8) if bad else rng.uniform(0.03, 0.15)
-        variants = {question, question.lower(), question.rstrip("?.!") , question.upper(), question + "?",
-                    "  " + question.replace(" ", "  "), question.rstrip("?.!") + "!!"}
+        variants = {
+            question,
+            question.lower(),
+            question.rstrip("?.!"),
+            question.upper(),
+            question + "?",
+            "  " + question.replace(" ", "  "),
+            question.rstrip("?.!") + "!!",
+        }
         for variant in sorted(variants):
             pool.append((variant, question_key(variant), answer, p_down))
     return pool
@@ -94,7 +101,9 @@ def build_store(path: Path, turns: int, *, seed: int = 7) -> None:
     conn.execute("CREATE TEMP TABLE pool (pid INTEGER PRIMARY KEY, question TEXT, key TEXT, answer TEXT, p_down REAL)")
     conn.executemany("INSERT INTO temp.pool VALUES (?, ?, ?, ?, ?)", [(i, *row) for i, row in enumerate(pool)])
     conn.execute("CREATE TEMP TABLE tail (tid INTEGER PRIMARY KEY, template TEXT)")
-    conn.executemany("INSERT INTO temp.tail VALUES (?, ?)", list(enumerate(t.replace("{}", "%d") for t in TAIL_TEMPLATES)))
+    conn.executemany(
+        "INSERT INTO temp.tail VALUES (?, ?)", list(enumerate(t.replace("{}", "%d") for t in TAIL_TEMPLATES))
+    )
     with conn:
         conn.execute(
             """INSERT INTO model_versions (id, name, provider, base_model, status, traffic_weight, created_at, promoted_at)
@@ -216,12 +225,24 @@ def run(sizes: list[int], directory: Path, repeat: int, rebuild: bool) -> list[d
         size_mb = sum(Path(str(path) + s).stat().st_size for s in ("", "-wal") if Path(str(path) + s).exists()) / 2**20
         everything, one_week = rankings["all"], rankings["week"]
         row = {
-            "turns": turns, **counts, "db_mb": round(size_mb), "build_s": round(built, 1) if built else None,
-            "rank_all": rank_all, "rank_week": rank_week, "report": report, "week": week,
-            "all": {"distinct": everything.distinct_questions, "rated": everything.rated_questions,
-                    "groups": everything.candidate_groups},
-            "one_week": {"distinct": one_week.distinct_questions, "rated": one_week.rated_questions,
-                         "groups": one_week.candidate_groups},
+            "turns": turns,
+            **counts,
+            "db_mb": round(size_mb),
+            "build_s": round(built, 1) if built else None,
+            "rank_all": rank_all,
+            "rank_week": rank_week,
+            "report": report,
+            "week": week,
+            "all": {
+                "distinct": everything.distinct_questions,
+                "rated": everything.rated_questions,
+                "groups": everything.candidate_groups,
+            },
+            "one_week": {
+                "distinct": one_week.distinct_questions,
+                "rated": one_week.rated_questions,
+                "groups": one_week.candidate_groups,
+            },
         }
         db.close()
         print(json.dumps(row), flush=True)

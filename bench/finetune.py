@@ -40,14 +40,30 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-LLAMA_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0)
-TINY = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            vocab_size=4096, max_position_embeddings=1024)
+LLAMA_8B = dict(
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    max_position_embeddings=8192,
+    rope_theta=500000.0,
+)
+TINY = dict(
+    hidden_size=256,
+    intermediate_size=512,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=4096,
+    max_position_embeddings=1024,
+)
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 # --- CPU: the starter model ------------------------------------------------------------------------
+
 
 def corrected_answer(answer: str) -> str:
     """What a reviewer's correction looks like here: a changed figure and a note."""
@@ -82,7 +98,7 @@ def baseline_pass(model_dir: Path, rows: list[dict], batch_size: int, max_length
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).train()
     examples = ChatExamples(tokenizer, rows, max_length)
     collate = AssistantOnlyCollator(tokenizer.pad_token_id)
-    batches = [collate(examples.items[i:i + batch_size]) for i in range(0, len(examples), batch_size)]
+    batches = [collate(examples.items[i : i + batch_size]) for i in range(0, len(examples), batch_size)]
     model(**batches[0]).loss.backward()  # warm-up (allocations, kernels)
     model.zero_grad(set_to_none=True)
     started = time.perf_counter()
@@ -107,10 +123,11 @@ def exact_answers(model_dir: Path, output: str, method: str, rows: list[dict]) -
     right = 0
     with torch.no_grad():
         for row in rows:
-            prompt = tokenizer.apply_chat_template(row["messages"][:-1], add_generation_prompt=True, return_tensors="pt",
-                                                   return_dict=True)
+            prompt = tokenizer.apply_chat_template(
+                row["messages"][:-1], add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
             out = model.generate(**prompt, max_new_tokens=256, do_sample=False)
-            answer = tokenizer.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+            answer = tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
             right += answer == row["messages"][-1]["content"]
     return right
 
@@ -141,9 +158,12 @@ def run_cpu(args) -> dict:
         report["dataset"] = {"train": len(train), "val": len(val), "corrections": len(corrections)}
         hp = {key: getattr(settings.training, key) for key in LOCAL_KEYS}
         report["baseline"] = baseline_pass(model_dir, train, hp["batch_size"], hp["max_length"])
-        print(f"dataset: {len(train)} train / {len(val)} val rows, {len(corrections)} corrections; "
-              f"baseline fwd+bwd over one epoch: {report['baseline']['seconds']:.2f} s, "
-              f"{report['baseline']['tokens_per_s']:,.0f} tokens/s", flush=True)
+        print(
+            f"dataset: {len(train)} train / {len(val)} val rows, {len(corrections)} corrections; "
+            f"baseline fwd+bwd over one epoch: {report['baseline']['seconds']:.2f} s, "
+            f"{report['baseline']['tokens_per_s']:,.0f} tokens/s",
+            flush=True,
+        )
         plans = [("lora", lr) for lr in (args.lora_lrs or [hp["learning_rate"]]) if "lora" in args.methods]
         plans += [("full", args.full_lr)] if "full" in args.methods else []
         for method, learning_rate in plans:
@@ -153,13 +173,23 @@ def run_cpu(args) -> dict:
             wall = time.perf_counter() - started
             m = result["metrics"]
             row = {
-                "method": method, "learning_rate": params["learning_rate"], "wall_s": wall,
-                "train_s": m["train_seconds"], "tokens_per_s": m["tokens_per_s"], "epochs": m["epochs_run"],
-                "best_epoch": m["best_epoch"], "stopped_early": m["stopped_early"], "steps": m["steps"],
-                "trainable_params": m["trainable_params"], "total_params": m["total_params"],
-                "eval_loss_before": m["initial_eval_loss"], "eval_loss": m["eval_loss"],
+                "method": method,
+                "learning_rate": params["learning_rate"],
+                "wall_s": wall,
+                "train_s": m["train_seconds"],
+                "tokens_per_s": m["tokens_per_s"],
+                "epochs": m["epochs_run"],
+                "best_epoch": m["best_epoch"],
+                "stopped_early": m["stopped_early"],
+                "steps": m["steps"],
+                "trainable_params": m["trainable_params"],
+                "total_params": m["total_params"],
+                "eval_loss_before": m["initial_eval_loss"],
+                "eval_loss": m["eval_loss"],
                 "baseline_passes": wall / report["baseline"]["seconds"],
-                "step_passes_per_epoch": m["train_seconds"] / max(m["epochs_run"], 1e-9) / report["baseline"]["seconds"],
+                "step_passes_per_epoch": m["train_seconds"]
+                / max(m["epochs_run"], 1e-9)
+                / report["baseline"]["seconds"],
             }
             if not args.no_check:
                 row["corrections_exact"] = exact_answers(model_dir, result["output"], method, corrections)
@@ -174,21 +204,31 @@ def run_cpu(args) -> dict:
 
 def print_cpu_table(report: dict) -> None:
     base = report["baseline"]
-    print(f"\nbaseline: one forward+backward pass over one epoch ({base['tokens']:,} tokens): "
-          f"{base['seconds']:.2f} s, {base['tokens_per_s']:,.0f} tokens/s ({report['threads']} thread(s))")
-    print("| method | trainable params | epochs (best) | wall s | in steps s | tokens/s | × baseline pass "
-          "| step time per epoch × pass | val loss before → after | corrections exact | others exact |")
+    print(
+        f"\nbaseline: one forward+backward pass over one epoch ({base['tokens']:,} tokens): "
+        f"{base['seconds']:.2f} s, {base['tokens_per_s']:,.0f} tokens/s ({report['threads']} thread(s))"
+    )
+    print(
+        "| method | trainable params | epochs (best) | wall s | in steps s | tokens/s | × baseline pass "
+        "| step time per epoch × pass | val loss before → after | corrections exact | others exact |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for r in report["runs"]:
-        check = (f"{r['corrections_exact']}/{report['dataset']['corrections']} | {r['kept_exact']}/{r['kept_total']}"
-                 if "corrections_exact" in r else "- | -")
-        print(f"| {r['method']} (lr {r['learning_rate']:g}) | {r['trainable_params']:,} of {r['total_params']:,} "
-              f"| {r['epochs']:g} ({r['best_epoch']:g}){' stopped early' if r['stopped_early'] else ''} "
-              f"| {r['wall_s']:.1f} | {r['train_s']:.1f} | {r['tokens_per_s']:,.0f} | {r['baseline_passes']:.1f} "
-              f"| {r['step_passes_per_epoch']:.2f} | {r['eval_loss_before']:.4f} → {r['eval_loss']:.4f} | {check} |")
+        check = (
+            f"{r['corrections_exact']}/{report['dataset']['corrections']} | {r['kept_exact']}/{r['kept_total']}"
+            if "corrections_exact" in r
+            else "- | -"
+        )
+        print(
+            f"| {r['method']} (lr {r['learning_rate']:g}) | {r['trainable_params']:,} of {r['total_params']:,} "
+            f"| {r['epochs']:g} ({r['best_epoch']:g}){' stopped early' if r['stopped_early'] else ''} "
+            f"| {r['wall_s']:.1f} | {r['train_s']:.1f} | {r['tokens_per_s']:,.0f} | {r['baseline_passes']:.1f} "
+            f"| {r['step_passes_per_epoch']:.2f} | {r['eval_loss_before']:.4f} → {r['eval_loss']:.4f} | {check} |"
+        )
 
 
 # --- GPU: an 8B-shaped Llama -----------------------------------------------------------------------
+
 
 def run_gpu(args) -> dict:
     from peft import LoraConfig, get_peft_model
@@ -207,8 +247,12 @@ def run_gpu(args) -> dict:
     if args.grad_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
-    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=args.lora_r, lora_alpha=2 * args.lora_r,
-                                             lora_dropout=0.0, target_modules=LINEAR))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            task_type="CAUSAL_LM", r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules=LINEAR
+        ),
+    )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
@@ -238,9 +282,16 @@ def run_gpu(args) -> dict:
     tokens = args.steps * args.batch * args.seq
     tokens_per_s = tokens / seconds
     report = {
-        "shape": args.shape, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "params": total, "trainable": trainable, "batch": args.batch, "seq": args.seq, "steps": args.steps,
-        "grad_checkpointing": args.grad_checkpointing, "seconds": seconds, "tokens_per_s": tokens_per_s,
+        "shape": args.shape,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "params": total,
+        "trainable": trainable,
+        "batch": args.batch,
+        "seq": args.seq,
+        "steps": args.steps,
+        "grad_checkpointing": args.grad_checkpointing,
+        "seconds": seconds,
+        "tokens_per_s": tokens_per_s,
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
         "torch": torch.__version__,
     }
@@ -250,9 +301,11 @@ def run_gpu(args) -> dict:
         report["mfu_4n_lora"] = 4 * total * tokens_per_s / peak
     print(json.dumps(report, indent=2))
     if args.peak_tflops:
-        print(f"\n{report['device']}: {tokens_per_s:,.0f} tokens/s, MFU {report['mfu_6n']:.1%} (6·N), "
-              f"{report['mfu_4n_lora']:.1%} counting LoRA's real 4·N; N = {total / 1e9:.2f} B, "
-              f"{trainable / 1e6:.1f} M trainable")
+        print(
+            f"\n{report['device']}: {tokens_per_s:,.0f} tokens/s, MFU {report['mfu_6n']:.1%} (6·N), "
+            f"{report['mfu_4n_lora']:.1%} counting LoRA's real 4·N; N = {total / 1e9:.2f} B, "
+            f"{trainable / 1e6:.1f} M trainable"
+        )
     return report
 
 
@@ -264,7 +317,9 @@ def main() -> None:
     cpu.add_argument("--config", help="settings file (default: config/default.toml)")
     cpu.add_argument("--model", help="model folder (default: the starter model, built when missing)")
     cpu.add_argument("--methods", nargs="+", default=["lora", "full"], choices=["lora", "full"])
-    cpu.add_argument("--lora-lrs", type=float, nargs="+", help="learning rates of LoRA runs (default: training.learning_rate)")
+    cpu.add_argument(
+        "--lora-lrs", type=float, nargs="+", help="learning rates of LoRA runs (default: training.learning_rate)"
+    )
     cpu.add_argument("--full-lr", type=float, default=0.0005, help="learning rate of the full fine-tuning run")
     cpu.add_argument("--corrections", type=int, default=5, help="approved corrections added to the FAQ")
     cpu.add_argument("--kept-sample", type=int, default=30, help="untouched training answers checked after training")

@@ -105,7 +105,6 @@ QUICK = Plan(
 )
 
 
-
 def pct(values: list[float], q: float) -> float:
     """The q-th percentile (0..100), linearly interpolated; NaN for no values."""
     if not values:
@@ -340,8 +339,17 @@ def streams(ctx: Context) -> list[dict]:
     for n in plan.streams:
         base = ctx.load(stream_spec(ctx.upstream.port, "/v1/chat/completions", direct_body, plan, n, "openai"))
         time.sleep(1)  # let the direct connections close before the gateway run
-        gw = ctx.load(stream_spec(ctx.gateway_port, "/api/chat", {"message": script, "stream": True}, plan, n, "tuneloop"))
-        out.append({"n": n, "gap_ms": gap_ms, "upstream": summarize_streams(base, gap_ms), "gateway": summarize_streams(gw, gap_ms)})
+        gw = ctx.load(
+            stream_spec(ctx.gateway_port, "/api/chat", {"message": script, "stream": True}, plan, n, "tuneloop")
+        )
+        out.append(
+            {
+                "n": n,
+                "gap_ms": gap_ms,
+                "upstream": summarize_streams(base, gap_ms),
+                "gateway": summarize_streams(gw, gap_ms),
+            }
+        )
         time.sleep(1)
     return out
 
@@ -396,7 +404,13 @@ def direct_rating_rate(db_path: Path, bodies: list[dict]) -> float:
     try:
         started = time.perf_counter()
         for body in bodies:
-            ratings.record_rating(db, message_id=body["message_id"], voter_ref="bench-direct", rating=body["rating"], reason=body.get("reason"))
+            ratings.record_rating(
+                db,
+                message_id=body["message_id"],
+                voter_ref="bench-direct",
+                rating=body["rating"],
+                reason=body.get("reason"),
+            )
         return len(bodies) / (time.perf_counter() - started)
     finally:
         db.close()
@@ -405,7 +419,9 @@ def direct_rating_rate(db_path: Path, bodies: list[dict]) -> float:
 def ratings_workload(ctx: Context, http_bodies: list[dict], direct_bodies: list[dict], db_path: Path) -> dict:
     """POST /api/feedback as fast as the gateway takes it; then count what was stored."""
     plan = ctx.plan
-    floor = ctx.load(closed_spec(ctx.gateway_port, "/healthz", [""], plan.ratings_concurrency, len(http_bodies), method="GET"))
+    floor = ctx.load(
+        closed_spec(ctx.gateway_port, "/healthz", [""], plan.ratings_concurrency, len(http_bodies), method="GET")
+    )
     spec = closed_spec(ctx.gateway_port, "/api/feedback", http_bodies, plan.ratings_concurrency, len(http_bodies))
     spec["warmup"] = 0  # every body is a distinct answer, each must be stored exactly once
     rated = ctx.load(spec)
@@ -486,9 +502,15 @@ def main(argv: list[str] | None = None) -> int:
     """Command line; returns the exit status."""
     parser = argparse.ArgumentParser(description="Benchmark the gateway against a local instant upstream.")
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run (< 30 s)")
-    parser.add_argument("--streams", type=int, action="append", help=f"concurrent SSE streams, repeatable (default: {FULL.streams})")
+    parser.add_argument(
+        "--streams", type=int, action="append", help=f"concurrent SSE streams, repeatable (default: {FULL.streams})"
+    )
     parser.add_argument("--stream-tokens", type=int, help=f"tokens per stream (default: {FULL.stream_tokens})")
-    parser.add_argument("--starts-per-s", type=float, help="offered stream starts per second (default: N streams over one stream's length)")
+    parser.add_argument(
+        "--starts-per-s",
+        type=float,
+        help="offered stream starts per second (default: N streams over one stream's length)",
+    )
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument(
         "--hold-db",
@@ -501,7 +523,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (gateway log, database)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
-    changes = (("streams", tuple(args.streams or ())), ("stream_tokens", args.stream_tokens), ("stream_starts_per_s", args.starts_per_s))
+    changes = (
+        ("streams", tuple(args.streams or ())),
+        ("stream_tokens", args.stream_tokens),
+        ("stream_starts_per_s", args.starts_per_s),
+    )
     for field_name, value in changes:
         if value:
             plan = dataclasses.replace(plan, **{field_name: value})

@@ -55,6 +55,7 @@ def on_exit(server):
     if folder:
         shutil.rmtree(folder, ignore_errors=True)
 
+
 # gunicorn 27's control socket defaults to one path per user; several gateways
 # (or test runs) on one machine would fight over it, and nothing here uses it.
 control_socket_disable = True

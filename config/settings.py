@@ -216,9 +216,15 @@ class StarterSettings:
     time_limit_s: float = 300.0
 
     def __post_init__(self):
-        _check(self.vocab_size >= 300, "starter.vocab_size", f"must be >= 300 (256 bytes + specials), got {self.vocab_size}")
+        _check(
+            self.vocab_size >= 300,
+            "starter.vocab_size",
+            f"must be >= 300 (256 bytes + specials), got {self.vocab_size}",
+        )
         _check(self.heads >= 1 and self.hidden_size % self.heads == 0, "starter.heads", "must divide hidden_size")
-        _check((self.hidden_size // self.heads) % 2 == 0, "starter.hidden_size", "hidden_size / heads must be even (RoPE)")
+        _check(
+            (self.hidden_size // self.heads) % 2 == 0, "starter.hidden_size", "hidden_size / heads must be even (RoPE)"
+        )
         for key in ("layers", "mlp_size", "batch_size", "epochs", "threads"):
             _check(getattr(self, key) >= 1, f"starter.{key}", "must be >= 1")
         _check(self.context_length >= 64, "starter.context_length", "must be >= 64")
@@ -257,7 +263,9 @@ class ReportSettings:
         try:
             zoneinfo.ZoneInfo(self.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ConfigError(f"report.timezone: unknown time zone {self.timezone!r}", field="report.timezone") from None
+            raise ConfigError(
+                f"report.timezone: unknown time zone {self.timezone!r}", field="report.timezone"
+            ) from None
         _check(self.min_votes >= 1, "report.min_votes", f"must be >= 1, got {self.min_votes}")
         _check(self.top_n >= 1, "report.top_n", f"must be >= 1, got {self.top_n}")
         _check(0 < self.similarity_threshold <= 1, "report.similarity_threshold", "must be in (0, 1]")
@@ -277,10 +285,18 @@ class ReportSettings:
         object.__setattr__(self, "shutdown_dates", dates)  # TOML dates and strings alike become "YYYY-MM-DD"
         for key in ("public_url", "webhook_url"):
             value = getattr(self, key)
-            _check(not value or value.startswith(("http://", "https://")), f"report.{key}", "must be an http(s) URL or empty")
+            _check(
+                not value or value.startswith(("http://", "https://")),
+                f"report.{key}",
+                "must be an http(s) URL or empty",
+            )
         _check(self.webhook_timeout_s > 0, "report.webhook_timeout_s", "must be > 0")
         _check(1 <= self.smtp_port <= 65535, "report.smtp_port", f"must be 1..65535, got {self.smtp_port}")
-        _check(not self.smtp_host or bool(self.smtp_to), "report.smtp_to", "list at least one recipient when smtp_host is set")
+        _check(
+            not self.smtp_host or bool(self.smtp_to),
+            "report.smtp_to",
+            "list at least one recipient when smtp_host is set",
+        )
         _check(not self.smtp_host or bool(self.smtp_from), "report.smtp_from", "must be set when smtp_host is set")
 
     def smtp_password(self) -> str:
@@ -406,7 +422,9 @@ class GateSettings:
     unload_retired: bool = True
 
     def __post_init__(self):
-        _check(self.metric in GATE_METRICS, "gate.metric", f"must be one of {', '.join(GATE_METRICS)}; got {self.metric!r}")
+        _check(
+            self.metric in GATE_METRICS, "gate.metric", f"must be one of {', '.join(GATE_METRICS)}; got {self.metric!r}"
+        )
         _check(0 <= self.correction_margin <= 1, "gate.correction_margin", "must be 0..1 (metrics are on a 0..1 scale)")
         _check(0 <= self.golden_tolerance <= 1, "gate.golden_tolerance", "must be 0..1 (metrics are on a 0..1 scale)")
         _check(0 <= self.canary_weight < 1, "gate.canary_weight", "must be in [0, 1) (0 = promote directly)")
@@ -472,7 +490,9 @@ class TrainingSettings:
             f"must be an http(s) URL or empty, got {self.openai_base_url!r}",
         )
         _check(bool(self.openai_base_model), "training.openai_base_model", "must not be empty")
-        _check(len(self.openai_suffix) <= 64, "training.openai_suffix", "must be at most 64 characters (OpenAI's limit)")
+        _check(
+            len(self.openai_suffix) <= 64, "training.openai_suffix", "must be at most 64 characters (OpenAI's limit)"
+        )
         _check(self.openai_epochs >= 0, "training.openai_epochs", "must be >= 0 (0 = auto)")
         _check(self.openai_lr_multiplier >= 0, "training.openai_lr_multiplier", "must be >= 0 (0 = auto)")
         _check(self.openai_batch_size >= 0, "training.openai_batch_size", "must be >= 0 (0 = auto)")
@@ -481,7 +501,7 @@ class TrainingSettings:
             datetime.date.fromisoformat(self.openai_cutoff_date)
         except ValueError:
             raise ConfigError(
-                f"training.openai_cutoff_date: expected a date like \"2027-01-06\", got {self.openai_cutoff_date!r}",
+                f'training.openai_cutoff_date: expected a date like "2027-01-06", got {self.openai_cutoff_date!r}',
                 field="training.openai_cutoff_date",
             ) from None
 
@@ -510,10 +530,15 @@ class SchedulerSettings:
         try:
             zoneinfo.ZoneInfo(self.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ConfigError(f"scheduler.timezone: unknown time zone {self.timezone!r}", field="scheduler.timezone") from None
+            raise ConfigError(
+                f"scheduler.timezone: unknown time zone {self.timezone!r}", field="scheduler.timezone"
+            ) from None
         for key in ("weekly_cron", "monthly_cron"):
-            _check(len(getattr(self, key).split()) == 5, f"scheduler.{key}",
-                   f'must be five crontab fields like "0 9 * * mon"; got {getattr(self, key)!r}')
+            _check(
+                len(getattr(self, key).split()) == 5,
+                f"scheduler.{key}",
+                f'must be five crontab fields like "0 9 * * mon"; got {getattr(self, key)!r}',
+            )
         _check(self.retrain_threshold >= 0, "scheduler.retrain_threshold", "must be >= 0 (0 = off)")
         _check(self.threshold_check_minutes > 0, "scheduler.threshold_check_minutes", "must be > 0")
         unknown = [j for j in self.jobs if j not in SCHEDULER_JOBS]
@@ -630,7 +655,7 @@ def _from_env(env: Mapping[str, str]) -> dict:
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
-        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
         nested.setdefault(section, {})[key] = _EnvString(value)
     return nested
 

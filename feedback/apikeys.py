@@ -62,9 +62,7 @@ def list_keys(db: Database) -> list[ApiKey]:
 def revoke_key(db: Database, key_id: str) -> ApiKey:
     """Revoke a key by id or prefix; revoking twice keeps the first time."""
     with write_transaction(db):
-        row = db.execute(
-            "SELECT id FROM api_keys WHERE id = ? OR prefix = ?", [key_id, key_id]
-        ).fetchone()
+        row = db.execute("SELECT id FROM api_keys WHERE id = ? OR prefix = ?", [key_id, key_id]).fetchone()
         if row is None:
             raise NotFound(f"no API key {key_id!r}", field="key")
         db.execute("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?", [utc_now(), row[0]])

@@ -41,13 +41,20 @@ from feedback.text import has_hangul, question_key
 DEMO_SOURCE = "demo"
 
 COMMENTS_DOWN_EN = {
-    "outdated": ["That's not what the website says.", "This looks like the old policy.",
-                 "The checkout page shows a different number.", "Outdated — this changed months ago."],
-    "wrong": ["This answers a different question.", "Wrong answer, I asked about something else.",
-              "Not what I asked.", "That's incorrect."],
+    "outdated": [
+        "That's not what the website says.",
+        "This looks like the old policy.",
+        "The checkout page shows a different number.",
+        "Outdated — this changed months ago.",
+    ],
+    "wrong": [
+        "This answers a different question.",
+        "Wrong answer, I asked about something else.",
+        "Not what I asked.",
+        "That's incorrect.",
+    ],
     "incomplete": ["You didn't say how long it takes.", "Half an answer.", "What about Jeju?"],
-    "unhelpful": ["Not helpful, I still don't know what to do.", "Please just give me a phone number.",
-                  "Too vague."],
+    "unhelpful": ["Not helpful, I still don't know what to do.", "Please just give me a phone number.", "Too vague."],
     "other": ["I want to talk to a person.", "Answer was fine but too late for me."],
 }
 COMMENTS_DOWN_KO = {
@@ -101,7 +108,7 @@ def _outdated(answer: str, rng: random.Random) -> str | None:
     value = int(m.group().replace(",", ""))
     changed = value + max(1, round(value * rng.choice([0.5, -0.25, 1.0])))
     text = f"{changed:,}" if "," in m.group() else str(changed)
-    return answer[: m.start()] + text + answer[m.end():]
+    return answer[: m.start()] + text + answer[m.end() :]
 
 
 def _variants(question: str, rng: random.Random) -> list[str]:
@@ -209,8 +216,15 @@ def seed_demo(
             """INSERT INTO model_versions (id, name, provider, base_model, status, traffic_weight, created_at,
                    promoted_at, retired_at, notes)
                VALUES (?, ?, ?, ?, 'retired', 0, ?, ?, ?, 'demo')""",
-            [old_id, f"{settings.model.name}-v0", live.provider, live.base_model, utc_text(start),
-             utc_text(start), utc_text(promoted)],
+            [
+                old_id,
+                f"{settings.model.name}-v0",
+                live.provider,
+                live.base_model,
+                utc_text(start),
+                utc_text(start),
+                utc_text(promoted),
+            ],
         )
         # A live row registered moments ago (by this call, on a fresh store) gets the demo's
         # history: created before the canary week, promoted after it.
@@ -224,15 +238,16 @@ def seed_demo(
     while day < now:
         week_index = (day - start).days // 7
         weekday = day.weekday()
-        per_day = turns_per_week / 7 * (1.04 ** week_index) * (1.15 if weekday < 5 else 0.62)
+        per_day = turns_per_week / 7 * (1.04**week_index) * (1.15 if weekday < 5 else 0.62)
         for _ in range(max(0, round(rng.gauss(per_day, math.sqrt(per_day))))):
             hour = rng.choices(range(24), weights=_HOURS)[0]
             moment = day + timedelta(hours=hour, seconds=rng.uniform(0, 3600))
             if moment >= now:
                 continue
             use_new = moment >= promoted or (moment >= canary_start and rng.random() < 0.1)
-            _conversation(rng, items, cumulative, moment, live.id if use_new else old_id, use_new,
-                          conversations, messages, votes)
+            _conversation(
+                rng, items, cumulative, moment, live.id if use_new else old_id, use_new, conversations, messages, votes
+            )
         day += timedelta(days=1)
 
     with write_transaction(db):
@@ -283,16 +298,40 @@ def _conversation(rng, items, cumulative, moment, version_id, is_new, conversati
         answered = moment + timedelta(milliseconds=latency)
         answer = "" if failed else (wrong or item.answer)
         user_id, answer_id = new_id("msg"), new_id("msg")
-        messages.append((user_id, conversation_id, seq + 1, "user", question, None, asked_at,
-                         None, None, None, None, None, None))
-        messages.append((answer_id, conversation_id, seq + 2, "assistant", answer, version_id, utc_text(answered),
-                         round(latency if not failed else 30000.0, 1), len(question) // 3,
-                         None if failed else len(answer) // 3, None if failed else "stop",
-                         "upstream_timeout" if failed else None, question_key(question)))
+        messages.append(
+            (user_id, conversation_id, seq + 1, "user", question, None, asked_at, None, None, None, None, None, None)
+        )
+        messages.append(
+            (
+                answer_id,
+                conversation_id,
+                seq + 2,
+                "assistant",
+                answer,
+                version_id,
+                utc_text(answered),
+                round(latency if not failed else 30000.0, 1),
+                len(question) // 3,
+                None if failed else len(answer) // 3,
+                None if failed else "stop",
+                "upstream_timeout" if failed else None,
+                question_key(question),
+            )
+        )
         seq += 2
         if not failed and rng.random() < (0.42 if wrong else 0.3):
-            votes.append(_vote(rng, answer_id, user, item, question, bool(wrong), kind,
-                               answered + timedelta(seconds=rng.uniform(4, 240))))
+            votes.append(
+                _vote(
+                    rng,
+                    answer_id,
+                    user,
+                    item,
+                    question,
+                    bool(wrong),
+                    kind,
+                    answered + timedelta(seconds=rng.uniform(4, 240)),
+                )
+            )
         moment = answered + timedelta(seconds=rng.uniform(20, 180))
 
 

@@ -335,8 +335,14 @@ def _attach_evidence(db: Database, groups: list[QuestionGroup], version: str, si
         {"version": version, "since": since, "until": until, "keys": json.dumps(list(leader_of))},
     ).fetchall()
     collected: dict[str, dict] = {
-        leader: {"answers": {}, "comments": [], "reasons": Counter(), "corrections": Counter(), "variants": Counter(),
-                 "ids": []}
+        leader: {
+            "answers": {},
+            "comments": [],
+            "reasons": Counter(),
+            "corrections": Counter(),
+            "variants": Counter(),
+            "ids": [],
+        }
         for leader in by_leader
     }
     for msg_id, key, question, answer, rating, reason, comment, correction, at in rows:
@@ -349,8 +355,9 @@ def _attach_evidence(db: Database, groups: list[QuestionGroup], version: str, si
             if len(bucket["ids"]) < 50:
                 bucket["ids"].append(msg_id)
         if comment and comment.strip():
-            bucket["comments"].append({"comment": comment.strip(), "reason": reason, "rating": rating,
-                                       "question": question, "at": at})
+            bucket["comments"].append(
+                {"comment": comment.strip(), "reason": reason, "rating": rating, "question": question, "at": at}
+            )
         if correction and correction.strip():
             bucket["corrections"][correction.strip()] += 1
     for leader, bucket in collected.items():

@@ -41,8 +41,24 @@ ORIGINS = ("ranking", "import", "manual")
 MAX_ANSWER_CHARS = 8000
 MAX_QUESTION_CHARS = 4000
 
-_COLUMNS = ("id", "question", "question_key", "origin", "model_version_id", "evidence", "status", "answer",
-            "answer_source", "draft", "draft_model", "reviewer", "note", "created_at", "updated_at", "decided_at")
+_COLUMNS = (
+    "id",
+    "question",
+    "question_key",
+    "origin",
+    "model_version_id",
+    "evidence",
+    "status",
+    "answer",
+    "answer_source",
+    "draft",
+    "draft_model",
+    "reviewer",
+    "note",
+    "created_at",
+    "updated_at",
+    "decided_at",
+)
 
 
 @dataclass
@@ -157,7 +173,12 @@ def list_items(
 ) -> list[ReviewItem]:
     """Items filtered by status and a text search (question, answer or id): newest first, worst first within a collect."""
     where, params = _filters(status, search)
-    return _select(db, where, params + [int(limit), int(offset)], "ORDER BY created_at DESC, json_extract(evidence, '$.score') DESC, id LIMIT ? OFFSET ?")
+    return _select(
+        db,
+        where,
+        params + [int(limit), int(offset)],
+        "ORDER BY created_at DESC, json_extract(evidence, '$.score') DESC, id LIMIT ? OFFSET ?",
+    )
 
 
 def count_items(db: Database, *, status: str | None = None, search: str | None = None) -> int:
@@ -206,15 +227,28 @@ def collect_worst(
             keys = set(group.keys) | {group.question_key}
             match = matching_item(existing, keys, options.similarity_threshold)
             if match is not None:
-                result.skipped.append({"question": group.question, "item_id": match.id,
-                                       "reason": f"already {match.status} as {match.id}"})
+                result.skipped.append(
+                    {"question": group.question, "item_id": match.id, "reason": f"already {match.status} as {match.id}"}
+                )
                 continue
             evidence = _evidence(group, since, until, model_version_id)
             item = ReviewItem(
-                id=new_id("ri"), question=group.question, question_key=question_key(group.question),
-                origin="ranking", model_version_id=model_version_id, evidence=evidence, status="pending",
-                answer=None, answer_source=None, draft=None, draft_model=None, reviewer=None, note=None,
-                created_at=now, updated_at=now, decided_at=None,
+                id=new_id("ri"),
+                question=group.question,
+                question_key=question_key(group.question),
+                origin="ranking",
+                model_version_id=model_version_id,
+                evidence=evidence,
+                status="pending",
+                answer=None,
+                answer_source=None,
+                draft=None,
+                draft_model=None,
+                reviewer=None,
+                note=None,
+                created_at=now,
+                updated_at=now,
+                decided_at=None,
             )
             _insert(db, item)
             existing.append(item)
@@ -294,9 +328,22 @@ def create_item(
     question = _clean_text(question, "question", MAX_QUESTION_CHARS)
     now = utc_now()
     item = ReviewItem(
-        id=new_id("ri"), question=question, question_key=question_key(question), origin=origin,
-        model_version_id=None, evidence=evidence or {}, status="pending", answer=None, answer_source=None,
-        draft=None, draft_model=None, reviewer=None, note=None, created_at=now, updated_at=now, decided_at=None,
+        id=new_id("ri"),
+        question=question,
+        question_key=question_key(question),
+        origin=origin,
+        model_version_id=None,
+        evidence=evidence or {},
+        status="pending",
+        answer=None,
+        answer_source=None,
+        draft=None,
+        draft_model=None,
+        reviewer=None,
+        note=None,
+        created_at=now,
+        updated_at=now,
+        decided_at=None,
     )
     if answer is not None and answer.strip():
         item.answer = _clean_text(answer, "answer", MAX_ANSWER_CHARS)
@@ -333,10 +380,17 @@ def approve(db: Database, item_id: str, *, answer: str, reviewer: str, answer_so
     with write_transaction(db):
         item = get_item(db, item_id)
         now = utc_now()
-        return _update(db, item_id, {
-            "status": "approved", "answer": answer, "answer_source": answer_source or answer_source_for(item, answer),
-            "reviewer": reviewer, "decided_at": now,
-        })
+        return _update(
+            db,
+            item_id,
+            {
+                "status": "approved",
+                "answer": answer,
+                "answer_source": answer_source or answer_source_for(item, answer),
+                "reviewer": reviewer,
+                "decided_at": now,
+            },
+        )
 
 
 def reject(db: Database, item_id: str, *, reviewer: str, note: str | None = None) -> ReviewItem:
@@ -346,8 +400,11 @@ def reject(db: Database, item_id: str, *, reviewer: str, note: str | None = None
         item = get_item(db, item_id)
         if item.status == "rejected":
             raise Conflict(f"review item {item_id} is already rejected")
-        return _update(db, item_id, {"status": "rejected", "reviewer": reviewer, "decided_at": utc_now(),
-                                     "note": (note or "").strip() or None})
+        return _update(
+            db,
+            item_id,
+            {"status": "rejected", "reviewer": reviewer, "decided_at": utc_now(), "note": (note or "").strip() or None},
+        )
 
 
 def edit_item(
@@ -369,8 +426,9 @@ def edit_item(
                 changes.update(question=text, question_key=question_key(text))
         if answer is not None:
             if item.status != "approved":
-                raise ValidationFailed("only an approved item's answer can be edited; approve it instead",
-                                       field="answer")
+                raise ValidationFailed(
+                    "only an approved item's answer can be edited; approve it instead", field="answer"
+                )
             text = _clean_text(answer, "answer", MAX_ANSWER_CHARS)
             if text != item.answer:
                 changes.update(answer=text, answer_source=answer_source_for(item, text))

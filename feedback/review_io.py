@@ -35,8 +35,19 @@ from feedback.text import question_key
 FORMATS = ("csv", "jsonl")
 # Columns a reviewer edits; the rest are there to decide with and are ignored on import.
 EDITABLE = ("id", "status", "question", "answer", "note")
-CSV_COLUMNS = (*EDITABLE, "answer_source", "reviewer", "decided_at", "draft", "suggested_correction",
-               "current_answer", "votes", "down", "reasons", "created_at")
+CSV_COLUMNS = (
+    *EDITABLE,
+    "answer_source",
+    "reviewer",
+    "decided_at",
+    "draft",
+    "suggested_correction",
+    "current_answer",
+    "votes",
+    "down",
+    "reasons",
+    "created_at",
+)
 
 
 @dataclass(frozen=True)
@@ -71,8 +82,9 @@ def detect_format(path: str | Path, fmt: str | None = None) -> str:
         return "csv"
     if suffix in (".jsonl", ".ndjson", ".json"):
         return "jsonl"
-    raise ValidationFailed(f"cannot tell the format of {Path(path).name}: name it .csv or .jsonl, or say --format",
-                           field="format")
+    raise ValidationFailed(
+        f"cannot tell the format of {Path(path).name}: name it .csv or .jsonl, or say --format", field="format"
+    )
 
 
 def read_records(path: str | Path, fmt: str | None = None) -> tuple[list[tuple[int, dict]], list[LineError]]:

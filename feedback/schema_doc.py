@@ -58,9 +58,14 @@ def render(db) -> str:
                 f"| `{col_name}`{' (pk)' if pk else ''} | {col_type} | {'yes' if notnull else ''} "
                 f"| {default if default is not None else ''} | {refs.get(col_name, '')} |"
             )
-        indexes = [(ix.name, ix.columns, ix.unique) for ix in table.indexes if not ix.name.startswith("sqlite_autoindex")]
+        indexes = [
+            (ix.name, ix.columns, ix.unique) for ix in table.indexes if not ix.name.startswith("sqlite_autoindex")
+        ]
         if indexes:
-            lines += ["", "Indexes: " + "; ".join(f"`{n}` ({', '.join(c)}){' unique' if u else ''}" for n, c, u in indexes) + "."]
+            lines += [
+                "",
+                "Indexes: " + "; ".join(f"`{n}` ({', '.join(c)}){' unique' if u else ''}" for n, c, u in indexes) + ".",
+            ]
         lines.append("")
     return "\n".join(lines)
 

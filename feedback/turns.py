@@ -106,7 +106,9 @@ def conversation_owner(db: Database, conversation_id: str) -> dict | None:
     return dict(zip(keys, row))
 
 
-def get_conversation(db: Database, conversation_id: str, *, api_key_id: str | None = None, any_key: bool = False) -> dict:
+def get_conversation(
+    db: Database, conversation_id: str, *, api_key_id: str | None = None, any_key: bool = False
+) -> dict:
     """The conversation with its messages in order.
 
     A conversation started with another API key is reported as not found, so ids
@@ -122,8 +124,19 @@ def get_conversation(db: Database, conversation_id: str, *, api_key_id: str | No
            WHERE m.conversation_id = ? ORDER BY m.seq""",
         [conversation_id],
     ).fetchall()
-    keys = ("id", "role", "content", "created_at", "model_version_id", "model", "latency_ms", "tokens_in",
-            "tokens_out", "finish_reason", "error")
+    keys = (
+        "id",
+        "role",
+        "content",
+        "created_at",
+        "model_version_id",
+        "model",
+        "latency_ms",
+        "tokens_in",
+        "tokens_out",
+        "finish_reason",
+        "error",
+    )
     return {
         "id": conv["id"],
         "created_at": conv["created_at"],

@@ -14,8 +14,19 @@ from sqlite_utils import Database
 from config.errors import NotFound
 from feedback.db import new_id, utc_now, write_transaction
 
-_COLUMNS = ("id", "name", "provider", "base_model", "base_url", "adapter_path", "training_run_id", "status",
-            "traffic_weight", "created_at", "promoted_at")
+_COLUMNS = (
+    "id",
+    "name",
+    "provider",
+    "base_model",
+    "base_url",
+    "adapter_path",
+    "training_run_id",
+    "status",
+    "traffic_weight",
+    "created_at",
+    "promoted_at",
+)
 
 
 @dataclass(frozen=True)
@@ -81,9 +92,7 @@ def ensure_live_version(db: Database, *, name: str, provider: str, base_url: str
 def ensure_standby_version(db: Database, *, name: str, provider: str, base_url: str | None) -> ModelVersion:
     """The row for a configured fallback model, so answers it writes carry its version."""
     with write_transaction(db):
-        rows = _select(
-            db, "status = 'standby' AND name = ? AND COALESCE(base_url, '') = ?", [name, base_url or ""]
-        )
+        rows = _select(db, "status = 'standby' AND name = ? AND COALESCE(base_url, '') = ?", [name, base_url or ""])
         if rows:
             return rows[0]
         version_id = new_id("mv")

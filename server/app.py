@@ -76,7 +76,10 @@ def init_app(app: Flask, settings: Settings) -> None:
 
     CORS(
         app,
-        resources={r"/api/*": {"origins": settings.gateway.cors_origins}, r"/v1/*": {"origins": settings.gateway.cors_origins}},
+        resources={
+            r"/api/*": {"origins": settings.gateway.cors_origins},
+            r"/v1/*": {"origins": settings.gateway.cors_origins},
+        },
         allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Tuneloop-Client"],
         expose_headers=["Retry-After", "X-Tuneloop-Message-Id", "X-Tuneloop-Conversation-Id"],
         max_age=600,

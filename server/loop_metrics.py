@@ -37,27 +37,38 @@ class LoopCollector:
         db = self._connect()
         try:
             since = (datetime.now(timezone.utc) - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%S")
-            up, total = db.execute("SELECT COALESCE(SUM(rating > 0), 0), COUNT(*) FROM feedback WHERE created_at >= ?",
-                                   [since]).fetchone()
+            up, total = db.execute(
+                "SELECT COALESCE(SUM(rating > 0), 0), COUNT(*) FROM feedback WHERE created_at >= ?", [since]
+            ).fetchone()
             (pending,) = db.execute("SELECT COUNT(*) FROM review_items WHERE status = 'pending'").fetchone()
             live = db.execute("SELECT id, name FROM model_versions WHERE status = 'live'").fetchone()
-            last = db.execute("SELECT kind, step, state FROM pipeline_runs ORDER BY started_at DESC, rowid DESC LIMIT 1"
-                              ).fetchone() if "pipeline_runs" in db.table_names() else None
+            last = (
+                db.execute(
+                    "SELECT kind, step, state FROM pipeline_runs ORDER BY started_at DESC, rowid DESC LIMIT 1"
+                ).fetchone()
+                if "pipeline_runs" in db.table_names()
+                else None
+            )
         finally:
             db.close()
-        satisfaction = GaugeMetricFamily("tuneloop_satisfaction_ratio",
-                                         "Share of thumbs-up among ratings of the last 7 days (NaN: no ratings).")
+        satisfaction = GaugeMetricFamily(
+            "tuneloop_satisfaction_ratio", "Share of thumbs-up among ratings of the last 7 days (NaN: no ratings)."
+        )
         satisfaction.add_metric([], up / total if total else float("nan"))
         ratings = GaugeMetricFamily("tuneloop_ratings_7d", "Ratings received in the last 7 days.")
         ratings.add_metric([], total)
         reviews = GaugeMetricFamily("tuneloop_review_pending", "Review items waiting for a reviewer.")
         reviews.add_metric([], pending)
-        model = GaugeMetricFamily("tuneloop_live_model_info", "The live model version (always 1).", labels=["id", "name"])
+        model = GaugeMetricFamily(
+            "tuneloop_live_model_info", "The live model version (always 1).", labels=["id", "name"]
+        )
         if live:
             model.add_metric([live[0], live[1]], 1)
-        pipeline = GaugeMetricFamily("tuneloop_pipeline_last_step",
-                                     "The newest pipeline run: 1 for its current state, 0 for the others.",
-                                     labels=["kind", "step", "state"])
+        pipeline = GaugeMetricFamily(
+            "tuneloop_pipeline_last_step",
+            "The newest pipeline run: 1 for its current state, 0 for the others.",
+            labels=["kind", "step", "state"],
+        )
         if last:
             for state in PIPELINE_STATES:
                 pipeline.add_metric([last[0], last[1] or "", state], 1 if state == last[2] else 0)

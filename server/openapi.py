@@ -30,7 +30,11 @@ def documented(
     """Attach OpenAPI facts to a view function."""
 
     def wrap(view: Callable) -> Callable:
-        setattr(view, DOC_ATTR, dict(summary=summary, request=request, response=response, stream=stream, errors=errors, tag=tag))
+        setattr(
+            view,
+            DOC_ATTR,
+            dict(summary=summary, request=request, response=response, stream=stream, errors=errors, tag=tag),
+        )
         return view
 
     return wrap
@@ -57,12 +61,16 @@ def build_spec(app: Flask, version: str) -> dict:
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             op: dict = {"summary": meta["summary"], "tags": [meta["tag"]], "responses": {}}
             params = [
-                {"name": arg, "in": "path", "required": True, "schema": {"type": "string"}} for arg in sorted(rule.arguments)
+                {"name": arg, "in": "path", "required": True, "schema": {"type": "string"}}
+                for arg in sorted(rule.arguments)
             ]
             if params:
                 op["parameters"] = params
             if meta["request"] is not None:
-                op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(meta["request"])}}}
+                op["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": ref(meta["request"])}},
+                }
             ok: dict = {"description": "OK"}
             content = {}
             if meta["response"] is not None:

@@ -25,7 +25,9 @@ class ChatRequest(Strict):
     message: str = Field(min_length=1, description="The user's message.")
     conversation_id: str | None = Field(None, description="Continue this conversation; omit to start one.")
     stream: bool = Field(False, description="Answer as text/event-stream (events start, delta, done, error).")
-    user: str | None = Field(None, max_length=256, description="Your stable id for the end user (stored only as a keyed hash).")
+    user: str | None = Field(
+        None, max_length=256, description="Your stable id for the end user (stored only as a keyed hash)."
+    )
     metadata: dict[str, Any] = Field(default_factory=dict, description="Free-form data kept with a new conversation.")
 
 
@@ -52,7 +54,9 @@ class FeedbackRequest(Strict):
     reason: str | None = Field(None, description="One of the configured reasons (GET /api/config).")
     comment: str | None = None
     correction: str | None = Field(None, description="What the right answer would have been.")
-    user: str | None = Field(None, max_length=256, description="Your stable id for the voter; one vote per voter per message.")
+    user: str | None = Field(
+        None, max_length=256, description="Your stable id for the voter; one vote per voter per message."
+    )
 
 
 class FeedbackResponse(BaseModel):

@@ -53,7 +53,9 @@ class ModelRouter:
         versions.ensure_live_version(db, name=model.name, provider=model.provider, base_url=None)
         self._fallbacks = []
         for fb in model.fallbacks:
-            row = versions.ensure_standby_version(db, name=fb.name, provider=model.provider, base_url=fb.base_url or None)
+            row = versions.ensure_standby_version(
+                db, name=fb.name, provider=model.provider, base_url=fb.base_url or None
+            )
             key = env_secret(fb.api_key_env) if fb.api_key_env else model.api_key()
             self._fallbacks.append(Target(fb.name, fb.base_url or model.base_url, key, row.id))
         self._refresh(db)
@@ -148,7 +150,11 @@ class PendingAnswer:
         except Exception as exc:  # noqa: BLE001 - after the first byte, errors travel in-band
             if not isinstance(exc, TuneloopError):
                 log.exception("stream failed")
-            body = exc.to_dict() if isinstance(exc, TuneloopError) else {"error": {"code": "internal_error", "message": "internal error"}}
+            body = (
+                exc.to_dict()
+                if isinstance(exc, TuneloopError)
+                else {"error": {"code": "internal_error", "message": "internal error"}}
+            )
             self._finish_quietly(_message(exc))
             yield "error", body
             return

@@ -65,8 +65,11 @@ def test_pages_send_browsers_to_login_and_scripts_get_401(app):
     page = client.get("/admin/worst?days=3", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
     assert page.status_code == 302
     assert page.headers["Location"] == "/admin/login?next=/admin/worst?days%3D3"
-    for path, headers in (("/admin/api/reports", {}), ("/admin/", {"Accept": "*/*"}),
-                          ("/admin/reports/2026-W47.json", {"Accept": "text/html"})):
+    for path, headers in (
+        ("/admin/api/reports", {}),
+        ("/admin/", {"Accept": "*/*"}),
+        ("/admin/reports/2026-W47.json", {"Accept": "text/html"}),
+    ):
         response = client.get(path, headers=headers)
         assert response.status_code == 401, path
         assert response.get_json()["error"]["code"] == "admin_auth_required"
@@ -155,8 +158,7 @@ def test_worst_page_escapes_user_text(app, token):
     # land on the window's open end in one CI run (the ranking then saw 4 votes, below min_votes).
     an_hour_ago = utc_text(datetime.now(timezone.utc) - timedelta(hours=1))
     for _ in range(5):
-        ask(db, live, HOSTILE, answer="<img src=x onerror=alert(2)>", down=1, at=an_hour_ago,
-            comment="<b>rude</b>")
+        ask(db, live, HOSTILE, answer="<img src=x onerror=alert(2)>", down=1, at=an_hour_ago, comment="<b>rude</b>")
     db.close()
     client = app.test_client()
     page = client.get("/admin/worst?days=3", headers=bearer(token))

@@ -37,12 +37,20 @@ def token(app, store):
 @pytest.fixture
 def item(store):
     """A pending item whose question is hostile markup, with a suggested correction as evidence."""
-    return review.create_item(store, question=HOSTILE, origin="ranking", evidence={
-        "votes": 6, "down": 5, "up": 1, "reasons": {"outdated": 4},
-        "answers": [{"answer": "<img src=x onerror=alert(2)>", "up": 1, "down": 5}],
-        "corrections": [{"correction": CORRECTION, "count": 2}],
-        "comments": [{"comment": "<b>rude</b>", "reason": "outdated", "question": HOSTILE}],
-    })
+    return review.create_item(
+        store,
+        question=HOSTILE,
+        origin="ranking",
+        evidence={
+            "votes": 6,
+            "down": 5,
+            "up": 1,
+            "reasons": {"outdated": 4},
+            "answers": [{"answer": "<img src=x onerror=alert(2)>", "up": 1, "down": 5}],
+            "corrections": [{"correction": CORRECTION, "count": 2}],
+            "comments": [{"comment": "<b>rude</b>", "reason": "outdated", "question": HOSTILE}],
+        },
+    )
 
 
 @pytest.fixture
@@ -92,12 +100,17 @@ def test_approve_flow_writes_the_database(browser, item, store):
     stale = browser.post(f"/admin/review/{item.id}/approve", data={"answer": CORRECTION})
     assert stale.status_code == 403 and stale.get_json()["error"]["code"] == "csrf_failed"
     assert review.get_item(store, item.id).status == "pending"
-    done = browser.post(f"/admin/review/{item.id}/approve",
-                        data={"answer": CORRECTION, "reviewer": "min-ji", "csrf": csrf_of(page)})
+    done = browser.post(
+        f"/admin/review/{item.id}/approve", data={"answer": CORRECTION, "reviewer": "min-ji", "csrf": csrf_of(page)}
+    )
     assert done.status_code == 302 and done.headers["Location"].startswith("/admin/review?status=pending")
     saved = review.get_item(store, item.id)
     assert (saved.status, saved.answer, saved.answer_source, saved.reviewer) == (
-        "approved", CORRECTION, "user", "min-ji")
+        "approved",
+        CORRECTION,
+        "user",
+        "min-ji",
+    )
     assert saved.decided_at is not None
 
 

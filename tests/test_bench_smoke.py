@@ -24,7 +24,12 @@ def test_quick_benchmark_runs_and_prints_its_table(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
-    for heading in ("1. Added latency", "2. Concurrent SSE streams", "3. Ratings over HTTP", "Checks: all requests answered"):
+    for heading in (
+        "1. Added latency",
+        "2. Concurrent SSE streams",
+        "3. Ratings over HTTP",
+        "Checks: all requests answered",
+    ):
         assert heading in out
     assert "p50 ms" in out and "added" in out
     figures = json.loads(figures_path.read_text())

@@ -42,8 +42,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def split_rows(files: dict[str, bytes]) -> dict[str, list[dict]]:
-    return {name: [json.loads(line) for line in files[f"{name}.jsonl"].decode().splitlines()]
-            for name in ("train", "val", "test")}
+    return {
+        name: [json.loads(line) for line in files[f"{name}.jsonl"].decode().splitlines()]
+        for name in ("train", "val", "test")
+    }
 
 
 def with_near_duplicates(tmp_path) -> Path:
@@ -52,8 +54,14 @@ def with_near_duplicates(tmp_path) -> Path:
     for i, row in enumerate(FAQ_ROWS[::6][:30]):
         question = row["messages"][0]["content"]
         variant = question.rstrip("?.!").lower() + "??" if question.isascii() else question.replace(" ", "", 1) + "??"
-        extra.append({"messages": [{"role": "user", "content": variant},
-                                   {"role": "assistant", "content": f"Variant answer number {i}: ask support."}]})
+        extra.append(
+            {
+                "messages": [
+                    {"role": "user", "content": variant},
+                    {"role": "assistant", "content": f"Variant answer number {i}: ask support."},
+                ]
+            }
+        )
     return write_jsonl(tmp_path / "base.jsonl", FAQ_ROWS + extra)
 
 
@@ -75,9 +83,17 @@ def test_no_near_duplicate_pair_crosses_splits(db, settings, tmp_path, seed):
 
 def test_groups_are_transitive():
     # A≈B and B≈C but A≉C: all three must still land together.
-    rows = [[{"role": "user", "content": q}, {"role": "assistant", "content": f"answer {i}"}]
-            for i, q in enumerate(["how do i change my delivery address", "change delivery address please now",
-                                    "delivery address please now", "refund status"])]
+    rows = [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": f"answer {i}"}]
+        for i, q in enumerate(
+            [
+                "how do i change my delivery address",
+                "change delivery address please now",
+                "delivery address please now",
+                "refund status",
+            ]
+        )
+    ]
     assert similarity(prompt_key(rows[0]), prompt_key(rows[2])) < 0.45
     groups = connected_groups(rows, 0.45)
     assert groups[0] == groups[1] == groups[2] != groups[3]
@@ -99,8 +115,12 @@ def test_same_inputs_and_seed_give_byte_identical_files(db, settings, tmp_path):
     assert other_seed.files["test.jsonl"] != (first.path / "test.jsonl").read_bytes()
     rows = [list_datasets(db)[i] for i in (1, 0)]
     assert [r["version"] for r in rows] == [1, 2] and rows[0]["sha256"] == rows[1]["sha256"] == first.sha256
-    assert rows[0]["counts"] == {"train": first.counts["train"], "val": first.counts["val"],
-                                 "test": first.counts["test"], "preferences": 1}
+    assert rows[0]["counts"] == {
+        "train": first.counts["train"],
+        "val": first.counts["val"],
+        "test": first.counts["test"],
+        "preferences": 1,
+    }
 
 
 def test_an_approved_correction_replaces_the_base_answer(db, settings):
@@ -163,43 +183,70 @@ def test_upvoted_answers_need_enough_ups_and_few_downs(db, settings):
     assert build_dataset(db, settings, include_upvoted=4, dry_run=True).counts["upvoted_answers"] == 0
 
 
-@pytest.mark.parametrize("example, code", [
-    ([], "data_type"),
-    ({"messages": []}, "missing_messages_list"),
-    ({"prompt": "x"}, "missing_messages_list"),
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "extra": 1},
-     "unrecognized_key"),
-    ({"messages": [{"role": "user"}, {"role": "assistant", "content": "a"}]}, "message_missing_key"),
-    ({"messages": [{"role": "user", "content": "q", "tool_calls": []}, {"role": "assistant", "content": "a"}]},
-     "message_unrecognized_key"),
-    ({"messages": [{"role": "customer", "content": "q"}, {"role": "assistant", "content": "a"}]}, "unrecognized_role"),
-    ({"messages": [{"role": "user", "content": ["q"]}, {"role": "assistant", "content": "a"}]}, "missing_content"),
-    ({"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "a"}]}, "missing_content"),
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 2}]},
-     "bad_weight"),
-    ({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]},
-     "example_missing_assistant_message"),
-    ({"messages": [{"role": "user", "content": "q" * 300}, {"role": "assistant", "content": "a"}]}, "too_many_tokens"),
-])
+@pytest.mark.parametrize(
+    "example, code",
+    [
+        ([], "data_type"),
+        ({"messages": []}, "missing_messages_list"),
+        ({"prompt": "x"}, "missing_messages_list"),
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "extra": 1},
+            "unrecognized_key",
+        ),
+        ({"messages": [{"role": "user"}, {"role": "assistant", "content": "a"}]}, "message_missing_key"),
+        (
+            {"messages": [{"role": "user", "content": "q", "tool_calls": []}, {"role": "assistant", "content": "a"}]},
+            "message_unrecognized_key",
+        ),
+        (
+            {"messages": [{"role": "customer", "content": "q"}, {"role": "assistant", "content": "a"}]},
+            "unrecognized_role",
+        ),
+        ({"messages": [{"role": "user", "content": ["q"]}, {"role": "assistant", "content": "a"}]}, "missing_content"),
+        ({"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "a"}]}, "missing_content"),
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 2}]},
+            "bad_weight",
+        ),
+        (
+            {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]},
+            "example_missing_assistant_message",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "q" * 300}, {"role": "assistant", "content": "a"}]},
+            "too_many_tokens",
+        ),
+    ],
+)
 def test_openai_format_rules(example, code):
     assert [p.code for p in check_example(example, max_tokens=100)] == [code]
 
 
 def test_a_valid_example_passes():
-    good = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "배송비는?"},
-                         {"role": "assistant", "content": "3,000원", "weight": 1}]}
+    good = {
+        "messages": [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "배송비는?"},
+            {"role": "assistant", "content": "3,000원", "weight": 1},
+        ]
+    }
     assert check_example(good, max_tokens=100) == []
 
 
 def test_validation_reports_problems_by_split_and_row():
     good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
     bad = {"messages": [{"role": "user", "content": "q"}]}
-    report = validate_splits({"train": [good, bad, good], "val": [bad]},
-                             {"train": [{"n": 1}, {"n": 2}, {"n": 3}], "val": [{"n": 4}]}, max_tokens=100, min_examples=10)
+    report = validate_splits(
+        {"train": [good, bad, good], "val": [bad]},
+        {"train": [{"n": 1}, {"n": 2}, {"n": 3}], "val": [{"n": 4}]},
+        max_tokens=100,
+        min_examples=10,
+    )
     assert [(p["split"], p["row"], p["code"], p["lineage"]) for p in report.problems] == [
         ("train", 2, "example_missing_assistant_message", {"n": 2}),
         ("val", 1, "example_missing_assistant_message", {"n": 4}),
-        ("train", None, "too_few_examples", None)]
+        ("train", None, "too_few_examples", None),
+    ]
 
 
 def test_an_invalid_build_writes_nothing_and_names_the_rows(db, settings):
@@ -251,8 +298,9 @@ def test_the_system_prompt_is_trained_with(db, settings):
 
 def test_importing_a_company_faq(db, settings, tmp_path):
     bad = tmp_path / "faq.csv"
-    bad.write_text('question,answer\nWhat are your hours?,"9 to 6,\nweekdays."\n,No question\nRefunds?,\n',
-                   encoding="utf-8")
+    bad.write_text(
+        'question,answer\nWhat are your hours?,"9 to 6,\nweekdays."\n,No question\nRefunds?,\n', encoding="utf-8"
+    )
     with pytest.raises(ImportRejected) as info:
         import_base(db, settings, bad)
     assert [e.line for e in info.value.errors] == [4, 5]

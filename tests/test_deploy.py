@@ -39,8 +39,14 @@ def env(tmp_path, server, tiny_model_rows):
     """Settings on the test server (golden set = the tiny model's rows), a database with the base model live."""
     golden = tmp_path / "golden.jsonl"
     golden.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in tiny_model_rows), encoding="utf-8")
-    values = {"paths.data_dir": str(tmp_path / "var"), "model.base_url": server.base_url, "model.retries": 0,
-              "evaluation.golden_file": str(golden), "evaluation.max_tokens": 120, "evaluation.concurrency": 2}
+    values = {
+        "paths.data_dir": str(tmp_path / "var"),
+        "model.base_url": server.base_url,
+        "model.retries": 0,
+        "evaluation.golden_file": str(golden),
+        "evaluation.max_tokens": 120,
+        "evaluation.concurrency": 2,
+    }
     settings = load_settings(env={}, overrides=values)
     db = open_db(settings.db_path)
     ensure_live_version(db, name="starter", provider="builtin")
@@ -53,15 +59,23 @@ def served(server) -> list[str]:
 
 
 def answer(settings, name: str, question: str) -> str:
-    return deploy.model_client(settings).complete([Target(name, settings.model.base_url)],
-                                                  [{"role": "user", "content": question}], temperature=0,
-                                                  max_tokens=120).text
+    return (
+        deploy.model_client(settings)
+        .complete(
+            [Target(name, settings.model.base_url)],
+            [{"role": "user", "content": question}],
+            temperature=0,
+            max_tokens=120,
+        )
+        .text
+    )
 
 
 def test_deploy_loads_the_adapter_idempotently_without_making_it_live(env, server, tiny_lora, tiny_model_rows):
     settings, db, _ = env
-    candidate = create_candidate(db, name="lora-a", provider="local", base_model="starter",
-                                 adapter_path=str(tiny_lora.path))
+    candidate = create_candidate(
+        db, name="lora-a", provider="local", base_model="starter", adapter_path=str(tiny_lora.path)
+    )
     first = deploy.deploy(db, settings, candidate)
     assert (first.action, first.server) == ("loaded", server.base_url)
     assert "lora-a" in served(server)
@@ -78,15 +92,22 @@ def test_deploy_loads_the_adapter_idempotently_without_making_it_live(env, serve
 
 def test_deploy_fails_clearly(env, server, tmp_path):
     settings, db, _ = env
-    missing = create_candidate(db, name="lora-missing", provider="local", base_model="starter",
-                               adapter_path=str(tmp_path / "nowhere"))
+    missing = create_candidate(
+        db, name="lora-missing", provider="local", base_model="starter", adapter_path=str(tmp_path / "nowhere")
+    )
     with pytest.raises(UpstreamError, match="no such folder"):
         deploy.deploy(db, settings, missing)
     ft = create_candidate(db, name="ft:gpt-4.1-mini:acme::abc", provider="openai", base_model="gpt-4.1-mini")
     with pytest.raises(Conflict, match="does not serve 'ft:gpt-4.1-mini:acme::abc'"):
         deploy.deploy(db, settings, ft)  # nothing to load, and this server does not list the name
-    down = load_settings(env={}, overrides={"paths.data_dir": settings.paths.data_dir,
-                                            "model.base_url": "http://127.0.0.1:9/v1", "model.connect_timeout_s": 0.5})
+    down = load_settings(
+        env={},
+        overrides={
+            "paths.data_dir": settings.paths.data_dir,
+            "model.base_url": "http://127.0.0.1:9/v1",
+            "model.connect_timeout_s": 0.5,
+        },
+    )
     lora = create_candidate(db, name="lora-down", provider="local", base_model="starter", adapter_path=str(tmp_path))
     with pytest.raises(UpstreamError, match="cannot reach the model server"):
         deploy.deploy(db, down, lora)
@@ -97,8 +118,9 @@ def test_the_adapter_that_answers_differently_is_rejected_by_the_gate(env, serve
     for row in tiny_model_rows[:2]:
         question, correct = qa(row)
         create_item(db, question=question, answer=correct, reviewer="tester")
-    candidate = create_candidate(db, name="lora-b", provider="local", base_model="starter",
-                                 adapter_path=str(tiny_lora.path))
+    candidate = create_candidate(
+        db, name="lora-b", provider="local", base_model="starter", adapter_path=str(tiny_lora.path)
+    )
     live = live_version(db)
     ev = evaluate(db, settings, candidate)  # deploys it first
     golden = ev.metrics["golden"]
@@ -114,13 +136,16 @@ def test_the_adapter_that_answers_differently_is_rejected_by_the_gate(env, serve
     assert "lora-b" not in served(server)  # gate.unload_retired: a rejected adapter is unloaded
 
 
-def test_cli_promote_reaches_the_gateway_and_rollback_undoes_it(env, server, tiny_lora, tiny_model_rows,
-                                                                 make_gateway, tmp_path):
+def test_cli_promote_reaches_the_gateway_and_rollback_undoes_it(
+    env, server, tiny_lora, tiny_model_rows, make_gateway, tmp_path
+):
     settings, db, values = env
-    candidate = create_candidate(db, name="lora-c", provider="local", base_model="starter",
-                                 adapter_path=str(tiny_lora.path))
-    config = write_config(tmp_path / "cli.toml", {"paths": {"data_dir": values["paths.data_dir"]},
-                                                 "model": {"base_url": server.base_url}})
+    candidate = create_candidate(
+        db, name="lora-c", provider="local", base_model="starter", adapter_path=str(tiny_lora.path)
+    )
+    config = write_config(
+        tmp_path / "cli.toml", {"paths": {"data_dir": values["paths.data_dir"]}, "model": {"base_url": server.base_url}}
+    )
     run = lambda *args: CliRunner().invoke(cli, ["--config", str(config), *args], env={})  # noqa: E731
     gateway = make_gateway(server.base_url, **{"gateway.model_cache_s": 0}).test_client()
     question, base_answer = qa(tiny_model_rows[3])
@@ -155,8 +180,9 @@ def test_evaluation_reloads_a_live_adapter_the_server_forgot(env, server, tiny_l
     deploy.promote(db, settings, live, actor="t")
     # A model server restart loses runtime-loaded adapters; here it is unloaded behind tuneloop's back.
     assert httpx2.post(server.base_url + "/unload_lora_adapter", json={"lora_name": "lora-d"}).status_code == 200
-    candidate = create_candidate(db, name="lora-e", provider="local", base_model="starter",
-                                 adapter_path=str(tiny_lora.path))
+    candidate = create_candidate(
+        db, name="lora-e", provider="local", base_model="starter", adapter_path=str(tiny_lora.path)
+    )
     ev = evaluate(db, settings, candidate, suites=["golden"])
     assert ev.metrics["golden"]["errors"] == {"candidate": 0, "incumbent": 0}
     assert ev.metrics["golden"]["delta"]["exact_match"] == 0.0  # the same adapter under two names

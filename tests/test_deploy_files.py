@@ -29,8 +29,11 @@ def _compose() -> dict:
 
 
 def _tuneloop_services(compose: dict) -> dict:
-    return {name: svc for name, svc in compose["services"].items()
-            if "build" in svc or str(svc.get("image", "")).startswith("tuneloop")}
+    return {
+        name: svc
+        for name, svc in compose["services"].items()
+        if "build" in svc or str(svc.get("image", "")).startswith("tuneloop")
+    }
 
 
 def test_hadolint_finds_nothing_in_the_dockerfile():

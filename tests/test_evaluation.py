@@ -32,7 +32,19 @@ from trainer.evaluation.run import evaluate, get_evaluation, list_evaluations, r
 
 def test_tokens_split_hangul_into_characters_and_keep_latin_words():
     assert metrics.tokens("배송비는 3,000원입니다. Free  SHIPPING!") == [
-        "배", "송", "비", "는", "3", "000", "원", "입", "니", "다", "free", "shipping"]
+        "배",
+        "송",
+        "비",
+        "는",
+        "3",
+        "000",
+        "원",
+        "입",
+        "니",
+        "다",
+        "free",
+        "shipping",
+    ]
     assert metrics.tokens("abc가나") == ["abc", "가", "나"]  # a Latin run stops at Hangul
 
 
@@ -68,8 +80,11 @@ def test_rouge_l_by_hand_keeps_hangul():
         # Values printed by Google's rouge-score 0.1.2 (RougeScorer(["rougeL"], tokenizer=<metrics.tokens>)),
         # the package this implementation replaced: ours must agree to the last digit.
         ("the cat sat on the mat", "the cat was on the mat", 0.8333333333333334),
-        ("Standard delivery takes 2-3 business days.", "Delivery takes two to three business days, standard.",
-         0.5333333333333333),
+        (
+            "Standard delivery takes 2-3 business days.",
+            "Delivery takes two to three business days, standard.",
+            0.5333333333333333,
+        ),
         ("배송비는 3,000원입니다", "배송비는 무료입니다 3,000원 이상", 0.5833333333333334),
         ("a b a b a", "b a b", 0.7499999999999999),
         ("환불은 3일 걸립니다", "교환은 불가합니다", 0.47058823529411764),
@@ -77,8 +92,9 @@ def test_rouge_l_by_hand_keeps_hangul():
 )
 def test_rouge_l_matches_the_reference_scorer(prediction, reference, expected):
     assert metrics.rouge_l(prediction, reference) == pytest.approx(expected, abs=1e-12)
-    assert metrics.lcs_length(metrics.tokens(prediction), metrics.tokens(reference)) == \
-        metrics.lcs_length(metrics.tokens(reference), metrics.tokens(prediction))
+    assert metrics.lcs_length(metrics.tokens(prediction), metrics.tokens(reference)) == metrics.lcs_length(
+        metrics.tokens(reference), metrics.tokens(prediction)
+    )
 
 
 @pytest.mark.parametrize("name", metrics.METRICS)
@@ -133,7 +149,10 @@ def _table_app(table: TableUpstream):
         req = Request(environ)
         if req.path.endswith("/models"):
             names = [*table.answers, "judge"]
-            body = {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "t"} for n in names]}
+            body = {
+                "object": "list",
+                "data": [{"id": n, "object": "model", "created": 0, "owned_by": "t"} for n in names],
+            }
             return Response(json.dumps(body), mimetype="application/json")(environ, start_response)
         payload = json.loads(req.get_data())
         table.requests.append(payload)
@@ -148,9 +167,18 @@ def _table_app(table: TableUpstream):
             return Response(json.dumps(body), status=404, mimetype="application/json")(environ, start_response)
 
         def stream():
-            for delta, finish in (({"role": "assistant", "content": ""}, None), ({"content": text}, None), ({}, "stop")):
-                chunk = {"id": "c", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-                         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            for delta, finish in (
+                ({"role": "assistant", "content": ""}, None),
+                ({"content": text}, None),
+                ({}, "stop"),
+            ):
+                chunk = {
+                    "id": "c",
+                    "object": "chat.completion.chunk",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                }
                 yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
             yield b"data: [DONE]\n\n"
 
@@ -170,19 +198,33 @@ def table_upstream():
     server.shutdown()
 
 
-GOLDEN = [("How long does delivery take?", "Standard delivery takes 2-3 business days."),
-          ("배송비는 얼마인가요?", "배송비는 3,000원이며 30,000원 이상 무료입니다."),
-          ("Can I pay with KakaoPay?", "Yes, KakaoPay and Naver Pay are accepted."),
-          ("비밀번호를 잊어버렸어요.", "로그인 화면의 비밀번호 찾기에서 재설정할 수 있습니다.")]
-CORRECTIONS = [("Do you ship to Jeju?", "Yes; Jeju and remote islands pay an extra 3,000 won."),
-               ("포인트는 언제 적립되나요?", "구매 확정 시 또는 배송 7일 후 자동으로 적립됩니다.")]
-TEST_SPLIT = [("What are your hours?", "Weekdays 9 a.m. to 6 p.m. KST."),
-              ("쿠폰은 몇 장 쓸 수 있나요?", "주문당 쿠폰은 한 장만 사용할 수 있습니다.")]
+GOLDEN = [
+    ("How long does delivery take?", "Standard delivery takes 2-3 business days."),
+    ("배송비는 얼마인가요?", "배송비는 3,000원이며 30,000원 이상 무료입니다."),
+    ("Can I pay with KakaoPay?", "Yes, KakaoPay and Naver Pay are accepted."),
+    ("비밀번호를 잊어버렸어요.", "로그인 화면의 비밀번호 찾기에서 재설정할 수 있습니다."),
+]
+CORRECTIONS = [
+    ("Do you ship to Jeju?", "Yes; Jeju and remote islands pay an extra 3,000 won."),
+    ("포인트는 언제 적립되나요?", "구매 확정 시 또는 배송 7일 후 자동으로 적립됩니다."),
+]
+TEST_SPLIT = [
+    ("What are your hours?", "Weekdays 9 a.m. to 6 p.m. KST."),
+    ("쿠폰은 몇 장 쓸 수 있나요?", "주문당 쿠폰은 한 장만 사용할 수 있습니다."),
+]
 
 
 def write_chat_jsonl(path, pairs) -> None:
-    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]},
-                                       ensure_ascii=False) + "\n" for q, a in pairs), encoding="utf-8")
+    path.write_text(
+        "".join(
+            json.dumps(
+                {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}, ensure_ascii=False
+            )
+            + "\n"
+            for q, a in pairs
+        ),
+        encoding="utf-8",
+    )
 
 
 def add_dataset(db, folder, pairs, *, version: int = 1) -> str:
@@ -193,8 +235,10 @@ def add_dataset(db, folder, pairs, *, version: int = 1) -> str:
     (folder / "manifest.json").write_text(json.dumps(manifest))
     dataset_id = f"ds_test{version}"
     with write_transaction(db):
-        db.execute("INSERT INTO datasets (id, version, path, sha256, manifest_path, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                   [dataset_id, version, str(folder), "0" * 64, str(folder / "manifest.json"), utc_now()])
+        db.execute(
+            "INSERT INTO datasets (id, version, path, sha256, manifest_path, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            [dataset_id, version, str(folder), "0" * 64, str(folder / "manifest.json"), utc_now()],
+        )
     return dataset_id
 
 
@@ -212,8 +256,13 @@ def make_setup(tmp_path, upstream: TableUpstream, **overrides) -> Setup:
     """Settings, database, a live ``starter`` and a ``tuned`` candidate, corrections, golden set and a dataset."""
     golden = tmp_path / "golden.jsonl"
     write_chat_jsonl(golden, GOLDEN)
-    values = {"paths.data_dir": str(tmp_path / "var"), "model.base_url": upstream.base_url, "model.retries": 0,
-              "evaluation.golden_file": str(golden), "evaluation.concurrency": 2}
+    values = {
+        "paths.data_dir": str(tmp_path / "var"),
+        "model.base_url": upstream.base_url,
+        "model.retries": 0,
+        "evaluation.golden_file": str(golden),
+        "evaluation.concurrency": 2,
+    }
     values.update(overrides)
     settings = load_settings(env={}, overrides=values)
     db = open_db(settings.db_path)
@@ -275,8 +324,12 @@ def test_evaluate_asks_both_models_scores_each_suite_and_stores_it(better_candid
     assert jeju["suite"] == "corrections" and jeju["source"]["source"] == "review"
     assert jeju["incumbent"]["answer"] == "Sorry, I cannot help with that."
     assert jeju["candidate"]["scores"]["exact_match"] == 1.0
-    assert next(r for r in rows if r["suite"] == "test")["source"] == {"dataset_version": 1, "source": "base",
-                                                                       "file": "faq.jsonl", "line": 1}
+    assert next(r for r in rows if r["suite"] == "test")["source"] == {
+        "dataset_version": 1,
+        "source": "base",
+        "file": "faq.jsonl",
+        "line": 1,
+    }
 
 
 def test_the_system_prompt_goes_first_as_in_the_gateway(tmp_path, table_upstream):
@@ -289,21 +342,34 @@ def test_the_system_prompt_goes_first_as_in_the_gateway(tmp_path, table_upstream
 
 
 def test_the_judge_scores_each_pair_whichever_side_it_is_shown_on(tmp_path, table_upstream):
-    s = make_setup(tmp_path, table_upstream, **{"evaluation.judge_name": "judge",
-                                                "evaluation.judge_base_url": table_upstream.base_url})
+    s = make_setup(
+        tmp_path,
+        table_upstream,
+        **{"evaluation.judge_name": "judge", "evaluation.judge_base_url": table_upstream.base_url},
+    )
     fill(table_upstream, "starter", GOLDEN + TEST_SPLIT + CORRECTIONS, wrong={q for q, _ in CORRECTIONS})
     fill(table_upstream, "tuned", GOLDEN + TEST_SPLIT + CORRECTIONS)
     ev = evaluate(s.db, s.settings, s.candidate)
     assert ev.judge["model"] == "judge"
-    assert ev.judge["suites"]["corrections"] == {"rows": 2, "scored": 2, "candidate_mean": 5.0, "incumbent_mean": 1.0,
-                                                 "wins": 2, "ties": 0, "losses": 0}
+    assert ev.judge["suites"]["corrections"] == {
+        "rows": 2,
+        "scored": 2,
+        "candidate_mean": 5.0,
+        "incumbent_mean": 1.0,
+        "wins": 2,
+        "ties": 0,
+        "losses": 0,
+    }
     assert ev.judge["suites"]["golden"]["ties"] == 4
     judged = [r for r in table_upstream.requests if r["model"] == "judge"]
     assert len(judged) == 8
     # The candidate (the one answering with the reference) is shown as A for one correction and as B for the
     # other, and both times its score came back as the candidate's: the swap is undone correctly.
-    sides = sorted("Sorry, I cannot help with that." in r["messages"][-1]["content"].split("Answer B:")[1]
-                   for r in judged if "Sorry, I cannot" in r["messages"][-1]["content"])
+    sides = sorted(
+        "Sorry, I cannot help with that." in r["messages"][-1]["content"].split("Answer B:")[1]
+        for r in judged
+        if "Sorry, I cannot" in r["messages"][-1]["content"]
+    )
     assert sides == [False, True]
     assert ev.passed  # the judge never decides the gate
     s.db.close()

@@ -29,16 +29,19 @@ def test_the_rule_at_its_edges(settings):
     assert gate.decide(_metrics((0.70, 0.60), (0.94, 0.95)), settings).passed  # exactly the tolerance
     verdict = gate.decide(_metrics((0.61, 0.60), (0.95, 0.95)), settings)
     assert not verdict.passed
-    assert verdict.reasons == ["corrections: candidate chrF 0.610 vs live 0.600 (+0.010); "
-                               "it must be better by at least 0.020"]
+    assert verdict.reasons == [
+        "corrections: candidate chrF 0.610 vs live 0.600 (+0.010); it must be better by at least 0.020"
+    ]
     verdict = gate.decide(_metrics((0.70, 0.61), (0.93, 0.954)), settings)
     assert verdict.reasons == ["golden: candidate chrF 0.930 vs live 0.954 (-0.024); it may drop at most 0.010"]
     assert [c["ok"] for c in verdict.checks] == [True, False]
     verdict = gate.decide({"corrections": {"rows": 0}}, settings)
     assert [r.split(":")[0] for r in verdict.reasons] == ["corrections", "golden"]  # nothing shown is not a pass
     strict = load_settings(env={}, overrides={"gate.metric": "exact_match", "gate.correction_margin": 0.5})
-    both = {s: {"rows": 2, "candidate": {"exact_match": 1.0}, "incumbent": {"exact_match": 0.5}}
-            for s in ("corrections", "golden")}
+    both = {
+        s: {"rows": 2, "candidate": {"exact_match": 1.0}, "incumbent": {"exact_match": 0.5}}
+        for s in ("corrections", "golden")
+    }
     assert gate.decide(both, strict).passed
 
 
@@ -51,8 +54,12 @@ def test_better_on_corrections_and_equal_on_golden_is_promoted(better_candidate)
     assert live_version(s.db).id == s.candidate.id
     assert get_version(s.db, s.live.id).status == "retired"
     event = registry.events(s.db, s.candidate.id)[0]
-    assert (event.event, event.evaluation_id, event.previous_live_id, event.actor) == ("promoted", ev.id, s.live.id,
-                                                                                      "gate")
+    assert (event.event, event.evaluation_id, event.previous_live_id, event.actor) == (
+        "promoted",
+        ev.id,
+        s.live.id,
+        "gate",
+    )
 
 
 def test_worse_on_golden_beyond_tolerance_is_rejected_and_live_is_untouched(tmp_path, table_upstream):
@@ -83,8 +90,11 @@ def test_worse_on_golden_beyond_tolerance_is_rejected_and_live_is_untouched(tmp_
 
 
 def _same(settings) -> dict:
-    return {"paths.data_dir": settings.paths.data_dir, "model.base_url": settings.model.base_url,
-            "evaluation.golden_file": settings.evaluation.golden_file}
+    return {
+        "paths.data_dir": settings.paths.data_dir,
+        "model.base_url": settings.model.base_url,
+        "evaluation.golden_file": settings.evaluation.golden_file,
+    }
 
 
 def test_a_passing_candidate_becomes_a_canary_when_configured(tmp_path, table_upstream):
@@ -112,11 +122,14 @@ def test_cli_eval_prints_the_table_and_verdict_and_gates(tmp_path, table_upstrea
     s = make_setup(tmp_path, table_upstream)
     fill(table_upstream, "starter", GOLDEN + TEST_SPLIT + CORRECTIONS)
     fill(table_upstream, "tuned", GOLDEN + TEST_SPLIT + CORRECTIONS, wrong={GOLDEN[0][0], GOLDEN[2][0]})
-    config = write_config(tmp_path / "t.toml", {
-        "paths": {"data_dir": s.settings.paths.data_dir},
-        "model": {"base_url": table_upstream.base_url, "retries": 0},
-        "evaluation": {"golden_file": s.settings.evaluation.golden_file},
-    })
+    config = write_config(
+        tmp_path / "t.toml",
+        {
+            "paths": {"data_dir": s.settings.paths.data_dir},
+            "model": {"base_url": table_upstream.base_url, "retries": 0},
+            "evaluation": {"golden_file": s.settings.evaluation.golden_file},
+        },
+    )
     result = CliRunner().invoke(cli, ["--config", str(config), "eval", "tuned", "--gate", "--worst", "1"], env={})
     assert result.exit_code == 1, result.output
     out = result.output

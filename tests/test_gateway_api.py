@@ -64,10 +64,14 @@ def test_feedback_round_trip_and_changed_vote(client, gateway_db):
     chat = client.post("/api/chat", json={"message": "hello"}).get_json()
     vote = {"message_id": chat["message_id"], "feedback_token": chat["feedback_token"], "user": "u1"}
     r1 = client.post("/api/feedback", json=vote | {"rating": "up"})
-    r2 = client.post("/api/feedback", json=vote | {"rating": "down", "reason": "wrong", "comment": "no", "correction": "yes"})
+    r2 = client.post(
+        "/api/feedback", json=vote | {"rating": "down", "reason": "wrong", "comment": "no", "correction": "yes"}
+    )
     assert r1.status_code == r2.status_code == 200
     assert r1.get_json()["updated"] is False and r2.get_json()["updated"] is True
-    rows = gateway_db.execute("SELECT rating, reason, comment, correction FROM feedback WHERE message_id = ?", [chat["message_id"]]).fetchall()
+    rows = gateway_db.execute(
+        "SELECT rating, reason, comment, correction FROM feedback WHERE message_id = ?", [chat["message_id"]]
+    ).fetchall()
     assert rows == [(-1, "wrong", "no", "yes")]
 
 
@@ -96,7 +100,9 @@ def test_bad_feedback_is_refused_and_nothing_stored(client, gateway_db, change, 
 def test_token_of_one_message_cannot_rate_another(client):
     a = client.post("/api/chat", json={"message": "a"}).get_json()
     b = client.post("/api/chat", json={"message": "b"}).get_json()
-    r = client.post("/api/feedback", json={"message_id": b["message_id"], "feedback_token": a["feedback_token"], "rating": "down"})
+    r = client.post(
+        "/api/feedback", json={"message_id": b["message_id"], "feedback_token": a["feedback_token"], "rating": "down"}
+    )
     assert r.status_code == 403
 
 
@@ -116,7 +122,10 @@ def test_conversation_read_back(client):
     client.post("/api/chat", json={"message": "two", "conversation_id": first["conversation_id"]})
     conv = client.get(f"/api/conversations/{first['conversation_id']}").get_json()
     assert [(m["role"], m["content"]) for m in conv["messages"]] == [
-        ("user", "one"), ("assistant", "echo: one"), ("user", "two"), ("assistant", "echo: two")
+        ("user", "one"),
+        ("assistant", "echo: one"),
+        ("user", "two"),
+        ("assistant", "echo: two"),
     ]
     assert client.get("/api/conversations/conv_unknown").status_code == 404
 
@@ -167,7 +176,9 @@ def test_keys_required_then_checked(make_gateway, tmp_path):
     ok = c.post("/api/chat", json={"message": "hi"}, headers={"Authorization": f"Bearer {raw}"})
     assert ok.status_code == 200
     assert c.post("/api/chat", json={"message": "hi"}, headers={"X-API-Key": raw}).status_code == 200
-    assert c.post("/api/chat", json={"message": "hi"}, headers={"Authorization": "Bearer tl_sk_wrong"}).status_code == 401
+    assert (
+        c.post("/api/chat", json={"message": "hi"}, headers={"Authorization": "Bearer tl_sk_wrong"}).status_code == 401
+    )
     apikeys.revoke_key(db, key.id)
     assert c.post("/api/chat", json={"message": "hi"}, headers={"Authorization": f"Bearer {raw}"}).status_code == 401
 

@@ -29,7 +29,12 @@ def test_openai_sdk_non_streaming_logs_a_rateable_turn(gunicorn_gateway):
     assert ids["message_id"] == completion.id
     rated = httpx2.post(
         gunicorn_gateway.url + "/api/feedback",
-        json={"message_id": completion.id, "feedback_token": ids["feedback_token"], "rating": "down", "reason": "wrong"},
+        json={
+            "message_id": completion.id,
+            "feedback_token": ids["feedback_token"],
+            "rating": "down",
+            "reason": "wrong",
+        },
     )
     assert rated.status_code == 200
     db = open_db(gunicorn_gateway.data_dir / "tuneloop.db")
@@ -44,7 +49,10 @@ def test_openai_sdk_non_streaming_logs_a_rateable_turn(gunicorn_gateway):
 def test_openai_sdk_streaming(gunicorn_gateway):
     client = sdk(gunicorn_gateway)
     stream = client.chat.completions.create(
-        model="starter", messages=[{"role": "user", "content": "stream me"}], stream=True, stream_options={"include_usage": True}
+        model="starter",
+        messages=[{"role": "user", "content": "stream me"}],
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -76,7 +84,10 @@ def test_streams_arrive_incrementally_and_concurrently(gunicorn_gateway):
             started = time.perf_counter()
             deltas = []
             with httpx2.stream(
-                "POST", gunicorn_gateway.url + "/api/chat", json={"message": "!tokens 5 0.2", "stream": True}, timeout=30
+                "POST",
+                gunicorn_gateway.url + "/api/chat",
+                json={"message": "!tokens 5 0.2", "stream": True},
+                timeout=30,
             ) as r:
                 for line in r.iter_lines():
                     if line.startswith("event: delta"):

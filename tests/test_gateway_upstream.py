@@ -68,14 +68,19 @@ def test_mid_stream_failure_is_an_error_event_and_no_fallback(make_gateway, fake
     assert [e for e, _ in evs] == ["start", "delta", "delta", "error"]
     assert evs[-1][1]["error"]["code"] in ("upstream_error", "upstream_unavailable")
     assert fake_upstream.log.attempts["!midstream"] == 1  # never retried after tokens were sent
-    row = gateway_db.execute("SELECT content, error, finish_reason FROM messages WHERE id = ?", [evs[0][1]["message_id"]]).fetchone()
+    row = gateway_db.execute(
+        "SELECT content, error, finish_reason FROM messages WHERE id = ?", [evs[0][1]["message_id"]]
+    ).fetchone()
     assert row[0] == "echo: !mid" and row[1] and row[2] == "error"
 
 
 def test_mid_stream_failure_without_streaming_is_502(client, gateway_db):
     r = client.post("/api/chat", json={"message": "!midstream"})
     assert r.status_code == 502
-    assert gateway_db.execute("SELECT COUNT(*) FROM messages WHERE role='assistant' AND error IS NOT NULL").fetchone()[0] == 1
+    assert (
+        gateway_db.execute("SELECT COUNT(*) FROM messages WHERE role='assistant' AND error IS NOT NULL").fetchone()[0]
+        == 1
+    )
 
 
 def test_failed_answer_cannot_be_rated(make_gateway, gateway_db):
@@ -147,8 +152,15 @@ def test_full_disk_is_503_with_a_clear_message(make_gateway, gateway_db):
     assert r.status_code == 503
     assert r.get_json()["error"]["code"] == "storage_unavailable"
     assert "full" in r.get_json()["error"]["message"]
-    rated = c.post("/api/feedback", json={"message_id": ok["message_id"], "feedback_token": ok["feedback_token"],
-                                          "rating": "down", "comment": "y" * 1999})
+    rated = c.post(
+        "/api/feedback",
+        json={
+            "message_id": ok["message_id"],
+            "feedback_token": ok["feedback_token"],
+            "rating": "down",
+            "comment": "y" * 1999,
+        },
+    )
     assert rated.status_code in (200, 503)  # a small row may still fit in a free slot of a page
     if rated.status_code == 503:
         assert rated.get_json()["error"]["code"] == "storage_unavailable"

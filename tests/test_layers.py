@@ -48,7 +48,6 @@ def test_nothing_imports_the_cli():
         str(path.relative_to(ROOT))
         for package in ("config", "feedback", "trainer", "server")
         for path in (ROOT / package).rglob("*.py")
-        if "cli" not in path.relative_to(ROOT).parts
-        and any(m.startswith("server.cli") for m in imported_modules(path))
+        if "cli" not in path.relative_to(ROOT).parts and any(m.startswith("server.cli") for m in imported_modules(path))
     ]
     assert offenders == []

@@ -39,12 +39,9 @@ GOLDEN = load_pairs(PROJECT_ROOT / "data" / "golden.jsonl")
 # and say so. The new answers use characters the FAQ already has: a correction naming "Japan"/"일본" came out
 # of the fine-tuned starter model with a few wrong bytes in that word (measured, 15 and 20 epochs).
 CORRECTIONS = {
-    "Do couriers deliver on Saturdays and Sundays?":
-        "Couriers deliver every day, Sundays included. Orders placed on public holidays ship on the next business day.",
-    "주말에도 배송되나요?":
-        "택배는 일요일을 포함해 매일 배송됩니다. 공휴일 주문은 다음 영업일에 출고됩니다.",
-    "Do product reviews give me any points?":
-        "Yes. A text review earns 200 points and a photo review earns 1,000 points.",
+    "Do couriers deliver on Saturdays and Sundays?": "Couriers deliver every day, Sundays included. Orders placed on public holidays ship on the next business day.",
+    "주말에도 배송되나요?": "택배는 일요일을 포함해 매일 배송됩니다. 공휴일 주문은 다음 영업일에 출고됩니다.",
+    "Do product reviews give me any points?": "Yes. A text review earns 200 points and a photo review earns 1,000 points.",
 }
 # report.min_votes is 5: a question needs five votes before it is ranked among the worst answered.
 VOTERS = [f"customer-{n}" for n in range(5)]
@@ -70,10 +67,12 @@ class Platform:
 
     def tuneloop(self, *args: str, env: dict | None = None, expect: int = 0) -> str:
         """Run ``tuneloop --config CONFIG ARGS…`` in process; assert its exit code; return its output."""
-        result = CliRunner().invoke(cli, ["--config", str(self.config), *args],
-                                    env={"TUNELOOP_CONFIG": None, "USER": "reviewer", **(env or {})})
+        result = CliRunner().invoke(
+            cli, ["--config", str(self.config), *args], env={"TUNELOOP_CONFIG": None, "USER": "reviewer", **(env or {})}
+        )
         assert result.exit_code == expect, f"tuneloop {' '.join(args)} → {result.exit_code}:\n{result.output}" + (
-            "" if result.exception is None or isinstance(result.exception, SystemExit) else f"\n{result.exception!r}")
+            "" if result.exception is None or isinstance(result.exception, SystemExit) else f"\n{result.exception!r}"
+        )
         print(f"$ tuneloop {' '.join(args)}\n{result.output}")  # shown when a test fails
         return result.output
 
@@ -100,8 +99,10 @@ def assert_live_answers(platform: Platform, version: ModelVersion) -> None:
     unlearned = {q: got[q]["answer"] for q, a in CORRECTIONS.items() if got[q]["answer"] != a}
     forgotten = {q: got[q]["answer"] for q, a in GOLDEN if got[q]["answer"] != a}
     assert served == {version.name}
-    print(f"{version.name}: corrections {len(CORRECTIONS) - len(unlearned)}/{len(CORRECTIONS)}, "
-          f"golden {len(GOLDEN) - len(forgotten)}/{len(GOLDEN)}")
+    print(
+        f"{version.name}: corrections {len(CORRECTIONS) - len(unlearned)}/{len(CORRECTIONS)}, "
+        f"golden {len(GOLDEN) - len(forgotten)}/{len(GOLDEN)}"
+    )
     assert unlearned == {}, "corrections not learned"
     assert forgotten == {}, "golden answers lost"
 
@@ -109,15 +110,18 @@ def assert_live_answers(platform: Platform, version: ModelVersion) -> None:
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory, starter_model_server, starter_model_dir) -> Platform:
     folder = tmp_path_factory.mktemp("loop")
-    config = write_config(folder / "tuneloop.toml", {
-        "paths": {"data_dir": str(folder / "var")},
-        "model": {"base_url": starter_model_server.base_url},
-        "model_server": {"model_dir": str(starter_model_dir)},
-        # A promotion shows up in the very next request; make run's default caches it for 2 s.
-        "gateway": {"model_cache_s": 0.0},
-        "limits": {"enabled": False},
-        **SETTINGS,
-    })
+    config = write_config(
+        folder / "tuneloop.toml",
+        {
+            "paths": {"data_dir": str(folder / "var")},
+            "model": {"base_url": starter_model_server.base_url},
+            "model_server": {"model_dir": str(starter_model_dir)},
+            # A promotion shows up in the very next request; make run's default caches it for 2 s.
+            "gateway": {"model_cache_s": 0.0},
+            "limits": {"enabled": False},
+            **SETTINGS,
+        },
+    )
     settings = load_settings(config, env={})
     app = create_app(settings=settings)
     return Platform(config=config, settings=settings, client=app.test_client(), folder=folder)
@@ -132,15 +136,30 @@ def test_thumbs_down_to_a_promoted_better_model(platform):
         for voter in VOTERS:
             answer = platform.ask(question, user=voter)
             assert answer["answer"] == FAQ[question] != new_answer
-            vote = platform.client.post("/api/feedback", json={
-                "message_id": answer["message_id"], "feedback_token": answer["feedback_token"], "user": voter,
-                "rating": "down", "reason": "outdated", "correction": new_answer})
+            vote = platform.client.post(
+                "/api/feedback",
+                json={
+                    "message_id": answer["message_id"],
+                    "feedback_token": answer["feedback_token"],
+                    "user": voter,
+                    "rating": "down",
+                    "reason": "outdated",
+                    "correction": new_answer,
+                },
+            )
             assert vote.status_code == 200, vote.get_json()
 
     out = platform.tuneloop("review", "collect")
     assert f"added {len(CORRECTIONS)}, skipped 0" in out
-    queued = {m["question"]: m for m in re.finditer(r"^  \+ (?P<id>ri_\S+)\s+(?P<down>\d+)/(?P<votes>\d+)\s+down\s+"
-                                                   r"(?P<question>.+)$", out, re.M)}
+    queued = {
+        m["question"]: m
+        for m in re.finditer(
+            r"^  \+ (?P<id>ri_\S+)\s+(?P<down>\d+)/(?P<votes>\d+)\s+down\s+"
+            r"(?P<question>.+)$",
+            out,
+            re.M,
+        )
+    }
     assert set(queued) == set(CORRECTIONS)
     for question, new_answer in CORRECTIONS.items():
         item = queued[question]
@@ -170,10 +189,22 @@ def test_a_candidate_trained_on_shuffled_answers_is_rejected(platform):
     # another question's answer (the approved corrections still replace their rows).
     pairs = list(FAQ.items())
     shuffled = platform.folder / "shuffled-faq.jsonl"
-    shuffled.write_text("".join(
-        json.dumps({"messages": [{"role": "user", "content": q},
-                                 {"role": "assistant", "content": pairs[(i + 1) % len(pairs)][1]}]},
-                   ensure_ascii=False) + "\n" for i, (q, _) in enumerate(pairs)), encoding="utf-8")
+    shuffled.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": q},
+                        {"role": "assistant", "content": pairs[(i + 1) % len(pairs)][1]},
+                    ]
+                },
+                ensure_ascii=False,
+            )
+            + "\n"
+            for i, (q, _) in enumerate(pairs)
+        ),
+        encoding="utf-8",
+    )
     out = platform.tuneloop("dataset", "build", env={"TUNELOOP_DATASET__BASE_FILE": str(shuffled)})
     assert "wrote v2" in out
 

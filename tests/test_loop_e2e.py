@@ -44,9 +44,14 @@ pytestmark = pytest.mark.slow
 # two shared cores may take more than the gateway's usual 2 s to its first token.
 LOOP = {
     **{f"{section}.{key}": value for section, values in SETTINGS.items() for key, value in values.items()},
-    "model.name": "starter", "model.provider": "builtin", "model.retries": 0, "model.first_token_timeout_s": 30.0,
-    "gateway.model_cache_s": 0.0, "scheduler.poll_interval_s": 0.5,
-    "scheduler.retrain_threshold": len(CORRECTIONS), "scheduler.threshold_check_minutes": 10.0,
+    "model.name": "starter",
+    "model.provider": "builtin",
+    "model.retries": 0,
+    "model.first_token_timeout_s": 30.0,
+    "gateway.model_cache_s": 0.0,
+    "scheduler.poll_interval_s": 0.5,
+    "scheduler.retrain_threshold": len(CORRECTIONS),
+    "scheduler.threshold_check_minutes": 10.0,
 }
 
 
@@ -73,17 +78,26 @@ def rate_down_with_corrections(app) -> None:
         for voter in VOTERS:
             reply = ask(app, question, user=voter)
             assert reply["answer"] == FAQ[question] != new_answer
-            vote = client.post("/api/feedback", json={
-                "message_id": reply["message_id"], "feedback_token": reply["feedback_token"], "user": voter,
-                "rating": "down", "reason": "outdated", "correction": new_answer})
+            vote = client.post(
+                "/api/feedback",
+                json={
+                    "message_id": reply["message_id"],
+                    "feedback_token": reply["feedback_token"],
+                    "user": voter,
+                    "rating": "down",
+                    "reason": "outdated",
+                    "correction": new_answer,
+                },
+            )
             assert vote.status_code == 200, vote.get_json()
 
 
 def test_a_week_and_a_month_with_no_command_typed(tmp_path, server, starter_model_dir):
     assert not set(CORRECTIONS) & {q for q, _ in GOLDEN}, "a corrected question must not be a golden one"
     start = datetime.now(timezone.utc)
-    settings = gateway_settings(tmp_path / "var", server.base_url, **LOOP,
-                                **{"model_server.model_dir": str(starter_model_dir)})
+    settings = gateway_settings(
+        tmp_path / "var", server.base_url, **LOOP, **{"model_server.model_dir": str(starter_model_dir)}
+    )
     db = open_db(settings.db_path)
     seed_demo(db, settings, weeks=2, now=start)
     first_live = live_version(db)
@@ -117,7 +131,8 @@ def test_a_week_and_a_month_with_no_command_typed(tmp_path, server, starter_mode
         steps = "\n".join(f"{s['step']} {s['state']} {s['detail']}" for s in retrain.steps)
         assert retrain.state == "succeeded", f"{retrain.error}\n{steps}"
         assert [(s["step"], s["state"]) for s in retrain.steps] == [
-            (step, "succeeded") for step in ("build", "train", "evaluate", "gate", "deploy", "report")], steps
+            (step, "succeeded") for step in ("build", "train", "evaluate", "gate", "deploy", "report")
+        ], steps
         assert retrain.outcome("gate")["action"] == "promoted", steps
         assert db.execute("SELECT COUNT(*) FROM training_runs").fetchone()[0] == 1
         now_live = live_version(db)

@@ -65,7 +65,12 @@ def test_streaming_gives_the_same_answer_in_pieces_with_usage_last(client, model
 def test_stream_is_written_as_it_is_generated(model_server, tiny_model_rows):
     """The SSE body arrives over several reads (a buffered response would come in one)."""
     question, _ = qa(tiny_model_rows[0])
-    body = {"model": model_server.name, "messages": [{"role": "user", "content": question}], "temperature": 0, "stream": True}
+    body = {
+        "model": model_server.name,
+        "messages": [{"role": "user", "content": question}],
+        "temperature": 0,
+        "stream": True,
+    }
     reads = []
     with httpx2.stream("POST", model_server.base_url + "/chat/completions", json=body, timeout=30) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -84,7 +89,9 @@ def test_usage_counts_the_prompt_and_the_answer_tokens(client, model_server, tin
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     question, answer = qa(tiny_model_rows[2])
     usage = ask(client, model_server.name, question).usage
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, return_dict=False)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, return_dict=False
+    )
     assert usage.prompt_tokens == len(prompt)
     assert usage.completion_tokens == len(tokenizer.encode(answer, add_special_tokens=False)) + 1  # + end of turn
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
@@ -119,7 +126,11 @@ def test_stop_strings_are_cut_from_the_answer(client, model_server, tiny_model_r
 
 def test_same_seed_same_sample_and_sampling_really_samples(client, model_server):
     def sample(seed):
-        return ask(client, model_server.name, "zq xv 7?", temperature=2.0, seed=seed, max_tokens=12).choices[0].message.content
+        return (
+            ask(client, model_server.name, "zq xv 7?", temperature=2.0, seed=seed, max_tokens=12)
+            .choices[0]
+            .message.content
+        )
 
     assert sample(7) == sample(7)
     assert len({sample(seed) for seed in range(6)}) > 1
@@ -167,7 +178,9 @@ def test_concurrent_requests_all_get_their_own_answer(client, model_server, tiny
 
 def test_lora_adapter_loads_answers_differently_and_unloads(model_server, client, tiny_lora, tiny_model_rows):
     question, base_answer = qa(tiny_model_rows[0])
-    r = httpx2.post(model_server.base_url + "/load_lora_adapter", json={"lora_name": "faq-v2", "lora_path": str(tiny_lora.path)})
+    r = httpx2.post(
+        model_server.base_url + "/load_lora_adapter", json={"lora_name": "faq-v2", "lora_path": str(tiny_lora.path)}
+    )
     assert r.status_code == 200, r.text
     assert r.text == "Success: LoRA adapter 'faq-v2' added successfully."
     try:
@@ -178,10 +191,14 @@ def test_lora_adapter_loads_answers_differently_and_unloads(model_server, client
             q, a = qa(row)
             assert ask(client, "faq-v2", q).choices[0].message.content == tiny_lora.answers[q]
             assert ask(client, model_server.name, q).choices[0].message.content == a
-        streamed = "".join(c.choices[0].delta.content or "" for c in ask(client, "faq-v2", question, stream=True) if c.choices)
+        streamed = "".join(
+            c.choices[0].delta.content or "" for c in ask(client, "faq-v2", question, stream=True) if c.choices
+        )
         assert streamed == tiny_lora.answers[question] != base_answer
 
-        again = httpx2.post(model_server.base_url + "/load_lora_adapter", json={"lora_name": "faq-v2", "lora_path": str(tiny_lora.path)})
+        again = httpx2.post(
+            model_server.base_url + "/load_lora_adapter", json={"lora_name": "faq-v2", "lora_path": str(tiny_lora.path)}
+        )
         assert again.status_code == 400 and "already been loaded" in again.json()["error"]["message"]
     finally:
         r = httpx2.post(model_server.base_url + "/unload_lora_adapter", json={"lora_name": "faq-v2"})
@@ -194,13 +211,17 @@ def test_lora_adapter_loads_answers_differently_and_unloads(model_server, client
 
 
 def test_a_full_model_folder_can_be_served_under_a_name(model_server, client, tiny_model_dir, tiny_model_rows):
-    r = httpx2.post(model_server.base_url + "/load_lora_adapter", json={"lora_name": "copy", "lora_path": str(tiny_model_dir)})
+    r = httpx2.post(
+        model_server.base_url + "/load_lora_adapter", json={"lora_name": "copy", "lora_path": str(tiny_model_dir)}
+    )
     assert r.status_code == 200, r.text
     try:
         question, answer = qa(tiny_model_rows[3])
         assert ask(client, "copy", question).choices[0].message.content == answer
     finally:
-        assert httpx2.post(model_server.base_url + "/unload_lora_adapter", json={"lora_name": "copy"}).status_code == 200
+        assert (
+            httpx2.post(model_server.base_url + "/unload_lora_adapter", json={"lora_name": "copy"}).status_code == 200
+        )
     assert "copy" not in [m.id for m in client.models.list().data]
 
 
@@ -220,11 +241,15 @@ def test_bad_adapter_loads_are_refused_clearly(model_server, body, status, field
     assert error["field"] == field and error["message"] and error["code"]
 
 
-def test_an_adapter_that_does_not_fit_the_model_is_refused_and_harmless(model_server, client, tiny_lora, tiny_model_rows, tmp_path):
+def test_an_adapter_that_does_not_fit_the_model_is_refused_and_harmless(
+    model_server, client, tiny_lora, tiny_model_rows, tmp_path
+):
     bad = tmp_path / "wrong-shapes"
     shutil.copytree(tiny_lora.path, bad)
     weights = load_file(str(bad / "adapter_model.safetensors"))
-    save_file({k: torch.zeros(v.shape[0] + 1, v.shape[1]) for k, v in weights.items()}, str(bad / "adapter_model.safetensors"))
+    save_file(
+        {k: torch.zeros(v.shape[0] + 1, v.shape[1]) for k, v in weights.items()}, str(bad / "adapter_model.safetensors")
+    )
     r = httpx2.post(model_server.base_url + "/load_lora_adapter", json={"lora_name": "wrong", "lora_path": str(bad)})
     assert r.status_code == 400 and r.json()["error"]["field"] == "lora_path"
     assert "wrong" not in [m.id for m in client.models.list().data]
@@ -244,8 +269,18 @@ def test_unknown_model_is_404_in_the_sdk(client):
         (b"{not json", 400),
         (b"[1, 2]", 400),
         (json.dumps({"model": "starter"}).encode(), 422),
-        (json.dumps({"model": "starter", "messages": [{"role": "user", "content": "hi"}], "temperature": 5}).encode(), 422),
-        (json.dumps({"model": "starter", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**6}).encode(), 422),
+        (
+            json.dumps(
+                {"model": "starter", "messages": [{"role": "user", "content": "hi"}], "temperature": 5}
+            ).encode(),
+            422,
+        ),
+        (
+            json.dumps(
+                {"model": "starter", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**6}
+            ).encode(),
+            422,
+        ),
         (json.dumps({"model": "starter", "messages": [{"role": "user", "content": "hi"}], "n": 2}).encode(), 422),
         (json.dumps({"model": "starter", "messages": [{"role": "tool", "content": "hi"}]}).encode(), 422),
         # longer than the tiny model's 512-token context
@@ -253,7 +288,9 @@ def test_unknown_model_is_404_in_the_sdk(client):
     ],
 )
 def test_bad_requests_get_json_errors(model_server, raw, status):
-    r = httpx2.post(model_server.base_url + "/chat/completions", content=raw, headers={"content-type": "application/json"})
+    r = httpx2.post(
+        model_server.base_url + "/chat/completions", content=raw, headers={"content-type": "application/json"}
+    )
     assert r.status_code == status
     assert set(r.json()["error"]) >= {"code", "message"}
 
@@ -278,7 +315,9 @@ def test_cli_says_clearly_when_the_port_is_taken(model_server, tiny_model_dir):
 
 
 def test_cli_refuses_a_folder_without_a_model(tmp_path):
-    run = subprocess.run([tuneloop_exe(), "model-server", "--model", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [tuneloop_exe(), "model-server", "--model", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
     assert run.returncode == 2 and "no model in" in run.stderr
 
 

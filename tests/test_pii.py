@@ -48,10 +48,16 @@ CORPUS = [
     ("lee_99@daum.net, park@company.co.kr 둘 다요", ["lee_99@daum.net", "park@company.co.kr"], {"EMAIL": 2}),
     ("My router is 192.168.0.1.", ["192.168.0.1"], {"IP": 1}),
     ("접속 IP 203.0.113.45 에서 로그인됐어요", ["203.0.113.45"], {"IP": 1}),
-    ("IPv6 2001:db8::8a2e:370:7334 and fe80::1ff:fe23:4567:890a", ["2001:db8::8a2e:370:7334",
-                                                                  "fe80::1ff:fe23:4567:890a"], {"IP": 2}),
-    ("전화 010-1234-5678, 메일 a.b@example.org, 카드 4111111111111111",
-     ["010-1234-5678", "a.b@example.org", "4111111111111111"], {"PHONE": 1, "EMAIL": 1, "CARD": 1}),
+    (
+        "IPv6 2001:db8::8a2e:370:7334 and fe80::1ff:fe23:4567:890a",
+        ["2001:db8::8a2e:370:7334", "fe80::1ff:fe23:4567:890a"],
+        {"IP": 2},
+    ),
+    (
+        "전화 010-1234-5678, 메일 a.b@example.org, 카드 4111111111111111",
+        ["010-1234-5678", "a.b@example.org", "4111111111111111"],
+        {"PHONE": 1, "EMAIL": 1, "CARD": 1},
+    ),
 ]
 
 NOT_PERSONAL = [
@@ -112,8 +118,10 @@ def test_allowlisted_business_contacts_are_kept():
 
 def test_clean_strips_markup_decodes_entities_and_normalizes():
     decomposed = "\u1112\u1161\u1102\u1173\u11af"  # 하늘 as conjoining jamo
-    raw = (f"<p>Hello&nbsp;<b>there</b>&amp; welcome</p><script>alert(1)</script>\r\n\r\n\r\n"
-           f"<div>{decomposed}\u200b   mart</div>&lt;b&gt; stays text<br/>My Page &gt; Orders, a < b")
+    raw = (
+        f"<p>Hello&nbsp;<b>there</b>&amp; welcome</p><script>alert(1)</script>\r\n\r\n\r\n"
+        f"<div>{decomposed}\u200b   mart</div>&lt;b&gt; stays text<br/>My Page &gt; Orders, a < b"
+    )
     assert clean_text(raw) == "Hello there& welcome\n\n하늘 mart\n<b> stays text\nMy Page > Orders, a < b"
 
 
@@ -134,22 +142,39 @@ def test_a_real_build_writes_no_personal_data_anywhere(db, settings, tmp_path):
     # (with the answer users voted down for the preference pairs), and as up-voted answers.
     base = tmp_path / "base.jsonl"
     filler = [json.loads(line) for line in (PROJECT_ROOT / "data" / "faq.jsonl").read_text().splitlines()[:30]]
-    rows = filler + [{"messages": [{"role": "user", "content": f"문의 {i}: {sentence}"},
-                                   {"role": "assistant", "content": f"Noted ({i}): {sentence}"}]}
-                     for i, (sentence, _, _) in enumerate(CORPUS)]
+    rows = filler + [
+        {
+            "messages": [
+                {"role": "user", "content": f"문의 {i}: {sentence}"},
+                {"role": "assistant", "content": f"Noted ({i}): {sentence}"},
+            ]
+        }
+        for i, (sentence, _, _) in enumerate(CORPUS)
+    ]
     base.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     live = make_version(db, "live", "live")
     for i, (sentence, _, _) in enumerate(CORPUS):
         ask(db, live, f"Review question {i}: {sentence}", answer=f"Old answer {i}: {sentence}", down=1)
-        review.approve(db, review.create_item(db, question=f"Review question {i}: {sentence}",
-                                              evidence={"answers": [{"answer": f"Old answer {i}: {sentence}",
-                                                                     "up": 0, "down": 1}]}).id,
-                       answer=f"Corrected {i}: {sentence}", reviewer="ana")
+        review.approve(
+            db,
+            review.create_item(
+                db,
+                question=f"Review question {i}: {sentence}",
+                evidence={"answers": [{"answer": f"Old answer {i}: {sentence}", "up": 0, "down": 1}]},
+            ).id,
+            answer=f"Corrected {i}: {sentence}",
+            reviewer="ana",
+        )
         ask(db, live, f"Thanks question {i}? {sentence}", answer=f"Liked answer {i}: {sentence}", up=3)
     # Rows from different sources share their sentence; a high threshold keeps them all (dedupe is tested elsewhere).
-    built_settings = load_settings(env={}, overrides={"paths.data_dir": str(settings.data_dir),
-                                                      "dataset.base_file": str(base),
-                                                      "dataset.near_duplicate_threshold": 0.99})
+    built_settings = load_settings(
+        env={},
+        overrides={
+            "paths.data_dir": str(settings.data_dir),
+            "dataset.base_file": str(base),
+            "dataset.near_duplicate_threshold": 0.99,
+        },
+    )
     result = build_dataset(db, built_settings, include_upvoted=3)
     expected = Counter()
     for _, _, counts in CORPUS:

@@ -17,8 +17,15 @@ from server.context import gateway
 from tests.plugins.model import qa, tiny_rows
 from trainer.pipeline import get_pipeline_run, list_pipeline_runs, retrain_due, run_pipeline
 
-TRAINING = {"training.epochs": 12, "training.learning_rate": 0.01, "training.batch_size": 4, "training.lora_r": 8,
-            "training.lora_alpha": 16, "training.lora_dropout": 0.0, "training.early_stopping_patience": 2}
+TRAINING = {
+    "training.epochs": 12,
+    "training.learning_rate": 0.01,
+    "training.batch_size": 4,
+    "training.lora_r": 8,
+    "training.lora_alpha": 16,
+    "training.lora_dropout": 0.0,
+    "training.early_stopping_patience": 2,
+}
 
 
 class Crash(BaseException):
@@ -31,11 +38,22 @@ def loop(tmp_path, model_server, tiny_model_dir, tiny_model_rows):
     rows_file, base_file = tmp_path / "golden.jsonl", tmp_path / "base.jsonl"
     rows_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in tiny_model_rows), encoding="utf-8")
     base_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in tiny_rows(16)), encoding="utf-8")
-    settings = load_settings(env={}, overrides={
-        "paths.data_dir": str(tmp_path / "var"), "model.base_url": model_server.base_url, "model.retries": 0,
-        "model_server.model_dir": str(tiny_model_dir), "dataset.base_file": str(base_file),
-        "evaluation.golden_file": str(rows_file), "evaluation.max_tokens": 120, "evaluation.concurrency": 2,
-        "scheduler.poll_interval_s": 0.5, "scheduler.retrain_threshold": 2, **TRAINING})
+    settings = load_settings(
+        env={},
+        overrides={
+            "paths.data_dir": str(tmp_path / "var"),
+            "model.base_url": model_server.base_url,
+            "model.retries": 0,
+            "model_server.model_dir": str(tiny_model_dir),
+            "dataset.base_file": str(base_file),
+            "evaluation.golden_file": str(rows_file),
+            "evaluation.max_tokens": 120,
+            "evaluation.concurrency": 2,
+            "scheduler.poll_interval_s": 0.5,
+            "scheduler.retrain_threshold": 2,
+            **TRAINING,
+        },
+    )
     db = open_db(settings.db_path)
     ensure_live_version(db, name="starter", provider="builtin")
     yield settings, db, tiny_model_rows
@@ -46,8 +64,11 @@ def test_nothing_approved_skips_training(loop):
     settings, db, _ = loop
     run = run_pipeline(db, settings, "monthly")
     assert run.state == "succeeded"
-    assert run.outcome("build") == {**run.outcome("build"), "state": "skipped",
-                                    "detail": "skipped: no approved corrections since the last dataset"}
+    assert run.outcome("build") == {
+        **run.outcome("build"),
+        "state": "skipped",
+        "detail": "skipped: no approved corrections since the last dataset",
+    }
     assert [run.outcome(s)["state"] for s in ("train", "evaluate", "gate", "deploy")] == ["skipped"] * 4
     assert run.outcome("report")["state"] == "succeeded"
     assert db.execute("SELECT COUNT(*) FROM training_runs").fetchone()[0] == 0
@@ -66,8 +87,9 @@ def test_crash_during_training_resumes_with_one_training_run_through_the_gate(lo
         raise Crash()
 
     with pytest.raises(Crash):
-        failed = run_pipeline(db, settings, "threshold", hooks={"after_submit": crash},
-                              clock=lambda: datetime.now(timezone.utc))
+        failed = run_pipeline(
+            db, settings, "threshold", hooks={"after_submit": crash}, clock=lambda: datetime.now(timezone.utc)
+        )
         pytest.fail(f"the pipeline ended before the crash: {failed.state} {failed.error}")
     (stuck,) = list_pipeline_runs(db, kind="threshold")
     assert (stuck.step, stuck.state) == ("train", "running")
@@ -103,8 +125,10 @@ def test_metrics_show_the_loop(make_gateway):
     with app.app_context():
         db = gateway().connect()
         create_item(db, question="Where is my parcel?")
-        db.execute("INSERT INTO pipeline_runs (id, kind, step, state, started_at) VALUES ('pl1', 'weekly', 'report', "
-                   "'failed', '2026-11-20T00:00:00Z')")
+        db.execute(
+            "INSERT INTO pipeline_runs (id, kind, step, state, started_at) VALUES ('pl1', 'weekly', 'report', "
+            "'failed', '2026-11-20T00:00:00Z')"
+        )
         db.conn.commit()
         db.close()
     text = app.test_client().get("/metrics").get_data(as_text=True)

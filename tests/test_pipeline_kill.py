@@ -85,8 +85,9 @@ def wait_for_running_training(db, process, log_path) -> tuple[str, str]:
         row = db.execute("SELECT id, step, context FROM pipeline_runs WHERE kind = 'manual'").fetchone()
         if row and row[1] == "train":
             training_id = json.loads(row[2] or "{}").get("training_run_id")
-            state = training_id and db.execute("SELECT state FROM training_runs WHERE id = ?",
-                                               [training_id]).fetchone()[0]
+            state = (
+                training_id and db.execute("SELECT state FROM training_runs WHERE id = ?", [training_id]).fetchone()[0]
+            )
             # Killed during training: the worker has logged training steps, and has steps left.
             progress = state == "running" and latest_event_data(db, training_id, "total_steps")
             if progress and progress["step"] < progress["total_steps"]:
@@ -110,8 +111,15 @@ class Loop:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
         with open(self.folder / log_name, "wb") as log:
             command = [tuneloop_exe(), "--config", str(self.config), "pipeline", "run", "--kind", "manual"]
-            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                    cwd=self.folder, process_group=0)
+            return subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=self.folder,
+                process_group=0,
+            )
 
     def run_to_end(self, log_name: str) -> tuple[int, str]:
         """Run the pipeline command to its end: (exit code, output)."""
@@ -154,9 +162,13 @@ def loop(tmp_path, server, starter_model_dir):
     # Users rate the outdated answers down with the new ones; the reviewer approves each correction.
     rate_down_with_corrections(app)
     now = datetime.now(timezone.utc)
-    collected = collect_worst(db, model_version_id=state.first_live.id, since=utc_text(now - timedelta(days=7)),
-                              until=utc_text(now + timedelta(minutes=1)),
-                              options=RankingOptions.from_settings(settings.report))
+    collected = collect_worst(
+        db,
+        model_version_id=state.first_live.id,
+        since=utc_text(now - timedelta(days=7)),
+        until=utc_text(now + timedelta(minutes=1)),
+        options=RankingOptions.from_settings(settings.report),
+    )
     queued = {item.question_key: item for item in collected.added}
     for question, new_answer in CORRECTIONS.items():
         approve(db, queued[question_key(question)].id, answer=new_answer, reviewer="reviewer@test")
@@ -169,8 +181,10 @@ def loop(tmp_path, server, starter_model_dir):
 
 def worker_starts(db: Database, training_id: str) -> int:
     """How many workers began training ``training_id`` (each logs "worker started" with its pid)."""
-    (count,) = db.execute("SELECT COUNT(*) FROM training_events WHERE run_id = ? AND json_extract(data, '$.pid') "
-                          "IS NOT NULL", [training_id]).fetchone()
+    (count,) = db.execute(
+        "SELECT COUNT(*) FROM training_events WHERE run_id = ? AND json_extract(data, '$.pid') IS NOT NULL",
+        [training_id],
+    ).fetchone()
     return count
 
 

@@ -29,24 +29,46 @@ def make_version(db, name: str, status: str = "retired") -> str:
     return version_id
 
 
-def ask(db, version_id, question, *, at=INSIDE, answer="an answer", down=0, up=0, reason="wrong",
-        comment=None, correction=None) -> str:
+def ask(
+    db,
+    version_id,
+    question,
+    *,
+    at=INSIDE,
+    answer="an answer",
+    down=0,
+    up=0,
+    reason="wrong",
+    comment=None,
+    correction=None,
+) -> str:
     """Record one answered question through record_turn, dated ``at``, and its votes through record_rating."""
-    turn = turns.Turn(conversation_id=turns.new_conversation_id(), question=question, answer=answer,
-                      model_version_id=version_id, latency_ms=100.0)
+    turn = turns.Turn(
+        conversation_id=turns.new_conversation_id(),
+        question=question,
+        answer=answer,
+        model_version_id=version_id,
+        latency_ms=100.0,
+    )
     turns.record_turn(db, turn)
     for i in range(down + up):
         is_down = i < down
         ratings.record_rating(
-            db, message_id=turn.assistant_message_id, voter_ref=f"voter-{i}", rating="down" if is_down else "up",
-            reason=reason if is_down else None, comment=comment if is_down else None,
+            db,
+            message_id=turn.assistant_message_id,
+            voter_ref=f"voter-{i}",
+            rating="down" if is_down else "up",
+            reason=reason if is_down else None,
+            comment=comment if is_down else None,
             correction=correction if is_down else None,
         )
     with write_transaction(db):
         # record_turn stamps "now"; tests need answers (and their votes) in a known week.
         db.execute("UPDATE messages SET created_at = ? WHERE conversation_id = ?", [at, turn.conversation_id])
-        db.execute("UPDATE feedback SET created_at = ?, updated_at = ?, answered_at = ? WHERE message_id = ?",
-                   [at.replace("03:00", "03:05"), at.replace("03:00", "03:05"), at, turn.assistant_message_id])
+        db.execute(
+            "UPDATE feedback SET created_at = ?, updated_at = ?, answered_at = ? WHERE message_id = ?",
+            [at.replace("03:00", "03:05"), at.replace("03:00", "03:05"), at, turn.assistant_message_id],
+        )
     return turn.assistant_message_id
 
 
@@ -87,11 +109,9 @@ def test_minimum_votes_keeps_small_samples_out(db):
     live = make_version(db, "live", "live")
     ask(db, live, "Can I pay with KakaoPay?", down=4)  # 4 votes, all down
     ask_many(db, live, "How long does delivery take?", answers=10, down=3)
-    ranked = rank_worst(db, model_version_id=live, since=WEEK[0], until=WEEK[1],
-                        options=RankingOptions(min_votes=5))
+    ranked = rank_worst(db, model_version_id=live, since=WEEK[0], until=WEEK[1], options=RankingOptions(min_votes=5))
     assert [g.question for g in ranked.groups] == ["How long does delivery take?"]
-    ranked = rank_worst(db, model_version_id=live, since=WEEK[0], until=WEEK[1],
-                        options=RankingOptions(min_votes=4))
+    ranked = rank_worst(db, model_version_id=live, since=WEEK[0], until=WEEK[1], options=RankingOptions(min_votes=4))
     # 4 of 4: (1 + 0.4802 − 1.96·√(3.8416/64)) / (1 + 0.9604) = (1.4802 − 0.4802) / 1.9604 = 0.51010
     # 3 of 10: (0.3 + 0.19208 − 1.96·√(0.021 + 0.009604)) / 1.38416 = (0.49208 − 0.34290) / 1.38416 = 0.10778
     assert [g.question for g in ranked.groups] == ["Can I pay with KakaoPay?", "How long does delivery take?"]
@@ -106,7 +126,10 @@ def test_ties_go_to_the_question_asked_more_often(db):
     for _ in range(3):
         ask(db, live, "Do points expire?")  # asked, not rated
     ranking = rank_worst(db, model_version_id=live, since=WEEK[0], until=WEEK[1])
-    assert [(g.question, g.asked) for g in ranking.groups] == [("Do points expire?", 8), ("Is there a welcome coupon?", 5)]
+    assert [(g.question, g.asked) for g in ranking.groups] == [
+        ("Do points expire?", 8),
+        ("Is there a welcome coupon?", 5),
+    ]
     assert ranking.groups[0].score == ranking.groups[1].score
 
 
@@ -124,7 +147,10 @@ def test_korean_paraphrases_are_grouped_and_so_are_english_ones(db):
     ranking = rank_worst(db, model_version_id=live, since=WEEK[0], until=WEEK[1])
     groups = {frozenset(g.keys): (g.votes, g.down) for g in ranking.groups}
     assert groups[frozenset({question_key("배송비는 얼마인가요?"), question_key("배송비는 얼마예요?")})] == (6, 5)
-    assert groups[frozenset({question_key("Can I pay with KakaoPay?"), question_key("can i pay with kakao pay")})] == (6, 4)
+    assert groups[frozenset({question_key("Can I pay with KakaoPay?"), question_key("can i pay with kakao pay")})] == (
+        6,
+        4,
+    )
     assert groups[frozenset({question_key("What are your customer service hours?")})] == (5, 1)
     assert len(groups) == 4
 
@@ -160,8 +186,19 @@ def test_window_is_by_the_answers_time(db):
 
 def test_evidence_carries_answers_comments_reasons_and_corrections(db):
     live = make_version(db, "live", "live")
-    ids = [ask(db, live, "배송비는 얼마인가요?", answer="배송비는 2,500원입니다.", down=1, reason="outdated",
-               comment="홈페이지랑 금액이 달라요.", correction="배송비는 3,000원입니다.") for _ in range(4)]
+    ids = [
+        ask(
+            db,
+            live,
+            "배송비는 얼마인가요?",
+            answer="배송비는 2,500원입니다.",
+            down=1,
+            reason="outdated",
+            comment="홈페이지랑 금액이 달라요.",
+            correction="배송비는 3,000원입니다.",
+        )
+        for _ in range(4)
+    ]
     ask(db, live, "배송비는 얼마예요?", answer="배송비는 3,000원입니다.", up=2)
     ask(db, live, "배송비는 얼마예요", answer="배송비는 2,500원입니다.", down=1, reason=None)
     (group,) = rank_worst(db, model_version_id=live, since=WEEK[0], until=WEEK[1]).groups
@@ -197,15 +234,23 @@ def test_record_turn_stores_the_key_and_the_migration_backfills_old_rows(tmp_pat
     path = tmp_path / "old.db"
     raw = sqlite_utils.Database(sqlite3.connect(path))
     MIGRATIONS.apply(raw, stop_before="m002_question_keys")
-    raw.execute("INSERT INTO model_versions (id, name, provider, base_model, status, created_at) "
-                "VALUES ('mv1', 'm', 'builtin', 'm', 'live', 't')")
+    raw.execute(
+        "INSERT INTO model_versions (id, name, provider, base_model, status, created_at) "
+        "VALUES ('mv1', 'm', 'builtin', 'm', 'live', 't')"
+    )
     raw.execute("INSERT INTO conversations (id, created_at) VALUES ('c1', 't')")
-    raw.execute("INSERT INTO messages (id, conversation_id, seq, role, content, created_at) "
-                "VALUES ('u1', 'c1', 1, 'user', 'Where is MY order??', 't')")
-    raw.execute("INSERT INTO messages (id, conversation_id, seq, role, content, model_version_id, created_at) "
-                "VALUES ('a1', 'c1', 2, 'assistant', 'here', 'mv1', 't')")
-    raw.execute("INSERT INTO feedback (id, message_id, voter_ref, rating, created_at, updated_at) "
-                "VALUES ('f1', 'a1', 'v', -1, 't2', 't2')")
+    raw.execute(
+        "INSERT INTO messages (id, conversation_id, seq, role, content, created_at) "
+        "VALUES ('u1', 'c1', 1, 'user', 'Where is MY order??', 't')"
+    )
+    raw.execute(
+        "INSERT INTO messages (id, conversation_id, seq, role, content, model_version_id, created_at) "
+        "VALUES ('a1', 'c1', 2, 'assistant', 'here', 'mv1', 't')"
+    )
+    raw.execute(
+        "INSERT INTO feedback (id, message_id, voter_ref, rating, created_at, updated_at) "
+        "VALUES ('f1', 'a1', 'v', -1, 't2', 't2')"
+    )
     raw.conn.commit()
     raw.close()
     db = open_db(path)
@@ -219,10 +264,15 @@ def test_record_turn_stores_the_key_and_the_migration_backfills_old_rows(tmp_pat
     key = db.execute("SELECT question_key FROM messages WHERE id = ?", [turn.assistant_message_id]).fetchone()[0]
     assert key == "where is my order"
     ratings.record_rating(db, message_id=turn.assistant_message_id, voter_ref="v", rating="up")
-    copied = db.execute("SELECT model_version_id, answered_at, question_key FROM feedback WHERE message_id = ?",
-                        [turn.assistant_message_id]).fetchone()
-    assert copied == (live.id, db.execute("SELECT created_at FROM messages WHERE id = ?",
-                                          [turn.assistant_message_id]).fetchone()[0], "where is my order")
+    copied = db.execute(
+        "SELECT model_version_id, answered_at, question_key FROM feedback WHERE message_id = ?",
+        [turn.assistant_message_id],
+    ).fetchone()
+    assert copied == (
+        live.id,
+        db.execute("SELECT created_at FROM messages WHERE id = ?", [turn.assistant_message_id]).fetchone()[0],
+        "where is my order",
+    )
 
 
 def test_rows_without_a_key_are_keyed_from_their_question(db):
@@ -232,18 +282,26 @@ def test_rows_without_a_key_are_keyed_from_their_question(db):
     with write_transaction(db):
         # As a bulk import that bypassed record_turn would leave them (the vote copies the NULL).
         db.execute("UPDATE messages SET question_key = NULL WHERE content = 'an answer' AND rowid % 2 = 0")
-        db.execute("UPDATE feedback SET question_key = NULL WHERE message_id IN "
-                   "(SELECT id FROM messages WHERE role = 'assistant' AND question_key IS NULL)")
+        db.execute(
+            "UPDATE feedback SET question_key = NULL WHERE message_id IN "
+            "(SELECT id FROM messages WHERE role = 'assistant' AND question_key IS NULL)"
+        )
     (group,) = rank_worst(db, model_version_id=live, since=WEEK[0], until=WEEK[1]).groups
     assert (group.votes, group.down, group.asked) == (6, 5, 6)
 
 
 def test_ranking_counts_read_indexes_only(db):
     for sql, index in (
-        ("""SELECT question_key, COUNT(*) FROM messages WHERE model_version_id = ? AND created_at >= ?
-            AND created_at < ? AND error IS NULL GROUP BY question_key""", "messages_version_time_question"),
-        ("""SELECT question_key, COUNT(*), SUM(rating < 0) FROM feedback WHERE model_version_id = ?
-            AND answered_at >= ? AND answered_at < ? GROUP BY question_key""", "feedback_version_answered"),
+        (
+            """SELECT question_key, COUNT(*) FROM messages WHERE model_version_id = ? AND created_at >= ?
+            AND created_at < ? AND error IS NULL GROUP BY question_key""",
+            "messages_version_time_question",
+        ),
+        (
+            """SELECT question_key, COUNT(*), SUM(rating < 0) FROM feedback WHERE model_version_id = ?
+            AND answered_at >= ? AND answered_at < ? GROUP BY question_key""",
+            "feedback_version_answered",
+        ),
     ):
         plan = " ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql, ["v", *WEEK]).fetchall())
         assert f"COVERING INDEX {index}" in plan

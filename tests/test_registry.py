@@ -33,14 +33,23 @@ def test_promote_retires_the_old_live_version_and_records_why(db, versions):
     assert db.execute("SELECT retired_at FROM model_versions WHERE id = ?", [starter.id]).fetchone()[0]
     (event,) = registry.events(db, a.id)
     assert (event.event, event.version_id, event.previous_live_id, event.actor, event.reason) == (
-        "promoted", a.id, starter.id, "alice", "fixes refunds")
+        "promoted",
+        a.id,
+        starter.id,
+        "alice",
+        "fixes refunds",
+    )
     assert event.details["from_status"] == "candidate"
 
 
 def test_exactly_one_version_is_live_through_every_move(db, versions):
     starter, a, b = versions
-    for step in (lambda: registry.promote(db, a, "t"), lambda: registry.promote(db, b, "t"),
-                 lambda: registry.rollback(db, "t"), lambda: registry.promote(db, starter, "t")):
+    for step in (
+        lambda: registry.promote(db, a, "t"),
+        lambda: registry.promote(db, b, "t"),
+        lambda: registry.rollback(db, "t"),
+        lambda: registry.promote(db, starter, "t"),
+    ):
         step()
         (count,) = db.execute("SELECT COUNT(*) FROM model_versions WHERE status = 'live'").fetchone()
         assert count == 1
@@ -55,8 +64,12 @@ def test_rollback_walks_back_through_promotions_and_does_not_toggle(db, versions
     restored, withdrawn = registry.rollback(db, "bob", "latency doubled")
     assert (restored.id, restored.status, withdrawn.id, withdrawn.status) == (a.id, "live", b.id, "retired")
     event = registry.events(db, a.id)[0]
-    assert (event.event, event.version_id, event.previous_live_id, event.reason) == ("rolled_back", a.id, b.id,
-                                                                                     "latency doubled")
+    assert (event.event, event.version_id, event.previous_live_id, event.reason) == (
+        "rolled_back",
+        a.id,
+        b.id,
+        "latency doubled",
+    )
     restored, withdrawn = registry.rollback(db, "bob")
     assert (restored.id, withdrawn.id) == (starter.id, a.id)
     assert _statuses(db) == {"starter": "live", "tuned-a": "retired", "tuned-b": "retired"}
@@ -125,8 +138,9 @@ def test_the_gateway_follows_promotion_and_rollback_without_restart(make_gateway
     registry.promote(gateway_db, tuned, "t")
     body = client.post("/api/chat", json={"message": "hi"}).get_json()
     assert body["model"] == "tuned-v1"
-    (version_id,) = gateway_db.execute("SELECT model_version_id FROM messages WHERE id = ?",
-                                       [body["message_id"]]).fetchone()
+    (version_id,) = gateway_db.execute(
+        "SELECT model_version_id FROM messages WHERE id = ?", [body["message_id"]]
+    ).fetchone()
     assert version_id == tuned.id
     registry.rollback(gateway_db, "t")
     assert client.post("/api/chat", json={"message": "hi"}).get_json()["model"] == "starter"
@@ -160,4 +174,8 @@ def test_the_weekly_report_reads_the_history(db, versions):
         "starter made live again by a rollback, replacing tuned-a (now live)",
     ]
     assert [(e.get("actor"), e.get("reason")) for e in events] == [
-        ("alice", "fixes refunds"), ("alice", None), ("gate", "golden: worse"), ("bob", "latency")]
+        ("alice", "fixes refunds"),
+        ("alice", None),
+        ("gate", "golden: worse"),
+        ("bob", "latency"),
+    ]

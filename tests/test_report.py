@@ -39,8 +39,14 @@ def report_settings(tmp_path, **overrides):
 
 
 def failed_turn(db, version_id, at):
-    turn = turns.Turn(conversation_id=turns.new_conversation_id(), question="anything", answer="",
-                      model_version_id=version_id, error="upstream_timeout", latency_ms=30000.0)
+    turn = turns.Turn(
+        conversation_id=turns.new_conversation_id(),
+        question="anything",
+        answer="",
+        model_version_id=version_id,
+        error="upstream_timeout",
+        latency_ms=30000.0,
+    )
     turns.record_turn(db, turn)
     with write_transaction(db):
         db.execute("UPDATE messages SET created_at = ? WHERE conversation_id = ?", [at, turn.conversation_id])
@@ -57,10 +63,17 @@ def store(db):
     ask(db, live, "Unrated question")
     failed_turn(db, live, THIS)
     with write_transaction(db):
-        for ms, question in ((100, HOSTILE), (200, "How much is shipping?"), (300, "Do points expire?"),
-                             (1000, "Unrated question")):
-            db.execute("UPDATE messages SET latency_ms = ? WHERE role = 'assistant' AND conversation_id IN "
-                       "(SELECT conversation_id FROM messages WHERE content = ?)", [ms, question])
+        for ms, question in (
+            (100, HOSTILE),
+            (200, "How much is shipping?"),
+            (300, "Do points expire?"),
+            (1000, "Unrated question"),
+        ):
+            db.execute(
+                "UPDATE messages SET latency_ms = ? WHERE role = 'assistant' AND conversation_id IN "
+                "(SELECT conversation_id FROM messages WHERE content = ?)",
+                [ms, question],
+            )
     ask(db, live, "How much is shipping?", at=LAST, up=1)
     late = ask(db, live, "Do points expire?", at=LAST, up=1)
     with write_transaction(db):
@@ -81,8 +94,15 @@ def test_headline_numbers_by_hand(db, store, tmp_path):
     report = build_report(db, report_settings(tmp_path), week=W47, now=NOW)
     this, previous = report["headline"]["this"], report["headline"]["previous"]
     assert this == {
-        "week": W47, "answers": 5, "failed": 1, "failed_rate": 0.2, "ratings": 3, "rating_rate": 0.75,
-        "up": 1, "down": 2, "satisfaction": 0.3333,
+        "week": W47,
+        "answers": 5,
+        "failed": 1,
+        "failed_rate": 0.2,
+        "ratings": 3,
+        "rating_rate": 0.75,
+        "up": 1,
+        "down": 2,
+        "satisfaction": 0.3333,
         "latency_p50": 200.0,  # nearest rank: ⌈0.5·4⌉ = 2nd of 100, 200, 300, 1000
         "latency_p95": 1000.0,  # ⌈0.95·4⌉ = 4th
         "corrections": 1,
@@ -123,18 +143,30 @@ def test_later_sections_say_nothing_yet_until_their_tables_exist(db, store, tmp_
     assert "Nothing yet: the review queue has not been set up." in html
     with write_transaction(db):
         db.execute("CREATE TABLE review_items (id TEXT, question TEXT, status TEXT, created_at TEXT, decided_at TEXT)")
-        db.execute("INSERT INTO review_items VALUES ('r1', 'q', 'pending', '2026-11-02T00:00:00.000Z', NULL),"
-                   " ('r2', 'q', 'approved', '2026-11-17T00:00:00.000Z', '2026-11-18T00:00:00.000Z'),"
-                   " ('r3', 'q', 'pending', '2026-11-19T00:00:00.000Z', NULL)")
-        db.execute("CREATE TABLE training_runs (id TEXT, provider TEXT, state TEXT, error TEXT, created_at TEXT, "
-                   "finished_at TEXT)")
-        db.execute("INSERT INTO training_runs VALUES ('tr1', 'local', 'succeeded', NULL, "
-                   "'2026-11-18T00:00:00.000Z', '2026-11-18T01:00:00.000Z')")
+        db.execute(
+            "INSERT INTO review_items VALUES ('r1', 'q', 'pending', '2026-11-02T00:00:00.000Z', NULL),"
+            " ('r2', 'q', 'approved', '2026-11-17T00:00:00.000Z', '2026-11-18T00:00:00.000Z'),"
+            " ('r3', 'q', 'pending', '2026-11-19T00:00:00.000Z', NULL)"
+        )
+        db.execute(
+            "CREATE TABLE training_runs (id TEXT, provider TEXT, state TEXT, error TEXT, created_at TEXT, "
+            "finished_at TEXT)"
+        )
+        db.execute(
+            "INSERT INTO training_runs VALUES ('tr1', 'local', 'succeeded', NULL, "
+            "'2026-11-18T00:00:00.000Z', '2026-11-18T01:00:00.000Z')"
+        )
     report = build_report(db, settings, week=W47, now=NOW)
     queue = report["review_queue"]
-    assert (queue["pending"], queue["added"], queue["decided"], queue["oldest_pending_days"]) == (2, 2, {"approved": 1}, 20)
-    assert report["training"]["events"] == [{"id": "tr1", "provider": "local", "state": "succeeded",
-                                             "error": None, "at": "2026-11-18T01:00:00.000Z"}]
+    assert (queue["pending"], queue["added"], queue["decided"], queue["oldest_pending_days"]) == (
+        2,
+        2,
+        {"approved": 1},
+        20,
+    )
+    assert report["training"]["events"] == [
+        {"id": "tr1", "provider": "local", "state": "succeeded", "error": None, "at": "2026-11-18T01:00:00.000Z"}
+    ]
     markdown = render_markdown(report)
     assert "- pending: 2 (oldest 20 days)" in markdown
     assert "training run tr1 (local): succeeded" in markdown
@@ -169,12 +201,13 @@ def test_files_are_written_and_listed(db, store, tmp_path):
 
 def test_webhook_gets_slack_compatible_json(db, store, tmp_path, httpserver):
     httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("ok")
-    settings = report_settings(tmp_path, **{"report.webhook_url": httpserver.url_for("/hook"),
-                                           "report.public_url": "https://bot.example.com"})
+    settings = report_settings(
+        tmp_path, **{"report.webhook_url": httpserver.url_for("/hook"), "report.public_url": "https://bot.example.com"}
+    )
     report = build_report(db, settings, week=W47, now=NOW)
     (result,) = deliver_report(report, settings.report)
     assert result.ok and result.detail == "HTTP 200"
-    (request, _), = httpserver.log
+    ((request, _),) = httpserver.log
     body = json.loads(request.get_data())
     assert body == webhook_payload(report, settings.report)
     assert body["blocks"][0]["text"]["type"] == "mrkdwn"
@@ -228,11 +261,16 @@ def smtp_server():
 
 
 def test_email_carries_html_markdown_and_json(db, store, tmp_path, smtp_server):
-    settings = report_settings(tmp_path, **{
-        "report.smtp_host": "127.0.0.1", "report.smtp_port": smtp_server.server_address[1],
-        "report.smtp_starttls": False, "report.smtp_from": "tuneloop@example.com",
-        "report.smtp_to": ["lead@example.com"],
-    })
+    settings = report_settings(
+        tmp_path,
+        **{
+            "report.smtp_host": "127.0.0.1",
+            "report.smtp_port": smtp_server.server_address[1],
+            "report.smtp_starttls": False,
+            "report.smtp_from": "tuneloop@example.com",
+            "report.smtp_to": ["lead@example.com"],
+        },
+    )
     report = build_report(db, settings, week=W47, now=NOW)
     (result,) = deliver_report(report, settings.report)
     assert result.ok, result.detail
@@ -248,10 +286,17 @@ def test_email_carries_html_markdown_and_json(db, store, tmp_path, smtp_server):
 
 
 def test_unreachable_smtp_is_reported_not_raised(db, store, tmp_path):
-    settings = report_settings(tmp_path, **{
-        "report.smtp_host": "127.0.0.1", "report.smtp_port": 9, "report.smtp_starttls": False,
-        "report.smtp_from": "a@example.com", "report.smtp_to": ["b@example.com"], "report.webhook_timeout_s": 2.0,
-    })
+    settings = report_settings(
+        tmp_path,
+        **{
+            "report.smtp_host": "127.0.0.1",
+            "report.smtp_port": 9,
+            "report.smtp_starttls": False,
+            "report.smtp_from": "a@example.com",
+            "report.smtp_to": ["b@example.com"],
+            "report.webhook_timeout_s": 2.0,
+        },
+    )
     (result,) = deliver_report(build_report(db, settings, week=W47, now=NOW), settings.report)
     assert not result.ok and result.channel == "email"
 

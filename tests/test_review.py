@@ -33,12 +33,22 @@ def live(db):
 @pytest.fixture
 def queued(db, live):
     """Two worst-answered groups in WEEK, collected: shipping (with a user correction) and Sundays."""
-    ask_many(db, live, SHIPPING, answers=10, down=6, answer="It is 2,500 won.", correction=FIXED,
-             comment="That's not what the website says.", reason="outdated")
+    ask_many(
+        db,
+        live,
+        SHIPPING,
+        answers=10,
+        down=6,
+        answer="It is 2,500 won.",
+        correction=FIXED,
+        comment="That's not what the website says.",
+        reason="outdated",
+    )
     ask_many(db, live, SUNDAY, answers=5, down=4, answer="Yes, every day.")
     ask_many(db, live, "Can I pay with KakaoPay?", answers=6, down=0)
-    result = review.collect_worst(db, model_version_id=live, since=WEEK[0], until=WEEK[1],
-                                  options=RankingOptions(top_n=2))
+    result = review.collect_worst(
+        db, model_version_id=live, since=WEEK[0], until=WEEK[1], options=RankingOptions(top_n=2)
+    )
     return {item.question: item for item in result.added}
 
 
@@ -77,8 +87,9 @@ def test_the_database_refuses_a_second_open_item_for_a_question(db):
     with pytest.raises(Conflict):
         review.create_item(db, question="where is my parcel")  # same key
     review.reject(db, first.id, reviewer="ana")
-    second = review.create_item(db, question="Where is my parcel?", answer="Track it in My Page > Orders.",
-                                reviewer="ana")
+    second = review.create_item(
+        db, question="Where is my parcel?", answer="Track it in My Page > Orders.", reviewer="ana"
+    )
     assert second.status == "approved"
     with pytest.raises(Conflict):  # re-approving the rejected one would make two open items
         review.approve(db, first.id, answer="x", reviewer="ana")
@@ -93,7 +104,11 @@ def test_approve_needs_an_answer_and_records_who_when_and_where_from(db, queued)
     assert review.get_item(db, item.id).status == "pending"
     approved = review.approve(db, item.id, answer=f"  {FIXED}  ", reviewer="ana")
     assert (approved.status, approved.answer, approved.answer_source, approved.reviewer) == (
-        "approved", FIXED, "user", "ana")
+        "approved",
+        FIXED,
+        "user",
+        "ana",
+    )
     assert approved.decided_at and approved.decided_at == approved.updated_at
     edited = review.edit_item(db, item.id, reviewer="bo", answer=FIXED + " Jeju pays 3,000 won more.")
     assert edited.answer_source == "reviewer" and edited.reviewer == "bo"
@@ -132,7 +147,11 @@ def test_export_edit_import_round_trip(db, queued, tmp_path, fmt):
     assert (summary.created, summary.approved, summary.rejected, summary.unchanged) == (1, 2, 1, 0)
     shipping = review.get_item(db, queued[SHIPPING].id)
     assert (shipping.status, shipping.answer, shipping.answer_source, shipping.reviewer) == (
-        "approved", FIXED, "user", "ana")
+        "approved",
+        FIXED,
+        "user",
+        "ana",
+    )
     assert review.get_item(db, queued[SUNDAY].id).note == "courier decides"
     abroad = review.list_items(db, search="abroad")[0]
     assert (abroad.origin, abroad.status, abroad.answer) == ("import", "approved", "No, domestic only.")
@@ -158,15 +177,15 @@ def test_bad_csv_rows_are_reported_by_line_and_nothing_is_imported(db, queued, t
     shipping, sunday = queued[SHIPPING].id, queued[SUNDAY].id
     path = tmp_path / "decisions.csv"
     path.write_text(
-        "id,status,question,answer,note\n"                                    # line 1
+        "id,status,question,answer,note\n"  # line 1
         f'{shipping},approved,,"Shipping is 3,000 won.\nFree from 30,000 won.",\n'  # lines 2-3: fine
-        f"{sunday},approved,,,\n"                                             # line 4: no answer
-        "ri_nope,rejected,,,\n"                                               # line 5: unknown id
-        f"{shipping},rejected,,,\n"                                           # line 6: id twice
-        ",done,Is there a store?,,\n"                                         # line 7: bad status
-        ",,,,\n"                                                              # line 8: blank, skipped
-        ",,Do you ship abroad?,No.,\n"                                        # line 9: fine
-        ",,,Yes.,\n",                                                         # line 10: no question
+        f"{sunday},approved,,,\n"  # line 4: no answer
+        "ri_nope,rejected,,,\n"  # line 5: unknown id
+        f"{shipping},rejected,,,\n"  # line 6: id twice
+        ",done,Is there a store?,,\n"  # line 7: bad status
+        ",,,,\n"  # line 8: blank, skipped
+        ",,Do you ship abroad?,No.,\n"  # line 9: fine
+        ",,,Yes.,\n",  # line 10: no question
         encoding="utf-8",
     )
     with pytest.raises(ImportRejected) as info:
@@ -180,18 +199,23 @@ def test_bad_csv_rows_are_reported_by_line_and_nothing_is_imported(db, queued, t
 def test_bad_jsonl_lines_are_reported_and_nothing_is_imported(db, queued, tmp_path):
     path = tmp_path / "decisions.jsonl"
     path.write_text(
-        json.dumps({"id": queued[SHIPPING].id, "status": "approved", "answer": FIXED}) + "\n"
+        json.dumps({"id": queued[SHIPPING].id, "status": "approved", "answer": FIXED})
+        + "\n"
         + "\n"
         + '{"id": "x", "status": \n'
-        + json.dumps(["not", "an", "object"]) + "\n"
-        + json.dumps({"question": SUNDAY, "answer": "No."}) + "\n",  # already pending under its id
+        + json.dumps(["not", "an", "object"])
+        + "\n"
+        + json.dumps({"question": SUNDAY, "answer": "No."})
+        + "\n",  # already pending under its id
         encoding="utf-8",
     )
     with pytest.raises(ImportRejected) as info:
         import_items(db, path, reviewer="ana")
     assert [(e.line, e.message.split(":")[0]) for e in info.value.errors] == [
-        (3, "not valid JSON"), (4, "expected a JSON object, got list"),
-        (5, f"this question is already pending or approved as {queued[SUNDAY].id} (put that id in the row)")]
+        (3, "not valid JSON"),
+        (4, "expected a JSON object, got list"),
+        (5, f"this question is already pending or approved as {queued[SUNDAY].id} (put that id in the row)"),
+    ]
     assert review.get_item(db, queued[SHIPPING].id).status == "pending"
 
 
@@ -202,8 +226,9 @@ def test_cli_round_trip_and_errors(db, queued, settings, tmp_path):
     assert listed.exit_code == 0 and SHIPPING in listed.output and "2 pending" in listed.output
     shown = runner.invoke(cli, ["review", "show", queued[SHIPPING].id], env=env)
     assert f"user suggested: {FIXED}" in shown.output and "answered (4 up, 6 down): It is 2,500 won." in shown.output
-    approved = runner.invoke(cli, ["review", "approve", queued[SHIPPING].id, "--use-suggestion", "--reviewer", "ana"],
-                             env=env)
+    approved = runner.invoke(
+        cli, ["review", "approve", queued[SHIPPING].id, "--use-suggestion", "--reviewer", "ana"], env=env
+    )
     assert approved.exit_code == 0 and "(user)" in approved.output
     empty = runner.invoke(cli, ["review", "approve", queued[SUNDAY].id, "--answer", " "], env=env)
     assert empty.exit_code == 2 and "answer must not be empty" in empty.output
@@ -221,8 +246,13 @@ def test_cli_round_trip_and_errors(db, queued, settings, tmp_path):
 
 
 def _teacher_settings(settings, base_url: str, **extra):
-    values = {"paths.data_dir": str(settings.data_dir), "review.teacher_model": "teacher",
-              "review.teacher_base_url": base_url, "model.retries": 0, "model.connect_timeout_s": 1.0}
+    values = {
+        "paths.data_dir": str(settings.data_dir),
+        "review.teacher_model": "teacher",
+        "review.teacher_base_url": base_url,
+        "model.retries": 0,
+        "model.connect_timeout_s": 1.0,
+    }
     values.update(extra)
     return load_settings(env={}, overrides=values)
 

@@ -72,8 +72,14 @@ def test_weeks_on_a_simulated_clock_coalesce_missed_runs_and_survive_a_restart(d
 
 def test_a_missed_run_past_the_grace_is_skipped_not_run(demo):
     settings, db = demo
-    settings = load_settings(env={}, overrides={"paths.data_dir": str(settings.data_dir),
-                                                "scheduler.misfire_grace_s": 3600, "scheduler.jobs": ["weekly"]})
+    settings = load_settings(
+        env={},
+        overrides={
+            "paths.data_dir": str(settings.data_dir),
+            "scheduler.misfire_grace_s": 3600,
+            "scheduler.jobs": ["weekly"],
+        },
+    )
     start = datetime.now(timezone.utc)
     scheduler = build_scheduler(settings, clock=lambda: start)
     due = scheduler.get_job("weekly").next_run_time
@@ -86,8 +92,14 @@ def test_a_missed_run_past_the_grace_is_skipped_not_run(demo):
 def test_changed_schedule_replaces_the_stored_job(settings):
     start = datetime(2026, 11, 18, 0, 1, tzinfo=timezone.utc)
     build_scheduler(settings, clock=lambda: start).shutdown()
-    faster = load_settings(env={}, overrides={"paths.data_dir": str(settings.data_dir),
-                                              "scheduler.weekly_cron": "*/5 * * * *", "scheduler.retrain_threshold": 3})
+    faster = load_settings(
+        env={},
+        overrides={
+            "paths.data_dir": str(settings.data_dir),
+            "scheduler.weekly_cron": "*/5 * * * *",
+            "scheduler.retrain_threshold": 3,
+        },
+    )
     scheduler = build_scheduler(faster, clock=lambda: start)
     assert scheduler.get_job("weekly").next_run_time == start + timedelta(minutes=4)
     assert scheduler.get_job("threshold") is not None

@@ -15,7 +15,14 @@ from config.errors import InvalidRequest
 from config.settings import load_settings
 from server.cli.main import cli
 from tests.plugins.model import TINY_PARAMS, build_tiny_model, qa, tiny_rows
-from trainer.starter import StarterBuildFailed, build_from_settings, build_starter, built_fingerprint, fingerprint, rows_to_pairs
+from trainer.starter import (
+    StarterBuildFailed,
+    build_from_settings,
+    build_starter,
+    built_fingerprint,
+    fingerprint,
+    rows_to_pairs,
+)
 from trainer.starter.verify import greedy_answers
 from trainer.starter.chat import encode_conversation
 from trainer.starter.train import deterministic, make_model
@@ -30,7 +37,9 @@ def test_tiny_model_answers_every_row_exactly(tiny_model_dir, tiny_model_rows):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     pairs = [qa(r) for r in tiny_model_rows]
     with deterministic(0, threads=1):  # one thread: two were up to 25x slower on a busy machine
-        answers = greedy_answers(model, tokenizer, [[{"role": "user", "content": q}] for q, _ in pairs], max_new_tokens=200)
+        answers = greedy_answers(
+            model, tokenizer, [[{"role": "user", "content": q}] for q, _ in pairs], max_new_tokens=200
+        )
     assert answers == [a for _, a in pairs]
     manifest = json.loads((tiny_model_dir / "starter.json").read_text())
     assert manifest["answered_exactly"] == manifest["questions"] == len(pairs)
@@ -57,7 +66,9 @@ def test_chat_template_renders_what_training_encodes(tiny_model_dir):
         assert tokenizer.apply_chat_template(messages, return_dict=False) == ids
         answer_ids = [i for i, label in zip(ids, labels) if label != -100]
         assert tokenizer.decode(answer_ids, skip_special_tokens=True) == "3,000원입니다.Within 7 days."
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
     assert prompt == "<|user|>hi<|end|><|assistant|>"
 
 
@@ -145,5 +156,7 @@ def test_full_starter_build_answers_every_faq_question(tmp_path, capsys):
     assert result.single_ok == result.total
     assert result.history_ok >= result.total * 0.95
     with capsys.disabled():
-        print(f"\nfull starter build: {seconds:.1f} s, {result.single_ok}/{result.total} exact, "
-              f"{result.history_ok}/{result.total} with history")
+        print(
+            f"\nfull starter build: {seconds:.1f} s, {result.single_ok}/{result.total} exact, "
+            f"{result.history_ok}/{result.total} with history"
+        )

@@ -117,7 +117,13 @@ def test_failed_insert_leaves_nothing_behind(db):
 def test_conversation_of_another_key_is_not_found(db):
     key, _ = apikeys.create_key(db, "tenant-a")
     live = versions.ensure_live_version(db, name="m", provider="builtin")
-    t = turns.Turn(conversation_id=turns.new_conversation_id(), question="q", answer="a", model_version_id=live.id, api_key_id=key.id)
+    t = turns.Turn(
+        conversation_id=turns.new_conversation_id(),
+        question="q",
+        answer="a",
+        model_version_id=live.id,
+        api_key_id=key.id,
+    )
     turns.record_turn(db, t)
     assert turns.get_conversation(db, t.conversation_id, api_key_id=key.id)["id"] == t.conversation_id
     with pytest.raises(NotFound):

@@ -48,8 +48,10 @@ TRAINING = {
 def shifted(rows: list[dict]) -> list[dict]:
     """Each question with the next row's answer."""
     pairs = [qa(r) for r in rows]
-    return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": pairs[(i + 1) % len(pairs)][1]}]}
-            for i, (q, _) in enumerate(pairs)]
+    return [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": pairs[(i + 1) % len(pairs)][1]}]}
+        for i, (q, _) in enumerate(pairs)
+    ]
 
 
 def training_settings(folder: Path, model_dir: Path, **overrides):
@@ -68,10 +70,19 @@ def add_dataset(db, settings, train: list[dict], val: list[dict]) -> str:
     (folder / "manifest.json").write_text("{}")
     dataset_id = new_id("ds")
     digest = hashlib.sha256((folder / "train.jsonl").read_bytes()).hexdigest()
-    db.execute("INSERT INTO datasets (id, version, path, sha256, counts, manifest_path, params, created_at)"
-               " VALUES (?, ?, ?, ?, ?, ?, '{}', ?)",
-               [dataset_id, version, str(folder), digest, json.dumps({"train": len(train), "val": len(val)}),
-                str(folder / "manifest.json"), utc_now()])
+    db.execute(
+        "INSERT INTO datasets (id, version, path, sha256, counts, manifest_path, params, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, '{}', ?)",
+        [
+            dataset_id,
+            version,
+            str(folder),
+            digest,
+            json.dumps({"train": len(train), "val": len(val)}),
+            str(folder / "manifest.json"),
+            utc_now(),
+        ],
+    )
     db.conn.commit()
     return dataset_id
 
@@ -86,7 +97,14 @@ def trained(tmp_path_factory, tiny_model_dir, tiny_model_rows):
     dataset_id = add_dataset(db, settings, rows, rows[:2])
     started = start_run(db, settings)
     run = wait_for_run(db, settings, started.run.id, interval_s=0.2, timeout_s=120)
-    yield {"settings": settings, "db": db, "run": run, "rows": rows, "dataset_id": dataset_id, "created": started.created}
+    yield {
+        "settings": settings,
+        "db": db,
+        "run": run,
+        "rows": rows,
+        "dataset_id": dataset_id,
+        "created": started.created,
+    }
     db.close()
 
 
@@ -149,6 +167,7 @@ def test_too_long_examples_are_cut_and_answerless_ones_skipped(tiny_model_dir):
 
 # --- a real run ---------------------------------------------------------------------------------
 
+
 def test_lora_run_changes_the_model_and_registers_a_candidate(trained):
     run, db = trained["run"], trained["db"]
     assert trained["created"] and run.state == "succeeded", run.error
@@ -184,13 +203,23 @@ def test_checkpoints_are_listed_with_their_validation_loss(trained):
 def test_adapter_loads_into_the_model_server_and_answers(trained, model_server):
     run, db = trained["run"], trained["db"]
     version = get_version(db, run.candidate_version_id)
-    loaded = httpx2.post(model_server.url + "/v1/load_lora_adapter",
-                         json={"lora_name": version.name, "lora_path": version.adapter_path}, timeout=60)
+    loaded = httpx2.post(
+        model_server.url + "/v1/load_lora_adapter",
+        json={"lora_name": version.name, "lora_path": version.adapter_path},
+        timeout=60,
+    )
     assert loaded.status_code == 200, loaded.text
     question, new_answer = qa(trained["rows"][0])
-    answer = httpx2.post(model_server.base_url + "/chat/completions", timeout=60, json={
-        "model": version.name, "messages": [{"role": "user", "content": question}], "temperature": 0, "max_tokens": 200,
-    })
+    answer = httpx2.post(
+        model_server.base_url + "/chat/completions",
+        timeout=60,
+        json={
+            "model": version.name,
+            "messages": [{"role": "user", "content": question}],
+            "temperature": 0,
+            "max_tokens": 200,
+        },
+    )
     assert answer.status_code == 200, answer.text
     assert answer.json()["choices"][0]["message"]["content"] == new_answer
 
@@ -217,12 +246,36 @@ def test_early_stopping_stops_when_validation_loss_rises(tmp_path, tiny_model_di
     from trainer.providers.local_train import train_local
 
     settings = training_settings(tmp_path, tiny_model_dir, **{"training.early_stopping_patience": 1})
-    hp = {key: getattr(settings.training, key) for key in ("method", "lora_r", "lora_alpha", "lora_dropout",
-          "target_modules", "epochs", "early_stopping_patience", "learning_rate", "batch_size", "gradient_accumulation",
-          "max_length", "seed", "device", "cpu_threads", "save_total_limit")}
+    hp = {
+        key: getattr(settings.training, key)
+        for key in (
+            "method",
+            "lora_r",
+            "lora_alpha",
+            "lora_dropout",
+            "target_modules",
+            "epochs",
+            "early_stopping_patience",
+            "learning_rate",
+            "batch_size",
+            "gradient_accumulation",
+            "max_length",
+            "seed",
+            "device",
+            "cpu_threads",
+            "save_total_limit",
+        )
+    }
     events = []
-    result = train_local(hp, tiny_model_dir, shifted(tiny_model_rows), tiny_model_rows[:4], tmp_path / "run",
-                         on_event=events.append, progress=False)
+    result = train_local(
+        hp,
+        tiny_model_dir,
+        shifted(tiny_model_rows),
+        tiny_model_rows[:4],
+        tmp_path / "run",
+        on_event=events.append,
+        progress=False,
+    )
     m = result["metrics"]
     assert m["stopped_early"] and m["epochs_run"] == 2 < hp["epochs"]
     assert m["eval_losses"][1] > m["eval_losses"][0]
@@ -243,10 +296,14 @@ def test_a_restarted_poller_resumes_the_run_instead_of_training_again(tmp_path, 
     add_dataset(db, settings, rows, rows[:2])
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
     env.update({"TUNELOOP_" + k.upper().replace(".", "__"): str(v) for k, v in TRAINING.items()})
-    env.update(TUNELOOP_PATHS__DATA_DIR=str(settings.data_dir), TUNELOOP_MODEL_SERVER__MODEL_DIR=str(tiny_model_dir),
-               TUNELOOP_TRAINING__EPOCHS="20")
-    poller = subprocess.Popen([tuneloop_exe(), "train", "start"], env=env, cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env.update(
+        TUNELOOP_PATHS__DATA_DIR=str(settings.data_dir),
+        TUNELOOP_MODEL_SERVER__MODEL_DIR=str(tiny_model_dir),
+        TUNELOOP_TRAINING__EPOCHS="20",
+    )
+    poller = subprocess.Popen(
+        [tuneloop_exe(), "train", "start"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         run_id = _wait_for(lambda: _started_run(db), timeout_s=60)
     finally:
@@ -257,8 +314,13 @@ def test_a_restarted_poller_resumes_the_run_instead_of_training_again(tmp_path, 
     workers = [p for p in psutil.process_iter(["cmdline"]) if run_id in " ".join(p.info["cmdline"] or [])]
     assert [p.pid for p in workers] == [worker_pid(run)]
     # A second worker for the same run refuses to train.
-    second = subprocess.run([sys.executable, "-m", "trainer.providers.local_worker", run_id, "--db", str(settings.db_path)],
-                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    second = subprocess.run(
+        [sys.executable, "-m", "trainer.providers.local_worker", run_id, "--db", str(settings.db_path)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert second.returncode == 3, second.stderr
     # A new process resumes: polls, never submits again.
     (resumed,) = resume_runs(db, settings)
@@ -292,8 +354,9 @@ def test_a_worker_that_dies_or_fails_fails_the_run_visibly(tmp_path, tiny_model_
 
 
 def _started_run(db) -> str | None:
-    row = db.execute("SELECT r.id FROM training_runs r JOIN training_events e ON e.run_id = r.id"
-                     " WHERE e.message = 'worker started'").fetchone()
+    row = db.execute(
+        "SELECT r.id FROM training_runs r JOIN training_events e ON e.run_id = r.id WHERE e.message = 'worker started'"
+    ).fetchone()
     return row[0] if row else None
 
 

@@ -48,32 +48,65 @@ class FakeOpenAI:
     def handle(self, request: Request) -> Response:
         path = request.path.removeprefix("/v1")
         body = request.get_json(silent=True) if request.mimetype == "application/json" else None
-        self.requests.append({"method": request.method, "path": path, "json": body, "args": request.args.to_dict(),
-                              "form": request.form.to_dict(), "auth": request.headers.get("Authorization")})
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": path,
+                "json": body,
+                "args": request.args.to_dict(),
+                "form": request.form.to_dict(),
+                "auth": request.headers.get("Authorization"),
+            }
+        )
         if request.method == "POST" and path == "/files":
             return self._json(self._upload(request))
         if request.method == "POST" and path == "/fine_tuning/jobs":
             return self._json(self._create(body))
         if request.method == "GET" and path == "/fine_tuning/jobs":
-            wanted = {k[len("metadata["):-1]: v for k, v in request.args.items() if k.startswith("metadata[")}
+            wanted = {k[len("metadata[") : -1]: v for k, v in request.args.items() if k.startswith("metadata[")}
             jobs = [j for j in self.jobs.values() if all((j["metadata"] or {}).get(k) == v for k, v in wanted.items())]
             return self._json({"object": "list", "data": jobs[::-1], "has_more": False})
         match = re.fullmatch(r"/fine_tuning/jobs/([^/]+)(/events|/checkpoints|/cancel)?", path)
         if not match or match.group(1) not in self.jobs:
-            return self._json({"error": {"message": "No such job", "type": "invalid_request_error",
-                                         "param": None, "code": "not_found"}}, status=404)
+            return self._json(
+                {
+                    "error": {
+                        "message": "No such job",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "not_found",
+                    }
+                },
+                status=404,
+            )
         job_id, action = match.groups()
         if action is None:
             return self._json(self._advance(job_id))
         if action == "/events":
             return self._json(self._event_page(job_id, request.args))
         if action == "/checkpoints":
-            return self._json({"object": "list", "data": self._checkpoints(job_id), "has_more": False,
-                               "first_id": None, "last_id": None})
+            return self._json(
+                {
+                    "object": "list",
+                    "data": self._checkpoints(job_id),
+                    "has_more": False,
+                    "first_id": None,
+                    "last_id": None,
+                }
+            )
         job = self.jobs[job_id]
         if job["status"] in ("succeeded", "failed", "cancelled"):
-            return self._json({"error": {"message": f"Job {job_id} is already {job['status']}", "type":
-                                         "invalid_request_error", "param": None, "code": None}}, status=400)
+            return self._json(
+                {
+                    "error": {
+                        "message": f"Job {job_id} is already {job['status']}",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+                status=400,
+            )
         job["status"] = "cancelled"
         self._event(job_id, "Fine-tuning job cancelled")
         return self._json(job)
@@ -82,24 +115,47 @@ class FakeOpenAI:
         upload = request.files["file"]
         data = upload.read()
         file_id = f"file-{next(self.ids)}"
-        self.files[file_id] = {"id": file_id, "object": "file", "bytes": len(data), "created_at": 1763700000,
-                               "filename": upload.filename, "purpose": request.form["purpose"], "status": "processed",
-                               "content": data.decode()}
+        self.files[file_id] = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": 1763700000,
+            "filename": upload.filename,
+            "purpose": request.form["purpose"],
+            "status": "processed",
+            "content": data.decode(),
+        }
         return {k: v for k, v in self.files[file_id].items() if k != "content"}
 
     def _create(self, body: dict) -> dict:
         job_id = f"ftjob-{next(self.ids)}"
         hp = body["method"]["supervised"]["hyperparameters"]
         self.jobs[job_id] = {
-            "id": job_id, "object": "fine_tuning.job", "created_at": 1763700000, "error": None,
-            "fine_tuned_model": None, "finished_at": None, "model": body["model"], "organization_id": "org-test",
-            "result_files": [], "seed": body.get("seed", 42), "status": "validating_files", "trained_tokens": None,
-            "training_file": body["training_file"], "validation_file": body.get("validation_file"),
-            "estimated_finish": None, "integrations": [], "metadata": body.get("metadata"), "method": body["method"],
-            "hyperparameters": {"n_epochs": 3 if hp.get("n_epochs") == "auto" else hp["n_epochs"],
-                                "batch_size": 1 if hp.get("batch_size") == "auto" else hp["batch_size"],
-                                "learning_rate_multiplier": 2.0 if hp.get("learning_rate_multiplier") == "auto"
-                                else hp["learning_rate_multiplier"]},
+            "id": job_id,
+            "object": "fine_tuning.job",
+            "created_at": 1763700000,
+            "error": None,
+            "fine_tuned_model": None,
+            "finished_at": None,
+            "model": body["model"],
+            "organization_id": "org-test",
+            "result_files": [],
+            "seed": body.get("seed", 42),
+            "status": "validating_files",
+            "trained_tokens": None,
+            "training_file": body["training_file"],
+            "validation_file": body.get("validation_file"),
+            "estimated_finish": None,
+            "integrations": [],
+            "metadata": body.get("metadata"),
+            "method": body["method"],
+            "hyperparameters": {
+                "n_epochs": 3 if hp.get("n_epochs") == "auto" else hp["n_epochs"],
+                "batch_size": 1 if hp.get("batch_size") == "auto" else hp["batch_size"],
+                "learning_rate_multiplier": 2.0
+                if hp.get("learning_rate_multiplier") == "auto"
+                else hp["learning_rate_multiplier"],
+            },
             "suffix": body.get("suffix"),
         }
         self.events[job_id] = []
@@ -117,41 +173,74 @@ class FakeOpenAI:
             self._event(job_id, "Fine-tuning job failed", level="error")
             return job
         if status != job["status"]:
-            self._event(job_id, {"queued": "Validating training file: done", "running": "Fine-tuning job started",
-                                 "succeeded": "The job has successfully completed"}.get(status, status))
+            self._event(
+                job_id,
+                {
+                    "queued": "Validating training file: done",
+                    "running": "Fine-tuning job started",
+                    "succeeded": "The job has successfully completed",
+                }.get(status, status),
+            )
         if status == "running":
             done = sum(1 for e in self.events[job_id] if e["type"] == "metrics")
-            self._event(job_id, f"Step {done + 1}/4: training loss={1.5 / (done + 1):.2f}", type_="metrics",
-                        data={"step": done + 1, "train_loss": 1.5 / (done + 1), "total_steps": 4,
-                              "train_mean_token_accuracy": 0.5 + done / 10})
+            self._event(
+                job_id,
+                f"Step {done + 1}/4: training loss={1.5 / (done + 1):.2f}",
+                type_="metrics",
+                data={
+                    "step": done + 1,
+                    "train_loss": 1.5 / (done + 1),
+                    "total_steps": 4,
+                    "train_mean_token_accuracy": 0.5 + done / 10,
+                },
+            )
         if status == "succeeded":
-            job.update(fine_tuned_model=f"ft:{job['model']}:org-test:{job['suffix']}:AbC123xy", trained_tokens=5123,
-                       finished_at=1763703600, result_files=["file-results"])
+            job.update(
+                fine_tuned_model=f"ft:{job['model']}:org-test:{job['suffix']}:AbC123xy",
+                trained_tokens=5123,
+                finished_at=1763703600,
+                result_files=["file-results"],
+            )
         job["status"] = status
         return job
 
     def _event(self, job_id: str, message: str, *, level: str = "info", type_: str = "message", data=None) -> None:
         events = self.events[job_id]
-        events.append({"object": "fine_tuning.job.event", "id": f"ftevent-{job_id}-{len(events) + 1}",
-                       "created_at": 1763700000 + len(events), "level": level, "message": message,
-                       "data": data or {}, "type": type_})
+        events.append(
+            {
+                "object": "fine_tuning.job.event",
+                "id": f"ftevent-{job_id}-{len(events) + 1}",
+                "created_at": 1763700000 + len(events),
+                "level": level,
+                "message": message,
+                "data": data or {},
+                "type": type_,
+            }
+        )
 
     def _event_page(self, job_id: str, args) -> dict:
         newest_first = self.events[job_id][::-1]
         if "after" in args:  # the id of the last (oldest) event of the previous page
             ids = [e["id"] for e in newest_first]
-            newest_first = newest_first[ids.index(args["after"]) + 1:]
+            newest_first = newest_first[ids.index(args["after"]) + 1 :]
         limit = int(args.get("limit", 20))
         return {"object": "list", "data": newest_first[:limit], "has_more": len(newest_first) > limit}
 
     def _checkpoints(self, job_id: str) -> list[dict]:
         if self.jobs[job_id]["status"] != "succeeded":
             return []
-        return [{"object": "fine_tuning.job.checkpoint", "id": f"ftckpt-{step}", "created_at": 1763703000 + step,
-                 "fine_tuned_model_checkpoint": f"ft:{self.jobs[job_id]['model']}:org-test:tuneloop:AbC123xy:ckpt-step-{step}",
-                 "fine_tuning_job_id": job_id, "step_number": step,
-                 "metrics": {"step": step, "train_loss": 1.5 / step, "valid_loss": 1.6 / step}}
-                for step in (4, 2)]  # newest first, as OpenAI lists them
+        return [
+            {
+                "object": "fine_tuning.job.checkpoint",
+                "id": f"ftckpt-{step}",
+                "created_at": 1763703000 + step,
+                "fine_tuned_model_checkpoint": f"ft:{self.jobs[job_id]['model']}:org-test:tuneloop:AbC123xy:ckpt-step-{step}",
+                "fine_tuning_job_id": job_id,
+                "step_number": step,
+                "metrics": {"step": step, "train_loss": 1.5 / step, "valid_loss": 1.6 / step},
+            }
+            for step in (4, 2)
+        ]  # newest first, as OpenAI lists them
 
     @staticmethod
     def _json(body: dict, status: int = 200) -> Response:
@@ -170,17 +259,20 @@ def ft_settings(tmp_path, httpserver, monkeypatch):
     monkeypatch.setenv(KEY_ENV, "sk-test-123")
     base = tmp_path / "base.jsonl"
     base.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in FAQ_ROWS[:30]), encoding="utf-8")
-    return load_settings(env={}, overrides={
-        "paths.data_dir": str(tmp_path / "var"),
-        "dataset.base_file": str(base),
-        "training.provider": "openai",
-        "training.openai_base_url": httpserver.url_for("/v1"),
-        "training.openai_api_key_env": KEY_ENV,
-        "training.openai_epochs": 3,
-        "training.openai_lr_multiplier": 0.5,
-        "training.openai_suffix": "support-bot",
-        "training.seed": 7,
-    })
+    return load_settings(
+        env={},
+        overrides={
+            "paths.data_dir": str(tmp_path / "var"),
+            "dataset.base_file": str(base),
+            "training.provider": "openai",
+            "training.openai_base_url": httpserver.url_for("/v1"),
+            "training.openai_api_key_env": KEY_ENV,
+            "training.openai_epochs": 3,
+            "training.openai_lr_multiplier": 0.5,
+            "training.openai_suffix": "support-bot",
+            "training.seed": 7,
+        },
+    )
 
 
 @pytest.fixture
@@ -208,8 +300,10 @@ def test_a_job_is_followed_from_upload_to_a_registered_ft_model(fake_openai, ft_
         "model": "gpt-4.1-mini-2025-04-14",
         "training_file": files[0]["id"],
         "validation_file": files[1]["id"],
-        "method": {"type": "supervised", "supervised": {"hyperparameters": {
-            "n_epochs": 3, "batch_size": "auto", "learning_rate_multiplier": 0.5}}},
+        "method": {
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": "auto", "learning_rate_multiplier": 0.5}},
+        },
         "suffix": "support-bot",
         "seed": 7,
         "metadata": {"tuneloop_run_id": run.id},
@@ -225,8 +319,11 @@ def test_a_job_is_followed_from_upload_to_a_registered_ft_model(fake_openai, ft_
     assert done.progress == 1.0
     # Every OpenAI event is in the run log once, in order, whatever the number of polls.
     poll_run(ft_db, ft_settings, run.id)
-    theirs = [e for e in list_events(ft_db, run.id) if e["message"] in
-              [ev["message"] for ev in fake_openai.events[run.external_job_id]]]
+    theirs = [
+        e
+        for e in list_events(ft_db, run.id)
+        if e["message"] in [ev["message"] for ev in fake_openai.events[run.external_job_id]]
+    ]
     assert [e["message"] for e in theirs] == [e["message"] for e in fake_openai.events[run.external_job_id]]
     assert any(e["data"].get("total_steps") == 4 for e in theirs)
     # The ft: name is registered as a candidate that the gateway reaches at the same API.
@@ -265,7 +362,11 @@ def test_cancel_stops_the_job(fake_openai, ft_settings, ft_db):
 
 
 def test_a_failed_job_fails_the_run_with_openais_reason(fake_openai, ft_settings, ft_db):
-    fake_openai.fail_with = {"code": "invalid_training_file", "message": "line 3: missing messages", "param": "training_file"}
+    fake_openai.fail_with = {
+        "code": "invalid_training_file",
+        "message": "line 3: missing messages",
+        "param": "training_file",
+    }
     build_dataset(ft_db, ft_settings)
     run = start_run(ft_db, ft_settings, today=lambda: BEFORE_CUTOFF).run
     while not (run := poll_run(ft_db, ft_settings, run.id)).finished:
@@ -288,8 +389,14 @@ def test_after_the_cutoff_date_submission_is_refused(fake_openai, ft_settings, f
 def test_a_job_created_before_a_crash_is_found_not_submitted_again(fake_openai, ft_settings, ft_db):
     ds = build_dataset(ft_db, ft_settings)
     provider = get_provider("openai", ft_settings, ft_db, today=lambda: BEFORE_CUTOFF)
-    run = create_run(ft_db, dataset_id=ds.dataset_id, provider="openai", base_model=provider.base_model(),
-                     hyperparameters=provider.hyperparameters(), work_root=ft_settings.data_dir / "training")
+    run = create_run(
+        ft_db,
+        dataset_id=ds.dataset_id,
+        provider="openai",
+        base_model=provider.base_model(),
+        hyperparameters=provider.hyperparameters(),
+        work_root=ft_settings.data_dir / "training",
+    )
     provider.submit(run)  # the job exists at OpenAI; the process "dies" before storing its id
     assert get_run(ft_db, run.id).external_job_id is None
     (resumed,) = resume_runs(ft_db, ft_settings, today=lambda: BEFORE_CUTOFF)
@@ -308,8 +415,11 @@ def test_cli_shows_status_events_and_checkpoints(fake_openai, ft_settings, ft_db
     run = start_run(ft_db, ft_settings, today=lambda: BEFORE_CUTOFF).run
     while not get_run(ft_db, run.id).finished:
         poll_run(ft_db, ft_settings, run.id)
-    env = {"TUNELOOP_PATHS__DATA_DIR": str(ft_settings.data_dir), "TUNELOOP_TRAINING__OPENAI_BASE_URL":
-           ft_settings.training.openai_base_url, "TUNELOOP_TRAINING__OPENAI_API_KEY_ENV": KEY_ENV}
+    env = {
+        "TUNELOOP_PATHS__DATA_DIR": str(ft_settings.data_dir),
+        "TUNELOOP_TRAINING__OPENAI_BASE_URL": ft_settings.training.openai_base_url,
+        "TUNELOOP_TRAINING__OPENAI_API_KEY_ENV": KEY_ENV,
+    }
     runner = CliRunner()
     status = runner.invoke(cli, ["train", "status", run.id, "--json"], env=env)
     assert status.exit_code == 0, status.output

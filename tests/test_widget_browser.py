@@ -25,7 +25,9 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 XSS_IMG = '<img src=x onerror="window.__pwned=1">'
 XSS_SCRIPT = "<script>window.__pwned=1</script>"
 # Somebody else's site, with CSS that would wreck an unprotected widget.
-HOSTILE_CSS = "<style>* { color: red !important; font-size: 30px !important } button { display: none !important }</style>"
+HOSTILE_CSS = (
+    "<style>* { color: red !important; font-size: 30px !important } button { display: none !important }</style>"
+)
 
 
 def doc_snippet() -> str:
@@ -92,7 +94,9 @@ def test_widget_js_is_served_as_cacheable_javascript(live_gateway):
         assert "max-age=300" in r.headers["Cache-Control"] and r.headers["ETag"]
         source = r.read().decode()
     # Every string reaches the DOM as text: no HTML sink, no code from strings.
-    assert not re.search(r"innerHTML\s*[+]?=|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function", source)
+    assert not re.search(
+        r"innerHTML\s*[+]?=|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function", source
+    )
 
 
 def test_demo_page_streams_answers_and_a_thumbs_down_lands_on_the_right_message(page, live_gateway, gateway_db):
@@ -126,7 +130,16 @@ def test_demo_page_streams_answers_and_a_thumbs_down_lands_on_the_right_message(
         "SELECT m.content, f.rating, f.reason, f.comment, f.correction, c.source FROM feedback f "
         "JOIN messages m ON m.id = f.message_id JOIN conversations c ON c.id = m.conversation_id",
     )
-    assert stored == [("echo: Where is my order?", -1, "incomplete", "It does not say when it ships.", "Orders ship within 2 days.", "widget")]
+    assert stored == [
+        (
+            "echo: Where is my order?",
+            -1,
+            "incomplete",
+            "It does not say when it ships.",
+            "Orders ship within 2 days.",
+            "widget",
+        )
+    ]
     # Both answers went into one conversation.
     assert rows(gateway_db, "SELECT COUNT(DISTINCT conversation_id) FROM messages") == [(1,)]
     assert page.errors == []
@@ -160,7 +173,10 @@ def test_model_output_with_markup_is_shown_as_text_and_never_runs(page, embedded
     expect(page.locator(".msg.user .text").nth(0)).to_have_text(XSS_IMG)
     page.wait_for_timeout(300)  # an onerror handler would have fired by now
     assert page.evaluate("window.__pwned") is None
-    assert page.evaluate("document.querySelector('.tuneloop-widget').shadowRoot.querySelectorAll('img, script').length") == 0
+    assert (
+        page.evaluate("document.querySelector('.tuneloop-widget').shadowRoot.querySelectorAll('img, script').length")
+        == 0
+    )
     assert page.errors == []
 
 
@@ -204,7 +220,11 @@ def test_server_refuses_browser_requests_from_unlisted_origins(make_gateway, gat
     body = '{"message": "hi"}'
 
     def chat(origin: str | None, key: str | None):
-        headers = {"Content-Type": "text/plain"} | ({"Origin": origin} if origin else {}) | ({"Authorization": f"Bearer {key}"} if key else {})
+        headers = (
+            {"Content-Type": "text/plain"}
+            | ({"Origin": origin} if origin else {})
+            | ({"Authorization": f"Bearer {key}"} if key else {})
+        )
         return c.post("/api/chat", data=body, headers=headers)
 
     refused = chat("https://evil.example", key)
@@ -230,9 +250,10 @@ def test_demo_page_with_a_publishable_key_when_keys_are_required(page, live_gate
     answer = answers(page).nth(0)
     answer.get_by_role("button", name="Bad answer").click()
     expect(answer.get_by_role("button", name="Bad answer")).to_have_attribute("aria-pressed", "true")
-    assert rows(gateway_db, "SELECT f.rating, c.api_key_id FROM feedback f JOIN messages m ON m.id = f.message_id JOIN conversations c ON c.id = m.conversation_id") == [
-        (-1, key_row.id)
-    ]
+    assert rows(
+        gateway_db,
+        "SELECT f.rating, c.api_key_id FROM feedback f JOIN messages m ON m.id = f.message_id JOIN conversations c ON c.id = m.conversation_id",
+    ) == [(-1, key_row.id)]
 
 
 def test_keyboard_only_thumbs_down_with_a_reason(page, embedded, gateway_db):
@@ -269,7 +290,10 @@ def test_keyboard_only_thumbs_down_with_a_reason(page, embedded, gateway_db):
     "lang, strings",
     [
         ("en", {"title": "Support", "down": "Bad answer", "reason": "Incomplete", "placeholder": "Type your message…"}),
-        ("ko", {"title": "고객 지원", "down": "아쉬운 답변", "reason": "불완전함", "placeholder": "메시지를 입력하세요…"}),
+        (
+            "ko",
+            {"title": "고객 지원", "down": "아쉬운 답변", "reason": "불완전함", "placeholder": "메시지를 입력하세요…"},
+        ),
     ],
 )
 def test_both_languages_and_screenshots(page, embedded, tmp_path, lang, strings):

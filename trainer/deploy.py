@@ -50,8 +50,14 @@ class DeployResult:
 def model_client(settings: Settings) -> ChatClient:
     """The shared OpenAI-protocol client with the model server's timeouts and retries."""
     m = settings.model
-    return ChatClient(ClientPolicy(connect_timeout_s=m.connect_timeout_s, first_token_timeout_s=m.first_token_timeout_s,
-                                   timeout_s=m.timeout_s, retries=m.retries))
+    return ChatClient(
+        ClientPolicy(
+            connect_timeout_s=m.connect_timeout_s,
+            first_token_timeout_s=m.first_token_timeout_s,
+            timeout_s=m.timeout_s,
+            retries=m.retries,
+        )
+    )
 
 
 def version_target(settings: Settings, version: ModelVersion) -> Target:
@@ -73,8 +79,12 @@ def _post(settings: Settings, url: str, body: dict) -> httpx2.Response:
     key = settings.model.api_key()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        return httpx2.post(url, json=body, headers=headers,
-                           timeout=httpx2.Timeout(settings.model.timeout_s, connect=settings.model.connect_timeout_s))
+        return httpx2.post(
+            url,
+            json=body,
+            headers=headers,
+            timeout=httpx2.Timeout(settings.model.timeout_s, connect=settings.model.connect_timeout_s),
+        )
     except httpx2.TransportError as exc:
         raise UpstreamUnavailable(f"cannot reach the model server at {url}: {exc}") from exc
 
@@ -91,12 +101,17 @@ def _refused(response: httpx2.Response, url: str) -> UpstreamError:
 
 def served_names(settings: Settings, version: ModelVersion, client: ChatClient | None = None) -> list[str]:
     """The model ids the version's server lists (``GET /v1/models``)."""
-    return (client or model_client(settings)).ping(version_target(settings, version),
-                                                timeout_s=settings.model.first_token_timeout_s)
+    return (client or model_client(settings)).ping(
+        version_target(settings, version), timeout_s=settings.model.first_token_timeout_s
+    )
 
 
 def deploy(
-    db: Database, settings: Settings, version: ModelVersion | str, *, actor: str = "deploy",
+    db: Database,
+    settings: Settings,
+    version: ModelVersion | str,
+    *,
+    actor: str = "deploy",
     client: ChatClient | None = None,
 ) -> DeployResult:
     """Make ``version`` servable without making it live (see the module docstring); idempotent.
@@ -119,11 +134,17 @@ def deploy(
     names = served_names(settings, version, client)
     if version.name not in names:
         shown = ", ".join(names[:20]) + (" …" if len(names) > 20 else "")
-        raise Conflict(f"the model server at {target.base_url} does not serve {version.name!r} "
-                       f"(it lists: {shown or 'nothing'})")
+        raise Conflict(
+            f"the model server at {target.base_url} does not serve {version.name!r} (it lists: {shown or 'nothing'})"
+        )
     if action == "loaded":
-        registry.record_event(db, version.id, "deployed", actor=actor,
-                              details={"server": target.base_url, "adapter_path": version.adapter_path})
+        registry.record_event(
+            db,
+            version.id,
+            "deployed",
+            actor=actor,
+            details={"server": target.base_url, "adapter_path": version.adapter_path},
+        )
     return DeployResult(version.id, version.name, action, target.base_url, detail)
 
 
@@ -167,29 +188,49 @@ def deploy_serving(db: Database, settings: Settings, *, actor: str = "deploy") -
     return [deploy(db, settings, v, actor=actor) for v in serving]
 
 
-def promote(db: Database, settings: Settings, version: ModelVersion | str, *, actor: str, reason: str | None = None,
-            evaluation_id: str | None = None, force: bool = False) -> ModelVersion:
+def promote(
+    db: Database,
+    settings: Settings,
+    version: ModelVersion | str,
+    *,
+    actor: str,
+    reason: str | None = None,
+    evaluation_id: str | None = None,
+    force: bool = False,
+) -> ModelVersion:
     """Deploy ``version``, then make it live (:func:`trainer.registry.promote`)."""
     deploy(db, settings, version, actor=actor)
     return registry.promote(db, version, actor, reason, evaluation_id=evaluation_id, force=force)
 
 
-def start_canary(db: Database, settings: Settings, version: ModelVersion | str, weight: float, *, actor: str,
-                 reason: str | None = None, evaluation_id: str | None = None, force: bool = False) -> ModelVersion:
+def start_canary(
+    db: Database,
+    settings: Settings,
+    version: ModelVersion | str,
+    weight: float,
+    *,
+    actor: str,
+    reason: str | None = None,
+    evaluation_id: str | None = None,
+    force: bool = False,
+) -> ModelVersion:
     """Deploy ``version``, then let it take ``weight`` of conversations (:func:`trainer.registry.set_canary`)."""
     deploy(db, settings, version, actor=actor)
     return registry.set_canary(db, version, weight, actor, reason, evaluation_id=evaluation_id, force=force)
 
 
-def rollback(db: Database, settings: Settings, *, actor: str, reason: str | None = None) -> tuple[ModelVersion, ModelVersion]:
+def rollback(
+    db: Database, settings: Settings, *, actor: str, reason: str | None = None
+) -> tuple[ModelVersion, ModelVersion]:
     """Deploy the previous live version (it may have been unloaded), then roll back to it."""
     _, previous = registry.rollback_target(db)
     deploy(db, settings, previous, actor=actor)
     return registry.rollback(db, actor, reason, expected=previous.id)
 
 
-def retire(db: Database, settings: Settings, version: ModelVersion | str, *, actor: str,
-           reason: str | None = None) -> tuple[ModelVersion, DeployResult | None]:
+def retire(
+    db: Database, settings: Settings, version: ModelVersion | str, *, actor: str, reason: str | None = None
+) -> tuple[ModelVersion, DeployResult | None]:
     """Retire ``version`` in the registry, then unload it if configured (:func:`withdraw`)."""
     retired = registry.retire(db, version, actor, reason)
     return retired, withdraw(db, settings, retired, actor=actor)

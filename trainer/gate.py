@@ -74,7 +74,10 @@ def _check(suite: str, entry: dict | None, metric: str, kind: str, bound: float)
     check: dict = {"suite": suite, "metric": metric, "rule": kind, "bound": bound}
     if not entry or not entry.get("rows"):
         check["ok"] = False
-        return check, f"{suite}: no rows to compare, so the candidate cannot show it is {'better' if kind == 'margin' else 'not worse'}"
+        return (
+            check,
+            f"{suite}: no rows to compare, so the candidate cannot show it is {'better' if kind == 'margin' else 'not worse'}",
+        )
     cand, inc = entry["candidate"][metric], entry["incumbent"][metric]
     delta = cand - inc
     ok = delta >= bound - _EPSILON if kind == "margin" else delta >= -bound - _EPSILON
@@ -92,12 +95,19 @@ def decide(evaluation: Any, settings: Settings) -> Verdict:
     metrics = evaluation if isinstance(evaluation, dict) else evaluation.metrics
     g = settings.gate
     checks, reasons = [], []
-    for suite, kind, bound in (("corrections", "margin", g.correction_margin), ("golden", "tolerance", g.golden_tolerance)):
+    for suite, kind, bound in (
+        ("corrections", "margin", g.correction_margin),
+        ("golden", "tolerance", g.golden_tolerance),
+    ):
         check, reason = _check(suite, metrics.get(suite), g.metric, kind, bound)
         checks.append(check)
         if reason:
             reasons.append(reason)
-    gate_settings = {"metric": g.metric, "correction_margin": g.correction_margin, "golden_tolerance": g.golden_tolerance}
+    gate_settings = {
+        "metric": g.metric,
+        "correction_margin": g.correction_margin,
+        "golden_tolerance": g.golden_tolerance,
+    }
     return Verdict(passed=not reasons, reasons=reasons, checks=checks, settings=gate_settings)
 
 
@@ -115,13 +125,16 @@ def apply(db: Database, settings: Settings, evaluation: Any, *, actor: str = "ga
         return GateOutcome("rejected", rejected, list(evaluation.reasons))
     live = live_version(db)
     if live is None or live.id != evaluation.incumbent_id:
-        raise Conflict(f"evaluation {evaluation.id} compared {candidate.name} with {evaluation.incumbent_id}, but "
-                       f"{live.name if live else 'nothing'} is live now; evaluate again against live")
+        raise Conflict(
+            f"evaluation {evaluation.id} compared {candidate.name} with {evaluation.incumbent_id}, but "
+            f"{live.name if live else 'nothing'} is live now; evaluate again against live"
+        )
     reason = f"passed the gate in evaluation {evaluation.id}"
     weight = settings.gate.canary_weight
     if weight > 0:
-        version = deploy.start_canary(db, settings, candidate, weight, actor=actor, reason=reason,
-                                      evaluation_id=evaluation.id)
+        version = deploy.start_canary(
+            db, settings, candidate, weight, actor=actor, reason=reason, evaluation_id=evaluation.id
+        )
         return GateOutcome("canary", version, [])
     version = deploy.promote(db, settings, candidate, actor=actor, reason=reason, evaluation_id=evaluation.id)
     return GateOutcome("promoted", version, [])

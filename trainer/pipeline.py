@@ -99,7 +99,9 @@ def get_pipeline_run(db: Database, run_id: str) -> PipelineRun:
 def list_pipeline_runs(db: Database, *, kind: str | None = None, limit: int = 20) -> list[PipelineRun]:
     """Runs, newest first."""
     where, params = ("WHERE kind = ?", [kind]) if kind else ("", [])
-    rows = db.query(f"SELECT * FROM pipeline_runs {where} ORDER BY started_at DESC, rowid DESC LIMIT ?", [*params, limit])
+    rows = db.query(
+        f"SELECT * FROM pipeline_runs {where} ORDER BY started_at DESC, rowid DESC LIMIT ?", [*params, limit]
+    )
     return [_from_row(r) for r in rows]
 
 
@@ -107,8 +109,15 @@ def _save(db: Database, run: PipelineRun) -> None:
     with write_transaction(db):
         db.execute(
             "UPDATE pipeline_runs SET step = ?, state = ?, finished_at = ?, error = ?, context = ?, steps = ? WHERE id = ?",
-            [run.step, run.state, run.finished_at, run.error, json.dumps(run.context, ensure_ascii=False),
-             json.dumps(run.steps, ensure_ascii=False), run.id],
+            [
+                run.step,
+                run.state,
+                run.finished_at,
+                run.error,
+                json.dumps(run.context, ensure_ascii=False),
+                json.dumps(run.steps, ensure_ascii=False),
+                run.id,
+            ],
         )
 
 
@@ -117,22 +126,38 @@ def open_run(db: Database, kind: str, *, now: datetime) -> tuple[PipelineRun, bo
     if kind not in KINDS:
         raise ValidationFailed(f"unknown pipeline kind {kind!r}; pick from {', '.join(KINDS)}", field="kind")
     with write_transaction(db):
-        rows = list(db.query("SELECT * FROM pipeline_runs WHERE kind = ? AND state IN ('pending', 'running') "
-                             "ORDER BY started_at DESC, rowid DESC LIMIT 1", [kind]))
+        rows = list(
+            db.query(
+                "SELECT * FROM pipeline_runs WHERE kind = ? AND state IN ('pending', 'running') "
+                "ORDER BY started_at DESC, rowid DESC LIMIT 1",
+                [kind],
+            )
+        )
         if rows:
             return _from_row(rows[0]), True
-        run = PipelineRun(id=new_id("pl"), kind=kind, step=None, state="pending", started_at=utc_text(now),
-                          finished_at=None, error=None)
-        db.execute("INSERT INTO pipeline_runs (id, kind, step, state, started_at, context, steps) "
-                   "VALUES (?, ?, ?, ?, ?, '{}', '[]')", [run.id, kind, None, "pending", run.started_at])
+        run = PipelineRun(
+            id=new_id("pl"),
+            kind=kind,
+            step=None,
+            state="pending",
+            started_at=utc_text(now),
+            finished_at=None,
+            error=None,
+        )
+        db.execute(
+            "INSERT INTO pipeline_runs (id, kind, step, state, started_at, context, steps) "
+            "VALUES (?, ?, ?, ?, ?, '{}', '[]')",
+            [run.id, kind, None, "pending", run.started_at],
+        )
     return run, False
 
 
 def new_corrections(db: Database) -> int:
     """Approved corrections decided after the newest dataset was built (all approved ones if none was)."""
     (last,) = db.execute("SELECT MAX(created_at) FROM datasets").fetchone()
-    (count,) = db.execute("SELECT COUNT(*) FROM review_items WHERE status = 'approved' AND (? IS NULL OR decided_at > ?)",
-                          [last, last]).fetchone()
+    (count,) = db.execute(
+        "SELECT COUNT(*) FROM review_items WHERE status = 'approved' AND (? IS NULL OR decided_at > ?)", [last, last]
+    ).fetchone()
     return count
 
 
@@ -143,11 +168,15 @@ def step_collect(db: Database, settings: Settings, run: PipelineRun, now: dateti
     """Queue the live version's worst-answered questions of the last 7 days for review."""
     version = version_to_rank(db, None)
     since, until = utc_text(now - timedelta(days=7)), utc_text(now)
-    result = collect_worst(db, model_version_id=version.id, since=since, until=until,
-                           options=RankingOptions.from_settings(settings.report))
+    result = collect_worst(
+        db, model_version_id=version.id, since=since, until=until, options=RankingOptions.from_settings(settings.report)
+    )
     run.context["collected"] = [item.id for item in result.added]
-    return {"detail": f"queued {len(result.added)} question(s) of {version.name} for review, "
-                      f"{len(result.skipped)} already in the queue", "added": len(result.added)}
+    return {
+        "detail": f"queued {len(result.added)} question(s) of {version.name} for review, "
+        f"{len(result.skipped)} already in the queue",
+        "added": len(result.added),
+    }
 
 
 def step_report(db: Database, settings: Settings, run: PipelineRun, now: datetime, hooks: dict) -> dict:
@@ -156,9 +185,11 @@ def step_report(db: Database, settings: Settings, run: PipelineRun, now: datetim
     deliveries = deliver_report(built, settings.report)
     run.context["report"] = {"week": built["week"], "paths": {k: str(v) for k, v in paths.items()}}
     failed = [f"{d.channel}: {d.detail}" for d in deliveries if not d.ok]
-    return {"detail": f"report {built['week']} written to {paths.get('html') or next(iter(paths.values()))}"
-                      + (f"; delivery failed: {'; '.join(failed)}" if failed else ""),
-            "delivered": [d.channel for d in deliveries if d.ok]}
+    return {
+        "detail": f"report {built['week']} written to {paths.get('html') or next(iter(paths.values()))}"
+        + (f"; delivery failed: {'; '.join(failed)}" if failed else ""),
+        "delivered": [d.channel for d in deliveries if d.ok],
+    }
 
 
 def step_build(db: Database, settings: Settings, run: PipelineRun, now: datetime, hooks: dict) -> dict:
@@ -196,8 +227,11 @@ def step_evaluate(db: Database, settings: Settings, run: PipelineRun, now: datet
     earlier = [e for e in list_evaluations(db, candidate, limit=1) if live and e.incumbent_id == live.id]
     evaluation = earlier[0] if earlier else evaluate(db, settings, candidate, "live", actor=ACTOR)
     run.context["evaluation_id"] = evaluation.id
-    return {"detail": f"evaluation {evaluation.id}: {'passed' if evaluation.passed else 'failed'} the gate",
-            "passed": bool(evaluation.passed), "reasons": list(evaluation.reasons)}
+    return {
+        "detail": f"evaluation {evaluation.id}: {'passed' if evaluation.passed else 'failed'} the gate",
+        "passed": bool(evaluation.passed),
+        "reasons": list(evaluation.reasons),
+    }
 
 
 def step_gate(db: Database, settings: Settings, run: PipelineRun, now: datetime, hooks: dict) -> dict:
@@ -212,8 +246,12 @@ def step_gate(db: Database, settings: Settings, run: PipelineRun, now: datetime,
         reasons = list(evaluation.reasons)
     run.context["gate"] = {"action": action, "passed": bool(evaluation.passed), "reasons": reasons}
     words = {"promoted": "promoted to live", "canary": "made the canary", "rejected": "rejected; live model unchanged"}
-    return {"detail": f"candidate {candidate.id} {words.get(action, action)}"
-                      + (": " + "; ".join(reasons) if reasons else ""), "action": action, "reasons": reasons}
+    return {
+        "detail": f"candidate {candidate.id} {words.get(action, action)}"
+        + (": " + "; ".join(reasons) if reasons else ""),
+        "action": action,
+        "reasons": reasons,
+    }
 
 
 def step_deploy(db: Database, settings: Settings, run: PipelineRun, now: datetime, hooks: dict) -> dict:
@@ -224,8 +262,15 @@ def step_deploy(db: Database, settings: Settings, run: PipelineRun, now: datetim
     return {"detail": "; ".join(f"{r.name}: {r.action}" for r in results) or "nothing to deploy"}
 
 
-STEP_FUNCTIONS = {"collect": step_collect, "report": step_report, "build": step_build, "train": step_train,
-                  "evaluate": step_evaluate, "gate": step_gate, "deploy": step_deploy}
+STEP_FUNCTIONS = {
+    "collect": step_collect,
+    "report": step_report,
+    "build": step_build,
+    "train": step_train,
+    "evaluate": step_evaluate,
+    "gate": step_gate,
+    "deploy": step_deploy,
+}
 
 
 def run_pipeline(
@@ -249,7 +294,9 @@ def run_pipeline(
     wanted = STEPS[kind]
     unknown = [s for s in steps or () if s not in wanted]
     if unknown:
-        raise ValidationFailed(f"a {kind} pipeline has no step(s) {unknown}; its steps: {', '.join(wanted)}", field="step")
+        raise ValidationFailed(
+            f"a {kind} pipeline has no step(s) {unknown}; its steps: {', '.join(wanted)}", field="step"
+        )
     skip_reason = None
     for step in wanted:
         if run.outcome(step):
@@ -270,13 +317,21 @@ def run_pipeline(
             skip_reason = skip_reason or (str(exc) if step == "build" else None)
         except Exception as exc:  # noqa: BLE001 — any failure ends the run with its reason, the scheduler lives on
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            run.steps.append({"step": step, "state": "failed", "started_at": started,
-                              "finished_at": utc_text(clock()), "detail": message})
+            run.steps.append(
+                {
+                    "step": step,
+                    "state": "failed",
+                    "started_at": started,
+                    "finished_at": utc_text(clock()),
+                    "detail": message,
+                }
+            )
             run.state, run.error, run.finished_at = "failed", f"{step}: {message}", utc_text(clock())
             _save(db, run)
             return run
-        run.steps.append({"step": step, "state": state, "started_at": started, "finished_at": utc_text(clock()),
-                          **result})
+        run.steps.append(
+            {"step": step, "state": state, "started_at": started, "finished_at": utc_text(clock()), **result}
+        )
         _save(db, run)
     if all(run.outcome(s) for s in wanted):
         run.state, run.finished_at = "succeeded", utc_text(clock())

@@ -84,8 +84,21 @@ def list_versions(db: Database, *, include_inactive: bool = True) -> list[dict]:
     """Every version (newest first) with its status, weight and dates; ``include_inactive=False``
     keeps only live, canary and candidate ones."""
     where = "1" if include_inactive else "status IN ('live', 'canary', 'candidate')"
-    columns = ("id", "name", "provider", "base_model", "base_url", "adapter_path", "training_run_id", "status",
-               "traffic_weight", "created_at", "promoted_at", "retired_at", "notes")
+    columns = (
+        "id",
+        "name",
+        "provider",
+        "base_model",
+        "base_url",
+        "adapter_path",
+        "training_run_id",
+        "status",
+        "traffic_weight",
+        "created_at",
+        "promoted_at",
+        "retired_at",
+        "notes",
+    )
     rows = db.execute(
         f"SELECT {', '.join(columns)} FROM model_versions WHERE {where} ORDER BY created_at DESC, rowid DESC"
     ).fetchall()
@@ -111,8 +124,17 @@ def record_event(
         db.execute(
             """INSERT INTO model_events (id, version_id, event, previous_live_id, evaluation_id, actor, reason,
                    details, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            [event_id, version_id, event, previous_live_id, evaluation_id, actor or "unknown", reason,
-             json.dumps(details or {}, ensure_ascii=False), utc_now()],
+            [
+                event_id,
+                version_id,
+                event,
+                previous_live_id,
+                evaluation_id,
+                actor or "unknown",
+                reason,
+                json.dumps(details or {}, ensure_ascii=False),
+                utc_now(),
+            ],
         )
     return event_id
 
@@ -160,8 +182,16 @@ def promote(
                WHERE id = ?""",
             [now, target.id],
         )
-        record_event(db, target.id, "promoted", actor=actor, reason=reason, evaluation_id=evaluation_id,
-                     previous_live_id=old.id if old else None, details={"from_status": target.status})
+        record_event(
+            db,
+            target.id,
+            "promoted",
+            actor=actor,
+            reason=reason,
+            evaluation_id=evaluation_id,
+            previous_live_id=old.id if old else None,
+            details={"from_status": target.status},
+        )
     return get_version(db, target.id)
 
 
@@ -185,20 +215,33 @@ def set_canary(
     with write_transaction(db):
         target = get_version(db, _version_id(version))
         _check_promotable(target, force)
-        replaced = [row[0] for row in db.execute(
-            "SELECT id FROM model_versions WHERE status = 'canary' AND id != ?", [target.id]).fetchall()]
+        replaced = [
+            row[0]
+            for row in db.execute(
+                "SELECT id FROM model_versions WHERE status = 'canary' AND id != ?", [target.id]
+            ).fetchall()
+        ]
         if replaced:
             db.execute(
                 f"UPDATE model_versions SET status = 'candidate', traffic_weight = 0 "
                 f"WHERE id IN ({', '.join('?' * len(replaced))})",
                 replaced,
             )
-        db.execute("UPDATE model_versions SET status = 'canary', traffic_weight = ?, retired_at = NULL WHERE id = ?",
-                   [float(weight), target.id])
+        db.execute(
+            "UPDATE model_versions SET status = 'canary', traffic_weight = ?, retired_at = NULL WHERE id = ?",
+            [float(weight), target.id],
+        )
         live = live_version(db)
-        record_event(db, target.id, "canary", actor=actor, reason=reason, evaluation_id=evaluation_id,
-                     previous_live_id=live.id if live else None,
-                     details={"weight": float(weight), "replaced": replaced, "from_status": target.status})
+        record_event(
+            db,
+            target.id,
+            "canary",
+            actor=actor,
+            reason=reason,
+            evaluation_id=evaluation_id,
+            previous_live_id=live.id if live else None,
+            details={"weight": float(weight), "replaced": replaced, "from_status": target.status},
+        )
     return get_version(db, target.id)
 
 
@@ -219,8 +262,10 @@ def rollback_target(db: Database) -> tuple[ModelVersion, ModelVersion]:
         )
     previous = get_version(db, row[0])
     if previous.status == "rejected":
-        raise Conflict(f"the version before {live.name} ({previous.name}, {previous.id}) has since been rejected; "
-                       "promote the version you want instead (force to override)")
+        raise Conflict(
+            f"the version before {live.name} ({previous.name}, {previous.id}) has since been rejected; "
+            "promote the version you want instead (force to override)"
+        )
     return live, previous
 
 
@@ -237,15 +282,24 @@ def rollback(
         if expected is not None and previous.id != expected:
             raise Conflict(f"the registry changed meanwhile: a rollback would now restore {previous.name}; try again")
         now = utc_now()
-        db.execute("UPDATE model_versions SET status = 'retired', retired_at = ?, traffic_weight = 0 WHERE id = ?",
-                   [now, live.id])
+        db.execute(
+            "UPDATE model_versions SET status = 'retired', retired_at = ?, traffic_weight = 0 WHERE id = ?",
+            [now, live.id],
+        )
         db.execute(
             """UPDATE model_versions SET status = 'live', traffic_weight = 1.0, promoted_at = ?, retired_at = NULL
                WHERE id = ?""",
             [now, previous.id],
         )
-        record_event(db, previous.id, "rolled_back", actor=actor, reason=reason, previous_live_id=live.id,
-                     details={"from_status": previous.status})
+        record_event(
+            db,
+            previous.id,
+            "rolled_back",
+            actor=actor,
+            reason=reason,
+            previous_live_id=live.id,
+            details={"from_status": previous.status},
+        )
     return get_version(db, previous.id), get_version(db, live.id)
 
 
@@ -257,8 +311,10 @@ def retire(db: Database, version: ModelVersion | str, actor: str = "cli", reason
             raise Conflict(f"{target.name} ({target.id}) is live; promote another version or roll back first")
         if target.status == "retired":
             return target
-        db.execute("UPDATE model_versions SET status = 'retired', retired_at = ?, traffic_weight = 0 WHERE id = ?",
-                   [utc_now(), target.id])
+        db.execute(
+            "UPDATE model_versions SET status = 'retired', retired_at = ?, traffic_weight = 0 WHERE id = ?",
+            [utc_now(), target.id],
+        )
         record_event(db, target.id, "retired", actor=actor, reason=reason, details={"from_status": target.status})
     return get_version(db, target.id)
 
@@ -275,8 +331,17 @@ def reject(
     with write_transaction(db):
         target = get_version(db, _version_id(version))
         if target.status not in ("candidate", "canary", "rejected"):
-            raise Conflict(f"{target.name} ({target.id}) is {target.status}; only a candidate or canary can be rejected")
+            raise Conflict(
+                f"{target.name} ({target.id}) is {target.status}; only a candidate or canary can be rejected"
+            )
         db.execute("UPDATE model_versions SET status = 'rejected', traffic_weight = 0 WHERE id = ?", [target.id])
-        record_event(db, target.id, "rejected", actor=actor, reason="; ".join(reasons) or None,
-                     evaluation_id=evaluation_id, details={"reasons": list(reasons), "from_status": target.status})
+        record_event(
+            db,
+            target.id,
+            "rejected",
+            actor=actor,
+            reason="; ".join(reasons) or None,
+            evaluation_id=evaluation_id,
+            details={"reasons": list(reasons), "from_status": target.status},
+        )
     return get_version(db, target.id)

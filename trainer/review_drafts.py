@@ -60,8 +60,10 @@ def teacher_target(settings: Settings) -> Target:
     """The configured teacher model; :class:`ConfigError` when none is configured."""
     cfg = settings.review
     if not cfg.teacher_model:
-        raise ConfigError("review.teacher_model: no teacher model is configured, so there is nothing to draft with",
-                          field="review.teacher_model")
+        raise ConfigError(
+            "review.teacher_model: no teacher model is configured, so there is nothing to draft with",
+            field="review.teacher_model",
+        )
     return Target(name=cfg.teacher_model, base_url=cfg.teacher_base_url, api_key=cfg.teacher_api_key())
 
 
@@ -78,9 +80,14 @@ def draft_answers(
     """Ask the teacher for a draft for each pending item (those without one, unless ``redraft``)."""
     target = teacher_target(settings)
     m = settings.model
-    client = client or ChatClient(ClientPolicy(connect_timeout_s=m.connect_timeout_s,
-                                               first_token_timeout_s=m.first_token_timeout_s,
-                                               timeout_s=m.timeout_s, retries=m.retries))
+    client = client or ChatClient(
+        ClientPolicy(
+            connect_timeout_s=m.connect_timeout_s,
+            first_token_timeout_s=m.first_token_timeout_s,
+            timeout_s=m.timeout_s,
+            retries=m.retries,
+        )
+    )
     if item_ids:
         items = [review.get_item(db, item_id) for item_id in item_ids]
     else:
@@ -90,8 +97,9 @@ def draft_answers(
     summary = DraftSummary()
     for item in tqdm(items, desc="teacher drafts", unit="item", disable=not progress, dynamic_ncols=True):
         try:
-            generation = client.complete([target], teacher_messages(item), temperature=0.0,
-                                         max_tokens=settings.review.teacher_max_tokens)
+            generation = client.complete(
+                [target], teacher_messages(item), temperature=0.0, max_tokens=settings.review.teacher_max_tokens
+            )
         except UpstreamError as exc:
             summary.failed.append((item.id, exc.message))
             continue

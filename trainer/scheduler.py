@@ -79,8 +79,10 @@ class SqliteJobStore(BaseJobStore):
         super().start(scheduler, alias)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._conn.execute("CREATE TABLE IF NOT EXISTS apscheduler_jobs (id TEXT PRIMARY KEY, "
-                           "next_run_time REAL, job_state BLOB NOT NULL)")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS apscheduler_jobs (id TEXT PRIMARY KEY, "
+            "next_run_time REAL, job_state BLOB NOT NULL)"
+        )
         self._conn.execute("CREATE INDEX IF NOT EXISTS apscheduler_jobs_next ON apscheduler_jobs(next_run_time)")
 
     def _sql(self, sql: str, params=()) -> list:
@@ -96,8 +98,10 @@ class SqliteJobStore(BaseJobStore):
 
     def _jobs(self, where: str = "1", params=()) -> list[Job]:
         jobs, broken = [], []
-        for job_id, state in self._sql(f"SELECT id, job_state FROM apscheduler_jobs WHERE {where} "
-                                       "ORDER BY next_run_time IS NULL, next_run_time", params):
+        for job_id, state in self._sql(
+            f"SELECT id, job_state FROM apscheduler_jobs WHERE {where} ORDER BY next_run_time IS NULL, next_run_time",
+            params,
+        ):
             try:
                 jobs.append(self._reconstitute(state))
             except Exception:  # noqa: BLE001 — a job whose function moved is dropped, as APScheduler's stores do
@@ -131,15 +135,19 @@ class SqliteJobStore(BaseJobStore):
 
     def add_job(self, job):
         try:
-            self._sql("INSERT INTO apscheduler_jobs (id, next_run_time, job_state) VALUES (?, ?, ?)",
-                      [job.id, _ts(job.next_run_time), self._state(job)])
+            self._sql(
+                "INSERT INTO apscheduler_jobs (id, next_run_time, job_state) VALUES (?, ?, ?)",
+                [job.id, _ts(job.next_run_time), self._state(job)],
+            )
         except sqlite3.IntegrityError:
             raise ConflictingIdError(job.id) from None
 
     def update_job(self, job):
         with self._lock:
-            cursor = self._conn.execute("UPDATE apscheduler_jobs SET next_run_time = ?, job_state = ? WHERE id = ?",
-                                        [_ts(job.next_run_time), self._state(job), job.id])
+            cursor = self._conn.execute(
+                "UPDATE apscheduler_jobs SET next_run_time = ?, job_state = ? WHERE id = ?",
+                [_ts(job.next_run_time), self._state(job), job.id],
+            )
             if cursor.rowcount == 0:
                 raise JobLookupError(job.id)
 
@@ -258,8 +266,14 @@ def build_scheduler(settings: Settings, *, clock: Callable[[], datetime] | None 
         stored = scheduler.get_job(job_id)
         if stored is not None and str(stored.trigger) == str(trigger):
             continue
-        scheduler.add_job(JOB_FUNCTIONS[job_id], trigger, id=job_id, name=f"{job_id} pipeline", replace_existing=True,
-                          next_run_time=trigger.get_next_fire_time(None, now.astimezone(trigger.timezone)))
+        scheduler.add_job(
+            JOB_FUNCTIONS[job_id],
+            trigger,
+            id=job_id,
+            name=f"{job_id} pipeline",
+            replace_existing=True,
+            next_run_time=trigger.get_next_fire_time(None, now.astimezone(trigger.timezone)),
+        )
     return scheduler
 
 

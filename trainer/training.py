@@ -96,16 +96,30 @@ def start_run(
     key = config_key(name, base_model, hyperparameters)
     active = find_run(db, ds["id"], key, ("queued", "running"))
     if active and force:
-        raise Conflict(f"run {active.id} of this dataset and configuration is still {active.state}; "
-                       f"cancel it first (`tuneloop train cancel {active.id}`)", code="run_active")
+        raise Conflict(
+            f"run {active.id} of this dataset and configuration is still {active.state}; "
+            f"cancel it first (`tuneloop train cancel {active.id}`)",
+            code="run_active",
+        )
     existing = active or (None if force else find_run(db, ds["id"], key, ("succeeded",)))
     if existing:
         return Started(existing, created=False)
     chosen.check_submit()
-    run = create_run(db, dataset_id=ds["id"], provider=name, base_model=base_model,
-                     hyperparameters=hyperparameters, work_root=settings.data_dir / "training")
-    log(db, run.id, f"run created: dataset v{ds['version']}, provider {name}, base model {base_model}",
-        dataset_id=ds["id"], forced=force)
+    run = create_run(
+        db,
+        dataset_id=ds["id"],
+        provider=name,
+        base_model=base_model,
+        hyperparameters=hyperparameters,
+        work_root=settings.data_dir / "training",
+    )
+    log(
+        db,
+        run.id,
+        f"run created: dataset v{ds['version']}, provider {name}, base model {base_model}",
+        dataset_id=ds["id"],
+        forced=force,
+    )
     _submit(db, chosen, run)
     return Started(poll_run(db, settings, run.id, today=today), created=True)
 
@@ -157,19 +171,34 @@ def _register_candidate(db: Database, provider: Provider, run: TrainingRun) -> T
         if current.candidate_version_id:
             return current
         version = create_candidate(
-            db, name=spec.name, provider=spec.provider, base_model=spec.base_model, training_run_id=run.id,
-            adapter_path=spec.adapter_path, base_url=spec.base_url,
+            db,
+            name=spec.name,
+            provider=spec.provider,
+            base_model=spec.base_model,
+            training_run_id=run.id,
+            adapter_path=spec.adapter_path,
+            base_url=spec.base_url,
             notes=f"fine-tuned by run {run.id} ({run.provider}) on dataset v{run.dataset_version} ({run.dataset_id})",
         )
         update_run(db, run.id, candidate_version_id=version.id)
-    log(db, run.id, f"registered candidate model version {version.id} as {spec.name!r}", version_id=version.id,
-        name=spec.name)
+    log(
+        db,
+        run.id,
+        f"registered candidate model version {version.id} as {spec.name!r}",
+        version_id=version.id,
+        name=spec.name,
+    )
     return get_run(db, run.id)
 
 
 def _finish(db: Database, run: TrainingRun, state: str, *, error: str | None = None) -> TrainingRun:
-    log(db, run.id, f"{run.state} → {state}" + (f": {error}" if error else ""), level="error" if error else "info",
-        state=state)
+    log(
+        db,
+        run.id,
+        f"{run.state} → {state}" + (f": {error}" if error else ""),
+        level="error" if error else "info",
+        state=state,
+    )
     return update_run(db, run.id, state=state, error=error, finished_at=utc_now())
 
 
@@ -178,8 +207,11 @@ def resume_runs(db: Database, settings: Settings, *, today: Clock = utc_today) -
 
     A provider error on one run is logged on that run and does not stop the others.
     """
-    pending = [r for r in list_runs(db, states=("queued", "running", "succeeded"))
-               if not r.finished or not r.candidate_version_id]
+    pending = [
+        r
+        for r in list_runs(db, states=("queued", "running", "succeeded"))
+        if not r.finished or not r.candidate_version_id
+    ]
     resumed = []
     for run in reversed(pending):  # oldest first
         try:

@@ -48,9 +48,7 @@ def build_report(db: Database, settings: Settings, *, week: str | None = None, n
     this_week, last_week = _week_feedback(db, since, until), _week_feedback(db, bounds[-3], since)
     this, previous = _headline(trend, -1, this_week), _headline(trend, -2, last_week)
 
-    week_versions = sorted(
-        (v for v in active if answers[v]["answers"][-1]), key=lambda v: -answers[v]["answers"][-1]
-    )
+    week_versions = sorted((v for v in active if answers[v]["answers"][-1]), key=lambda v: -answers[v]["answers"][-1])
     worst = None
     if week_versions:
         ranked = week_versions[0]
@@ -78,13 +76,13 @@ def build_report(db: Database, settings: Settings, *, week: str | None = None, n
             "trend_weeks": cfg.trend_weeks,
         },
         "headline": {"this": this, "previous": previous},
-        "versions": [
-            {**versions[v], **_week_numbers(answers[v], votes[v], -1)} for v in week_versions
-        ],
+        "versions": [{**versions[v], **_week_numbers(answers[v], votes[v], -1)} for v in week_versions],
         "trend": trend,
         "worst": worst,
-        "reasons": {"this": dict(this_week["reasons"].most_common()),
-                    "previous": dict(last_week["reasons"].most_common())},
+        "reasons": {
+            "this": dict(this_week["reasons"].most_common()),
+            "previous": dict(last_week["reasons"].most_common()),
+        },
         "comments": _comments(db, since, until, versions),
         **lifecycle.lifecycle(db, since, until),
     }
@@ -113,8 +111,9 @@ def _versions(db: Database) -> dict[str, dict]:
 def _answer_stats(db: Database, versions: list[str], bounds: list[str]) -> dict[str, dict]:
     """Per version and week: answers, failed answers and (a sample of) the good ones' latencies."""
     weeks = len(bounds) - 1
-    stats = {v: {"answers": [0] * weeks, "failed": [0] * weeks, "latencies": [[] for _ in range(weeks)]}
-             for v in versions}
+    stats = {
+        v: {"answers": [0] * weeks, "failed": [0] * weeks, "latencies": [[] for _ in range(weeks)]} for v in versions
+    }
     serving = []
     for version in versions:
         (total,) = db.execute(
@@ -137,7 +136,8 @@ def _answer_stats(db: Database, versions: list[str], bounds: list[str]) -> dict[
         for version in serving:
             if stats[version]["answers"][i] > stats[version]["failed"][i]:
                 stats[version]["latencies"][i] = [
-                    ms for (ms,) in db.execute(
+                    ms
+                    for (ms,) in db.execute(
                         """SELECT latency_ms FROM messages WHERE model_version_id = ? AND created_at >= ?
                            AND created_at < ? AND error IS NULL AND latency_ms IS NOT NULL
                            AND ((rowid * 2654435761) >> 7) % ? = 0""",
@@ -199,16 +199,18 @@ def _trend(weeks, versions, active, answers, votes) -> dict:
     series = []
     for v in active:
         a, r = answers[v], votes[v]
-        series.append({
-            "model_version_id": v,
-            "label": versions[v]["label"],
-            "status": versions[v]["status"],
-            "answers": a["answers"],
-            "failed": a["failed"],
-            "ratings": r["ratings"],
-            "down": r["down"],
-            "satisfaction": [_ratio(n - d, n) for n, d in zip(r["ratings"], r["down"])],
-        })
+        series.append(
+            {
+                "model_version_id": v,
+                "label": versions[v]["label"],
+                "status": versions[v]["status"],
+                "answers": a["answers"],
+                "failed": a["failed"],
+                "ratings": r["ratings"],
+                "down": r["down"],
+                "satisfaction": [_ratio(n - d, n) for n, d in zip(r["ratings"], r["down"])],
+            }
+        )
     n = len(weeks)
     merged = [[ms for v in active for ms in answers[v]["latencies"][i]] for i in range(n)]
     total = {
@@ -293,37 +295,47 @@ def _warnings(report: dict, versions: dict, week_versions: list[str], answers: d
     if not this["answers"]:
         warnings.append({"kind": "no_traffic", "message": f"No answers were recorded in {report['week']}."})
     elif this["ratings"] < low:
-        warnings.append({
-            "kind": "few_ratings",
-            "message": f"The satisfaction rate rests on only {this['ratings']} rating(s) this week "
-                       f"(fewer than {low}); treat it as a rough signal.",
-        })
+        warnings.append(
+            {
+                "kind": "few_ratings",
+                "message": f"The satisfaction rate rests on only {this['ratings']} rating(s) this week "
+                f"(fewer than {low}); treat it as a rough signal.",
+            }
+        )
     if this["answers"] and previous["ratings"] < low:
-        warnings.append({
-            "kind": "few_ratings_previous",
-            "message": f"The previous week had only {previous['ratings']} rating(s); "
-                       "the week-over-week comparison is not reliable.",
-        })
+        warnings.append(
+            {
+                "kind": "few_ratings_previous",
+                "message": f"The previous week had only {previous['ratings']} rating(s); "
+                "the week-over-week comparison is not reliable.",
+            }
+        )
     for row in report["versions"]:
         if len(report["versions"]) > 1 and row["ratings"] < low:
-            warnings.append({
-                "kind": "few_ratings_version",
-                "message": f"{row['label']}: {row['ratings']} rating(s) this week, too few to compare it "
-                           "with the other versions.",
-            })
+            warnings.append(
+                {
+                    "kind": "few_ratings_version",
+                    "message": f"{row['label']}: {row['ratings']} rating(s) this week, too few to compare it "
+                    "with the other versions.",
+                }
+            )
     if this["failed_rate"] is not None and this["failed_rate"] >= FAILED_ANSWERS_WARNING:
-        warnings.append({
-            "kind": "failed_answers",
-            "message": f"{this['failed']} answers ({this['failed_rate']:.1%}) failed this week "
-                       "(model server errors or timeouts).",
-        })
+        warnings.append(
+            {
+                "kind": "failed_answers",
+                "message": f"{this['failed']} answers ({this['failed_rate']:.1%}) failed this week "
+                "(model server errors or timeouts).",
+            }
+        )
     worst = report["worst"]
     if worst and not worst["ranking"]["groups"] and this["ratings"]:
-        warnings.append({
-            "kind": "nothing_ranked",
-            "message": f"No question got {cfg.min_votes} or more votes this week, so none is ranked "
-                       "among the worst answered.",
-        })
+        warnings.append(
+            {
+                "kind": "nothing_ranked",
+                "message": f"No question got {cfg.min_votes} or more votes this week, so none is ranked "
+                "among the worst answered.",
+            }
+        )
     warnings.extend(_shutdown_warnings(versions, week_versions, answers, cfg, now))
     return warnings
 
@@ -344,9 +356,11 @@ def _shutdown_warnings(versions: dict, week_versions: list[str], answers: dict, 
                 continue
             share = answers[v]["answers"][-1] / week_total
             when = f"was shut down on {day}" if left < 0 else f"shuts down on {day} (in {left} days)"
-            warnings.append({
-                "kind": "model_shutdown",
-                "message": f"{model} {when}, as announced by its provider; {row['label']} "
-                           f"({row['status']}) served {share:.0%} of this week's answers. Plan a replacement.",
-            })
+            warnings.append(
+                {
+                    "kind": "model_shutdown",
+                    "message": f"{model} {when}, as announced by its provider; {row['label']} "
+                    f"({row['status']}) served {share:.0%} of this week's answers. Plan a replacement.",
+                }
+            )
     return warnings

@@ -34,8 +34,9 @@ def _nice_max(value: float) -> float:
     return 10 * magnitude
 
 
-def _frame(width: int, height: int, labels: Sequence[str], y_max: float, fmt: Callable[[float], str],
-           ticks: int = 4) -> tuple[list[str], Callable[[int], float], Callable[[float], float], float]:
+def _frame(
+    width: int, height: int, labels: Sequence[str], y_max: float, fmt: Callable[[float], str], ticks: int = 4
+) -> tuple[list[str], Callable[[int], float], Callable[[float], float], float]:
     plot_w, plot_h = width - LEFT - RIGHT, height - TOP - BOTTOM
     n = max(1, len(labels))
     step = plot_w / n

@@ -64,7 +64,8 @@ def summary_text(report: dict, cfg: ReportSettings) -> str:
     sat = cards["satisfaction"]
     lines = [
         f"*tuneloop weekly report {report['week']}* ({report['first_day']} – {report['last_day']})",
-        f"Satisfaction {sat['value']}" + (f" ({sat['delta']})" if sat["delta"] else "")
+        f"Satisfaction {sat['value']}"
+        + (f" ({sat['delta']})" if sat["delta"] else "")
         + f" · {cards['answers']['value']} answers · {cards['ratings']['value']} ratings"
         + f" · p95 {cards['latency_p95']['value']}",
     ]
@@ -72,8 +73,9 @@ def summary_text(report: dict, cfg: ReportSettings) -> str:
     groups = (worst.get("ranking") or {}).get("groups") or []
     if groups:
         top = groups[0]
-        lines.append(f"Worst answered: “{top['question']}” — {top['down']} of {top['votes']} down "
-                     f"({pct(top['down_share'], 0)})")
+        lines.append(
+            f"Worst answered: “{top['question']}” — {top['down']} of {top['votes']} down ({pct(top['down_share'], 0)})"
+        )
     for warning in report["warnings"][:3]:
         lines.append(f"⚠ {warning['message']}")
     link = report_link(report, cfg)
@@ -118,7 +120,9 @@ def build_email(report: dict, cfg: ReportSettings) -> EmailMessage:
     message.set_content(render_markdown(report))
     message.add_alternative(render_html(report), subtype="html")
     message.add_attachment(
-        render_json(report).encode(), maintype="application", subtype="json",
+        render_json(report).encode(),
+        maintype="application",
+        subtype="json",
         filename=f"report-{report['week']}.json",
     )
     return message

@@ -32,7 +32,9 @@ def _pick(columns: set[str], wanted: tuple[str, ...]) -> list[str]:
     return [c for c in wanted if c in columns]
 
 
-def _rows(db: Database, table: str, columns: list[str], where: str, params: list, order: str, limit: int = 50) -> list[dict]:
+def _rows(
+    db: Database, table: str, columns: list[str], where: str, params: list, order: str, limit: int = 50
+) -> list[dict]:
     sql = f"SELECT {', '.join(columns)} FROM {table} WHERE {where} ORDER BY {order} LIMIT {int(limit)}"
     return [dict(zip(columns, row)) for row in db.execute(sql, params).fetchall()]
 
@@ -68,7 +70,10 @@ def review_queue_status(db: Database, since: str, until: str) -> dict:
 def training_events(db: Database, since: str, until: str) -> dict:
     """Training runs that ended (or last changed) in the window."""
     return _events(
-        db, "training_runs", since, until,
+        db,
+        "training_runs",
+        since,
+        until,
         ("id", "provider", "base_model", "state", "dataset_id", "metrics", "error"),
     )
 
@@ -76,7 +81,10 @@ def training_events(db: Database, since: str, until: str) -> dict:
 def evaluation_events(db: Database, since: str, until: str) -> dict:
     """Candidate-versus-live evaluations finished in the window, with model names and a one-line summary."""
     result = _events(
-        db, "evaluations", since, until,
+        db,
+        "evaluations",
+        since,
+        until,
         ("id", "candidate_id", "incumbent_id", "passed", "reasons", "metrics", "gate"),
     )
     names = _version_names(db)
@@ -88,7 +96,8 @@ def evaluation_events(db: Database, since: str, until: str) -> dict:
         metrics = row.get("metrics") if isinstance(row.get("metrics"), dict) else {}
         row["summary"] = ", ".join(
             f"{suite} {metric} {m['candidate'][metric]:.3f} vs {m['incumbent'][metric]:.3f}"
-            for suite, m in metrics.items() if m.get("rows") and metric in m.get("candidate", {})
+            for suite, m in metrics.items()
+            if m.get("rows") and metric in m.get("candidate", {})
         )
     return result
 
@@ -100,8 +109,13 @@ def _version_names(db: Database) -> dict[str, str]:
 
 
 # How a registry event reads in "<name> <kind> (now <status>)".
-_EVENT_WORDS = {"promoted": "promoted", "canary": "made a canary", "rolled_back": "made live again by a rollback",
-                "retired": "retired", "rejected": "rejected by the gate"}
+_EVENT_WORDS = {
+    "promoted": "promoted",
+    "canary": "made a canary",
+    "rolled_back": "made live again by a rollback",
+    "retired": "retired",
+    "rejected": "rejected by the gate",
+}
 
 
 def _registry_events(db: Database, since: str, until: str) -> tuple[list[dict], set[tuple[str, str]]]:
@@ -128,9 +142,18 @@ def _registry_events(db: Database, since: str, until: str) -> tuple[list[dict], 
                 kind += f", replacing {names.get(previous, previous)}"
         if event == "retired":
             covered.add((version_id, "retired"))
-        events.append({"kind": kind, "event": event, "model_version_id": version_id,
-                       "name": names.get(version_id, version_id), "status": statuses.get(version_id, "?"),
-                       "actor": actor, "reason": reason, "at": at})
+        events.append(
+            {
+                "kind": kind,
+                "event": event,
+                "model_version_id": version_id,
+                "name": names.get(version_id, version_id),
+                "status": statuses.get(version_id, "?"),
+                "actor": actor,
+                "reason": reason,
+                "at": at,
+            }
+        )
     return events, covered
 
 

@@ -95,12 +95,17 @@ def chart_set(report: dict) -> dict:
     trend, low = report["trend"], report["settings"]["low_ratings_warning"]
     labels = [short_week(w) for w in trend["weeks"]]
     satisfaction = [
-        {"label": s["label"], "values": s["satisfaction"], "color": charts.color(i),
-         "weak": [n < low for n in s["ratings"]]}
+        {
+            "label": s["label"],
+            "values": s["satisfaction"],
+            "color": charts.color(i),
+            "weak": [n < low for n in s["ratings"]],
+        }
         for i, s in enumerate(trend["series"])
     ]
-    volume = [{"label": s["label"], "values": s["answers"], "color": charts.color(i)}
-              for i, s in enumerate(trend["series"])]
+    volume = [
+        {"label": s["label"], "values": s["answers"], "color": charts.color(i)} for i, s in enumerate(trend["series"])
+    ]
     latency = [
         {"label": "p50", "values": trend["total"]["latency_p50"], "color": "#2563eb"},
         {"label": "p95", "values": trend["total"]["latency_p95"], "color": "#9333ea", "dash": True},
@@ -108,11 +113,16 @@ def chart_set(report: dict) -> dict:
     previous = report["reasons"]["previous"]
     reasons = [(r, n, previous.get(r, 0)) for r, n in report["reasons"]["this"].items()]
     return {
-        "satisfaction": charts.line_chart(labels, satisfaction, title="Satisfaction per model version",
-                                          fmt=lambda v: f"{v * 100:.0f}%", y_max=1.0),
+        "satisfaction": charts.line_chart(
+            labels, satisfaction, title="Satisfaction per model version", fmt=lambda v: f"{v * 100:.0f}%", y_max=1.0
+        ),
         "volume": charts.stacked_bars(labels, volume, title="Answers per week"),
-        "latency": charts.line_chart(labels, latency, title="Latency p50 and p95",
-                                     fmt=lambda v: f"{v / 1000:.1f} s" if v >= 1000 else f"{v:.0f} ms"),
+        "latency": charts.line_chart(
+            labels,
+            latency,
+            title="Latency p50 and p95",
+            fmt=lambda v: f"{v / 1000:.1f} s" if v >= 1000 else f"{v:.0f} ms",
+        ),
         "reasons": charts.hbars(reasons, title="Reasons for thumbs down") if reasons else None,
     }
 
@@ -120,9 +130,17 @@ def chart_set(report: dict) -> dict:
 def render_html(report: dict) -> str:
     """The self-contained HTML report."""
     return _ENV.get_template("report.html.j2").render(
-        r=report, cards=headline_cards(report), charts=chart_set(report), colors=charts.color, events=_events(report),
+        r=report,
+        cards=headline_cards(report),
+        charts=chart_set(report),
+        colors=charts.color,
+        events=_events(report),
         series_index={s["model_version_id"]: i for i, s in enumerate(report["trend"]["series"])},
-        pct=pct, num=num, ms=ms, nice_date=nice_date, short_week=short_week,
+        pct=pct,
+        num=num,
+        ms=ms,
+        nice_date=nice_date,
+        short_week=short_week,
     )
 
 
@@ -147,11 +165,16 @@ def render_markdown(report: dict) -> str:
     for card in headline_cards(report):
         lines.append(f"| {card['label']} | {card['value']} | {card['previous']} | {card['delta']} |")
     if report["versions"]:
-        lines += ["", "| model version | status | answers | ratings | satisfaction | p50 | p95 |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "| model version | status | answers | ratings | satisfaction | p50 | p95 |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
         for v in report["versions"]:
-            lines.append(f"| {_md(v['label'])} | {v['status']} | {num(v['answers'])} | {num(v['ratings'])} "
-                         f"| {pct(v['satisfaction'])} | {ms(v['latency_p50'])} | {ms(v['latency_p95'])} |")
+            lines.append(
+                f"| {_md(v['label'])} | {v['status']} | {num(v['answers'])} | {num(v['ratings'])} "
+                f"| {pct(v['satisfaction'])} | {ms(v['latency_p50'])} | {ms(v['latency_p95'])} |"
+            )
     lines += ["", "## Warnings", ""]
     lines += [f"- {_md(w['message'])}" for w in report["warnings"]] or ["- none"]
     lines += ["", "## Worst-answered questions", ""]
@@ -171,8 +194,10 @@ def render_markdown(report: dict) -> str:
         for i, g in enumerate(ranking["groups"], 1):
             reasons = (g.get("evidence") or {}).get("reasons") or {}
             top = next((r for r in reasons if r != "no reason given"), "")
-            lines.append(f"| {i} | {_md(g['question'])} | {g['down']} / {g['votes']} | {pct(g['down_share'], 0)} "
-                         f"| {g['score']:.2f} | {num(g['asked'])} | {_md(top)} |")
+            lines.append(
+                f"| {i} | {_md(g['question'])} | {g['down']} / {g['votes']} | {pct(g['down_share'], 0)} "
+                f"| {g['score']:.2f} | {num(g['asked'])} | {_md(top)} |"
+            )
     lines += ["", "## Reasons and comments", ""]
     if report["reasons"]["this"]:
         previous = report["reasons"]["previous"]
@@ -183,15 +208,18 @@ def render_markdown(report: dict) -> str:
         lines.append("")
         for c in report["comments"]:
             repeat = f" ×{c['count']}" if c["count"] > 1 else ""
-            lines.append(f"- {'👎' if c['rating'] == 'down' else '👍'} “{_md(c['comment'])}”{repeat} "
-                         f"— on “{_md(c['question'])}”")
+            lines.append(
+                f"- {'👎' if c['rating'] == 'down' else '👍'} “{_md(c['comment'])}”{repeat} — on “{_md(c['question'])}”"
+            )
     lines += ["", "## Review queue", ""]
     queue = report["review_queue"]
     if not queue["available"]:
         lines.append("Nothing yet: the review queue has not been set up.")
     else:
-        lines.append(f"- pending: {queue['pending']}" + (
-            f" (oldest {queue['oldest_pending_days']} days)" if queue.get("oldest_pending_days") is not None else ""))
+        lines.append(
+            f"- pending: {queue['pending']}"
+            + (f" (oldest {queue['oldest_pending_days']} days)" if queue.get("oldest_pending_days") is not None else "")
+        )
         if "added" in queue:
             lines.append(f"- added this week: {queue['added']}")
         for status, n in (queue.get("decided") or {}).items():
@@ -208,9 +236,14 @@ def _events(report: dict) -> list[dict]:
     events = []
     for e in report["training"]["events"]:
         state = e.get("state") or "finished"
-        events.append({"at": e["at"], "kind": "training",
-                       "text": f"training run {e['id']} ({e.get('provider') or 'local'}): {state}"
-                               + (f" — {e['error']}" if e.get("error") else "")})
+        events.append(
+            {
+                "at": e["at"],
+                "kind": "training",
+                "text": f"training run {e['id']} ({e.get('provider') or 'local'}): {state}"
+                + (f" — {e['error']}" if e.get("error") else ""),
+            }
+        )
     for e in report["evaluations"]["events"]:
         verdict = {1: "passed", 0: "failed", True: "passed", False: "failed"}.get(e.get("passed"), "done")
         candidate = e.get("candidate_name") or e.get("candidate_id") or "?"
@@ -218,12 +251,15 @@ def _events(report: dict) -> list[dict]:
         detail = f" — {e['summary']}" if e.get("summary") else ""
         reasons = e.get("reasons") if isinstance(e.get("reasons"), list) else []
         why = f" ({'; '.join(map(str, reasons))})" if reasons and verdict == "failed" else ""
-        events.append({"at": e["at"], "kind": "evaluation",
-                       "text": f"evaluation of {candidate}{against}: {verdict}{detail}{why}"})
+        events.append(
+            {"at": e["at"], "kind": "evaluation", "text": f"evaluation of {candidate}{against}: {verdict}{detail}{why}"}
+        )
     for e in report["promotions"]["events"]:
         by = f" by {e['actor']}" if e.get("actor") else ""
         reason = f": {e['reason']}" if e.get("reason") else ""
-        events.append({"at": e["at"], "kind": e["kind"], "text": f"{e['name']} {e['kind']} (now {e['status']}){by}{reason}"})
+        events.append(
+            {"at": e["at"], "kind": e["kind"], "text": f"{e['name']} {e['kind']} (now {e['status']}){by}{reason}"}
+        )
     return sorted(events, key=lambda e: e["at"])
 
 

@@ -20,8 +20,12 @@ CONTENT_SECURITY_POLICY = (
     "frame-ancestors 'none'; base-uri 'none'"
 )
 
-NAV = [("admin.index", "Dashboard"), ("admin.reports", "Weekly reports"), ("admin.worst", "Worst answered"),
-       ("admin.review_list", "Review queue")]
+NAV = [
+    ("admin.index", "Dashboard"),
+    ("admin.reports", "Weekly reports"),
+    ("admin.worst", "Worst answered"),
+    ("admin.review_list", "Review queue"),
+]
 
 
 @bp.record_once

@@ -16,8 +16,7 @@ from server.admin.auth import COOKIE, current_token, safe_next, session_value, t
 from server.admin.blueprint import bp, page
 from server.context import gateway, get_db
 
-REPORT_TYPES = {"html": "text/html; charset=utf-8", "md": "text/markdown; charset=utf-8",
-                "json": "application/json"}
+REPORT_TYPES = {"html": "text/html; charset=utf-8", "md": "text/markdown; charset=utf-8", "json": "application/json"}
 
 
 @bp.get("/login")
@@ -70,8 +69,12 @@ def index():
 def reports():
     """Every weekly report in the reports folder, newest first."""
     settings = gateway().settings
-    return page("reports.html", reports=list_reports(settings.reports_dir),
-                default_week=last_complete_week(settings.report.timezone), folder=str(settings.reports_dir))
+    return page(
+        "reports.html",
+        reports=list_reports(settings.reports_dir),
+        default_week=last_complete_week(settings.report.timezone),
+        folder=str(settings.reports_dir),
+    )
 
 
 @bp.get("/api/reports")

@@ -44,9 +44,17 @@ def review_list():
     db = get_db()
     items = review.list_items(db, status=status, search=search, limit=PAGE_SIZE, offset=(page_number - 1) * PAGE_SIZE)
     total = review.count_items(db, status=status, search=search)
-    return page("review_list.html", items=items, total=total, status=status or "all", search=search,
-                page_number=page_number, pages=max(1, -(-total // PAGE_SIZE)), counts=review.status_counts(db),
-                message=request.args.get("message", ""))
+    return page(
+        "review_list.html",
+        items=items,
+        total=total,
+        status=status or "all",
+        search=search,
+        page_number=page_number,
+        pages=max(1, -(-total // PAGE_SIZE)),
+        counts=review.status_counts(db),
+        message=request.args.get("message", ""),
+    )
 
 
 @bp.get("/api/review")
@@ -55,8 +63,9 @@ def review_list_json():
     status, search, page_number = _list_args()
     db = get_db()
     items = review.list_items(db, status=status, search=search, limit=PAGE_SIZE, offset=(page_number - 1) * PAGE_SIZE)
-    return jsonify({"total": review.count_items(db, status=status, search=search),
-                    "items": [i.to_dict() for i in items]})
+    return jsonify(
+        {"total": review.count_items(db, status=status, search=search), "items": [i.to_dict() for i in items]}
+    )
 
 
 @bp.post("/review/collect")
@@ -67,9 +76,13 @@ def review_collect():
     version = version_to_rank(db, None)
     now = datetime.now(timezone.utc)
     options = RankingOptions.from_settings(settings.report, top_n=settings.review.top_n)
-    result = review.collect_worst(db, model_version_id=version.id,
-                                  since=utc_text(now - timedelta(days=settings.review.window_days)),
-                                  until=utc_text(now), options=options)
+    result = review.collect_worst(
+        db,
+        model_version_id=version.id,
+        since=utc_text(now - timedelta(days=settings.review.window_days)),
+        until=utc_text(now),
+        options=options,
+    )
     message = f"Added {len(result.added)} questions; {len(result.skipped)} were already pending or approved."
     return redirect(url_for("admin.review_list", status="pending", message=message))
 
@@ -82,9 +95,14 @@ def review_item(item_id: str):
 
 
 def _item_page(item, *, error: str = "", message: str = "", answer: str | None = None, status: int = 200):
-    return page("review_item.html", item=item, error=error, message=message,
-                answer=item.suggested_answer if answer is None else answer,
-                reviewer=request.form.get("reviewer", DEFAULT_REVIEWER)), status
+    return page(
+        "review_item.html",
+        item=item,
+        error=error,
+        message=message,
+        answer=item.suggested_answer if answer is None else answer,
+        reviewer=request.form.get("reviewer", DEFAULT_REVIEWER),
+    ), status
 
 
 def _reviewer() -> str:
@@ -111,8 +129,9 @@ def review_edit(item_id: str):
     answer = request.form.get("answer")
     try:
         item = review.get_item(db, item_id)
-        item = review.edit_item(db, item_id, reviewer=_reviewer(), question=question,
-                                answer=answer if item.status == "approved" else None)
+        item = review.edit_item(
+            db, item_id, reviewer=_reviewer(), question=question, answer=answer if item.status == "approved" else None
+        )
     except (ValidationFailed, Conflict) as exc:
         return _item_page(review.get_item(db, item_id), error=exc.message, answer=answer, status=exc.status)
     return redirect(url_for("admin.review_item", item_id=item.id, message="Saved."))

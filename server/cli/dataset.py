@@ -29,16 +29,21 @@ def dataset_group() -> None:
 
 @dataset_group.command("build")
 @click.option("--dry-run", is_flag=True, help="Run every step and show what would be written; write nothing.")
-@click.option("--include-upvoted", "include_upvoted", type=click.IntRange(0),
-              help="Also answers rated up at least K times (default: dataset.include_upvoted_min; 0 = off).")
+@click.option(
+    "--include-upvoted",
+    "include_upvoted",
+    type=click.IntRange(0),
+    help="Also answers rated up at least K times (default: dataset.include_upvoted_min; 0 = off).",
+)
 @click.option("--seed", type=int, help="Split seed (default: dataset.seed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_cli
 def build(ctx: CliContext, dry_run, include_upvoted, seed, as_json) -> None:
     """Build the next dataset version into <data_dir>/datasets/v{n}/."""
     try:
-        result = build_dataset(ctx.db, ctx.settings, include_upvoted=include_upvoted, seed=seed, dry_run=dry_run,
-                               progress=not as_json)
+        result = build_dataset(
+            ctx.db, ctx.settings, include_upvoted=include_upvoted, seed=seed, dry_run=dry_run, progress=not as_json
+        )
     except DatasetInvalid as exc:
         _print_summary(exc.result, as_json)  # lists every problem; the error below just closes it
         raise ValidationFailed(f"{len(exc.result.problems)} problem(s) found; nothing was written") from exc
@@ -51,31 +56,48 @@ def _print_summary(result, as_json: bool) -> None:
     m = result.manifest
     if as_json:
         summary = {k: m[k] for k in ("params", "inputs", "counts", "files", "sha256", "tokens", "cost_estimate", "pii")}
-        summary.update(dry_run=result.dry_run, version=result.version, path=str(result.path) if result.path else None,
-                       problems=result.problems)
+        summary.update(
+            dry_run=result.dry_run,
+            version=result.version,
+            path=str(result.path) if result.path else None,
+            problems=result.problems,
+        )
         click.echo(json.dumps(summary, ensure_ascii=False, indent=2))
         return
     c = m["counts"]
-    head = f"would write v{result.version}" if result.dry_run else (
-        f"wrote v{result.version} to {result.path}" if result.path else "not written")
+    head = (
+        f"would write v{result.version}"
+        if result.dry_run
+        else (f"wrote v{result.version} to {result.path}" if result.path else "not written")
+    )
     click.echo(head)
-    click.echo(f"  base {m['inputs']['base_file']['path']} ({c['base_rows']} rows), {c['approved_corrections']} "
-               f"approved corrections, {c['upvoted_answers']} up-voted answers considered")
-    click.echo(f"  replaced {c['replaced']} base rows with corrections, dropped {c['dropped']} "
-               f"(duplicates, empty, questions under review), {c['conflicts']} near-duplicate conflicts kept")
-    click.echo(f"  train {c['train']}, val {c['val']}, test {c['test']}, preference pairs {c['preferences']}; "
-               f"rows by source: {', '.join(f'{k} {v}' for k, v in sorted(c['sources'].items()))}")
+    click.echo(
+        f"  base {m['inputs']['base_file']['path']} ({c['base_rows']} rows), {c['approved_corrections']} "
+        f"approved corrections, {c['upvoted_answers']} up-voted answers considered"
+    )
+    click.echo(
+        f"  replaced {c['replaced']} base rows with corrections, dropped {c['dropped']} "
+        f"(duplicates, empty, questions under review), {c['conflicts']} near-duplicate conflicts kept"
+    )
+    click.echo(
+        f"  train {c['train']}, val {c['val']}, test {c['test']}, preference pairs {c['preferences']}; "
+        f"rows by source: {', '.join(f'{k} {v}' for k, v in sorted(c['sources'].items()))}"
+    )
     pii = m["pii"]
     masked = ", ".join(f"{t} {n}" for t, n in pii["total"].items()) or "nothing"
     click.echo(f"  personal data masked: {masked} in {pii['rows_masked']} rows")
     tokens = m["tokens"]
-    click.echo(f"  tokens (estimated): train {tokens.get('train', 0):,}, val {tokens.get('val', 0):,}, "
-               f"test {tokens.get('test', 0):,}; longest example {tokens['max_example']:,}")
+    click.echo(
+        f"  tokens (estimated): train {tokens.get('train', 0):,}, val {tokens.get('val', 0):,}, "
+        f"test {tokens.get('test', 0):,}; longest example {tokens['max_example']:,}"
+    )
     if m["cost_estimate"]["models"]:
         click.echo("  training cost estimate (check current prices):")
         for row in m["cost_estimate"]["models"]:
-            click.echo(f"    {row['model']:<28} ${row['usd']:>9.4f}  ({row['epochs']} epochs × "
-                       f"{row['billed_tokens'] // row['epochs']:,} tokens at ${row['usd_per_1m']}/1M)")
+            click.echo(
+                f"    {row['model']:<28} ${row['usd']:>9.4f}  ({row['epochs']} epochs × "
+                f"{row['billed_tokens'] // row['epochs']:,} tokens at ${row['usd_per_1m']}/1M)"
+            )
     for problem in result.problems:
         where = problem["split"] + (f" row {problem['row']}" if problem.get("row") else "")
         origin = f" ({lineage_text(problem['lineage'])})" if problem.get("lineage") else ""
@@ -103,15 +125,27 @@ def list_command(ctx: CliContext) -> None:
         click.echo("no datasets built yet: tuneloop dataset build")
     for ds in datasets:
         counts = ds["counts"]
-        click.echo(f"v{ds['version']:<4} {ds['created_at'][:19]}  train {counts.get('train', 0):>5}  "
-                   f"val {counts.get('val', 0):>4}  test {counts.get('test', 0):>4}  {ds['sha256'][:12]}  {ds['path']}")
+        click.echo(
+            f"v{ds['version']:<4} {ds['created_at'][:19]}  train {counts.get('train', 0):>5}  "
+            f"val {counts.get('val', 0):>4}  test {counts.get('test', 0):>4}  {ds['sha256'][:12]}  {ds['path']}"
+        )
 
 
 @dataset_group.command("preferences")
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="File to write (default: <data_dir>/datasets/preferences.jsonl).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="openai", show_default=True,
-              help="openai: OpenAI preference fine-tuning; trl: prompt/chosen/rejected for TRL's DPOTrainer.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="File to write (default: <data_dir>/datasets/preferences.jsonl).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="openai",
+    show_default=True,
+    help="openai: OpenAI preference fine-tuning; trl: prompt/chosen/rejected for TRL's DPOTrainer.",
+)
 @pass_cli
 def preferences(ctx: CliContext, output, fmt) -> None:
     """Export DPO pairs: approved correction (chosen) vs the answer users voted down (rejected)."""

@@ -17,8 +17,10 @@ from trainer.evaluation.run import Evaluation, evaluate, read_rows
 def print_evaluation(evaluation: Evaluation, *, worst: int = 0) -> None:
     """The per-suite table, the judge's summary and the verdict."""
     p = evaluation.params
-    click.echo(f"evaluation {evaluation.id}: {p['candidate']} (candidate) vs {p['incumbent']} (live), "
-               f"{evaluation.duration_s:.1f} s")
+    click.echo(
+        f"evaluation {evaluation.id}: {p['candidate']} (candidate) vs {p['incumbent']} (live), "
+        f"{evaluation.duration_s:.1f} s"
+    )
     if p.get("dataset_version"):
         click.echo(f"test split of dataset v{p['dataset_version']} ({p['dataset_source']})")
     click.echo(f"{'suite':<12} {'rows':>5}  {'metric':<9} {'live':>7} {'cand.':>7} {'delta':>7}")
@@ -29,18 +31,23 @@ def print_evaluation(evaluation: Evaluation, *, worst: int = 0) -> None:
             continue
         for i, metric in enumerate(METRICS):
             head = f"{suite:<12} {entry['rows']:>5}" if i == 0 else " " * 18
-            click.echo(f"{head}  {METRIC_LABELS[metric]:<9} {entry['incumbent'][metric]:>7.3f} "
-                       f"{entry['candidate'][metric]:>7.3f} {entry['delta'][metric]:>+7.3f}")
+            click.echo(
+                f"{head}  {METRIC_LABELS[metric]:<9} {entry['incumbent'][metric]:>7.3f} "
+                f"{entry['candidate'][metric]:>7.3f} {entry['delta'][metric]:>+7.3f}"
+            )
         errors = entry.get("errors") or {}
         if any(errors.values()):
-            click.secho(f"{'':<18}  failed answers: candidate {errors['candidate']}, live {errors['incumbent']}",
-                        fg="yellow")
+            click.secho(
+                f"{'':<18}  failed answers: candidate {errors['candidate']}, live {errors['incumbent']}", fg="yellow"
+            )
     if evaluation.judge:
         click.echo(f"judge {evaluation.judge['model']} (1-5, not gating):")
         for suite, s in evaluation.judge["suites"].items():
             if s["scored"]:
-                click.echo(f"  {suite:<12} live {s['incumbent_mean']:.2f}  cand. {s['candidate_mean']:.2f}  "
-                           f"wins {s['wins']} ties {s['ties']} losses {s['losses']}  ({s['scored']}/{s['rows']} scored)")
+                click.echo(
+                    f"  {suite:<12} live {s['incumbent_mean']:.2f}  cand. {s['candidate_mean']:.2f}  "
+                    f"wins {s['wins']} ties {s['ties']} losses {s['losses']}  ({s['scored']}/{s['rows']} scored)"
+                )
             else:
                 click.echo(f"  {suite:<12} nothing scored ({s['rows']} rows)")
     if worst:
@@ -62,8 +69,11 @@ def _print_worst(evaluation: Evaluation, count: int) -> None:
         return row["candidate"]["scores"][metric] - row["incumbent"]["scores"][metric]
 
     rows = sorted((r for r in read_rows(evaluation) if delta(r) < 0), key=delta)
-    click.echo(f"where the candidate lost most ({METRIC_LABELS[metric]}):" if rows else
-               f"the candidate scored lower than live on no question ({METRIC_LABELS[metric]})")
+    click.echo(
+        f"where the candidate lost most ({METRIC_LABELS[metric]}):"
+        if rows
+        else f"the candidate scored lower than live on no question ({METRIC_LABELS[metric]})"
+    )
     for row in rows[:count]:
         question = " ".join(row["messages"][-1]["content"].split())[:70]
         click.echo(f"  [{row['suite']}] {question}")
@@ -74,10 +84,19 @@ def _print_worst(evaluation: Evaluation, count: int) -> None:
 @click.command("eval")
 @click.argument("candidate")
 @click.option("--against", default="live", show_default=True, help="Version to compare with (id, name or 'live').")
-@click.option("--suite", "suites", multiple=True, type=click.Choice(EVALUATION_SUITES),
-              help="Run only this suite (repeatable; default: evaluation.suites).")
-@click.option("--gate", "apply_gate", is_flag=True,
-              help="Act on the verdict: promote (or canary, gate.canary_weight) or mark the candidate rejected.")
+@click.option(
+    "--suite",
+    "suites",
+    multiple=True,
+    type=click.Choice(EVALUATION_SUITES),
+    help="Run only this suite (repeatable; default: evaluation.suites).",
+)
+@click.option(
+    "--gate",
+    "apply_gate",
+    is_flag=True,
+    help="Act on the verdict: promote (or canary, gate.canary_weight) or mark the candidate rejected.",
+)
 @click.option("--worst", type=click.IntRange(0, 1000), default=0, help="Also show the N rows the candidate lost most.")
 @click.option("--json", "as_json", is_flag=True, help="Print the evaluation as JSON (no progress bar).")
 @pass_cli
@@ -86,8 +105,15 @@ def eval_command(ctx: CliContext, candidate, against, suites, apply_gate, worst,
 
     The candidate is deployed first (never made live). Exit code 1 when it fails the gate.
     """
-    evaluation = evaluate(ctx.db, ctx.settings, candidate, against, suites=list(suites) or None, progress=not as_json,
-                          actor=current_user())
+    evaluation = evaluate(
+        ctx.db,
+        ctx.settings,
+        candidate,
+        against,
+        suites=list(suites) or None,
+        progress=not as_json,
+        actor=current_user(),
+    )
     outcome = gate.apply(ctx.db, ctx.settings, evaluation, actor="gate") if apply_gate else None
     if as_json:
         body = {k: v for k, v in evaluation.__dict__.items() if k != "rows"}
@@ -97,8 +123,11 @@ def eval_command(ctx: CliContext, candidate, against, suites, apply_gate, worst,
     else:
         print_evaluation(evaluation, worst=worst)
         if outcome:
-            words = {"promoted": "is live now", "canary": f"is the canary ({outcome.version.traffic_weight:.0%})",
-                     "rejected": "is marked rejected; the live model is unchanged"}
+            words = {
+                "promoted": "is live now",
+                "canary": f"is the canary ({outcome.version.traffic_weight:.0%})",
+                "rejected": "is marked rejected; the live model is unchanged",
+            }
             click.echo(f"gate: {outcome.version.name} ({outcome.version.id}) {words[outcome.action]}")
         elif evaluation.passed:
             click.echo(f"promote it: tuneloop models promote {evaluation.candidate_id}   (or run with --gate)")

@@ -11,7 +11,23 @@ import sys
 import click
 
 from config.errors import ConfigError, InvalidRequest, TuneloopError
-from server.cli import context, dataset, demo, evaluate, keys, model_server, models, pipeline, report, review, scheduler, serve, starter, train, up
+from server.cli import (
+    context,
+    dataset,
+    demo,
+    evaluate,
+    keys,
+    model_server,
+    models,
+    pipeline,
+    report,
+    review,
+    scheduler,
+    serve,
+    starter,
+    train,
+    up,
+)
 
 
 class _Group(click.Group):
@@ -41,7 +57,22 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     ctx.obj = context.CliContext(config_path)
 
 
-for _command in (*keys.COMMANDS, *serve.COMMANDS, *model_server.COMMANDS, *starter.COMMANDS, *report.COMMANDS, *demo.COMMANDS, *up.COMMANDS, *review.COMMANDS, *dataset.COMMANDS, *models.COMMANDS, *evaluate.COMMANDS, *train.COMMANDS, *pipeline.COMMANDS, *scheduler.COMMANDS):
+for _command in (
+    *keys.COMMANDS,
+    *serve.COMMANDS,
+    *model_server.COMMANDS,
+    *starter.COMMANDS,
+    *report.COMMANDS,
+    *demo.COMMANDS,
+    *up.COMMANDS,
+    *review.COMMANDS,
+    *dataset.COMMANDS,
+    *models.COMMANDS,
+    *evaluate.COMMANDS,
+    *train.COMMANDS,
+    *pipeline.COMMANDS,
+    *scheduler.COMMANDS,
+):
     cli.add_command(_command)
 
 

@@ -56,7 +56,12 @@ class _ModelServerApp(BaseApplication):
 
 
 @click.command("model-server")
-@click.option("--model", "model_dir", type=click.Path(file_okay=False), help="Model folder (default: model_server.model_dir, else the starter model).")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(file_okay=False),
+    help="Model folder (default: model_server.model_dir, else the starter model).",
+)
 @click.option("--name", help="Name the model is served under (default: model_server.served_name).")
 @click.option("--host", help="Override model_server.host.")
 @click.option("--port", type=int, help="Override model_server.port.")

@@ -16,8 +16,7 @@ from server.cli.context import CliContext, current_user, pass_cli
 from trainer import deploy, registry
 from trainer.evaluation.run import list_evaluations
 
-_ACTOR = click.option("--actor", default=current_user, show_default="$USER",
-                      help="Name recorded in the model history.")
+_ACTOR = click.option("--actor", default=current_user, show_default="$USER", help="Name recorded in the model history.")
 _REASON = click.option("--reason", help="Why; kept in the model history and shown in the weekly report.")
 _FORCE = click.option("--force", is_flag=True, help="Also serve a version the gate rejected.")
 
@@ -27,8 +26,11 @@ def _pickup(ctx: CliContext) -> str:
 
 
 def _deployed(result: deploy.DeployResult) -> str:
-    words = {"loaded": "adapter loaded", "already_loaded": "adapter already loaded",
-             "nothing_to_load": "served by name, nothing to load"}
+    words = {
+        "loaded": "adapter loaded",
+        "already_loaded": "adapter already loaded",
+        "nothing_to_load": "served by name, nothing to load",
+    }
     return f"{result.name}: {words.get(result.action, result.action)} on {result.server}"
 
 
@@ -66,10 +68,20 @@ def show(ctx: CliContext, version, as_json) -> None:
     history = registry.events(ctx.db, v.id)
     evaluations = list_evaluations(ctx.db, v.id, limit=5)
     if as_json:
-        click.echo(json.dumps({"version": row, "events": [e.__dict__ for e in history],
-                               "evaluations": [{k: e.__dict__[k] for k in ("id", "incumbent_id", "passed", "reasons",
-                                                                          "metrics", "created_at")}
-                                               for e in evaluations]}, ensure_ascii=False, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "version": row,
+                    "events": [e.__dict__ for e in history],
+                    "evaluations": [
+                        {k: e.__dict__[k] for k in ("id", "incumbent_id", "passed", "reasons", "metrics", "created_at")}
+                        for e in evaluations
+                    ],
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
         return
     for key, value in row.items():
         if value not in (None, ""):
@@ -79,8 +91,10 @@ def show(ctx: CliContext, version, as_json) -> None:
         other = f" (replaced {e.previous_live_id})" if e.previous_live_id and e.version_id == v.id else ""
         if e.version_id != v.id:
             other = f" — {e.version_id} replaced it"
-        click.echo(f"  {e.created_at[:19].replace('T', ' ')}  {e.event:<11} by {e.actor}{other}"
-                   + (f": {e.reason}" if e.reason else ""))
+        click.echo(
+            f"  {e.created_at[:19].replace('T', ' ')}  {e.event:<11} by {e.actor}{other}"
+            + (f": {e.reason}" if e.reason else "")
+        )
     for e in evaluations:
         verdict = "passed" if e.passed else "failed"
         click.echo(f"evaluation {e.id} ({e.created_at[:16].replace('T', ' ')}) against {e.incumbent_id}: {verdict}")
@@ -129,8 +143,9 @@ def canary(ctx: CliContext, version, weight, reason, force, actor) -> None:
     """Let VERSION answer WEIGHT (0 < WEIGHT < 1, e.g. 0.1) of conversations, sticky per conversation."""
     target = registry.resolve_version(ctx.db, version)
     result = deploy.start_canary(ctx.db, ctx.settings, target, weight, actor=actor, reason=reason, force=force)
-    click.echo(f"{result.name} ({result.id}) is the canary for {result.traffic_weight:.0%} of conversations; "
-               f"{_pickup(ctx)}")
+    click.echo(
+        f"{result.name} ({result.id}) is the canary for {result.traffic_weight:.0%} of conversations; {_pickup(ctx)}"
+    )
     click.echo(f"then: tuneloop models promote {result.id}   or   tuneloop models retire {result.id}")
 
 

@@ -18,10 +18,20 @@ def pipeline_group() -> None:
 
 
 @pipeline_group.command("run")
-@click.option("--kind", type=click.Choice(["weekly", "monthly", "threshold", "manual"]), default="monthly",
-              show_default=True, help="Which pipeline; an unfinished run of this kind is resumed.")
-@click.option("--step", "steps", multiple=True, type=click.Choice(_STEPS),
-              help="Run only this step (repeatable); the others wait for the next run.")
+@click.option(
+    "--kind",
+    type=click.Choice(["weekly", "monthly", "threshold", "manual"]),
+    default="monthly",
+    show_default=True,
+    help="Which pipeline; an unfinished run of this kind is resumed.",
+)
+@click.option(
+    "--step",
+    "steps",
+    multiple=True,
+    type=click.Choice(_STEPS),
+    help="Run only this step (repeatable); the others wait for the next run.",
+)
 @pass_cli
 def run_command(ctx: CliContext, kind, steps) -> None:
     """Run a pipeline now (resuming an unfinished one of the same kind)."""

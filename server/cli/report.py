@@ -21,15 +21,21 @@ from server.cli.context import CliContext, pass_cli
 
 @click.command()
 @click.option("--week", help="ISO week to report on, e.g. 2026-W47 (default: the last complete week).")
-@click.option("--deliver/--no-deliver", default=True, show_default=True,
-              help="Send it to the configured webhook and e-mail recipients (if any).")
+@click.option(
+    "--deliver/--no-deliver",
+    default=True,
+    show_default=True,
+    help="Send it to the configured webhook and e-mail recipients (if any).",
+)
 @pass_cli
 def report(ctx: CliContext, week: str | None, deliver: bool) -> None:
     """Write the weekly report (HTML, Markdown, JSON) to the reports folder."""
     built, paths = generate_report(ctx.db, ctx.settings, week=week)
     this = built["headline"]["this"]
-    click.echo(f"weekly report {built['week']} ({built['first_day']} – {built['last_day']}, {built['timezone']}): "
-               f"{this['answers']:,} answers, {this['ratings']:,} ratings, satisfaction {pct(this['satisfaction'])}")
+    click.echo(
+        f"weekly report {built['week']} ({built['first_day']} – {built['last_day']}, {built['timezone']}): "
+        f"{this['answers']:,} answers, {this['ratings']:,} ratings, satisfaction {pct(this['satisfaction'])}"
+    )
     for fmt, path in paths.items():
         click.echo(f"  {fmt:<4} {path}")
     for warning in built["warnings"]:
@@ -40,8 +46,10 @@ def report(ctx: CliContext, week: str | None, deliver: bool) -> None:
     if not results:
         click.echo("  not delivered: no report.webhook_url or report.smtp_host configured")
     for result in results:
-        click.secho(f"  {result.channel}: {'sent' if result.ok else 'FAILED'} ({result.detail})",
-                    fg=None if result.ok else "red")
+        click.secho(
+            f"  {result.channel}: {'sent' if result.ok else 'FAILED'} ({result.detail})",
+            fg=None if result.ok else "red",
+        )
     if any(not r.ok for r in results):
         sys.exit(1)
 
@@ -80,15 +88,19 @@ def worst(ctx: CliContext, version_id, since, until, top, min_votes, as_json) ->
     if as_json:
         click.echo(json.dumps(ranking.to_dict(), ensure_ascii=False, indent=2))
         return
-    click.echo(f"{version.name} ({version.id}), answers from {since_text} to {until_text}: "
-               f"{ranking.candidate_groups} groups with {options.min_votes}+ votes "
-               f"out of {ranking.rated_questions} rated questions")
+    click.echo(
+        f"{version.name} ({version.id}), answers from {since_text} to {until_text}: "
+        f"{ranking.candidate_groups} groups with {options.min_votes}+ votes "
+        f"out of {ranking.rated_questions} rated questions"
+    )
     if not ranking.groups:
         click.echo("nothing ranked")
     for i, group in enumerate(ranking.groups, 1):
         reasons = ", ".join(f"{r} {n}" for r, n in (group.evidence.reasons if group.evidence else {}).items())
-        click.echo(f"{i:>3}. score {group.score:.3f}  {group.down:>4}/{group.votes:<4} down  asked {group.asked:<5} "
-                   f"{group.question}" + (f"  [{reasons}]" if reasons else ""))
+        click.echo(
+            f"{i:>3}. score {group.score:.3f}  {group.down:>4}/{group.votes:<4} down  asked {group.asked:<5} "
+            f"{group.question}" + (f"  [{reasons}]" if reasons else "")
+        )
 
 
 @click.group()

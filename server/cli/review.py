@@ -15,8 +15,9 @@ from feedback.review_io import FORMATS, export_items, import_items, write_items
 from server.cli.context import CliContext, current_user, pass_cli
 from trainer.review_drafts import draft_answers
 
-_REVIEWER = click.option("--reviewer", default=current_user, show_default="$USER",
-                         help="Name recorded as the reviewer.")
+_REVIEWER = click.option(
+    "--reviewer", default=current_user, show_default="$USER", help="Name recorded as the reviewer."
+)
 
 
 def _short(text: str | None, width: int = 70) -> str:
@@ -33,8 +34,12 @@ def review_group() -> None:
 @click.option("--days", type=click.IntRange(1, 366), help="Days of answers to rank (default: review.window_days).")
 @click.option("--top", type=click.IntRange(1, 1000), help="Most groups to add (default: review.top_n).")
 @click.option("--version", "version_id", help="Model version id (default: the live version).")
-@click.option("--draft/--no-draft", default=False, show_default=True,
-              help="Ask the teacher model (review.teacher_model) for drafts of the new items.")
+@click.option(
+    "--draft/--no-draft",
+    default=False,
+    show_default=True,
+    help="Ask the teacher model (review.teacher_model) for drafts of the new items.",
+)
 @pass_cli
 def collect(ctx: CliContext, days, top, version_id, draft) -> None:
     """Queue the worst-answered questions of the live model (already pending or approved ones are skipped)."""
@@ -43,8 +48,13 @@ def collect(ctx: CliContext, days, top, version_id, draft) -> None:
     now = datetime.now(timezone.utc)
     days = days or settings.review.window_days
     options = RankingOptions.from_settings(settings.report, top_n=top or settings.review.top_n)
-    result = review.collect_worst(db, model_version_id=version.id, since=utc_text(now - timedelta(days=days)),
-                                  until=utc_text(now), options=options)
+    result = review.collect_worst(
+        db,
+        model_version_id=version.id,
+        since=utc_text(now - timedelta(days=days)),
+        until=utc_text(now),
+        options=options,
+    )
     click.echo(f"{version.name}, last {days} days: added {len(result.added)}, skipped {len(result.skipped)}")
     for item in result.added:
         ev = item.evidence
@@ -92,8 +102,10 @@ def show(ctx: CliContext, item_id, as_json) -> None:
     ev = item.evidence
     click.echo(f"{item.id}  [{item.status}]  {item.question}")
     if ev.get("votes"):
-        click.echo(f"votes: {ev['down']} down of {ev['votes']}, asked {ev.get('asked', '?')} times; "
-                   f"reasons: {', '.join(f'{r} {n}' for r, n in ev.get('reasons', {}).items()) or '-'}")
+        click.echo(
+            f"votes: {ev['down']} down of {ev['votes']}, asked {ev.get('asked', '?')} times; "
+            f"reasons: {', '.join(f'{r} {n}' for r, n in ev.get('reasons', {}).items()) or '-'}"
+        )
     for answer in ev.get("answers", []):
         click.echo(f"answered ({answer['up']} up, {answer['down']} down): {answer['answer']}")
     for suggestion in item.suggestions:
@@ -128,8 +140,9 @@ def approve(ctx: CliContext, item_id, answer, use_suggestion, use_draft, reviewe
         answer = item.suggestions[0]
     if use_draft:
         if not item.draft:
-            raise ValidationFailed(f"{item_id} has no teacher draft; run 'tuneloop review draft' or give --answer",
-                                   field="answer")
+            raise ValidationFailed(
+                f"{item_id} has no teacher draft; run 'tuneloop review draft' or give --answer", field="answer"
+            )
         answer = item.draft
     item = review.approve(ctx.db, item_id, answer=answer, reviewer=reviewer)
     click.echo(f"approved {item.id} ({item.answer_source}): {_short(item.answer, 100)}")
@@ -167,8 +180,9 @@ def edit(ctx: CliContext, item_id, question, answer, reviewer) -> None:
 @pass_cli
 def draft(ctx: CliContext, item_ids, limit, redraft) -> None:
     """Ask the teacher model (review.teacher_model) to draft answers for pending items."""
-    summary = draft_answers(ctx.db, ctx.settings, item_ids=list(item_ids) or None, limit=limit, redraft=redraft,
-                            progress=True)
+    summary = draft_answers(
+        ctx.db, ctx.settings, item_ids=list(item_ids) or None, limit=limit, redraft=redraft, progress=True
+    )
     _report_drafts(summary)
 
 
@@ -204,8 +218,10 @@ def import_command(ctx: CliContext, path, fmt, dry_run, reviewer) -> None:
     """Apply a CSV/JSONL file of decisions (all rows or none; problems are listed by line)."""
     summary = import_items(ctx.db, path, reviewer=reviewer, fmt=fmt, dry_run=dry_run)
     verb = "would import" if dry_run else "imported"
-    click.echo(f"{verb}: {summary.created} new, {summary.approved} approved, {summary.rejected} rejected, "
-               f"{summary.edited} edited, {summary.unchanged} unchanged")
+    click.echo(
+        f"{verb}: {summary.created} new, {summary.approved} approved, {summary.rejected} rejected, "
+        f"{summary.edited} edited, {summary.unchanged} unchanged"
+    )
 
 
 COMMANDS = [review_group]

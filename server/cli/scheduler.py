@@ -12,8 +12,11 @@ from server.cli.context import CliContext, pass_cli
 
 
 @click.command("scheduler")
-@click.option("--wait", is_flag=True,
-              help="If another scheduler holds the lock, stand by until it frees (default: say so and exit 0).")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="If another scheduler holds the lock, stand by until it frees (default: say so and exit 0).",
+)
 @pass_cli
 def scheduler_command(ctx: CliContext, wait: bool) -> None:
     """Run the weekly, monthly and threshold jobs ([scheduler] settings) until stopped (Ctrl-C / SIGTERM)."""
@@ -36,7 +39,9 @@ def scheduler_command(ctx: CliContext, wait: bool) -> None:
             click.echo(f"job {job.id:<9} {job.trigger}  next run {job.next_run_time}")
         if not scheduler.get_jobs():
             click.echo("no jobs enabled (scheduler.jobs); waiting anyway")
-        click.echo(f"scheduler running ({settings.scheduler.timezone}), lock {lock_path(settings)}", )
+        click.echo(
+            f"scheduler running ({settings.scheduler.timezone}), lock {lock_path(settings)}",
+        )
         scheduler.resume()  # jobs missed while no scheduler ran are due now: each runs once (coalesced)
         stop.wait()
     finally:

@@ -51,7 +51,9 @@ def serve(ctx: CliContext, host: str | None, port: int | None, workers: int | No
     settings = ctx.settings  # validates before gunicorn starts, so errors name the key
     gw = settings.gateway
     if not port_is_free(gw.host, gw.port):
-        raise ConfigError(f"port {gw.port} on {gw.host} is already in use (set gateway.port or --port)", field="gateway.port")
+        raise ConfigError(
+            f"port {gw.port} on {gw.host} is already in use (set gateway.port or --port)", field="gateway.port"
+        )
     if gw.api_key_required:
         click.echo("API keys are required (gateway.require_api_key); create one with: tuneloop keys create NAME")
     argv, env = gunicorn_argv(ctx.config_path)

@@ -14,7 +14,9 @@ def starter() -> None:
 
 @starter.command("build")
 @click.option("--force", is_flag=True, help="Rebuild even when the model is up to date.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (default: the model server's model_dir).")
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (default: the model server's model_dir)."
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @pass_cli
 def build(ctx: CliContext, force: bool, out_dir: str | None, quiet: bool) -> None:

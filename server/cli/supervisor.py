@@ -81,7 +81,9 @@ class Supervisor:
             except httpx2.TransportError:
                 pass
             time.sleep(0.3)
-        raise ChildFailed(f"{child.name} did not become healthy within {child.startup_timeout_s:.0f} s ({child.health_url})")
+        raise ChildFailed(
+            f"{child.name} did not become healthy within {child.startup_timeout_s:.0f} s ({child.health_url})"
+        )
 
     def watch(self) -> int:
         """Block until a child dies (returns 1, after stopping the rest) or a signal arrives (returns 0)."""

@@ -25,7 +25,9 @@ def train_group() -> None:
 
 
 @train_group.command("start")
-@click.option("--dataset", default="latest", show_default=True, help="Dataset to train on: latest, vN, or a dataset id.")
+@click.option(
+    "--dataset", default="latest", show_default=True, help="Dataset to train on: latest, vN, or a dataset id."
+)
 @click.option("--provider", type=click.Choice(["local", "openai"]), help="Who trains (default: training.provider).")
 @click.option("--force", is_flag=True, help="Train again even if this dataset and configuration already succeeded.")
 @click.option("--detach", is_flag=True, help="Return once submitted; follow with `tuneloop train status RUN_ID`.")
@@ -38,11 +40,15 @@ def start(ctx: CliContext, dataset, provider, force, detach, quiet) -> None:
     started = start_run(ctx.db, ctx.settings, dataset, provider, force=force)
     run = started.run
     if started.created:
-        click.echo(f"started {run.id}: dataset v{run.dataset_version}, provider {run.provider}, "
-                   f"base model {run.base_model} ({run.external_job_id})")
+        click.echo(
+            f"started {run.id}: dataset v{run.dataset_version}, provider {run.provider}, "
+            f"base model {run.base_model} ({run.external_job_id})"
+        )
     else:
-        click.echo(f"{run.id} already trained dataset v{run.dataset_version} with this configuration "
-                   f"({run.state}); use --force to train again")
+        click.echo(
+            f"{run.id} already trained dataset v{run.dataset_version} with this configuration "
+            f"({run.state}); use --force to train again"
+        )
     if detach or run.finished:
         _print_run(run, detail=False)
         return
@@ -55,8 +61,14 @@ def _follow(ctx: CliContext, run_id: str, provider: str, *, quiet: bool) -> None
     from trainer.providers.runs import list_events
     from trainer.training import wait_for_run
 
-    bar = tqdm(total=100, desc=run_id, unit="%", disable=quiet, dynamic_ncols=True,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
+    bar = tqdm(
+        total=100,
+        desc=run_id,
+        unit="%",
+        disable=quiet,
+        dynamic_ncols=True,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]",
+    )
     seen = [0]
 
     def on_poll(run) -> None:
@@ -169,27 +181,50 @@ def checkpoints(ctx: CliContext, run_id, as_json) -> None:
 
 
 def _run_dict(run) -> dict:
-    keys = ("id", "dataset_id", "dataset_version", "provider", "base_model", "state", "progress", "external_job_id",
-            "output", "error", "candidate_version_id", "metrics", "hyperparameters", "work_dir", "created_at",
-            "started_at", "finished_at")
+    keys = (
+        "id",
+        "dataset_id",
+        "dataset_version",
+        "provider",
+        "base_model",
+        "state",
+        "progress",
+        "external_job_id",
+        "output",
+        "error",
+        "candidate_version_id",
+        "metrics",
+        "hyperparameters",
+        "work_dir",
+        "created_at",
+        "started_at",
+        "finished_at",
+    )
     return {k: getattr(run, k) for k in keys}
 
 
 def _print_run(run, *, detail: bool) -> None:
     progress = f" {run.progress * 100:3.0f}%" if run.progress is not None and not run.finished else ""
-    click.echo(f"{run.id}  {run.state}{progress}  v{run.dataset_version}  {run.provider}  {run.created_at[:19]}"
-               + (f"  → {run.output}" if run.output else ""))
+    click.echo(
+        f"{run.id}  {run.state}{progress}  v{run.dataset_version}  {run.provider}  {run.created_at[:19]}"
+        + (f"  → {run.output}" if run.output else "")
+    )
     m = run.metrics
     if detail:
         facts = [f"{k} {m[k]:.4f}" for k in ("initial_eval_loss", "eval_loss", "train_loss") if m.get(k) is not None]
-        facts += [f"epochs {m['epochs_run']:g}" + (" (stopped early)" if m.get("stopped_early") else "")
-                  ] if m.get("epochs_run") is not None else []
+        facts += (
+            [f"epochs {m['epochs_run']:g}" + (" (stopped early)" if m.get("stopped_early") else "")]
+            if m.get("epochs_run") is not None
+            else []
+        )
         facts += [f"{m['tokens_per_s']:,.0f} tokens/s"] if m.get("tokens_per_s") else []
         facts += [f"trained tokens {m['trained_tokens']:,}"] if m.get("trained_tokens") else []
         if facts:
             click.echo("  " + ", ".join(facts))
     if run.candidate_version_id:
-        click.echo(f"  candidate model version {run.candidate_version_id}: evaluate it with `tuneloop eval {run.candidate_version_id}`")
+        click.echo(
+            f"  candidate model version {run.candidate_version_id}: evaluate it with `tuneloop eval {run.candidate_version_id}`"
+        )
     if run.error:
         click.secho(f"  error: {run.error}", fg="red")
 

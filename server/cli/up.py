@@ -22,7 +22,6 @@ from server.cli.supervisor import Child, ChildFailed, Supervisor, tuneloop_argv
 from trainer.starter.build import build_from_settings
 
 
-
 def _scheduler_child(config_path: str | None, settings: Settings) -> Child:
     # --wait: if a scheduler already runs on this data_dir, stand by instead of exiting (which would stop `up`).
     return Child("scheduler", tuneloop_argv(config_path, "scheduler", "--wait"), health_url=None)
@@ -39,7 +38,9 @@ def _check_ports(settings: Settings, with_model_server: bool) -> None:
         wanted.insert(0, ("model server", ms.host, ms.port, "model_server.port"))
     for what, host, port, key in wanted:
         if not port_is_free(host, port):
-            raise ConfigError(f"port {port} on {host} is taken, so the {what} cannot start; free it or set {key}", field=key)
+            raise ConfigError(
+                f"port {port} on {host} is taken, so the {what} cannot start; free it or set {key}", field=key
+            )
 
 
 def _uses_builtin_model(settings: Settings) -> bool:
@@ -75,7 +76,11 @@ def up(ctx: CliContext, rebuild: bool) -> None:
         # an external vLLM or OpenAI model may legitimately come up later.
         probe = "readyz" if builtin else "healthz"
         supervisor.start(
-            Child("gateway", tuneloop_argv(ctx.config_path, "serve"), health_url=f"http://{_local(gw.host)}:{gw.port}/{probe}")
+            Child(
+                "gateway",
+                tuneloop_argv(ctx.config_path, "serve"),
+                health_url=f"http://{_local(gw.host)}:{gw.port}/{probe}",
+            )
         )
         for make_child in EXTRA_CHILDREN:
             supervisor.start(make_child(ctx.config_path, settings))

@@ -123,7 +123,9 @@ class ModelWorker:
             info = self.model.load_adapter(str(path), adapter_name=internal)
             missing = [k for k in (getattr(info, "missing_keys", None) or []) if f".{internal}." in k]
             if missing:
-                raise ValueError(f"the adapter's weights do not fit this model (missing {missing[0]} and {len(missing) - 1} more)")
+                raise ValueError(
+                    f"the adapter's weights do not fit this model (missing {missing[0]} and {len(missing) - 1} more)"
+                )
         except Exception:
             if internal in (getattr(self.model, "peft_config", None) or {}):
                 self.model.delete_adapter(internal)
@@ -168,7 +170,9 @@ class Engine:
         """(name, root path, parent, created, context length) for ``GET /v1/models``."""
         with self._lock:
             cards = [(m.name, str(m.path), None, m.created, m.context_length) for m in self._models.values()]
-            cards += [(a.name, str(a.path), a.base.name, a.created, a.base.context_length) for a in self._adapters.values()]
+            cards += [
+                (a.name, str(a.path), a.base.name, a.created, a.base.context_length) for a in self._adapters.values()
+            ]
         return cards
 
     def resolve(self, name: str) -> tuple[ModelWorker, str | None]:
@@ -180,7 +184,9 @@ class Engine:
                 adapter = self._adapters[name]
                 return adapter.base, adapter.internal
             known = ", ".join([*self._models, *self._adapters])
-        raise NotFound(f"the model {name!r} does not exist; this server has: {known}", field="model", code="model_not_found")
+        raise NotFound(
+            f"the model {name!r} does not exist; this server has: {known}", field="model", code="model_not_found"
+        )
 
     # --- loading ----------------------------------------------------------------------------
 
@@ -202,7 +208,9 @@ class Engine:
                 raise InvalidRequest(f"{name!r} is the base model's name; pick another name", field="lora_name")
             taken = name in self._models or name in self._adapters
         if taken and not replace:
-            raise InvalidRequest(f"The lora adapter '{name}' has already been loaded.", field="lora_name", code="already_loaded")
+            raise InvalidRequest(
+                f"The lora adapter '{name}' has already been loaded.", field="lora_name", code="already_loaded"
+            )
         if (folder / "adapter_config.json").is_file():
             self._load_adapter(name, folder, replace=taken)
             return "adapter"
@@ -269,13 +277,19 @@ class Engine:
 
     # --- generation -------------------------------------------------------------------------
 
-    def prepare(self, name: str, messages: list[dict[str, str]], *, max_tokens: int | None, **sampling: Any) -> tuple[ModelWorker, str | None, list[int], SamplingParams]:
+    def prepare(
+        self, name: str, messages: list[dict[str, str]], *, max_tokens: int | None, **sampling: Any
+    ) -> tuple[ModelWorker, str | None, list[int], SamplingParams]:
         """Everything that can fail before an answer starts: model, prompt, limits. Raises 4xx errors."""
         worker, adapter = self.resolve(name)
         try:
-            prompt = worker.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+            prompt = worker.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
         except Exception as exc:  # noqa: BLE001 - template errors (e.g. an unsupported role) are the caller's
-            raise ValidationFailed(f"the messages do not fit the model's chat template: {exc}", field="messages") from exc
+            raise ValidationFailed(
+                f"the messages do not fit the model's chat template: {exc}", field="messages"
+            ) from exc
         room = worker.context_length - len(prompt)
         if room < 1:
             raise InvalidRequest(
@@ -292,7 +306,9 @@ class Engine:
         limit = min(max_tokens or self.max_new_tokens, room)
         return worker, adapter, prompt, SamplingParams(max_tokens=limit, **sampling)
 
-    def generate(self, name: str, messages: list[dict[str, str]], *, max_tokens: int | None = None, **sampling: Any) -> Generation:
+    def generate(
+        self, name: str, messages: list[dict[str, str]], *, max_tokens: int | None = None, **sampling: Any
+    ) -> Generation:
         """Validate, then queue an answer on the model's worker."""
         worker, adapter, prompt, params = self.prepare(name, messages, max_tokens=max_tokens, **sampling)
         return worker.generate(prompt, params, adapter)

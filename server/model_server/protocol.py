@@ -95,10 +95,20 @@ def completion(cid: str, model: str, created: int, text: str, finish_reason: str
     }
 
 
-def chunk(cid: str, model: str, created: int, delta: dict | None, finish_reason: str | None = None, *, usage_field: bool = False) -> dict[str, Any]:
+def chunk(
+    cid: str,
+    model: str,
+    created: int,
+    delta: dict | None,
+    finish_reason: str | None = None,
+    *,
+    usage_field: bool = False,
+) -> dict[str, Any]:
     """One ``chat.completion.chunk``; ``delta=None`` is the usage-only chunk with no choices."""
     body: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
-    body["choices"] = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+    body["choices"] = (
+        [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+    )
     if usage_field:
         # With include_usage, OpenAI sends "usage": null on every chunk but the last.
         body["usage"] = None

@@ -94,7 +94,14 @@ def _event_stream(pending: PendingAnswer) -> Iterator[str]:
         elif kind == "error":
             yield sse("error", value)
         else:
-            yield sse("done", {"usage": _usage(pending), "finish_reason": value.finish_reason, "latency_ms": round(value.latency_ms or 0.0, 2)})
+            yield sse(
+                "done",
+                {
+                    "usage": _usage(pending),
+                    "finish_reason": value.finish_reason,
+                    "latency_ms": round(value.latency_ms or 0.0, 2),
+                },
+            )
 
 
 def _usage(pending: PendingAnswer) -> dict:
@@ -142,7 +149,9 @@ def feedback():
         correction=_blank_to_none(body.correction),
     )
     metrics.observe_rating(body.rating)
-    return jsonify(FeedbackResponse(feedback_id=result.feedback_id, rating=result.rating, updated=result.updated).model_dump())
+    return jsonify(
+        FeedbackResponse(feedback_id=result.feedback_id, rating=result.rating, updated=result.updated).model_dump()
+    )
 
 
 def _blank_to_none(value: str | None) -> str | None:

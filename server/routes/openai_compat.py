@@ -45,7 +45,9 @@ def chat_completions():
     if not question.strip():
         raise ValidationFailed("the last user message is empty", field="messages")
     if len(question) > limit:
-        raise PayloadTooLarge(f"message has {len(question)} characters; the limit is {limit}", field="messages", code="message_too_long")
+        raise PayloadTooLarge(
+            f"message has {len(question)} characters; the limit is {limit}", field="messages", code="message_too_long"
+        )
     prior = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages[:-1]]
     key_id = caller_key_id()
     pending = gw.chat.start(
@@ -111,7 +113,12 @@ def _usage(usage: dict) -> dict:
 
 
 def _chunks(pending: PendingAnswer, created: int) -> Iterator[str]:
-    base = {"id": pending.turn.assistant_message_id, "object": "chat.completion.chunk", "created": created, "model": pending.model}
+    base = {
+        "id": pending.turn.assistant_message_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": pending.model,
+    }
 
     def line(payload: dict) -> str:
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
@@ -138,6 +145,9 @@ def models():
     return jsonify(
         {
             "object": "list",
-            "data": [{"id": name, "object": "model", "created": created, "owned_by": "tuneloop"} for name in router.served_names()],
+            "data": [
+                {"id": name, "object": "model", "created": created, "owned_by": "tuneloop"}
+                for name in router.served_names()
+            ],
         }
     )

@@ -41,7 +41,9 @@ def wait_until_healthy(process, url: str, log_path, *, what: str, timeout_s: flo
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}:\n{Path(log_path).read_text(errors='replace')[-3000:]}")
+            raise RuntimeError(
+                f"{what} exited with {process.returncode}:\n{Path(log_path).read_text(errors='replace')[-3000:]}"
+            )
         try:
             if httpx2.get(url, timeout=2).status_code == 200:
                 return
@@ -49,4 +51,6 @@ def wait_until_healthy(process, url: str, log_path, *, what: str, timeout_s: flo
             pass
         time.sleep(0.2)
     process.kill()
-    raise RuntimeError(f"{what} did not answer {url} within {timeout_s} s:\n{Path(log_path).read_text(errors='replace')[-3000:]}")
+    raise RuntimeError(
+        f"{what} did not answer {url} within {timeout_s} s:\n{Path(log_path).read_text(errors='replace')[-3000:]}"
+    )

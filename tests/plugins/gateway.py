@@ -91,7 +91,9 @@ def _toml_value(value) -> str:
     raise TypeError(value)
 
 
-def start_gunicorn_gateway(tmp_path: Path, base_url: str, extra: dict | None = None, timeout_s: float = 30) -> RunningGateway:
+def start_gunicorn_gateway(
+    tmp_path: Path, base_url: str, extra: dict | None = None, timeout_s: float = 30
+) -> RunningGateway:
     """Run ``tuneloop serve`` on a free port against ``base_url``; wait for /healthz."""
     import os
     import subprocess

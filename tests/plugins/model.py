@@ -49,7 +49,11 @@ TINY_NAME = "starter"
 
 def tiny_rows(count: int = 8) -> list[dict]:
     """The first ``count`` FAQ rows, half English and half Korean (chat rows)."""
-    rows = [json.loads(line) for line in (PROJECT_ROOT / "data" / "faq.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [
+        json.loads(line)
+        for line in (PROJECT_ROOT / "data" / "faq.jsonl").read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
     korean = [r for r in rows if _is_korean(r["messages"][0]["content"])]
     english = [r for r in rows if not _is_korean(r["messages"][0]["content"])]
     return english[: count - count // 2] + korean[: count // 2]
@@ -128,7 +132,9 @@ def tuneloop_exe() -> str:
     return str(Path(sys.executable).with_name("tuneloop"))
 
 
-def start_model_server(model_dir: Path, folder: Path, *, name: str = TINY_NAME, timeout_s: float = 90) -> RunningModelServer:
+def start_model_server(
+    model_dir: Path, folder: Path, *, name: str = TINY_NAME, timeout_s: float = 90
+) -> RunningModelServer:
     """Start ``tuneloop model-server`` on a free port and wait until /health answers."""
     port = free_port()
     folder.mkdir(parents=True, exist_ok=True)

@@ -61,12 +61,21 @@ from trainer.dataset.cost import estimate_costs
 from trainer.dataset.dedupe import connected_groups, find_duplicates, prompt_key, answer_key
 from trainer.dataset.pii import TYPES, PiiMasker
 from trainer.dataset.preferences import preference_pairs, to_jsonl
-from trainer.dataset.sources import Example, display_path, read_base, resolve_base_file, review_examples, upvoted_examples
+from trainer.dataset.sources import (
+    Example,
+    display_path,
+    read_base,
+    resolve_base_file,
+    review_examples,
+    upvoted_examples,
+)
 from trainer.dataset.split import SPLITS, assign_splits
 from trainer.dataset.validate import TOKEN_COUNTING, estimate_tokens, validate_splits
 
-COST_NOTE = ("estimate: estimated training-file tokens × epochs × dataset.prices (USD per 1M training tokens, "
-             "copied from OpenAI's pricing page; check current prices before relying on it)")
+COST_NOTE = (
+    "estimate: estimated training-file tokens × epochs × dataset.prices (USD per 1M training tokens, "
+    "copied from OpenAI's pricing page; check current prices before relying on it)"
+)
 
 
 @dataclass
@@ -95,8 +104,9 @@ class DatasetInvalid(ValidationFailed):
     def __init__(self, result: BuildResult):
         lines = [_describe(p) for p in result.problems[:30]]
         more = f"\n  … and {len(result.problems) - 30} more" if len(result.problems) > 30 else ""
-        super().__init__(f"the dataset has {len(result.problems)} problem(s); nothing was written:\n  "
-                         + "\n  ".join(lines) + more)
+        super().__init__(
+            f"the dataset has {len(result.problems)} problem(s); nothing was written:\n  " + "\n  ".join(lines) + more
+        )
         self.result = result
 
 
@@ -184,17 +194,23 @@ def build_dataset(
                 if source == "base":
                     replaced.append({"base": ex.lineage, "review_item_id": match.id})
                 else:
-                    dropped.append({"lineage": ex.lineage, "reason": f"question is {match.status} in review as {match.id}"})
+                    dropped.append(
+                        {"lineage": ex.lineage, "reason": f"question is {match.status} in review as {match.id}"}
+                    )
                 continue
         kept.append(ex)
 
     # 4. dedupe
     duplicates, conflict_pairs = find_duplicates([ex.messages for ex in kept], threshold)
     for index, (kept_index, kind) in sorted(duplicates.items()):
-        dropped.append({"lineage": kept[index].lineage,
-                        "reason": f"{kind} duplicate of {lineage_text(kept[kept_index].lineage)}"})
-    conflicts = [{"a": kept[i].lineage, "b": kept[j].lineage} for i, j in conflict_pairs
-                 if i not in duplicates and j not in duplicates]
+        dropped.append(
+            {"lineage": kept[index].lineage, "reason": f"{kind} duplicate of {lineage_text(kept[kept_index].lineage)}"}
+        )
+    conflicts = [
+        {"a": kept[i].lineage, "b": kept[j].lineage}
+        for i, j in conflict_pairs
+        if i not in duplicates and j not in duplicates
+    ]
     rows = [ex for i, ex in enumerate(kept) if i not in duplicates]
 
     # 5. split
@@ -204,8 +220,9 @@ def build_dataset(
         anchor = prompt_key(ex.messages) + "\x00" + answer_key(ex.messages)
         anchors[g] = min(anchors.get(g, anchor), anchor)
     pinned = {g for g, ex in zip(groups, rows) if ex.lineage["source"] == "review"}
-    assigned = assign_splits(groups, anchors, val_fraction=ds.val_fraction, test_fraction=ds.test_fraction,
-                             seed=seed, pinned=pinned)
+    assigned = assign_splits(
+        groups, anchors, val_fraction=ds.val_fraction, test_fraction=ds.test_fraction, seed=seed, pinned=pinned
+    )
     by_split: dict[str, list[Example]] = {name: [] for name in SPLITS}
     for ex, name in zip(rows, assigned):
         by_split[name].append(ex)
@@ -215,8 +232,9 @@ def build_dataset(
     lineage = {name: [_row_lineage(ex) for ex in by_split[name]] for name in SPLITS}
 
     # 6. validate, 7. cost
-    report = validate_splits(split_rows, lineage, max_tokens=ds.max_tokens_per_example,
-                             min_examples=ds.min_examples, count=count_tokens)
+    report = validate_splits(
+        split_rows, lineage, max_tokens=ds.max_tokens_per_example, min_examples=ds.min_examples, count=count_tokens
+    )
     costs = estimate_costs(report.tokens.get("train", 0), ds.prices, ds.epochs)
 
     # preference pairs ride along (DPO)
@@ -224,8 +242,9 @@ def build_dataset(
 
     files = {f"{name}.jsonl": _jsonl(split_rows[name]) for name in SPLITS}
     files["preferences.jsonl"] = to_jsonl(pairs)
-    file_info = {name: {"rows": data.count(b"\n"), "bytes": len(data), "sha256": _sha(data)}
-                 for name, data in files.items()}
+    file_info = {
+        name: {"rows": data.count(b"\n"), "bytes": len(data), "sha256": _sha(data)} for name, data in files.items()
+    }
     dataset_sha = _sha("".join(f"{n} {i['sha256']}\n" for n, i in sorted(file_info.items())).encode())
     pii = _pii_report(by_split, pairs)
     counts = {
@@ -240,17 +259,24 @@ def build_dataset(
         "conflicts": len(conflicts),
     }
     params = {
-        "seed": seed, "val_fraction": ds.val_fraction, "test_fraction": ds.test_fraction,
-        "near_duplicate_threshold": threshold, "include_upvoted_min": min_up,
-        "max_tokens_per_example": ds.max_tokens_per_example, "min_examples": ds.min_examples,
-        "system_prompt": system_prompt or None, "pii_allowlist_entries": len(ds.pii_allowlist),
+        "seed": seed,
+        "val_fraction": ds.val_fraction,
+        "test_fraction": ds.test_fraction,
+        "near_duplicate_threshold": threshold,
+        "include_upvoted_min": min_up,
+        "max_tokens_per_example": ds.max_tokens_per_example,
+        "min_examples": ds.min_examples,
+        "system_prompt": system_prompt or None,
+        "pii_allowlist_entries": len(ds.pii_allowlist),
     }
     manifest = {
         "format": "OpenAI chat fine-tuning JSONL (train/val/test); preferences.jsonl: OpenAI DPO format",
         "params": params,
-        "inputs": {"base_file": {"path": display_path(base_path), "sha256": _sha(base_path.read_bytes()),
-                                 "rows": len(base)},
-                   "approved_corrections": len(approved), "upvoted_answers": len(upvoted)},
+        "inputs": {
+            "base_file": {"path": display_path(base_path), "sha256": _sha(base_path.read_bytes()), "rows": len(base)},
+            "approved_corrections": len(approved),
+            "upvoted_answers": len(upvoted),
+        },
         "counts": counts,
         "files": file_info,
         "sha256": dataset_sha,
@@ -264,8 +290,9 @@ def build_dataset(
         "preferences": [_row_lineage(p) for p in pairs],
     }
     files["manifest.json"] = (json.dumps(manifest, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
-    result = BuildResult(dry_run=dry_run, counts=counts, pii=pii, problems=report.problems, costs=costs,
-                         manifest=manifest, files=files)
+    result = BuildResult(
+        dry_run=dry_run, counts=counts, pii=pii, problems=report.problems, costs=costs, manifest=manifest, files=files
+    )
     if report.problems and not dry_run:
         raise DatasetInvalid(result)
     if dry_run:
@@ -334,8 +361,16 @@ def _write(db: Database, settings: Settings, files: dict[str, bytes], result: Bu
                 db.execute(
                     """INSERT INTO datasets (id, version, path, sha256, counts, manifest_path, params, created_at)
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-                    [dataset_id, version, str(final.resolve()), result.sha256, json.dumps(counts),
-                     str((final / "manifest.json").resolve()), json.dumps(result.manifest["params"]), utc_now()],
+                    [
+                        dataset_id,
+                        version,
+                        str(final.resolve()),
+                        result.sha256,
+                        json.dumps(counts),
+                        str((final / "manifest.json").resolve()),
+                        json.dumps(result.manifest["params"]),
+                        utc_now(),
+                    ],
                 )
                 os.rename(tmp, final)  # the folder appears whole, and only if the row commits
                 renamed = True
@@ -356,6 +391,10 @@ def _fsync_dir(path: Path) -> None:
 
 def list_datasets(db: Database) -> list[dict]:
     """Built datasets, newest first, with their counts."""
-    rows = db.execute("SELECT id, version, path, sha256, counts, created_at FROM datasets ORDER BY version DESC").fetchall()
-    return [{"id": i, "version": v, "path": p, "sha256": s, "counts": json.loads(c), "created_at": t}
-            for i, v, p, s, c, t in rows]
+    rows = db.execute(
+        "SELECT id, version, path, sha256, counts, created_at FROM datasets ORDER BY version DESC"
+    ).fetchall()
+    return [
+        {"id": i, "version": v, "path": p, "sha256": s, "counts": json.loads(c), "created_at": t}
+        for i, v, p, s, c, t in rows
+    ]

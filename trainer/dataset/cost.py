@@ -15,8 +15,13 @@ def estimate_costs(train_tokens: int, prices: dict[str, float], epochs: int) -> 
     """One row per base model, cheapest first: ``{"model", "usd_per_1m", "epochs", "billed_tokens", "usd"}``."""
     billed = train_tokens * epochs
     rows = [
-        {"model": model, "usd_per_1m": price, "epochs": epochs, "billed_tokens": billed,
-         "usd": round(billed / 1_000_000 * price, 4)}
+        {
+            "model": model,
+            "usd_per_1m": price,
+            "epochs": epochs,
+            "billed_tokens": billed,
+            "usd": round(billed / 1_000_000 * price, 4),
+        }
         for model, price in prices.items()
     ]
     return sorted(rows, key=lambda r: (r["usd"], r["model"]))

@@ -51,7 +51,7 @@ def similar_pairs(keys: list[str], threshold: float) -> list[tuple[int, int]]:
     for i, key in enumerate(keys):
         by_key[key].append(i)
     for same in by_key.values():  # identical keys (empty ones included) are always pairs
-        pairs.extend((a, b) for n, a in enumerate(same) for b in same[n + 1:])
+        pairs.extend((a, b) for n, a in enumerate(same) for b in same[n + 1 :])
     frequency = Counter(g for gs in grams for g in gs)
     rank = {g: r for r, (g, _) in enumerate(sorted(frequency.items(), key=lambda kv: (kv[1], kv[0])))}
     index: dict[str, list[int]] = defaultdict(list)
@@ -69,7 +69,9 @@ def similar_pairs(keys: list[str], threshold: float) -> list[tuple[int, int]]:
     return sorted(set(pairs))
 
 
-def find_duplicates(examples: list[list[dict]], threshold: float) -> tuple[dict[int, tuple[int, str]], list[tuple[int, int]]]:
+def find_duplicates(
+    examples: list[list[dict]], threshold: float
+) -> tuple[dict[int, tuple[int, str]], list[tuple[int, int]]]:
     """Which examples to drop and why, and which near-duplicate pairs disagree.
 
     ``examples`` are message lists in trust order. Returns ``({dropped index:

@@ -176,7 +176,7 @@ class PiiMasker:
             for span in detector(text):
                 if any(span.start < c.end and c.start < span.end for c in claimed):
                     continue
-                if span.type != "KEEP" and self._allowed(text[span.start:span.end]):
+                if span.type != "KEEP" and self._allowed(text[span.start : span.end]):
                     span = Span(span.start, span.end, "KEEP")
                 claimed.append(span)
         return sorted((s for s in claimed if s.type != "KEEP"), key=lambda s: s.start)
@@ -187,7 +187,7 @@ class PiiMasker:
         counts: Counter = Counter(s.type for s in spans)
         pieces, last = [], 0
         for span in spans:
-            pieces.append(text[last:span.start])
+            pieces.append(text[last : span.start])
             pieces.append(f"[{span.type}]")
             last = span.end
         pieces.append((text or "")[last:])

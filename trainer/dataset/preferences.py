@@ -69,12 +69,17 @@ def preference_pairs(items: list[ReviewItem], masker: PiiMasker, *, system_promp
                 continue
             seen.add(bad.text)
             prompt = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-                {"role": "user", "content": question.text}]
-            pairs.append(PreferencePair(
-                prompt=prompt, chosen=good.text, rejected=bad.text,
-                lineage={"source": "review", "review_item_id": item.id},
-                masked=question.counts + good.counts + bad.counts,
-            ))
+                {"role": "user", "content": question.text}
+            ]
+            pairs.append(
+                PreferencePair(
+                    prompt=prompt,
+                    chosen=good.text,
+                    rejected=bad.text,
+                    lineage={"source": "review", "review_item_id": item.id},
+                    masked=question.counts + good.counts + bad.counts,
+                )
+            )
     return pairs
 
 
@@ -87,8 +92,9 @@ def to_jsonl(pairs: list[PreferencePair], fmt: str = "openai") -> bytes:
 
 def export_preferences(db, settings, path, *, fmt: str = "openai") -> int:
     """Write the preference pairs of every approved item to ``path`` (JSONL); returns how many."""
-    pairs = preference_pairs(approved_items(db), PiiMasker(settings.dataset.pii_allowlist),
-                             system_prompt=settings.chat.system_prompt.strip())
+    pairs = preference_pairs(
+        approved_items(db), PiiMasker(settings.dataset.pii_allowlist), system_prompt=settings.chat.system_prompt.strip()
+    )
     data = to_jsonl(pairs, fmt)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -110,7 +110,9 @@ def _csv_messages(record: dict) -> tuple[list[dict], str | None]:
         return [], "question and answer must both be filled in"
     system = (record.get("system") or "").strip()
     messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": answer},
+    ]
     return messages, None
 
 
@@ -154,8 +156,14 @@ def import_base(db: Database, settings: Settings, source: str | Path) -> dict:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    record = {"id": new_id("base"), "path": str(target), "original_name": source.name, "sha256": digest,
-              "rows": len(examples), "created_at": utc_now()}
+    record = {
+        "id": new_id("base"),
+        "path": str(target),
+        "original_name": source.name,
+        "sha256": digest,
+        "rows": len(examples),
+        "created_at": utc_now(),
+    }
     try:
         with write_transaction(db):
             db["dataset_bases"].insert(record)
@@ -167,8 +175,10 @@ def import_base(db: Database, settings: Settings, source: str | Path) -> dict:
 
 def list_bases(db: Database) -> list[dict]:
     """Imported base files, newest first."""
-    rows = db.execute("SELECT id, path, original_name, sha256, rows, created_at FROM dataset_bases"
-                      " ORDER BY created_at DESC, rowid DESC").fetchall()
+    rows = db.execute(
+        "SELECT id, path, original_name, sha256, rows, created_at FROM dataset_bases"
+        " ORDER BY created_at DESC, rowid DESC"
+    ).fetchall()
     return [dict(zip(("id", "path", "original_name", "sha256", "rows", "created_at"), r)) for r in rows]
 
 
@@ -199,8 +209,9 @@ def upvoted_examples(db: Database, min_up: int) -> list[Example]:
            WHERE a.error IS NULL AND a.content != ''
            GROUP BY a.id"""
     ).fetchall()
-    groups: dict[tuple[str, str], dict] = defaultdict(lambda: {"up": 0, "down": 0, "phrasings": Counter(),
-                                                               "latest": ("", "")})
+    groups: dict[tuple[str, str], dict] = defaultdict(
+        lambda: {"up": 0, "down": 0, "phrasings": Counter(), "latest": ("", "")}
+    )
     for message_id, at, question, answer, up, down in rows:
         group = groups[(question_key(question), answer.strip())]
         group["up"] += up
@@ -212,8 +223,10 @@ def upvoted_examples(db: Database, min_up: int) -> list[Example]:
         if group["up"] < min_up or group["up"] < 3 * group["down"]:
             continue
         question = min(group["phrasings"].items(), key=lambda kv: (-kv[1], kv[0]))[0]
-        examples.append(Example(
-            messages=[{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
-            lineage={"source": "feedback", "message_id": group["latest"][1], "votes": group["up"]},
-        ))
+        examples.append(
+            Example(
+                messages=[{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                lineage={"source": "feedback", "message_id": group["latest"][1], "votes": group["up"]},
+            )
+        )
     return examples

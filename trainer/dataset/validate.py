@@ -38,8 +38,10 @@ from typing import Callable
 
 ROLES = ("system", "user", "assistant")
 MESSAGE_KEYS = {"role", "content", "name", "weight"}
-TOKEN_COUNTING = ("estimate: ceil(ASCII characters / 3) + 1 per other BMP character + 3 per astral character; "
-                  "+3 per message, +3 per example (cookbook num_tokens_from_messages)")
+TOKEN_COUNTING = (
+    "estimate: ceil(ASCII characters / 3) + 1 per other BMP character + 3 per astral character; "
+    "+3 per message, +3 per example (cookbook num_tokens_from_messages)"
+)
 
 
 def estimate_tokens(text: str) -> int:
@@ -74,14 +76,15 @@ class Problem:
     message: str
 
 
-def check_example(example, *, max_tokens: int, count: Callable[[str], int] = estimate_tokens,
-                  allow_extra_keys: bool = False) -> list[Problem]:
+def check_example(
+    example, *, max_tokens: int, count: Callable[[str], int] = estimate_tokens, allow_extra_keys: bool = False
+) -> list[Problem]:
     """Every rule ``example`` breaks (empty when it is a valid training example)."""
     if not isinstance(example, dict):
         return [Problem("data_type", f"each line must be a JSON object, got {type(example).__name__}")]
     messages = example.get("messages")
     if not isinstance(messages, list) or not messages:
-        return [Problem("missing_messages_list", "needs a non-empty \"messages\" list")]
+        return [Problem("missing_messages_list", 'needs a non-empty "messages" list')]
     problems = []
     extra = sorted(set(example) - {"messages"})
     if extra and not allow_extra_keys:
@@ -91,18 +94,22 @@ def check_example(example, *, max_tokens: int, count: Callable[[str], int] = est
             problems.append(Problem("data_type", f"message {n} is not an object"))
             continue
         if "role" not in message or "content" not in message:
-            problems.append(Problem("message_missing_key", f"message {n} needs both \"role\" and \"content\""))
+            problems.append(Problem("message_missing_key", f'message {n} needs both "role" and "content"'))
         unknown = sorted(set(message) - MESSAGE_KEYS)
         if unknown:
-            problems.append(Problem("message_unrecognized_key", f"message {n} has unsupported key(s): {', '.join(unknown)}"))
+            problems.append(
+                Problem("message_unrecognized_key", f"message {n} has unsupported key(s): {', '.join(unknown)}")
+            )
         if "role" in message and message.get("role") not in ROLES:
-            problems.append(Problem("unrecognized_role", f"message {n} has role {message.get('role')!r}; "
-                                                         f"use {', '.join(ROLES)}"))
+            problems.append(
+                Problem("unrecognized_role", f"message {n} has role {message.get('role')!r}; use {', '.join(ROLES)}")
+            )
         content = message.get("content")
         if "content" in message and (not isinstance(content, str) or not content.strip()):
             problems.append(Problem("missing_content", f"message {n} content must be a non-empty string"))
-        if "weight" in message and (message["weight"] not in (0, 1) or isinstance(message["weight"], bool)
-                                    or message.get("role") != "assistant"):
+        if "weight" in message and (
+            message["weight"] not in (0, 1) or isinstance(message["weight"], bool) or message.get("role") != "assistant"
+        ):
             problems.append(Problem("bad_weight", f"message {n}: weight must be 0 or 1, on assistant messages only"))
     if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
         problems.append(Problem("example_missing_assistant_message", "needs at least one assistant message"))
@@ -140,8 +147,15 @@ def validate_splits(
         total = 0
         for n, row in enumerate(rows, 1):
             for problem in check_example(row, max_tokens=max_tokens, count=count):
-                report.problems.append({"split": name, "row": n, "code": problem.code, "message": problem.message,
-                                        "lineage": lineage[name][n - 1]})
+                report.problems.append(
+                    {
+                        "split": name,
+                        "row": n,
+                        "code": problem.code,
+                        "message": problem.message,
+                        "lineage": lineage[name][n - 1],
+                    }
+                )
             messages = row.get("messages") if isinstance(row, dict) else None
             if isinstance(messages, list) and all(isinstance(m, dict) for m in messages):
                 tokens = example_tokens(messages, count)
@@ -150,7 +164,13 @@ def validate_splits(
         report.tokens[name] = total
     train = len(splits.get("train", []))
     if train < min_examples:
-        report.problems.append({"split": "train", "row": None, "code": "too_few_examples",
-                                "message": f"{train} training examples; at least {min_examples} are needed",
-                                "lineage": None})
+        report.problems.append(
+            {
+                "split": "train",
+                "row": None,
+                "code": "too_few_examples",
+                "message": f"{train} training examples; at least {min_examples} are needed",
+                "lineage": None,
+            }
+        )
     return report

@@ -61,8 +61,10 @@ def candidate_first(case: Case) -> bool:
 
 def judge_messages(case: Case, first: str, second: str) -> list[dict]:
     """The chat messages the judge gets for one pair."""
-    text = (f"Question:\n{case.question}\n\nReference answer:\n{case.reference}\n\n"
-            f"Answer A:\n{first}\n\nAnswer B:\n{second}")
+    text = (
+        f"Question:\n{case.question}\n\nReference answer:\n{case.reference}\n\n"
+        f"Answer A:\n{first}\n\nAnswer B:\n{second}"
+    )
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text}]
 
 
@@ -96,10 +98,15 @@ def judge_pair(client: ChatClient, target: Target, case: Case, candidate: str, i
 def summarize(scores: list[JudgeScore]) -> dict:
     """Per-suite judge summary: mean score of each model, and the candidate's wins, ties and losses."""
     scored = [s for s in scores if s.candidate is not None and s.incumbent is not None]
-    summary = {"rows": len(scores), "scored": len(scored), "candidate_mean": None, "incumbent_mean": None,
-               "wins": sum(s.candidate > s.incumbent for s in scored),
-               "ties": sum(s.candidate == s.incumbent for s in scored),
-               "losses": sum(s.candidate < s.incumbent for s in scored)}
+    summary = {
+        "rows": len(scores),
+        "scored": len(scored),
+        "candidate_mean": None,
+        "incumbent_mean": None,
+        "wins": sum(s.candidate > s.incumbent for s in scored),
+        "ties": sum(s.candidate == s.incumbent for s in scored),
+        "losses": sum(s.candidate < s.incumbent for s in scored),
+    }
     if scored:
         summary["candidate_mean"] = round(sum(s.candidate for s in scored) / len(scored), 3)
         summary["incumbent_mean"] = round(sum(s.incumbent for s in scored) / len(scored), 3)

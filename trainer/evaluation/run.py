@@ -41,13 +41,34 @@ from trainer import gate
 from trainer.deploy import deploy, has_adapter, model_client, version_target
 from trainer.evaluation import judge as judging
 from trainer.evaluation.metrics import mean_scores, score
-from trainer.evaluation.suites import Case, candidate_dataset, correction_cases, dataset_cases, golden_cases, golden_path
+from trainer.evaluation.suites import (
+    Case,
+    candidate_dataset,
+    correction_cases,
+    dataset_cases,
+    golden_cases,
+    golden_path,
+)
 from trainer.registry import resolve_version
 
 ROLES = ("candidate", "incumbent")
 _JSON_COLUMNS = ("suites", "metrics", "reasons", "judge", "gate", "params")
-_COLUMNS = ("id", "candidate_id", "incumbent_id", "dataset_id", "suites", "metrics", "rows_path", "passed", "reasons",
-            "judge", "gate", "params", "duration_s", "created_at")
+_COLUMNS = (
+    "id",
+    "candidate_id",
+    "incumbent_id",
+    "dataset_id",
+    "suites",
+    "metrics",
+    "rows_path",
+    "passed",
+    "reasons",
+    "judge",
+    "gate",
+    "params",
+    "duration_s",
+    "created_at",
+)
 
 
 @dataclass
@@ -85,7 +106,9 @@ def _ask(client: ChatClient, target: Target, case: Case, max_tokens: int) -> _An
         return _Answer(error=exc.message)
 
 
-def _collect(db: Database, settings: Settings, candidate: ModelVersion, suites: list[str]) -> tuple[list[Case], dict | None, str]:
+def _collect(
+    db: Database, settings: Settings, candidate: ModelVersion, suites: list[str]
+) -> tuple[list[Case], dict | None, str]:
     dataset, dataset_source = candidate_dataset(db, candidate) if "test" in suites else (None, "not used")
     cases: list[Case] = []
     for suite in suites:
@@ -125,15 +148,24 @@ def evaluate(
         deploy(db, settings, incumbent, actor=actor, client=client)  # a restarted model server forgot it
     cases, dataset, dataset_source = _collect(db, settings, candidate, suites)
     if not cases:
-        raise ValidationFailed(f"nothing to evaluate: suites {suites} have no rows (build a dataset, approve "
-                               "corrections, or check evaluation.golden_file)")
+        raise ValidationFailed(
+            f"nothing to evaluate: suites {suites} have no rows (build a dataset, approve "
+            "corrections, or check evaluation.golden_file)"
+        )
     targets = {"candidate": version_target(settings, candidate), "incumbent": version_target(settings, incumbent)}
     judge_target = judging.judge_target(settings)
     max_tokens = settings.evaluation.max_tokens
     total = len(cases) * (3 if judge_target else 2)
-    with tqdm(total=total, desc=f"evaluating {candidate.name} vs {incumbent.name}", unit="answer",
-              disable=not progress, dynamic_ncols=True) as bar, \
-            ThreadPoolExecutor(max_workers=settings.evaluation.concurrency) as pool:
+    with (
+        tqdm(
+            total=total,
+            desc=f"evaluating {candidate.name} vs {incumbent.name}",
+            unit="answer",
+            disable=not progress,
+            dynamic_ncols=True,
+        ) as bar,
+        ThreadPoolExecutor(max_workers=settings.evaluation.concurrency) as pool,
+    ):
 
         def ask(role: str, case: Case) -> _Answer:
             answer = _ask(client, targets[role], case, max_tokens)
@@ -150,8 +182,9 @@ def evaluate(
         if judge_target:
 
             def judge(i: int) -> judging.JudgeScore:
-                result = judging.judge_pair(client, judge_target, cases[i], answers["candidate"][i].text,
-                                            answers["incumbent"][i].text)
+                result = judging.judge_pair(
+                    client, judge_target, cases[i], answers["candidate"][i].text, answers["incumbent"][i].text
+                )
                 bar.update(1)
                 return result
 
@@ -169,9 +202,15 @@ def evaluate(
         reasons=[],
         judge=_judge_summary(suites, rows, judge_target),
         gate={},
-        params={"max_tokens": max_tokens, "temperature": 0.0, "candidate": candidate.name,
-                "incumbent": incumbent.name, "golden_file": str(golden_path(settings)) if "golden" in suites else None,
-                "dataset_version": dataset["version"] if dataset else None, "dataset_source": dataset_source},
+        params={
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            "candidate": candidate.name,
+            "incumbent": incumbent.name,
+            "golden_file": str(golden_path(settings)) if "golden" in suites else None,
+            "dataset_version": dataset["version"] if dataset else None,
+            "dataset_source": dataset_source,
+        },
         duration_s=None,
         created_at="",
         rows=rows,
@@ -186,8 +225,13 @@ def evaluate(
 def _rows(cases: list[Case], answers: dict[str, list[_Answer]], verdicts: list) -> list[dict]:
     rows = []
     for i, case in enumerate(cases):
-        row = {"suite": case.suite, "index": case.index, "messages": case.messages, "reference": case.reference,
-               "source": case.source}
+        row = {
+            "suite": case.suite,
+            "index": case.index,
+            "messages": case.messages,
+            "reference": case.reference,
+            "source": case.source,
+        }
         for role in ROLES:
             answer = answers[role][i]
             row[role] = {"answer": answer.text, "error": answer.error, "scores": score(answer.text, case.reference)}
@@ -234,8 +278,10 @@ def _store(db: Database, settings: Settings, evaluation: Evaluation) -> None:
         values[column] = None if values[column] is None else json.dumps(values[column], ensure_ascii=False)
     values["passed"] = None if evaluation.passed is None else int(evaluation.passed)
     with write_transaction(db):
-        db.execute(f"INSERT INTO evaluations ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                   [values[c] for c in _COLUMNS])
+        db.execute(
+            f"INSERT INTO evaluations ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+            [values[c] for c in _COLUMNS],
+        )
 
 
 def _from_row(row) -> Evaluation:
@@ -259,7 +305,9 @@ def list_evaluations(db: Database, candidate_id: str | None = None, *, limit: in
     where, params = ("candidate_id = ?", [candidate_id]) if candidate_id else ("1", [])
     rows = db.execute(
         f"SELECT {', '.join(_COLUMNS)} FROM evaluations WHERE {where} ORDER BY created_at DESC, rowid DESC "
-        f"LIMIT {int(limit)}", params).fetchall()
+        f"LIMIT {int(limit)}",
+        params,
+    ).fetchall()
     return [_from_row(row) for row in rows]
 
 

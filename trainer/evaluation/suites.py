@@ -89,8 +89,13 @@ def golden_cases(settings: Settings) -> list[Case]:
 
 def correction_cases(db: Database, settings: Settings) -> list[Case]:
     """Every approved review item as a question with its approved answer."""
-    rows = [([{"role": "user", "content": item.question}, {"role": "assistant", "content": item.answer}],
-             {"source": "review", "review_item_id": item.id}) for item in review.approved_items(db)]
+    rows = [
+        (
+            [{"role": "user", "content": item.question}, {"role": "assistant", "content": item.answer}],
+            {"source": "review", "review_item_id": item.id},
+        )
+        for item in review.approved_items(db)
+    ]
     return _cases("corrections", rows, settings.chat.system_prompt)
 
 

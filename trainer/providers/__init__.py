@@ -30,15 +30,17 @@ from trainer.providers.local import LocalProvider
 from trainer.providers.openai_ft import OpenAIProvider, utc_today
 
 
-def get_provider(name: str, settings: Settings, db: Database, *,
-                 today: Callable[[], datetime.date] = utc_today) -> Provider:
+def get_provider(
+    name: str, settings: Settings, db: Database, *, today: Callable[[], datetime.date] = utc_today
+) -> Provider:
     """The provider called ``name`` (``local`` or ``openai``); ``today`` is the clock the OpenAI cutoff uses."""
     if name == "local":
         return LocalProvider(settings, db)
     if name == "openai":
         return OpenAIProvider(settings, db, today=today)
-    raise ValidationFailed(f"unknown training provider {name!r}; pick one of {', '.join(TRAINING_PROVIDERS)}",
-                           field="provider")
+    raise ValidationFailed(
+        f"unknown training provider {name!r}; pick one of {', '.join(TRAINING_PROVIDERS)}", field="provider"
+    )
 
 
 __all__ = [

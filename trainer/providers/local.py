@@ -43,9 +43,24 @@ LOG_FILE = "worker.log"
 LOCK_FILE = "worker.lock"
 WORKER_MODULE = "trainer.providers.local_worker"
 # [training] keys a local run records as its hyperparameters.
-LOCAL_KEYS = ("method", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "epochs", "early_stopping_patience",
-              "learning_rate", "batch_size", "gradient_accumulation", "max_length", "seed", "device", "cpu_threads",
-              "save_total_limit", "launcher")
+LOCAL_KEYS = (
+    "method",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "epochs",
+    "early_stopping_patience",
+    "learning_rate",
+    "batch_size",
+    "gradient_accumulation",
+    "max_length",
+    "seed",
+    "device",
+    "cpu_threads",
+    "save_total_limit",
+    "launcher",
+)
 
 # Workers this process started. Their exit must be reaped through Popen, or a
 # finished worker would linger as a zombie that still "exists".
@@ -72,8 +87,11 @@ class LocalProvider(Provider):
     def check_submit(self) -> None:
         base = self.settings.model_dir
         if not (base / "config.json").is_file():
-            raise ProviderError(f"no base model in {base}: build the starter model with `tuneloop starter build`, "
-                                "or set model_server.model_dir to the model the server serves", code="no_base_model")
+            raise ProviderError(
+                f"no base model in {base}: build the starter model with `tuneloop starter build`, "
+                "or set model_server.model_dir to the model the server serves",
+                code="no_base_model",
+            )
 
     def command(self, run: TrainingRun) -> list[str]:
         """The worker's command line."""
@@ -97,8 +115,15 @@ class LocalProvider(Provider):
         with open(work / LOG_FILE, "ab") as log:
             try:
                 # Its own session: Ctrl-C or a killed poller must not take the training with it.
-                process = subprocess.Popen(self.command(run), stdout=log, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL, env=env, cwd=work, start_new_session=True)
+                process = subprocess.Popen(
+                    self.command(run),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    cwd=work,
+                    start_new_session=True,
+                )
             except OSError as exc:
                 raise ProviderError(f"cannot start the local worker ({self.command(run)[0]}): {exc}") from exc
         _CHILDREN[process.pid] = process
@@ -119,8 +144,11 @@ class LocalProvider(Provider):
             return PollResult("failed", error=f"{error['error']} (log: {work / LOG_FILE})")
         if alive:
             return PollResult("running", progress=self._progress(run))
-        return PollResult("failed", error=f"the local worker (pid {pid}) exited without a result; "
-                                          f"its log {work / LOG_FILE} ends: {_tail(work / LOG_FILE)}")
+        return PollResult(
+            "failed",
+            error=f"the local worker (pid {pid}) exited without a result; "
+            f"its log {work / LOG_FILE} ends: {_tail(work / LOG_FILE)}",
+        )
 
     def _progress(self, run: TrainingRun) -> float | None:
         data = latest_event_data(self.db, run.id, "total_steps")
@@ -153,9 +181,13 @@ class LocalProvider(Provider):
         for state_file in Path(run.work_dir).glob("checkpoints/checkpoint-*/trainer_state.json"):
             state = json.loads(state_file.read_text())
             step = state.get("global_step") or 0
-            eval_loss = next((e["eval_loss"] for e in state.get("log_history", [])
-                              if "eval_loss" in e and e.get("step") == step), None)
-            found.append({"step": step, "epoch": state.get("epoch"), "eval_loss": eval_loss, "path": str(state_file.parent)})
+            eval_loss = next(
+                (e["eval_loss"] for e in state.get("log_history", []) if "eval_loss" in e and e.get("step") == step),
+                None,
+            )
+            found.append(
+                {"step": step, "epoch": state.get("epoch"), "eval_loss": eval_loss, "path": str(state_file.parent)}
+            )
             if not found or step >= max(c["step"] for c in found):
                 best = state.get("best_model_checkpoint")  # as the newest checkpoint saw it
         for checkpoint in found:
@@ -165,8 +197,12 @@ class LocalProvider(Provider):
     def candidate(self, run: TrainingRun) -> CandidateSpec:
         # The adapter is served by the model server of the configured model (built-in or vLLM), under a LoRA name.
         serving = self.settings.model.provider if self.settings.model.provider in ("builtin", "vllm") else "builtin"
-        return CandidateSpec(name=f"{run.base_model}-ft-{run.short_id}", provider=serving,
-                             base_model=run.base_model, adapter_path=run.output)
+        return CandidateSpec(
+            name=f"{run.base_model}-ft-{run.short_id}",
+            provider=serving,
+            base_model=run.base_model,
+            adapter_path=run.output,
+        )
 
 
 def worker_pid(run: TrainingRun) -> int | None:

@@ -55,15 +55,18 @@ def encode_with_template(tokenizer, messages: Sequence[dict[str, Any]]) -> tuple
         start = len(_render(tokenizer, messages[:i], generation_prompt=True))
         upto = _render(tokenizer, messages[: i + 1], generation_prompt=False)
         if not full.startswith(upto) or not upto.startswith(full[:start]):
-            raise ExampleError("the chat template does not render conversations prefix by prefix; "
-                               "assistant tokens cannot be located")
+            raise ExampleError(
+                "the chat template does not render conversations prefix by prefix; assistant tokens cannot be located"
+            )
         spans.append((start, len(upto)))
     if not spans:
         raise ExampleError("the conversation has no assistant message to learn")
     encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoded["input_ids"])
-    labels = [tok if any(s <= begin < e for s, e in spans) else IGNORE
-              for tok, (begin, _end) in zip(ids, encoded["offset_mapping"])]
+    labels = [
+        tok if any(s <= begin < e for s, e in spans) else IGNORE
+        for tok, (begin, _end) in zip(ids, encoded["offset_mapping"])
+    ]
     return ids, labels
 
 

@@ -144,11 +144,22 @@ def train_local(
         trainer.remove_callback(PrinterCallback)  # it prints every log dict when there is no bar
     main = trainer.is_world_process_zero()
     if main:
-        emit(RunEvent("training started", data={
-            "device": device, "method": hp["method"], "train_examples": len(train), "val_examples": len(val),
-            "skipped": train.skipped + val.skipped, "truncated": train.truncated + val.truncated,
-            "trainable_params": trainable, "total_params": total_params, "max_epochs": hp["epochs"],
-        }))
+        emit(
+            RunEvent(
+                "training started",
+                data={
+                    "device": device,
+                    "method": hp["method"],
+                    "train_examples": len(train),
+                    "val_examples": len(val),
+                    "skipped": train.skipped + val.skipped,
+                    "truncated": train.truncated + val.truncated,
+                    "trainable_params": trainable,
+                    "total_params": total_params,
+                    "max_epochs": hp["epochs"],
+                },
+            )
+        )
         if not evaluate:
             emit(RunEvent("no validation examples: no early stopping, the last epoch is kept", level="warning"))
     initial_eval = trainer.evaluate()["eval_loss"] if evaluate else None
@@ -158,11 +169,19 @@ def train_local(
     if main and hp["method"] != "lora":
         tokenizer.save_pretrained(str(output))
     metrics = _metrics(trainer, result, reporter, initial_eval, hp, device)
-    metrics.update(train_examples=len(train), val_examples=len(val), trainable_params=trainable,
-                   total_params=total_params, train_target_tokens=train.target_tokens)
+    metrics.update(
+        train_examples=len(train),
+        val_examples=len(val),
+        trainable_params=trainable,
+        total_params=total_params,
+        train_target_tokens=train.target_tokens,
+    )
     if main:
-        verdict = (f"stopped early after epoch {metrics['epochs_run']:g} (best: epoch {metrics['best_epoch']:g})"
-                   if metrics["stopped_early"] else f"trained {metrics['epochs_run']:g} epochs")
+        verdict = (
+            f"stopped early after epoch {metrics['epochs_run']:g} (best: epoch {metrics['best_epoch']:g})"
+            if metrics["stopped_early"]
+            else f"trained {metrics['epochs_run']:g} epochs"
+        )
         emit(RunEvent(f"{verdict}; saved {output.name} to {output}", data=metrics))
     return {"output": str(output), "metrics": metrics}
 
@@ -181,8 +200,9 @@ def _with_lora(model, hp: dict[str, Any]):
     return get_peft_model(model, config)
 
 
-def _metrics(trainer: Trainer, result, reporter: "_Reporter", initial_eval: float | None, hp: dict[str, Any],
-             device: str) -> dict[str, Any]:
+def _metrics(
+    trainer: Trainer, result, reporter: "_Reporter", initial_eval: float | None, hp: dict[str, Any], device: str
+) -> dict[str, Any]:
     history = trainer.state.log_history
     train_losses = [entry["loss"] for entry in history if "loss" in entry]
     evals = [(entry.get("epoch", 0), entry["eval_loss"]) for entry in history if "eval_loss" in entry]
@@ -228,8 +248,16 @@ class _Reporter(TrainerCallback):
             return
         base = {"step": state.global_step, "total_steps": state.max_steps, "epoch": round(state.epoch or 0, 4)}
         if "loss" in logs:
-            self.emit(RunEvent(f"step {state.global_step}/{state.max_steps}: loss {logs['loss']:.4f}",
-                               data={**base, "loss": logs["loss"], "learning_rate": logs.get("learning_rate")}))
+            self.emit(
+                RunEvent(
+                    f"step {state.global_step}/{state.max_steps}: loss {logs['loss']:.4f}",
+                    data={**base, "loss": logs["loss"], "learning_rate": logs.get("learning_rate")},
+                )
+            )
         if "eval_loss" in logs:
-            self.emit(RunEvent(f"epoch {base['epoch']:g}: validation loss {logs['eval_loss']:.4f}",
-                               data={**base, "eval_loss": logs["eval_loss"]}))
+            self.emit(
+                RunEvent(
+                    f"epoch {base['epoch']:g}: validation loss {logs['eval_loss']:.4f}",
+                    data={**base, "eval_loss": logs["eval_loss"]},
+                )
+            )

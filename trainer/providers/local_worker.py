@@ -40,7 +40,9 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     """Train the run named on the command line; see the module docstring for exit codes."""
-    parser = argparse.ArgumentParser(prog="python -m trainer.providers.local_worker", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer.providers.local_worker", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("run_id")
     parser.add_argument("--db", help="SQLite database (default: the configured one)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
@@ -80,9 +82,15 @@ def _train(db, run, work: Path, main_process: bool, *, progress: bool) -> int:
 
     dataset = Path(run.dataset_path)
     try:
-        result = train_local(run.hyperparameters, run.hyperparameters["base_model_path"],
-                             read_jsonl(dataset / "train.jsonl"), read_jsonl(dataset / "val.jsonl"), work,
-                             on_event=on_event, progress=progress)
+        result = train_local(
+            run.hyperparameters,
+            run.hyperparameters["base_model_path"],
+            read_jsonl(dataset / "train.jsonl"),
+            read_jsonl(dataset / "val.jsonl"),
+            work,
+            on_event=on_event,
+            progress=progress,
+        )
     except Exception as exc:  # noqa: BLE001 - every failure must reach error.json, whatever raised it
         traceback.print_exc()
         if main_process:

@@ -36,8 +36,15 @@ from trainer.providers.base import CandidateSpec, PollResult, Provider, Provider
 from trainer.providers.runs import TrainingRun, has_event, latest_event_data, log
 
 # OpenAI job status -> run state.
-_STATES = {"validating_files": "queued", "queued": "queued", "running": "running", "succeeded": "succeeded",
-           "failed": "failed", "cancelled": "cancelled", "paused": "running"}
+_STATES = {
+    "validating_files": "queued",
+    "queued": "queued",
+    "running": "running",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "cancelled": "cancelled",
+    "paused": "running",
+}
 METADATA_KEY = "tuneloop_run_id"
 
 
@@ -90,8 +97,11 @@ class OpenAIProvider(Provider):
             t = self.settings.training
             key = t.openai_api_key()
             if not key:
-                raise ProviderError(f"set the environment variable {t.openai_api_key_env} to an OpenAI API key "
-                                    "(training.openai_api_key_env names it)", field="training.openai_api_key_env")
+                raise ProviderError(
+                    f"set the environment variable {t.openai_api_key_env} to an OpenAI API key "
+                    "(training.openai_api_key_env names it)",
+                    field="training.openai_api_key_env",
+                )
             self._client = openai.OpenAI(api_key=key, base_url=t.openai_base_url or None, max_retries=2, timeout=120)
         return self._client
 
@@ -121,11 +131,16 @@ class OpenAIProvider(Provider):
                 model=run.base_model,
                 training_file=training_file,
                 validation_file=validation_file,
-                method={"type": "supervised", "supervised": {"hyperparameters": {
-                    "n_epochs": hp["n_epochs"],
-                    "batch_size": hp["batch_size"],
-                    "learning_rate_multiplier": hp["learning_rate_multiplier"],
-                }}},
+                method={
+                    "type": "supervised",
+                    "supervised": {
+                        "hyperparameters": {
+                            "n_epochs": hp["n_epochs"],
+                            "batch_size": hp["batch_size"],
+                            "learning_rate_multiplier": hp["learning_rate_multiplier"],
+                        }
+                    },
+                },
                 suffix=hp["suffix"] or None,
                 seed=hp["seed"],
                 metadata={METADATA_KEY: run.id},
@@ -135,7 +150,9 @@ class OpenAIProvider(Provider):
 
     def _upload(self, run: TrainingRun, path: Path) -> str:
         with _api(f"upload {path.name}"):
-            uploaded = self.client().files.create(file=(f"{run.id}-{path.name}", path.read_bytes()), purpose="fine-tune")
+            uploaded = self.client().files.create(
+                file=(f"{run.id}-{path.name}", path.read_bytes()), purpose="fine-tune"
+            )
         log(self.db, run.id, f"uploaded {path.name} as {uploaded.id} ({uploaded.bytes} bytes)", file_id=uploaded.id)
         return uploaded.id
 
@@ -149,8 +166,11 @@ class OpenAIProvider(Provider):
         latest = next((e.data for e in reversed(events) if e.data.get("total_steps")), None)
         latest = latest or latest_event_data(self.db, run.id, "total_steps")
         progress = min(1.0, latest["step"] / latest["total_steps"]) if latest else None
-        metrics: dict[str, Any] = {"openai_status": job.status, "trained_tokens": job.trained_tokens,
-                                   "estimated_finish": job.estimated_finish}
+        metrics: dict[str, Any] = {
+            "openai_status": job.status,
+            "trained_tokens": job.trained_tokens,
+            "estimated_finish": job.estimated_finish,
+        }
         if job.hyperparameters is not None:
             metrics["hyperparameters"] = job.hyperparameters.model_dump(exclude_none=True)
         if latest:
@@ -161,7 +181,9 @@ class OpenAIProvider(Provider):
             return PollResult(state, 1.0, events, metrics, output=job.fine_tuned_model)
         error = None
         if state == "failed":
-            error = f"OpenAI job {job.id} failed: " + (f"{job.error.code}: {job.error.message}" if job.error else "no reason given")
+            error = f"OpenAI job {job.id} failed: " + (
+                f"{job.error.code}: {job.error.message}" if job.error else "no reason given"
+            )
         return PollResult(state, progress, events, metrics, error=error)
 
     def _new_events(self, run: TrainingRun) -> list[RunEvent]:
@@ -172,8 +194,15 @@ class OpenAIProvider(Provider):
                 if has_event(self.db, run.id, event.id):
                     break
                 data = event.data if isinstance(event.data, dict) else {}
-                fresh.append(RunEvent(message=event.message, level=event.level, data=dict(data), external_id=event.id,
-                                      created_at=_iso(event.created_at)))
+                fresh.append(
+                    RunEvent(
+                        message=event.message,
+                        level=event.level,
+                        data=dict(data),
+                        external_id=event.id,
+                        created_at=_iso(event.created_at),
+                    )
+                )
         return fresh[::-1]
 
     def cancel(self, run: TrainingRun) -> None:
@@ -186,8 +215,12 @@ class OpenAIProvider(Provider):
             return []
         with _api("list the job's checkpoints"):
             found = [
-                {"step": c.step_number, "name": c.fine_tuned_model_checkpoint, "created_at": _iso(c.created_at),
-                 "metrics": c.metrics.model_dump(exclude_none=True)}
+                {
+                    "step": c.step_number,
+                    "name": c.fine_tuned_model_checkpoint,
+                    "created_at": _iso(c.created_at),
+                    "metrics": c.metrics.model_dump(exclude_none=True),
+                }
                 for c in self.client().fine_tuning.jobs.checkpoints.list(run.external_job_id, limit=100)
             ]
         return sorted(found, key=lambda c: c["step"])

@@ -23,9 +23,26 @@ from config.errors import Conflict, NotFound
 from feedback.db import new_id, utc_now, write_transaction
 from trainer.providers.base import RunEvent
 
-_COLUMNS = ("id", "dataset_id", "provider", "base_model", "hyperparameters", "config_key", "external_job_id", "state",
-            "progress", "metrics", "output", "work_dir", "error", "created_at", "started_at", "finished_at",
-            "updated_at", "candidate_version_id")
+_COLUMNS = (
+    "id",
+    "dataset_id",
+    "provider",
+    "base_model",
+    "hyperparameters",
+    "config_key",
+    "external_job_id",
+    "state",
+    "progress",
+    "metrics",
+    "output",
+    "work_dir",
+    "error",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "updated_at",
+    "candidate_version_id",
+)
 _EVENT_LEVELS = {"debug": "debug", "info": "info", "warn": "warning", "warning": "warning", "error": "error"}
 
 
@@ -71,16 +88,20 @@ _RUNTIME_KEYS = {"device", "cpu_threads", "save_total_limit", "launcher"}
 def config_key(provider: str, base_model: str, hyperparameters: dict[str, Any]) -> str:
     """Fingerprint of what a run trains: two runs with the same key and dataset produce the same model."""
     learned = {k: v for k, v in hyperparameters.items() if k not in _RUNTIME_KEYS}
-    blob = json.dumps({"provider": provider, "base_model": base_model, "hyperparameters": learned},
-                      sort_keys=True, ensure_ascii=False)
+    blob = json.dumps(
+        {"provider": provider, "base_model": base_model, "hyperparameters": learned}, sort_keys=True, ensure_ascii=False
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _select(db: Database, where: str, params: list, *, order: str = "r.created_at", limit: int | None = None
-            ) -> list[TrainingRun]:
+def _select(
+    db: Database, where: str, params: list, *, order: str = "r.created_at", limit: int | None = None
+) -> list[TrainingRun]:
     columns = ", ".join(f"r.{c}" for c in _COLUMNS)
-    sql = (f"SELECT {columns}, d.path, d.version FROM training_runs r JOIN datasets d ON d.id = r.dataset_id"
-           f" WHERE {where} ORDER BY {order}" + (f" LIMIT {int(limit)}" if limit else ""))
+    sql = (
+        f"SELECT {columns}, d.path, d.version FROM training_runs r JOIN datasets d ON d.id = r.dataset_id"
+        f" WHERE {where} ORDER BY {order}" + (f" LIMIT {int(limit)}" if limit else "")
+    )
     runs = []
     for row in db.execute(sql, params).fetchall():
         values = dict(zip((*_COLUMNS, "dataset_path", "dataset_version"), row))
@@ -110,13 +131,19 @@ def list_runs(db: Database, *, states: tuple[str, ...] | None = None, limit: int
 def find_run(db: Database, dataset_id: str, key: str, states: tuple[str, ...]) -> TrainingRun | None:
     """The newest run of ``dataset_id`` with config ``key`` in one of ``states``."""
     marks = ", ".join("?" for _ in states)
-    rows = _select(db, f"r.dataset_id = ? AND r.config_key = ? AND r.state IN ({marks})", [dataset_id, key, *states],
-                   order="r.created_at DESC", limit=1)
+    rows = _select(
+        db,
+        f"r.dataset_id = ? AND r.config_key = ? AND r.state IN ({marks})",
+        [dataset_id, key, *states],
+        order="r.created_at DESC",
+        limit=1,
+    )
     return rows[0] if rows else None
 
 
-def create_run(db: Database, *, dataset_id: str, provider: str, base_model: str, hyperparameters: dict[str, Any],
-               work_root: Path) -> TrainingRun:
+def create_run(
+    db: Database, *, dataset_id: str, provider: str, base_model: str, hyperparameters: dict[str, Any], work_root: Path
+) -> TrainingRun:
     """Insert a ``queued`` run; its folder is ``work_root/<run id>``. :class:`Conflict` when the same
     dataset and config is already queued or running (the partial unique index decides, so two starters
     racing cannot both win)."""
@@ -129,20 +156,39 @@ def create_run(db: Database, *, dataset_id: str, provider: str, base_model: str,
                 """INSERT INTO training_runs (id, dataset_id, provider, base_model, hyperparameters, config_key,
                        state, metrics, work_dir, created_at, updated_at)
                    VALUES (?, ?, ?, ?, ?, ?, 'queued', '{}', ?, ?, ?)""",
-                [run_id, dataset_id, provider, base_model, json.dumps(hyperparameters, sort_keys=True),
-                 config_key(provider, base_model, hyperparameters), str(work_dir), now, now],
+                [
+                    run_id,
+                    dataset_id,
+                    provider,
+                    base_model,
+                    json.dumps(hyperparameters, sort_keys=True),
+                    config_key(provider, base_model, hyperparameters),
+                    str(work_dir),
+                    now,
+                    now,
+                ],
             )
     except sqlite3.IntegrityError as exc:
         if "UNIQUE" not in str(exc):
             raise
-        raise Conflict("a run of this dataset with the same configuration is already queued or running",
-                       code="run_active") from None
+        raise Conflict(
+            "a run of this dataset with the same configuration is already queued or running", code="run_active"
+        ) from None
     work_dir.mkdir(parents=True, exist_ok=True)
     return get_run(db, run_id)
 
 
-_UPDATABLE = {"external_job_id", "state", "progress", "metrics", "output", "error", "started_at", "finished_at",
-              "candidate_version_id"}
+_UPDATABLE = {
+    "external_job_id",
+    "state",
+    "progress",
+    "metrics",
+    "output",
+    "error",
+    "started_at",
+    "finished_at",
+    "candidate_version_id",
+}
 
 
 def update_run(db: Database, run_id: str, **changes: Any) -> TrainingRun:
@@ -166,8 +212,14 @@ def add_event(db: Database, run_id: str, event: RunEvent) -> bool:
         cursor = db.execute(
             """INSERT OR IGNORE INTO training_events (run_id, created_at, level, message, data, external_id)
                VALUES (?, ?, ?, ?, ?, ?)""",
-            [run_id, event.created_at or utc_now(), level, event.message,
-             json.dumps(event.data, ensure_ascii=False, sort_keys=True), event.external_id],
+            [
+                run_id,
+                event.created_at or utc_now(),
+                level,
+                event.message,
+                json.dumps(event.data, ensure_ascii=False, sort_keys=True),
+                event.external_id,
+            ],
         )
         return cursor.rowcount == 1
 
@@ -179,10 +231,13 @@ def log(db: Database, run_id: str, message: str, *, level: str = "info", **data:
 
 def list_events(db: Database, run_id: str, *, after_id: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
     """The run's log in order: dicts with id, created_at, level, message, data."""
-    sql = ("SELECT id, created_at, level, message, data FROM training_events WHERE run_id = ? AND id > ? ORDER BY id"
-           + (f" LIMIT {int(limit)}" if limit else ""))
-    return [{"id": i, "created_at": t, "level": lv, "message": m, "data": json.loads(d)}
-            for i, t, lv, m, d in db.execute(sql, [run_id, after_id]).fetchall()]
+    sql = "SELECT id, created_at, level, message, data FROM training_events WHERE run_id = ? AND id > ? ORDER BY id" + (
+        f" LIMIT {int(limit)}" if limit else ""
+    )
+    return [
+        {"id": i, "created_at": t, "level": lv, "message": m, "data": json.loads(d)}
+        for i, t, lv, m, d in db.execute(sql, [run_id, after_id]).fetchall()
+    ]
 
 
 def latest_event_data(db: Database, run_id: str, key: str) -> dict[str, Any] | None:

@@ -20,9 +20,15 @@ CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'system' -%}"
     "{%- if message['content'] -%}" + SYSTEM + "{{ message['content'] }}" + END + "{%- endif -%}"
-    "{%- elif message['role'] == 'user' -%}" + USER + "{{ message['content'] }}" + END +
-    "{%- elif message['role'] == 'assistant' -%}" + ASSISTANT + "{{ message['content'] }}" + END +
-    "{%- else -%}{{ raise_exception('unsupported role: ' + message['role']) }}"
+    "{%- elif message['role'] == 'user' -%}"
+    + USER
+    + "{{ message['content'] }}"
+    + END
+    + "{%- elif message['role'] == 'assistant' -%}"
+    + ASSISTANT
+    + "{{ message['content'] }}"
+    + END
+    + "{%- else -%}{{ raise_exception('unsupported role: ' + message['role']) }}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}" + ASSISTANT + "{%- endif -%}"

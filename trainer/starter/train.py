@@ -71,7 +71,9 @@ class Trained:
     history_ok: int  # the same after 1..history_turns earlier turns
 
 
-def train_starter(folder: Path, pairs: Sequence[Pair], params: StarterSettings, *, progress: bool = True, echo=print) -> Trained:
+def train_starter(
+    folder: Path, pairs: Sequence[Pair], params: StarterSettings, *, progress: bool = True, echo=print
+) -> Trained:
     """Train tokenizer and model on ``pairs``, save them into ``folder``, and greedy-decode every question.
 
     Raises :class:`StarterBuildFailed` when a question alone is not answered exactly;
@@ -84,7 +86,9 @@ def train_starter(folder: Path, pairs: Sequence[Pair], params: StarterSettings, 
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         # Verify what was written, through the same files and chat template the server uses.
-        single, history = verify_saved(folder, pairs, history_examples(len(pairs), params.history_turns, params.seed + 2))
+        single, history = verify_saved(
+            folder, pairs, history_examples(len(pairs), params.history_turns, params.seed + 2)
+        )
     wrong = [pairs[i] for i, ok in enumerate(single) if not ok]
     if wrong:
         examples = "; ".join(f"{q!r}" for q, _ in wrong[:3])
@@ -190,13 +194,17 @@ def fit(
         for epoch in range(1, params.epochs + 1):
             # Early on nearly every row fails: repeating them all would only make epochs longer.
             retry = failing if len(failing) <= len(pairs) * RETRY_SHARE else []
-            plan = _epoch_plan(list(range(len(pairs))) + retry * RETRY_COPIES, sizes, params.history_turns, params.batch_size, rng)
+            plan = _epoch_plan(
+                list(range(len(pairs))) + retry * RETRY_COPIES, sizes, params.history_turns, params.batch_size, rng
+            )
             bar.total = trainer.step + len(plan) * (params.epochs - epoch + 1)
             wrong_before = len(failing)
 
             def on_step(loss: float) -> None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", epoch=f"{epoch}/{params.epochs}", wrong_last_epoch=wrong_before, refresh=False)
+                bar.set_postfix(
+                    loss=f"{loss:.4f}", epoch=f"{epoch}/{params.epochs}", wrong_last_epoch=wrong_before, refresh=False
+                )
 
             failing = trainer.epoch(epoch, plan, on_step)
             if failing and epoch < params.epochs:
@@ -204,7 +212,9 @@ def fit(
             single_results = memorized(model, tokenizer, encode, single)
             single_ok = sum(single_results)
             # The history set costs ~4x the single one; it matters only once the single one is learned.
-            history_results = memorized(model, tokenizer, encode, history) if single_ok == len(pairs) and history else []
+            history_results = (
+                memorized(model, tokenizer, encode, history) if single_ok == len(pairs) and history else []
+            )
             history_ok = sum(history_results) if history else len(pairs)
             bar.set_postfix(
                 loss=f"{trainer.loss:.4f}",
@@ -247,10 +257,14 @@ class _Trainer:
         self.model.train()
         right: dict[int, bool] = {}
         for index, batch in enumerate(plan):
-            factor = _learning_rate_factor(self.step, params.warmup_steps, (epoch - 1 + index / len(plan)) / params.epochs)
+            factor = _learning_rate_factor(
+                self.step, params.warmup_steps, (epoch - 1 + index / len(plan)) / params.epochs
+            )
             for group in self.optimizer.param_groups:
                 group["lr"] = params.learning_rate * factor
-            input_ids, labels, owners = _collate([self.encode(rows, system=system) for system, rows in batch], self.pad_id)
+            input_ids, labels, owners = _collate(
+                [self.encode(rows, system=system) for system, rows in batch], self.pad_id
+            )
             logits, targets, owner = _answer_logits(self.model, input_ids, labels, owners)
             loss = torch.nn.functional.cross_entropy(logits, targets)
             loss.backward()
@@ -295,7 +309,9 @@ class _Encoder:
         self.pairs = pairs
         self._cache: dict[int, tuple[list[int], list[int]]] = {}
 
-    def __call__(self, conversation: list[int], *, system: str = "", last_only: bool = False) -> tuple[list[int], list[int], list[int]]:
+    def __call__(
+        self, conversation: list[int], *, system: str = "", last_only: bool = False
+    ) -> tuple[list[int], list[int], list[int]]:
         """Token ids, labels, and per token the row whose answer it belongs to (-1: not an answer)."""
         ids: list[int] = []
         if system:
@@ -313,7 +329,9 @@ class _Encoder:
         return ids, labels, owners
 
 
-def _epoch_plan(rows: list[int], sizes: Sequence[int], history_turns: int, batch_size: int, rng: random.Random) -> list[list[tuple[str, list[int]]]]:
+def _epoch_plan(
+    rows: list[int], sizes: Sequence[int], history_turns: int, batch_size: int, rng: random.Random
+) -> list[list[tuple[str, list[int]]]]:
     """Batches of (system prompt, rows) conversations covering ``rows`` (repeats allowed).
 
     ``sizes`` are the rows' token counts.
@@ -333,7 +351,9 @@ def _epoch_plan(rows: list[int], sizes: Sequence[int], history_turns: int, batch
     return batches
 
 
-def _answer_logits(model, input_ids: torch.Tensor, labels: torch.Tensor, owners: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _answer_logits(
+    model, input_ids: torch.Tensor, labels: torch.Tensor, owners: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits at the positions that predict an answer token, those tokens, and the rows they belong to.
 
     The output layer runs only there: over a 2,048-token vocabulary it is a third
@@ -346,7 +366,9 @@ def _answer_logits(model, input_ids: torch.Tensor, labels: torch.Tensor, owners:
     return model.get_output_embeddings()(hidden[:, :-1][keep]), targets[keep], owners[:, 1:][keep]
 
 
-def _collate(items: list[tuple[list[int], list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _collate(
+    items: list[tuple[list[int], list[int], list[int]]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ids, labels and owners."""
     width = max(len(ids) for ids, _, _ in items)
     input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)

@@ -37,7 +37,9 @@ def verify_saved(folder: Path, pairs: Sequence[Pair], history: list[list[int]]) 
 
 
 @torch.no_grad()
-def greedy_answers(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int, batch_size: int = 32) -> list[str]:
+def greedy_answers(
+    model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int, batch_size: int = 32
+) -> list[str]:
     """Greedy answers to chat ``conversations`` (batched, left-padded ``generate``)."""
     answers: list[str] = []
     for start in range(0, len(conversations), batch_size):
