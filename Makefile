@@ -21,15 +21,20 @@ UV := $(VENV)-lock/bin/uv
 UV_COMPILE := $(UV) pip compile --quiet --python-version 3.11 --generate-hashes --no-emit-package torch \
 	--find-links /opt/wheels --custom-compile-command "make lock"
 
-.PHONY: run test install install-test browser bench lock clean
+.PHONY: run test lint install install-test browser bench lock clean
 
 run: $(RUNTIME_STAMP)
 	$(BIN)/tuneloop up
 
-test: $(TEST_STAMP) browser
+test: $(TEST_STAMP) browser lint
 	@# pytest exits 5 when it collected no test: that must fail, loudly.
 	@set +e; $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The rules and why: pyproject.toml, [tool.ruff]. `ruff format .` fixes what the format check finds.
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 install: $(RUNTIME_STAMP)
 install-test: $(TEST_STAMP)

@@ -23,6 +23,7 @@ questions the model answers badly, comments and corrections on some down-votes.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import sys
@@ -178,6 +179,10 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _rank_into(rankings: dict, db, options, label: str, since: str, until: str) -> None:
+    rankings[label] = rank_worst(db, model_version_id="mv_live", since=since, until=until, options=options)
+
+
 def _best_of(repeat: int, fn) -> dict:
     """Wall and CPU seconds of the first run (cold Python caches) and the best of ``repeat`` runs."""
     walls, cpus = [], []
@@ -215,13 +220,11 @@ def run(sizes: list[int], directory: Path, repeat: int, rebuild: bool) -> list[d
         first = db.execute("SELECT MIN(created_at) FROM messages").fetchone()[0]
         options = RankingOptions.from_settings(settings.report)
         rankings = {}
-
-        def rank(label, since_, until_):
-            rankings[label] = rank_worst(db, model_version_id="mv_live", since=since_, until=until_, options=options)
-
-        rank_all = _best_of(repeat, lambda: rank("all", first, "9999"))
-        rank_week = _best_of(repeat, lambda: rank("week", since, until))
-        report = _best_of(repeat, lambda: _report(db, settings, week))
+        # functools.partial binds this iteration's values now (a lambda would look them up when called).
+        rank = functools.partial(_rank_into, rankings, db, options)
+        rank_all = _best_of(repeat, functools.partial(rank, "all", first, "9999"))
+        rank_week = _best_of(repeat, functools.partial(rank, "week", since, until))
+        report = _best_of(repeat, functools.partial(_report, db, settings, week))
         size_mb = sum(Path(str(path) + s).stat().st_size for s in ("", "-wal") if Path(str(path) + s).exists()) / 2**20
         everything, one_week = rankings["all"], rankings["week"]
         row = {

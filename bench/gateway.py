@@ -55,8 +55,8 @@ if __package__ in (None, ""):
 
 import psutil  # noqa: E402
 
-from bench.report import SECTIONS, report  # noqa: E402
 from bench import raise_fd_limit  # noqa: E402
+from bench.report import SECTIONS, report  # noqa: E402
 from feedback import ratings, turns  # noqa: E402
 from feedback.db import open_db, write_transaction  # noqa: E402
 from feedback.secrets import instance_secret  # noqa: E402

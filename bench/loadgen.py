@@ -226,7 +226,7 @@ async def streams(spec: dict) -> dict:
     started = time.perf_counter()
     await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(n))), spec.get("timeout_s", 120))
     done = [o for o in outcomes if o.ok and o.token_times]
-    gaps = [(b - a) * 1000 for o in done for a, b in zip(o.token_times, o.token_times[1:])]
+    gaps = [(b - a) * 1000 for o in done for a, b in zip(o.token_times, o.token_times[1:], strict=False)]
     # The steady state: every stream has its first token and none has its last yet,
     # so nothing is being started or recorded; gaps there measure holding alone.
     all_started = max((o.token_times[0] for o in done), default=0.0)
@@ -234,7 +234,7 @@ async def streams(spec: dict) -> dict:
     steady = [
         (b - a) * 1000
         for o in done
-        for a, b in zip(o.token_times, o.token_times[1:])
+        for a, b in zip(o.token_times, o.token_times[1:], strict=False)
         if a >= all_started and b <= first_ended
     ]
     return {

@@ -33,7 +33,9 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 
     def line(cells: list) -> str:
         # The first column (the row's name) reads best left-aligned, numbers right-aligned.
-        return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(
+            str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=False))
+        )
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 

@@ -35,7 +35,7 @@ from config.errors import Conflict
 from config.settings import PROJECT_ROOT, Settings
 from feedback import versions
 from feedback.db import new_id, write_transaction
-from feedback.report.weeks import utc_text, week_monday, week_label
+from feedback.report.weeks import utc_text, week_label, week_monday
 from feedback.text import has_hangul, question_key
 
 DEMO_SOURCE = "demo"

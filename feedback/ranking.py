@@ -297,7 +297,7 @@ def cluster_keys(keys: list[str], threshold: float) -> dict[str, list[str]]:
     rank = {g: i for i, (g, _) in enumerate(sorted(frequency.items(), key=lambda kv: (kv[1], kv[0])))}
     groups: dict[str, list[str]] = {}
     index: dict[str, list[tuple[str, frozenset]]] = defaultdict(list)
-    for key, key_grams in zip(keys, grams):
+    for key, key_grams in zip(keys, grams, strict=False):
         size = len(key_grams)
         prefix = sorted(key_grams, key=rank.__getitem__)[: size - math.ceil(threshold * size) + 1]
         best, best_sim = None, threshold

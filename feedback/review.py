@@ -126,7 +126,7 @@ class CollectResult:
 
 
 def _row_to_item(row) -> ReviewItem:
-    values = dict(zip(_COLUMNS, row))
+    values = dict(zip(_COLUMNS, row, strict=False))
     values["evidence"] = json.loads(values["evidence"] or "{}")
     return ReviewItem(**values)
 

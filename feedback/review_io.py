@@ -139,7 +139,7 @@ def _read_csv(text: str) -> tuple[list[tuple[int, dict]], list[LineError]]:
         if len(row) > len(header):
             errors.append(LineError(start, f"{len(row)} fields, but the header has {len(header)}"))
             continue
-        records.append((start, dict(zip(header, row + [""] * (len(header) - len(row))))))
+        records.append((start, dict(zip(header, row + [""] * (len(header) - len(row)), strict=False))))
     return records, errors
 
 

@@ -103,7 +103,7 @@ def conversation_owner(db: Database, conversation_id: str) -> dict | None:
     if row is None:
         return None
     keys = ("id", "created_at", "api_key_id", "user_ref", "source", "metadata")
-    return dict(zip(keys, row))
+    return dict(zip(keys, row, strict=False))
 
 
 def get_conversation(
@@ -141,7 +141,7 @@ def get_conversation(
         "id": conv["id"],
         "created_at": conv["created_at"],
         "metadata": json.loads(conv["metadata"] or "{}"),
-        "messages": [dict(zip(keys, row)) for row in rows],
+        "messages": [dict(zip(keys, row, strict=False)) for row in rows],
     }
 
 

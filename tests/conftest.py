@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.plugins.starter_model",
     "tests.plugins.gateway",
     "tests.plugins.browser",
+    "tests.plugins.evaluation",
 ]

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from feedback.db import open_db
-from feedback.report.weeks import utc_text
 from feedback.report import generate_report
+from feedback.report.weeks import utc_text
 from feedback.secrets import instance_secret
 from server.admin import admin_token
 from server.admin.auth import COOKIE, session_is_valid, session_value

@@ -156,7 +156,7 @@ def test_manifest_lineage_points_at_each_row_source(db, settings):
         assert manifest["files"][f"{name}.jsonl"]["sha256"] == hashlib.sha256(data).hexdigest()
         rows = [json.loads(line) for line in data.decode().splitlines()]
         assert len(rows) == len(manifest["rows"][name]) == manifest["counts"][name]
-        for row, lineage in zip(rows, manifest["rows"][name]):
+        for row, lineage in zip(rows, manifest["rows"][name], strict=False):
             seen.add(lineage["source"])
             if lineage["source"] == "base":
                 assert FAQ_ROWS[lineage["line"] - 1]["messages"] == row["messages"]

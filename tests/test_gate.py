@@ -10,8 +10,8 @@ from config.settings import load_settings
 from feedback.report import lifecycle
 from feedback.versions import canary_versions, create_candidate, get_version, live_version
 from server.cli.main import cli
+from tests.plugins.evaluation import CORRECTIONS, GOLDEN, TEST_SPLIT, fill, make_setup
 from tests.plugins.gateway import write_config
-from tests.test_evaluation import CORRECTIONS, GOLDEN, TEST_SPLIT, better_candidate, fill, make_setup, table_upstream  # noqa: F401
 from trainer import gate, registry
 from trainer.evaluation.run import evaluate
 

@@ -109,8 +109,8 @@ def test_token_of_one_message_cannot_rate_another(client):
 def test_user_message_cannot_be_rated(client, gateway_db):
     chat = client.post("/api/chat", json={"message": "hello"}).get_json()
     user_msg = gateway_db.execute("SELECT id FROM messages WHERE role='user'").fetchone()[0]
-    from feedback.tokens import feedback_token
     from feedback.secrets import instance_secret
+    from feedback.tokens import feedback_token
 
     token = feedback_token(instance_secret(gateway_db, "feedback_token"), user_msg)
     r = client.post("/api/feedback", json={"message_id": user_msg, "feedback_token": token, "rating": "up"})

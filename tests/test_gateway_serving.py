@@ -112,8 +112,8 @@ def test_streams_arrive_incrementally_and_concurrently(gunicorn_gateway):
 
 
 def _metric(text: str, prefix: str, *must_contain: str) -> float:
-    lines = [l for l in text.splitlines() if l.startswith(prefix) and all(m in l for m in must_contain)]
-    return sum(float(l.rsplit(" ", 1)[1]) for l in lines)
+    lines = [line for line in text.splitlines() if line.startswith(prefix) and all(m in line for m in must_contain)]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 
 def test_metrics_add_up_across_workers(gunicorn_gateway):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from tests.plugins.common import free_port
 from tests.test_gateway_api import events
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from config.errors import Conflict, NotFound, ValidationFailed
-from feedback.versions import canary_versions, create_candidate, ensure_live_version, get_version, live_version
 from feedback.report import lifecycle
+from feedback.versions import canary_versions, create_candidate, ensure_live_version, get_version, live_version
 from trainer import registry
 
 

@@ -23,9 +23,9 @@ from trainer.starter import (
     fingerprint,
     rows_to_pairs,
 )
-from trainer.starter.verify import greedy_answers
 from trainer.starter.chat import encode_conversation
 from trainer.starter.train import deterministic, make_model
+from trainer.starter.verify import greedy_answers
 
 
 def weights(folder):
@@ -64,7 +64,7 @@ def test_chat_template_renders_what_training_encodes(tiny_model_dir):
             messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         ids, labels = encode_conversation(tokenizer, turns, system=system)
         assert tokenizer.apply_chat_template(messages, return_dict=False) == ids
-        answer_ids = [i for i, label in zip(ids, labels) if label != -100]
+        answer_ids = [i for i, label in zip(ids, labels, strict=False) if label != -100]
         assert tokenizer.decode(answer_ids, skip_special_tokens=True) == "3,000원입니다.Within 7 days."
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False

@@ -138,7 +138,7 @@ def test_labels_are_the_assistant_tokens_and_nothing_else(tiny_model_dir):
     ids, labels = encode_messages(tokenizer, CONVERSATION)
     assert len(ids) == len(labels)
     assert _label_text(tokenizer, labels) == "Open your orders and pick Return.<|end|>3,000원입니다.<|end|>"
-    assert all(label in (IGNORE, token) for token, label in zip(ids, labels))
+    assert all(label in (IGNORE, token) for token, label in zip(ids, labels, strict=False))
     # The template-driven encoder (used for every other model) agrees with the starter's own encoder.
     assert encode_with_template(tokenizer, CONVERSATION) == (ids, labels)
 

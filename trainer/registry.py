@@ -102,7 +102,7 @@ def list_versions(db: Database, *, include_inactive: bool = True) -> list[dict]:
     rows = db.execute(
         f"SELECT {', '.join(columns)} FROM model_versions WHERE {where} ORDER BY created_at DESC, rowid DESC"
     ).fetchall()
-    return [dict(zip(columns, row)) for row in rows]
+    return [dict(zip(columns, row, strict=False)) for row in rows]
 
 
 def record_event(

@@ -208,7 +208,7 @@ def _trend(weeks, versions, active, answers, votes) -> dict:
                 "failed": a["failed"],
                 "ratings": r["ratings"],
                 "down": r["down"],
-                "satisfaction": [_ratio(n - d, n) for n, d in zip(r["ratings"], r["down"])],
+                "satisfaction": [_ratio(n - d, n) for n, d in zip(r["ratings"], r["down"], strict=False)],
             }
         )
     n = len(weeks)
@@ -221,7 +221,7 @@ def _trend(weeks, versions, active, answers, votes) -> dict:
         "latency_p50": [percentile(values, 0.5) for values in merged],
         "latency_p95": [percentile(values, 0.95) for values in merged],
     }
-    total["satisfaction"] = [_ratio(r - d, r) for r, d in zip(total["ratings"], total["down"])]
+    total["satisfaction"] = [_ratio(r - d, r) for r, d in zip(total["ratings"], total["down"], strict=False)]
     return {"weeks": weeks, "series": series, "total": total}
 
 

@@ -36,7 +36,7 @@ def _rows(
     db: Database, table: str, columns: list[str], where: str, params: list, order: str, limit: int = 50
 ) -> list[dict]:
     sql = f"SELECT {', '.join(columns)} FROM {table} WHERE {where} ORDER BY {order} LIMIT {int(limit)}"
-    return [dict(zip(columns, row)) for row in db.execute(sql, params).fetchall()]
+    return [dict(zip(columns, row, strict=False)) for row in db.execute(sql, params).fetchall()]
 
 
 def review_queue_status(db: Database, since: str, until: str) -> dict:

@@ -245,7 +245,7 @@ def _events(report: dict) -> list[dict]:
             }
         )
     for e in report["evaluations"]["events"]:
-        verdict = {1: "passed", 0: "failed", True: "passed", False: "failed"}.get(e.get("passed"), "done")
+        verdict = {1: "passed", 0: "failed"}.get(e.get("passed"), "done")  # True == 1 and False == 0 as keys
         candidate = e.get("candidate_name") or e.get("candidate_id") or "?"
         against = f" against {e['incumbent_name']}" if e.get("incumbent_name") else ""
         detail = f" — {e['summary']}" if e.get("summary") else ""

@@ -5,8 +5,10 @@ adds views to :data:`server.admin.blueprint.bp` and is imported here; the
 blueprint's ``before_request`` already guards it (see ``auth.py``).
 """
 
-from server.admin import pages  # noqa: F401  (its views register on the blueprint)
-from server.admin import review  # noqa: F401  (the review queue's views)
+from server.admin import (
+    pages,  # noqa: F401  (its views register on the blueprint)
+    review,  # noqa: F401  (the review queue's views)
+)
 from server.admin.auth import admin_token
 from server.admin.blueprint import bp
 

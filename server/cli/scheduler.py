@@ -29,7 +29,7 @@ def scheduler_command(ctx: CliContext, wait: bool) -> None:
     except SchedulerBusy:
         click.echo(f"another scheduler holds {lock_path(settings)}; not starting a second one")
         return
-    ctx.db  # migrate before the first job, not inside it
+    _ = ctx.db  # migrate before the first job, not inside it
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -58,7 +58,7 @@ from feedback.db import new_id, utc_now, write_transaction
 from feedback.review_io import ImportRejected
 from trainer.dataset.clean import clean_messages
 from trainer.dataset.cost import estimate_costs
-from trainer.dataset.dedupe import connected_groups, find_duplicates, prompt_key, answer_key
+from trainer.dataset.dedupe import answer_key, connected_groups, find_duplicates, prompt_key
 from trainer.dataset.pii import TYPES, PiiMasker
 from trainer.dataset.preferences import preference_pairs, to_jsonl
 from trainer.dataset.sources import (
@@ -216,15 +216,15 @@ def build_dataset(
     # 5. split
     groups = connected_groups([ex.messages for ex in rows], threshold)
     anchors: dict[int, str] = {}
-    for g, ex in zip(groups, rows):
+    for g, ex in zip(groups, rows, strict=False):
         anchor = prompt_key(ex.messages) + "\x00" + answer_key(ex.messages)
         anchors[g] = min(anchors.get(g, anchor), anchor)
-    pinned = {g for g, ex in zip(groups, rows) if ex.lineage["source"] == "review"}
+    pinned = {g for g, ex in zip(groups, rows, strict=False) if ex.lineage["source"] == "review"}
     assigned = assign_splits(
         groups, anchors, val_fraction=ds.val_fraction, test_fraction=ds.test_fraction, seed=seed, pinned=pinned
     )
     by_split: dict[str, list[Example]] = {name: [] for name in SPLITS}
-    for ex, name in zip(rows, assigned):
+    for ex, name in zip(rows, assigned, strict=False):
         by_split[name].append(ex)
     for name in SPLITS:  # a seeded order that depends on content only, not on database or file order
         by_split[name].sort(key=lambda ex: _sha(f"{seed}\x00{json.dumps(ex.messages, ensure_ascii=False)}".encode()))

@@ -179,7 +179,7 @@ def list_bases(db: Database) -> list[dict]:
         "SELECT id, path, original_name, sha256, rows, created_at FROM dataset_bases"
         " ORDER BY created_at DESC, rowid DESC"
     ).fetchall()
-    return [dict(zip(("id", "path", "original_name", "sha256", "rows", "created_at"), r)) for r in rows]
+    return [dict(zip(("id", "path", "original_name", "sha256", "rows", "created_at"), r, strict=False)) for r in rows]
 
 
 def review_examples(items: list[ReviewItem]) -> list[Example]:

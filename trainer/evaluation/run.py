@@ -285,7 +285,7 @@ def _store(db: Database, settings: Settings, evaluation: Evaluation) -> None:
 
 
 def _from_row(row) -> Evaluation:
-    values = dict(zip(_COLUMNS, row))
+    values = dict(zip(_COLUMNS, row, strict=False))
     for column in _JSON_COLUMNS:
         values[column] = json.loads(values[column]) if values[column] is not None else None
     values["passed"] = None if values["passed"] is None else bool(values["passed"])

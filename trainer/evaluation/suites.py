@@ -111,10 +111,10 @@ def candidate_dataset(db: Database, candidate: ModelVersion) -> tuple[dict | Non
     if dataset_id:
         row = db.execute("SELECT id, version, path, manifest_path FROM datasets WHERE id = ?", [dataset_id]).fetchone()
         if row:
-            return dict(zip(("id", "version", "path", "manifest_path"), row)), "training run"
+            return dict(zip(("id", "version", "path", "manifest_path"), row, strict=False)), "training run"
     row = db.execute("SELECT id, version, path, manifest_path FROM datasets ORDER BY version DESC LIMIT 1").fetchone()
     if row:
-        return dict(zip(("id", "version", "path", "manifest_path"), row)), "newest dataset"
+        return dict(zip(("id", "version", "path", "manifest_path"), row, strict=False)), "newest dataset"
     return None, "no dataset built"
 
 

@@ -96,7 +96,7 @@ class Provider(abc.ABC):
     def hyperparameters(self) -> dict[str, Any]:
         """The configuration a new run records (and is fingerprinted by)."""
 
-    def check_submit(self) -> None:
+    def check_submit(self) -> None:  # noqa: B027 - optional hook: most providers can always submit
         """Raise :class:`ProviderError` when a new run cannot be submitted now (before any row is written)."""
 
     def find_submitted(self, run: "TrainingRun") -> str | None:

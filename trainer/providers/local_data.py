@@ -65,7 +65,7 @@ def encode_with_template(tokenizer, messages: Sequence[dict[str, Any]]) -> tuple
     ids = list(encoded["input_ids"])
     labels = [
         tok if any(s <= begin < e for s, e in spans) else IGNORE
-        for tok, (begin, _end) in zip(ids, encoded["offset_mapping"])
+        for tok, (begin, _end) in zip(ids, encoded["offset_mapping"], strict=False)
     ]
     return ids, labels
 

@@ -104,7 +104,7 @@ def _select(
     )
     runs = []
     for row in db.execute(sql, params).fetchall():
-        values = dict(zip((*_COLUMNS, "dataset_path", "dataset_version"), row))
+        values = dict(zip((*_COLUMNS, "dataset_path", "dataset_version"), row, strict=False))
         values["hyperparameters"] = json.loads(values["hyperparameters"])
         values["metrics"] = json.loads(values["metrics"])
         runs.append(TrainingRun(**values))

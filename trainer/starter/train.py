@@ -200,7 +200,7 @@ def fit(
             bar.total = trainer.step + len(plan) * (params.epochs - epoch + 1)
             wrong_before = len(failing)
 
-            def on_step(loss: float) -> None:
+            def on_step(loss: float, epoch: int = epoch, wrong_before: int = wrong_before) -> None:
                 bar.update(1)
                 bar.set_postfix(
                     loss=f"{loss:.4f}", epoch=f"{epoch}/{params.epochs}", wrong_last_epoch=wrong_before, refresh=False

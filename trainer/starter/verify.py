@@ -31,8 +31,8 @@ def verify_saved(folder: Path, pairs: Sequence[Pair], history: list[list[int]]) 
         with_history.append(messages + [{"role": "user", "content": pairs[conversation[-1]][0]}])
     answers = greedy_answers(model, tokenizer, single + with_history, max_new_tokens=longest + 8)
     expected = [answer for _, answer in pairs]
-    single_ok = [a == e for a, e in zip(answers[: len(pairs)], expected)]
-    history_ok = [a == expected[conv[-1]] for a, conv in zip(answers[len(pairs) :], history)]
+    single_ok = [a == e for a, e in zip(answers[: len(pairs)], expected, strict=False)]
+    history_ok = [a == expected[conv[-1]] for a, conv in zip(answers[len(pairs) :], history, strict=False)]
     return single_ok, history_ok
 
 
