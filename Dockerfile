@@ -21,7 +21,9 @@ COPY pyproject.toml README.md ./
 COPY config ./config
 COPY feedback ./feedback
 COPY trainer ./trainer
+COPY modelclient ./modelclient
 COPY server ./server
+COPY cli ./cli
 COPY data ./data
 RUN pip install --no-deps --no-build-isolation --editable . && pip check
 

@@ -23,8 +23,8 @@ from config.errors import NotFound, TuneloopError, UpstreamError
 from config.settings import Settings, env_secret
 from feedback import turns, versions
 from feedback.tokens import feedback_token, pseudonym
+from modelclient.chat import ChatClient, ClientPolicy, Generation, Target
 from server import metrics
-from server.llm_client import ChatClient, ClientPolicy, Generation, Target
 
 log = logging.getLogger("tuneloop.gateway")
 

@@ -8,13 +8,13 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from click.testing import CliRunner
 
+from cli.main import cli
 from feedback.db import open_db
 from feedback.report import generate_report
 from feedback.report.weeks import utc_text
 from feedback.secrets import instance_secret
 from server.admin import admin_token
 from server.admin.auth import COOKIE, session_is_valid, session_value
-from server.cli.main import cli
 from tests.test_ranking import ask, make_version
 
 HOSTILE = "<script>alert(1)</script>배송비는?"

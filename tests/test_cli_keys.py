@@ -6,9 +6,9 @@ import json
 
 from click.testing import CliRunner
 
+from cli.main import cli
 from feedback.apikeys import verify_key
 from feedback.db import open_db
-from server.cli.main import cli
 
 
 def run(tmp_path, *args):

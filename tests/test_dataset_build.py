@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from cli.main import cli
 from config.settings import PROJECT_ROOT, load_settings
 from feedback import review
 from feedback.db import write_transaction
 from feedback.review_io import ImportRejected
 from feedback.text import similarity
-from server.cli.main import cli
 from tests.test_ranking import ask, make_version
 from trainer.dataset import DatasetInvalid, build_dataset, import_base, list_datasets
 from trainer.dataset.cost import estimate_costs

@@ -14,13 +14,13 @@ import httpx2
 import pytest
 from click.testing import CliRunner
 
+from cli.main import cli
 from config.errors import Conflict, UpstreamError
 from config.settings import load_settings
 from feedback.db import open_db
 from feedback.review import create_item
 from feedback.versions import create_candidate, ensure_live_version, get_version, live_version
-from server.cli.main import cli
-from server.llm_client import Target
+from modelclient.chat import Target
 from tests.plugins.gateway import write_config
 from tests.plugins.model import qa, start_model_server, stop_model_server
 from trainer import deploy, gate, registry

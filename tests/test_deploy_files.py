@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from cli.main import cli
 from config.settings import PROJECT_ROOT, load_settings
-from server.cli.main import cli
 
 BIN = Path(sys.executable).parent
 

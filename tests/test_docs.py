@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from server.cli.main import cli
+from cli.main import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
+from cli.main import cli
 from config.errors import Conflict
 from config.settings import load_settings
 from feedback.report import lifecycle
 from feedback.versions import canary_versions, create_candidate, get_version, live_version
-from server.cli.main import cli
 from tests.plugins.evaluation import CORRECTIONS, GOLDEN, TEST_SPLIT, fill, make_setup
 from tests.plugins.gateway import write_config
 from trainer import gate, registry

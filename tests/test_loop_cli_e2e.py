@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from cli.main import cli
 from config.settings import PROJECT_ROOT, Settings, load_settings
 from feedback.db import open_db
 from feedback.versions import ModelVersion, live_version
 from server.app import create_app
-from server.cli.main import cli
 from tests.plugins.gateway import write_config
 from trainer.starter import load_pairs
 

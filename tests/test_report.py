@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench import analytics
+from cli.main import cli
 from config.errors import ConfigError
 from config.settings import load_settings
 from feedback import turns
@@ -22,7 +23,6 @@ from feedback.demo import has_demo, remove_demo, seed_demo
 from feedback.report import build_report, generate_report, list_reports, render_html, render_markdown
 from feedback.report.deliver import deliver_report, webhook_payload
 from feedback.report.weeks import iso_week_window, last_complete_week, shift_week
-from server.cli.main import cli
 from tests.test_ranking import ask, make_version
 
 W47 = "2026-W47"

@@ -9,13 +9,13 @@ import sqlite3
 import pytest
 from click.testing import CliRunner
 
+from cli.main import cli
 from config.errors import ConfigError, Conflict, ValidationFailed
 from config.settings import load_settings
 from feedback import review
 from feedback.db import write_transaction
 from feedback.ranking import RankingOptions
 from feedback.review_io import ImportRejected, export_items, import_items, read_records
-from server.cli.main import cli
 from tests.plugins.common import free_port
 from tests.test_ranking import WEEK, ask_many, make_version
 from trainer.review_drafts import draft_answers

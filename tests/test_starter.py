@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from cli.main import cli
 from config.errors import InvalidRequest
 from config.settings import load_settings
-from server.cli.main import cli
 from tests.plugins.model import TINY_PARAMS, build_tiny_model, qa, tiny_rows
 from trainer.starter import (
     StarterBuildFailed,

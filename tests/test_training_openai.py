@@ -17,10 +17,10 @@ import pytest
 from click.testing import CliRunner
 from werkzeug.wrappers import Request, Response
 
+from cli.main import cli
 from config.settings import PROJECT_ROOT, load_settings
 from feedback.db import open_db
 from feedback.versions import get_version
-from server.cli.main import cli
 from trainer.dataset import build_dataset
 from trainer.providers import ProviderError, ProviderRetired, get_provider
 from trainer.providers.runs import create_run, get_run, list_events

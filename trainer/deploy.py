@@ -29,7 +29,7 @@ from sqlite_utils import Database
 from config.errors import Conflict, UpstreamError, UpstreamUnavailable
 from config.settings import Settings
 from feedback.versions import ModelVersion, canary_versions, get_version, live_version
-from server.llm_client import ChatClient, ClientPolicy, Target
+from modelclient.chat import ChatClient, ClientPolicy, Target
 from trainer import registry
 
 log = logging.getLogger("tuneloop.deploy")

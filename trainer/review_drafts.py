@@ -8,7 +8,7 @@ question's language. The draft is stored on the item (``draft``, ``draft_model``
 and still needs a person's approval, unless ``review.auto_approve_teacher`` is
 set, in which case it is approved with ``answer_source = "teacher"``.
 
-Generation goes through the one shared client, ``server.llm_client.ChatClient``,
+Generation goes through the one shared client, ``modelclient.chat.ChatClient``,
 so retries, timeouts and error translation are the gateway's. A failing item is
 reported and skipped; the others are still drafted.
 """
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from config.errors import ConfigError, UpstreamError
 from config.settings import Settings
 from feedback import review
-from server.llm_client import ChatClient, ClientPolicy, Target
+from modelclient.chat import ChatClient, ClientPolicy, Target
 
 SYSTEM_PROMPT = (
     "You write the correct answer to a customer-support question for a training set. Users voted down the "

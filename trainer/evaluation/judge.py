@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from config.errors import UpstreamError
 from config.settings import Settings
-from server.llm_client import ChatClient, Target
+from modelclient.chat import ChatClient, Target
 from trainer.evaluation.suites import Case
 
 # A judge reply is a small JSON object; the room is for judges that think aloud first.

@@ -4,7 +4,7 @@
 asked anything, and deploying never makes it live) — and the incumbent too when it
 is an adapter, which a restarted model server may have forgotten — collects the suites
 (``suites.py``), and asks both models every question through the gateway's own
-client (``server.llm_client.ChatClient``) at temperature 0, ``evaluation.concurrency``
+client (``modelclient.chat.ChatClient``) at temperature 0, ``evaluation.concurrency``
 questions at a time, with a progress bar. Each answer is scored against the
 reference (``metrics.py``); the optional judge (``judge.py``) scores each pair.
 The gate's verdict under the current ``[gate]`` settings (``trainer.gate.decide``)
@@ -36,7 +36,7 @@ from config.errors import NotFound, UpstreamError, ValidationFailed
 from config.settings import EVALUATION_SUITES, Settings
 from feedback.db import new_id, utc_now, write_transaction
 from feedback.versions import ModelVersion
-from server.llm_client import ChatClient, Target
+from modelclient.chat import ChatClient, Target
 from trainer import gate
 from trainer.deploy import deploy, has_adapter, model_client, version_target
 from trainer.evaluation import judge as judging

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
+from cli.context import CliContext, pass_cli
 from config.errors import ConfigError
 from config.settings import PROJECT_ROOT
-from server.cli.context import CliContext, pass_cli
 
 GUNICORN_CONF = PROJECT_ROOT / "config" / "gunicorn.conf.py"
 

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import click
 
+from cli.context import CliContext, pass_cli
 from config.errors import ValidationFailed
 from feedback.ranking import RankingOptions, rank_worst, version_to_rank
 from feedback.report import generate_report
@@ -16,7 +17,6 @@ from feedback.report.deliver import deliver_report
 from feedback.report.render import pct
 from feedback.report.weeks import utc_text
 from server.admin import admin_token
-from server.cli.context import CliContext, pass_cli
 
 
 @click.command()

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from server.cli.context import CliContext, pass_cli
+from cli.context import CliContext, pass_cli
 
 # trainer.training is imported inside the commands: it pulls in the openai SDK (~0.6 s),
 # which every other tuneloop command would pay at start-up.

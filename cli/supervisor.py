@@ -130,7 +130,7 @@ class Supervisor:
 def tuneloop_argv(config_path: str | None, *args: str) -> list[str]:
     """The command line that runs ``tuneloop <args>`` with the same interpreter and config."""
     exe = os.path.join(os.path.dirname(sys.executable), "tuneloop")
-    argv = [exe] if os.path.exists(exe) else [sys.executable, "-m", "server.cli.main"]
+    argv = [exe] if os.path.exists(exe) else [sys.executable, "-m", "cli.main"]
     if config_path:
         argv += ["--config", config_path]
     return argv + list(args)

@@ -7,12 +7,12 @@ from datetime import datetime, timedelta, timezone
 
 import click
 
+from cli.context import CliContext, current_user, pass_cli
 from config.errors import ValidationFailed
 from feedback import review
 from feedback.ranking import RankingOptions, version_to_rank
 from feedback.report.weeks import utc_text
 from feedback.review_io import FORMATS, export_items, import_items, write_items
-from server.cli.context import CliContext, current_user, pass_cli
 from trainer.review_drafts import draft_answers
 
 _REVIEWER = click.option(

@@ -7,8 +7,8 @@ import sys
 
 import click
 
+from cli.context import CliContext, current_user, pass_cli
 from config.settings import EVALUATION_SUITES
-from server.cli.context import CliContext, current_user, pass_cli
 from trainer import gate
 from trainer.evaluation.metrics import METRIC_LABELS, METRICS
 from trainer.evaluation.run import Evaluation, evaluate, read_rows

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from server.cli.context import CliContext, pass_cli
+from cli.context import CliContext, pass_cli
 
 _STEPS = ("collect", "build", "train", "evaluate", "gate", "deploy", "report")
 

@@ -11,8 +11,8 @@ import json
 
 import click
 
+from cli.context import CliContext, current_user, pass_cli
 from feedback.versions import live_version
-from server.cli.context import CliContext, current_user, pass_cli
 from trainer import deploy, registry
 from trainer.evaluation.run import list_evaluations
 

@@ -7,8 +7,8 @@ import sys
 
 import click
 
+from cli.context import CliContext, pass_cli
 from config.errors import ValidationFailed
-from server.cli.context import CliContext, pass_cli
 from trainer.dataset import (
     DatasetInvalid,
     build_dataset,

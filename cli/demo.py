@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
+from cli.context import CliContext, pass_cli
 from feedback.demo import has_demo, remove_demo, seed_demo
-from server.cli.context import CliContext, pass_cli
 
 
 @click.group()

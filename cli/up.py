@@ -13,12 +13,12 @@ import sys
 
 import click
 
+from cli.context import CliContext, pass_cli
+from cli.serve import port_is_free
+from cli.supervisor import Child, ChildFailed, Supervisor, tuneloop_argv
 from config.errors import ConfigError
 from config.settings import Settings
 from server.admin.auth import admin_token
-from server.cli.context import CliContext, pass_cli
-from server.cli.serve import port_is_free
-from server.cli.supervisor import Child, ChildFailed, Supervisor, tuneloop_argv
 from trainer.starter.build import build_from_settings
 
 

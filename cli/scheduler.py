@@ -8,7 +8,7 @@ import threading
 
 import click
 
-from server.cli.context import CliContext, pass_cli
+from cli.context import CliContext, pass_cli
 
 
 @click.command("scheduler")

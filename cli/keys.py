@@ -6,8 +6,8 @@ import json
 
 import click
 
+from cli.context import CliContext, pass_cli
 from feedback import apikeys
-from server.cli.context import CliContext, pass_cli
 
 
 @click.group()

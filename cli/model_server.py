@@ -15,10 +15,10 @@ from pathlib import Path
 import click
 from gunicorn.app.base import BaseApplication
 
+from cli.context import CliContext, pass_cli
+from cli.serve import port_is_free
 from config.errors import ConfigError
 from config.settings import Settings
-from server.cli.context import CliContext, pass_cli
-from server.cli.serve import port_is_free
 
 
 class _ModelServerApp(BaseApplication):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from server.cli.context import CliContext, pass_cli
+from cli.context import CliContext, pass_cli
 
 
 @click.group()

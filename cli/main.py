@@ -10,8 +10,7 @@ import sys
 
 import click
 
-from config.errors import ConfigError, InvalidRequest, TuneloopError
-from server.cli import (
+from cli import (
     context,
     dataset,
     demo,
@@ -28,6 +27,7 @@ from server.cli import (
     train,
     up,
 )
+from config.errors import ConfigError, InvalidRequest, TuneloopError
 
 
 class _Group(click.Group):
