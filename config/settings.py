@@ -159,6 +159,22 @@ class ChatSettings:
 
 
 @dataclass(frozen=True)
+class KnowledgeSettings:
+    enabled: bool = True
+    top_k: int = 3
+    min_score: float = 0.0
+    header: str = "Knowledge:"
+    entry_format: str = "[{n}] Q: {question}\nA: {answer}"
+    empty_text: str = "(no matching entry)"
+
+    def __post_init__(self):
+        _check(1 <= self.top_k <= 20, "knowledge.top_k", "must be 1..20")
+        _check(self.min_score >= 0, "knowledge.min_score", "must be >= 0")
+        for name in ("{question}", "{answer}"):
+            _check(name in self.entry_format, "knowledge.entry_format", f"must contain {name}")
+
+
+@dataclass(frozen=True)
 class FeedbackSettings:
     reasons: list[str] = field(default_factory=lambda: ["wrong", "incomplete", "unhelpful", "other"])
     max_comment_chars: int = 2000
@@ -556,6 +572,7 @@ class Settings:
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     chat: ChatSettings = field(default_factory=ChatSettings)
+    knowledge: KnowledgeSettings = field(default_factory=KnowledgeSettings)
     feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     model_server: ModelServerSettings = field(default_factory=ModelServerSettings)
