@@ -145,11 +145,18 @@ class SparseIndex:
             self.refresh_norms()
 
     def refresh_norms(self) -> None:
-        """Recompute every live slot's norm with today's idf (O(size of the index))."""
-        for slot, item in enumerate(self._slot_terms):
-            if item is not None:
-                self._set_norm(slot)
+        """Recompute every live slot's norm with today's idf: one vectorised pass over the index."""
+        live = [(slot, item) for slot, item in enumerate(self._slot_terms) if item is not None]
         self._alive_at_refresh = self._alive
+        if not live:
+            return
+        slots = np.concatenate([np.full(len(ids), slot) for slot, (ids, _) in live])
+        ids = np.concatenate([ids for _, (ids, _) in live])
+        tfs = np.concatenate([tfs for _, (_, tfs) in live])
+        idf = np.log((self._alive + 1) / (np.asarray(self._df, dtype=np.float64) + 1)) + 1.0
+        norms = np.sqrt(np.bincount(slots, weights=(tfs * idf[ids]) ** 2, minlength=self._owner.size))
+        live_slots = np.fromiter((slot for slot, _ in live), np.int64, len(live))
+        self._norm.view[live_slots] = np.where(norms[live_slots] > 0, norms[live_slots], np.inf)
 
     def _compact(self) -> None:
         # Slots are renumbered: callers keep (owner, slot) pairs only through `slots_of`, never across calls.
