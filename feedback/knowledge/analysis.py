@@ -26,6 +26,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 
 from feedback.knowledge.synonyms import Synonyms
 from feedback.text import question_key
@@ -68,12 +69,17 @@ KOREAN_STOP_STEMS = frozenset(
 )
 
 
+_KOREAN_SUFFIX_SET = frozenset(_KOREAN_SUFFIXES)
+_LONGEST_SUFFIX = max(map(len, _KOREAN_SUFFIXES))
+
+
 def language_of(text: str) -> str:
     """``"ko"`` when the text holds any Hangul syllable, else ``"en"`` (mixed text is Korean: the shop's
     Korean questions name English brands, never the other way round)."""
     return "ko" if _HANGUL.search(text) else "en"
 
 
+@lru_cache(maxsize=65536)
 def stem_english(word: str) -> str:
     """A light English stemmer (plurals, -ing, -ed, -ly; in the spirit of Lucene's ``EnglishMinimalStemmer``
     and KStem): conservative, so that different words are not merged."""
@@ -111,11 +117,12 @@ def _drop_final_e(stem: str) -> str:
 _ENGLISH_STOP_STEMS = frozenset(stem_english(w) for w in ENGLISH_STOP_WORDS) | ENGLISH_STOP_WORDS
 
 
+@lru_cache(maxsize=65536)
 def strip_korean_ending(word: str) -> str:
     """The word without its longest trailing particle or ending, when at least one syllable is left."""
-    for suffix in _KOREAN_SUFFIXES:
-        if word.endswith(suffix) and len(word) > len(suffix):
-            return word[: -len(suffix)]
+    for size in range(min(_LONGEST_SUFFIX, len(word) - 1), 0, -1):
+        if word[-size:] in _KOREAN_SUFFIX_SET:
+            return word[:-size]
     return word
 
 
