@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -196,6 +197,12 @@ def synthesize(faq: list[dict], n: int, seed: int = 7) -> list[Entry]:
     return entries
 
 
+def resident_mb() -> float:
+    """This process's resident memory now (Linux ``/proc/self/statm``), in MB."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
 def percentiles_ms(samples: list[float]) -> tuple[float, float]:
     samples = sorted(samples)
     p50 = samples[len(samples) // 2]
@@ -303,17 +310,27 @@ def main(argv=None) -> int:
     print(f"\n3. Latency of search(k=3), {query_count} queries; 4. changes, {change_count} each")
     queries = [q for name in ("rewordings dev", "rewordings test", "paraphrases") for q, _, _ in sets[name]]
     queries += UNANSWERABLE
-    print(f"  {'entries':>8s} {'build s':>8s} {'search p50 ms':>14s} {'p99 ms':>8s}   changes p50 / p99 ms")
+    print(
+        f"  {'entries':>8s} {'build s':>8s} {'+RSS MB':>8s} {'search p50 ms':>14s} {'p99 ms':>8s}   changes p50 / p99 ms"
+    )
     for size in (200, large):
         entries = synthesize(faq, size)
+        rss_before = resident_mb()
         start = time.perf_counter()
         retriever = DEFAULT.retriever(entries)
         build = time.perf_counter() - start
+        grown_mb = resident_mb() - rss_before
         p50, p99 = time_queries(retriever, queries, query_count)
         changes = time_changes(retriever, faq, change_count)
-        figures["sizes"][size] = {"build_s": build, "search_p50_ms": p50, "search_p99_ms": p99, "changes": changes}
+        figures["sizes"][size] = {
+            "build_s": build,
+            "peak_rss_growth_mb": grown_mb,
+            "search_p50_ms": p50,
+            "search_p99_ms": p99,
+            "changes": changes,
+        }
         change_text = "  ".join(f"{k} {v[0]:.2f} / {v[1]:.2f}" for k, v in changes.items())
-        print(f"  {size:>8d} {build:>8.2f} {p50:>14.3f} {p99:>8.3f}   {change_text}")
+        print(f"  {size:>8d} {build:>8.2f} {grown_mb:>8.0f} {p50:>14.3f} {p99:>8.3f}   {change_text}")
     small, big = figures["sizes"][200], figures["sizes"][large]
     print(f"  search p50 at {large} / at 200: {big['search_p50_ms'] / small['search_p50_ms']:.1f}x;", end=" ")
     print(f"rebuild at {large} / one upsert: {big['build_s'] * 1000 / big['changes']['upsert new'][0]:.0f}x")

@@ -352,3 +352,15 @@ def test_dense_fusion_falls_back_to_lexical_when_the_endpoint_fails(httpserver):
     # A change while the endpoint is down is still indexed (lexically).
     retriever.upsert(Entry("new", ("Do you sell gift cards?",), "Yes.", "en"))
     assert retriever.search("sell gift cards", k=1)[0].entry_id == "new"
+
+
+def test_an_embeddings_model_of_another_dimension_degrades_to_lexical():
+    dims = {"n": 3}
+    retriever = Retriever(faq_entries()[:30], embed=lambda texts: [[1.0] * dims["n"] for _ in texts])
+    query = "how long does standard delivery take"
+    before = retriever.search(query, k=1)
+    dims["n"] = 4  # the endpoint was switched to another model
+    assert retriever.search(query, k=1)[0].entry_id == before[0].entry_id == "faq-27"
+    retriever.upsert(Entry("new", ("Do you sell gift cards?",), "Yes.", "en"))
+    assert retriever.search("sell gift cards", k=1)[0].entry_id == "new"
+    assert len(retriever) == 31

@@ -142,13 +142,14 @@ class Retriever:
         self._dense = DenseIndex() if embed else None
         self._ordinal: dict[str, int] = {}
         self._stored: list[_Stored | None] = []
+        self._count = 0
         self._lang = np.zeros(0, dtype=np.int8)
         self.add_all(entries)
 
     # --- reading ------------------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._ordinal) - sum(1 for s in self._stored if s is None)
+        return self._count
 
     def __contains__(self, entry_id: str) -> bool:
         return self.get(entry_id) is not None
@@ -174,19 +175,18 @@ class Retriever:
         prepared = [(entry, _distinct(entry.questions)) for entry in entries]
         vectors = self._embed_questions([q for _, qs in prepared for q in qs])
         with self._lock:
-            q_docs, a_docs = [], []
-            for entry, questions in prepared:
-                ordinal = self._new_ordinal(entry, questions)
-                q_docs.extend((ordinal, self.analyzer.terms(q)) for q in questions)
-                a_docs.append((ordinal, self.analyzer.terms(entry.answer)))
-            self._questions.add_many(q_docs)
-            self._answers.add_many(a_docs)
+            ordinals = [self._new_ordinal(entry, questions) for entry, questions in prepared]
+            # Generators: each text's terms live only until the index has turned them into ids (holding
+            # them all at 20,000 entries took 500 MB at the peak).
+            analyze = self.analyzer.terms
+            self._questions.add_many(
+                (o, analyze(q)) for o, (_, questions) in zip(ordinals, prepared, strict=True) for q in questions
+            )
+            self._answers.add_many((o, analyze(e.answer)) for o, (e, _) in zip(ordinals, prepared, strict=True))
             if vectors is not None:
                 offset = 0
                 for entry, questions in prepared:
-                    ordinal = self._ordinal[entry.entry_id]
-                    self._dense.add(ordinal, vectors[offset : offset + len(questions)])
-                    self._stored[ordinal].has_vectors = True
+                    self._add_vectors(self._ordinal[entry.entry_id], vectors[offset : offset + len(questions)])
                     offset += len(questions)
 
     def upsert(self, entry: Entry) -> None:
@@ -204,8 +204,7 @@ class Retriever:
                 self._questions.add(ordinal, terms)
             self._answers.add(ordinal, a_terms)
             if vectors is not None:
-                self._dense.add(ordinal, vectors)
-                self._stored[ordinal].has_vectors = True
+                self._add_vectors(ordinal, vectors)
 
     def remove(self, entry_id: str) -> bool:
         """Forget the entry; False when there was none with that id."""
@@ -215,6 +214,7 @@ class Retriever:
                 return False
             self._unindex(ordinal)
             self._stored[ordinal] = None
+            self._count -= 1
             return True
 
     def _new_ordinal(self, entry: Entry, questions: tuple[str, ...], ordinal: int | None = None) -> int:
@@ -223,6 +223,8 @@ class Retriever:
             self._stored.append(None)
             if ordinal >= len(self._lang):
                 self._lang = np.concatenate([self._lang, np.zeros(max(64, len(self._lang)), dtype=np.int8)])
+        if self._stored[ordinal] is None:
+            self._count += 1
         self._stored[ordinal] = _Stored(entry, questions)
         self._lang[ordinal] = 1 if entry.lang == "ko" else 0
         return ordinal
@@ -234,6 +236,14 @@ class Retriever:
             self._answers.remove(slot)
         if self._dense is not None:
             self._dense.remove(ordinal)
+
+    def _add_vectors(self, ordinal: int, vectors: list[list[float]]) -> None:
+        try:
+            self._dense.add(ordinal, vectors)
+        except ValueError as exc:  # a model switched to another dimension: keep the entry, lexically
+            log.warning("entry %r indexed lexically only: %s", self._stored[ordinal].entry.entry_id, exc)
+            return
+        self._stored[ordinal].has_vectors = True
 
     def _embed_questions(self, questions: list[str]) -> list[list[float]] | None:
         if self.embed is None or not questions:
@@ -276,9 +286,13 @@ class Retriever:
         score = lexical
         cosines = None
         if query_vector is not None and len(self._dense):
-            cosines = self._dense.cosines(query_vector)
-            dense = self._dense.best_by_owner(cosines, n)
-            score = (1.0 - config.dense_weight) * lexical + config.dense_weight * dense
+            try:
+                cosines = self._dense.cosines(query_vector)
+            except ValueError as exc:  # the endpoint now answers in another dimension than the index
+                log.warning("query embedding not usable, ranking lexically: %s", exc)
+            else:
+                dense = self._dense.best_by_owner(cosines, n)
+                score = (1.0 - config.dense_weight) * lexical + config.dense_weight * dense
         candidates = np.flatnonzero(score >= max(min_score, 1e-9))
         if not len(candidates):
             return []

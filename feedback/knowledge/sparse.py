@@ -89,8 +89,8 @@ class SparseIndex:
         return tid
 
     def _append(self, owner: int, terms: Mapping[str, float]) -> int:
-        ids = np.fromiter((self._term_id(t) for t in terms), dtype=np.int64, count=len(terms))
-        return self._append_ids(owner, ids, np.fromiter(terms.values(), np.float64, len(terms)))
+        ids = np.fromiter((self._term_id(t) for t in terms), dtype=np.int32, count=len(terms))
+        return self._append_ids(owner, ids, np.fromiter(terms.values(), np.float32, len(terms)))
 
     def _append_ids(self, owner: int, ids: np.ndarray, tfs: np.ndarray) -> int:
         slot = self._owner.append(owner)
@@ -152,7 +152,7 @@ class SparseIndex:
             return
         slots = np.concatenate([np.full(len(ids), slot) for slot, (ids, _) in live])
         ids = np.concatenate([ids for _, (ids, _) in live])
-        tfs = np.concatenate([tfs for _, (_, tfs) in live])
+        tfs = np.concatenate([tfs for _, (_, tfs) in live]).astype(np.float64)
         idf = np.log((self._alive + 1) / (np.asarray(self._df, dtype=np.float64) + 1)) + 1.0
         norms = np.sqrt(np.bincount(slots, weights=(tfs * idf[ids]) ** 2, minlength=self._owner.size))
         live_slots = np.fromiter((slot for slot, _ in live), np.int64, len(live))
@@ -164,7 +164,7 @@ class SparseIndex:
         names = {tid: term for term, tid in self._term_ids.items()}
         self.__init__(self.norm_refresh)
         for owner, (ids, tfs) in live:
-            new_ids = np.fromiter((self._term_id(names[t]) for t in ids.tolist()), np.int64, len(ids))
+            new_ids = np.fromiter((self._term_id(names[t]) for t in ids.tolist()), np.int32, len(ids))
             self._append_ids(owner, new_ids, tfs)
         self.refresh_norms()
 
