@@ -3,18 +3,21 @@
 One :class:`Analyzer` turns a text into weighted terms, the same way for the index and for the query
 (like a Lucene analyzer chain, all in plain Python, no model):
 
-1. **normalise** — :func:`feedback.text.question_key`: Unicode NFKC, case folded, punctuation to
-   spaces, digit groups joined (``30,000`` → ``30000``);
-2. **synonyms** — words and phrases of the same meaning are rewritten to one canonical form before
-   anything else sees them (``적립금`` → ``포인트``, ``postage`` → ``shipping``): see
-   :mod:`feedback.knowledge.synonyms` and the bundled ``synonyms.txt``;
-3. **words** — English words lose stop words and are reduced by a light stemmer (``deliveries`` →
-   ``delivery``, ``cancelled`` → ``cancel``); Korean words (어절) lose their trailing particles and
-   endings (``배송비는`` → ``배송비``, ``바꿀 수 있나요`` → ``바꾸``-like stems are not attempted: a
-   morphological analyser would need a 100 MB model in every worker);
-4. **character n-grams** — Korean: bigrams and trigrams of the words with their spaces removed, so
-   ``회원 가입`` and ``회원가입`` match and a stem still matches under any ending; English: trigrams
-   inside each content word, with its boundaries, so typos and inflections still share most terms.
+1. **normalise** — apostrophes inside English words dropped (``can't`` → ``cant``), then
+   :func:`feedback.text.question_key`: Unicode NFKC, case folded, punctuation to spaces, digit groups
+   joined (``30,000`` → ``30000``);
+2. **stem** — English words by a light stemmer (``deliveries`` → ``delivery``, ``cancelled`` →
+   ``cancel``, ``changed`` → ``chang``), so synonyms and matches see one form per word;
+3. **synonyms** — words and phrases of the same meaning rewritten to one canonical form (``적립금`` →
+   ``포인트``, ``postage`` → ``shipping fee``): :mod:`feedback.knowledge.synonyms` and the bundled
+   ``synonyms.txt`` (its English side stemmed the same way);
+4. **words** — English stop words and question filler dropped; Korean words (어절) lose their trailing
+   particle or ending (``배송비는`` → ``배송비``) and filler stems are dropped (``어떻게``, ``가능``,
+   ``싶``). Irregular Korean verb stems are not restored (``바꿀``/``바꿔`` → ``바꾸``): that needs a
+   morphological analyser with a 100 MB model in every worker; the synonym list covers the common ones;
+5. **character n-grams** — Korean: bigrams and trigrams of the kept stems with the spaces removed, so
+   ``회원 가입`` and ``회원가입`` match and spacing never matters; English: trigrams inside each content
+   word, with its boundaries, so typos (``pasword``) and inflections still share most terms.
 
 Terms carry a kind prefix (``w:`` word, ``k:`` Korean n-gram, ``e:`` English n-gram); the index weighs
 them by kind (see :class:`TermWeights`).
