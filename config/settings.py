@@ -160,18 +160,37 @@ class ChatSettings:
 
 @dataclass(frozen=True)
 class KnowledgeSettings:
+    """Grounding answers in the knowledge base: how many entries, from what score, shown how, found how."""
+
     enabled: bool = True
     top_k: int = 3
-    min_score: float = 0.0
+    # Retrieval scores are in 0..1 (feedback/knowledge/retrieval.py); the default is measured in
+    # docs/benchmarks.md ("Retrieval": the score threshold).
+    min_score: float = 0.15
     header: str = "Knowledge:"
     entry_format: str = "[{n}] Q: {question}\nA: {answer}"
     empty_text: str = "(no matching entry)"
+    synonyms: str = ""
+    embeddings_model: str = ""
+    embeddings_base_url: str = ""
+    embeddings_api_key_env: str = ""
+    dense_weight: float = 0.5
 
     def __post_init__(self):
         _check(1 <= self.top_k <= 20, "knowledge.top_k", "must be 1..20")
-        _check(self.min_score >= 0, "knowledge.min_score", "must be >= 0")
+        _check(0 <= self.min_score <= 1, "knowledge.min_score", f"must be within 0..1, got {self.min_score}")
         for name in ("{question}", "{answer}"):
             _check(name in self.entry_format, "knowledge.entry_format", f"must contain {name}")
+        _check(
+            not self.embeddings_model or self.embeddings_base_url.startswith(("http://", "https://")),
+            "knowledge.embeddings_base_url",
+            f"must be an http(s) URL when embeddings_model is set, got {self.embeddings_base_url!r}",
+        )
+        _check(0 <= self.dense_weight <= 1, "knowledge.dense_weight", f"must be within 0..1, got {self.dense_weight}")
+
+    def embeddings_api_key(self) -> str:
+        """The embeddings endpoint's API key, read from the named environment variable at call time."""
+        return env_secret(self.embeddings_api_key_env)
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,7 @@ class ChatClient:
                 except UpstreamError as exc:
                     attempts.append(f"{target.name}: {exc.message}")
                     last_error = exc
-                    if not _retriable(exc):
+                    if not retriable(exc):
                         raise exc
                     continue
                 gen = Generation(target=target, _chunks=iter(()), _started=started, _on_done=on_done, attempts=attempts)
@@ -166,7 +166,7 @@ class ChatClient:
             page = self._client(target).with_options(timeout=timeout_s).models.list()
             return [m.id for m in page.data]
         except Exception as exc:  # noqa: BLE001
-            raise _translate(exc, target) from exc
+            raise translate_error(exc, target) from exc
 
     def complete(self, targets: list[Target], messages: list[dict[str, str]], **params: Any) -> Generation:
         """A whole answer at once (same failure policy as :meth:`generate`)."""
@@ -190,7 +190,7 @@ class ChatClient:
             )
             response = manager.__enter__()
         except Exception as exc:  # noqa: BLE001 - translated into our error tree
-            raise _translate(exc, target) from exc
+            raise translate_error(exc, target) from exc
         chunks = _sse_payloads(response.iter_lines(), target)
         buffered = []
         try:
@@ -200,7 +200,7 @@ class ChatClient:
                     break
         except Exception as exc:  # noqa: BLE001
             manager.__exit__(None, None, None)
-            raise _translate(exc, target) from exc
+            raise translate_error(exc, target) from exc
         return (manager, chunks), buffered
 
     def _drain(self, gen: Generation, opened: tuple[Any, Iterator], buffered: list, started: float) -> Iterator[str]:
@@ -233,7 +233,7 @@ class ChatClient:
         except UpstreamError:
             raise
         except Exception as exc:  # noqa: BLE001
-            err = _translate(exc, gen.target)
+            err = translate_error(exc, gen.target)
             if isinstance(err, UpstreamUnavailable):
                 err = UpstreamError(f"model {gen.target.name!r} dropped the connection mid-answer")
             raise type(err)(f"the answer broke off: {err.message}") from exc
@@ -275,11 +275,13 @@ def _chunk_finish(chunk: dict) -> str | None:
     return choices[0].get("finish_reason")
 
 
-def _retriable(exc: UpstreamError) -> bool:
+def retriable(exc: UpstreamError) -> bool:
+    """Whether trying again can help: connection errors, timeouts, 429, 5xx."""
     return isinstance(exc, (UpstreamUnavailable, UpstreamTimeout)) or getattr(exc, "retriable", False)
 
 
-def _translate(exc: Exception, target: Target) -> UpstreamError:
+def translate_error(exc: Exception, target: Target) -> UpstreamError:
+    """An SDK or transport exception as our :class:`UpstreamError` tree (the one mapping for every client here)."""
     where = f"model {target.name!r} at {target.base_url}"
     if isinstance(exc, UpstreamError):
         return exc

@@ -1,4 +1,4 @@
-"""The gateway benchmark runs end to end: `bench/gateway.py --quick` in a subprocess."""
+"""The benchmarks run end to end: `bench/gateway.py --quick` and `bench/retrieval.py --quick` in a subprocess."""
 
 from __future__ import annotations
 
@@ -41,3 +41,22 @@ def test_quick_benchmark_runs_and_prints_its_table(tmp_path):
     rated = figures["ratings"]["feedback"]
     assert rated["stored"] == rated["requests"] == 300
     assert rated["server_errors"] == 0
+
+
+def test_quick_retrieval_benchmark_prints_recall_threshold_and_latency(tmp_path):
+    figures_path = tmp_path / "retrieval.json"
+    proc = subprocess.run(
+        [sys.executable, "bench/retrieval.py", "--quick", "--json", str(figures_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for heading in ("1. Recall", "2. Threshold", "3. Latency", "rewordings test", "paraphrases", "upsert new"):
+        assert heading in proc.stdout
+    figures = json.loads(figures_path.read_text())
+    default = next(v for k, v in figures["methods"].items() if k.startswith("default"))
+    assert default["golden"]["all"]["at1"] == default["golden"]["all"]["n"] == 40
+    assert default["rewordings test"]["all"]["n"] == 61
+    assert figures["sizes"]["2000"]["search_p50_ms"] > 0
