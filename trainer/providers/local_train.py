@@ -42,8 +42,8 @@ from transformers import (
     set_seed,
 )
 
-from trainer.providers.base import RunEvent
 from trainer.providers.local_data import AssistantOnlyCollator, ChatExamples
+from trainer.providers.runs import RunEvent
 from trainer.starter.verify import quiet_transformers
 
 EventSink = Callable[[RunEvent], None]
