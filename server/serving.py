@@ -19,9 +19,10 @@ from typing import Any, Callable, ContextManager, Iterator
 
 from sqlite_utils import Database
 
-from config.errors import NotFound, TuneloopError, UpstreamError
+from config.errors import TuneloopError, UpstreamError
 from config.settings import Settings, env_secret
 from feedback import turns, versions
+from feedback.access import check_visible
 from feedback.tokens import feedback_token, pseudonym
 from modelclient.chat import ChatClient, ClientPolicy, Generation, Target
 from server import metrics
@@ -243,9 +244,7 @@ class ChatService:
         the client sends the whole conversation).
         """
         if conversation_id:
-            conv = turns.conversation_owner(db, conversation_id)
-            if conv is None or conv["api_key_id"] != caller.api_key_id:
-                raise NotFound(f"no conversation {conversation_id!r}", field="conversation_id")
+            check_visible(db, caller.api_key_id, conversation_id=conversation_id)
             earlier = turns.history(db, conversation_id, self.settings.chat.history_turns)
         else:
             conversation_id = turns.new_conversation_id()

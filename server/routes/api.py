@@ -7,8 +7,9 @@ from typing import Iterator
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
-from config.errors import Forbidden, NotFound, ValidationFailed
+from config.errors import Forbidden, ValidationFailed
 from feedback import ratings, turns
+from feedback.access import check_visible
 from feedback.tokens import pseudonym, token_matches
 from server import metrics
 from server.auth import caller_key_id, publishable
@@ -130,12 +131,7 @@ def feedback():
             raise ValidationFailed(f"{name} has {len(value)} characters; the limit is {limit}", field=name)
     db = get_db()
     key_id = caller_key_id()
-    owner = db.execute(
-        "SELECT c.api_key_id FROM messages m JOIN conversations c ON c.id = m.conversation_id WHERE m.id = ?",
-        [body.message_id],
-    ).fetchone()
-    if owner is None or owner[0] != key_id:
-        raise NotFound(f"no assistant message {body.message_id!r}", field="message_id")
+    check_visible(db, key_id, message_id=body.message_id)
     if not token_matches(gw.secret, body.message_id, body.feedback_token):
         raise Forbidden("feedback_token does not match this message", field="feedback_token", code="bad_feedback_token")
     voter = body.user or request.remote_addr or "anonymous"
