@@ -57,7 +57,8 @@ def record_turn(db: Database, turn: Turn) -> None:
         exists = db.execute("SELECT 1 FROM conversations WHERE id = ?", [turn.conversation_id]).fetchone()
         if not exists:
             db.execute(
-                "INSERT INTO conversations (id, created_at, api_key_id, user_ref, source, metadata) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO conversations (id, created_at, api_key_id, user_ref, source, metadata) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 [
                     turn.conversation_id,
                     now,
@@ -71,7 +72,8 @@ def record_turn(db: Database, turn: Turn) -> None:
             "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?", [turn.conversation_id]
         ).fetchone()
         db.execute(
-            "INSERT INTO messages (id, conversation_id, seq, role, content, created_at, tokens_in) VALUES (?, ?, ?, 'user', ?, ?, ?)",
+            "INSERT INTO messages (id, conversation_id, seq, role, content, created_at, tokens_in) "
+            "VALUES (?, ?, ?, 'user', ?, ?, ?)",
             [turn.user_message_id, turn.conversation_id, last_seq + 1, turn.question, now, None],
         )
         db.execute(

@@ -165,7 +165,7 @@ class ChatClient:
         try:
             page = self._client(target).with_options(timeout=timeout_s).models.list()
             return [m.id for m in page.data]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise _translate(exc, target) from exc
 
     def complete(self, targets: list[Target], messages: list[dict[str, str]], **params: Any) -> Generation:
@@ -189,7 +189,7 @@ class ChatClient:
                 **clean,
             )
             response = manager.__enter__()
-        except Exception as exc:  # noqa: BLE001 - translated into our error tree
+        except Exception as exc:  # translated into our error tree
             raise _translate(exc, target) from exc
         chunks = _sse_payloads(response.iter_lines(), target)
         buffered = []
@@ -198,7 +198,7 @@ class ChatClient:
                 buffered.append(chunk)
                 if _chunk_text(chunk) or _chunk_finish(chunk):
                     break
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             manager.__exit__(None, None, None)
             raise _translate(exc, target) from exc
         return (manager, chunks), buffered
@@ -232,7 +232,7 @@ class ChatClient:
                     raise UpstreamTimeout(f"the answer took longer than {self.policy.timeout_s:g} s")
         except UpstreamError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             err = _translate(exc, gen.target)
             if isinstance(err, UpstreamUnavailable):
                 err = UpstreamError(f"model {gen.target.name!r} dropped the connection mid-answer")

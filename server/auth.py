@@ -64,7 +64,8 @@ def authenticate(db, required: bool) -> ApiKey | None:
 
 
 def origin_allowed(origin: str) -> bool:
-    """A browser page on ``origin`` may call the API: listed in ``gateway.cors_origins`` (or "*"), or the gateway's own."""
+    """A browser page on ``origin`` may call the API: listed in ``gateway.cors_origins`` (or "*"), or the gateway's
+    own."""
     allowed = {o.rstrip("/") for o in current_app.extensions["tuneloop"].settings.gateway.cors_origins}
     return "*" in allowed or origin.rstrip("/") in allowed or urlsplit(origin).netloc == request.host
 

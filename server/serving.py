@@ -148,7 +148,7 @@ class PendingAnswer:
         except GeneratorExit:
             self._finish_quietly("client disconnected")
             raise
-        except Exception as exc:  # noqa: BLE001 - after the first byte, errors travel in-band
+        except Exception as exc:  # after the first byte, errors travel in-band
             if not isinstance(exc, TuneloopError):
                 log.exception("stream failed")
             body = (
@@ -171,7 +171,7 @@ class PendingAnswer:
         self.generation.close()
         try:
             self.finish(error=error)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("could not record a failed turn")
 
     def finish(self, error: str | None = None) -> turns.Turn:

@@ -26,7 +26,8 @@ def test_chat_answers_and_records_the_turn(client, gateway_db):
     assert body["model"] == "starter"
     assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 3}
     row = gateway_db.execute(
-        "SELECT m.content, v.name, m.finish_reason FROM messages m JOIN model_versions v ON v.id = m.model_version_id WHERE m.id = ?",
+        "SELECT m.content, v.name, m.finish_reason FROM messages m JOIN model_versions v ON v.id = m.model_version_id "
+        "WHERE m.id = ?",
         [body["message_id"]],
     ).fetchone()
     assert row == ("echo: 배송은 얼마나 걸리나요?", "starter", "stop")

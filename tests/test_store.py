@@ -167,5 +167,6 @@ def test_only_one_live_version(db):
     with pytest.raises(sqlite3.IntegrityError):
         with write_transaction(db):
             db.execute(
-                "INSERT INTO model_versions (id, name, provider, base_model, status, created_at) VALUES ('x', 'x', 'p', 'x', 'live', 't')"
+                "INSERT INTO model_versions (id, name, provider, base_model, status, created_at) "
+                "VALUES ('x', 'x', 'p', 'x', 'live', 't')"
             )

@@ -216,7 +216,8 @@ def list_pipeline_runs(db: Database, *, kind: str | None = None, limit: int = 20
 def _save(db: Database, run: PipelineRun) -> None:
     with write_transaction(db):
         db.execute(
-            "UPDATE pipeline_runs SET step = ?, state = ?, finished_at = ?, error = ?, context = ?, steps = ? WHERE id = ?",
+            "UPDATE pipeline_runs SET step = ?, state = ?, finished_at = ?, error = ?, context = ?, steps = ? "
+            "WHERE id = ?",
             [
                 run.step,
                 run.state,

@@ -255,7 +255,8 @@ def list_events(db: Database, run_id: str, *, after_id: int = 0, limit: int | No
 def latest_event_data(db: Database, run_id: str, key: str) -> dict[str, Any] | None:
     """``data`` of the newest event whose data has ``key`` (e.g. the latest progress report)."""
     row = db.execute(
-        "SELECT data FROM training_events WHERE run_id = ? AND json_extract(data, ?) IS NOT NULL ORDER BY id DESC LIMIT 1",
+        "SELECT data FROM training_events WHERE run_id = ? AND json_extract(data, ?) IS NOT NULL "
+        "ORDER BY id DESC LIMIT 1",
         [run_id, f"$.{key}"],
     ).fetchone()
     return json.loads(row[0]) if row else None
