@@ -106,7 +106,7 @@ def _event_stream(pending: PendingAnswer) -> Iterator[str]:
 
 
 def _usage(pending: PendingAnswer) -> dict:
-    usage = pending.generation.usage
+    usage = pending.reply.usage
     return {"prompt_tokens": usage.get("prompt_tokens", 0), "completion_tokens": usage.get("completion_tokens", 0)}
 
 

@@ -73,7 +73,7 @@ def chat_completions():
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     turn = pending.collect()
-    gen = pending.generation
+    gen = pending.reply
     usage = _usage(gen.usage)
     response = jsonify(
         {
@@ -133,7 +133,7 @@ def _chunks(pending: PendingAnswer, created: int) -> Iterator[str]:
             yield line(value)  # in-band, as OpenAI does; the SDK raises it
         else:
             yield line(dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": value.finish_reason or "stop"}]))
-            yield line(dict(base, choices=[], usage=_usage(pending.generation.usage)))
+            yield line(dict(base, choices=[], usage=_usage(pending.reply.usage)))
             yield "data: [DONE]\n\n"
 
 
