@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Iterator
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, Response, jsonify, request, stream_with_context
 
 from config.errors import Forbidden, ValidationFailed
 from feedback import ratings, turns
@@ -44,13 +44,14 @@ def sse(event: str, data: dict) -> str:
 )
 def chat():
     gw = gateway()
-    body = parse_body(request, ChatRequest, max_message_chars=gw.settings.gateway.max_message_chars)
+    body = parse_body(request, ChatRequest)
+    message = body.user_message(gw.settings.gateway.max_message_chars)
     key_id = caller_key_id()
     caller = Caller(key_id, gw.chat.user_ref(key_id, body.user))
     pending = gw.chat.start(
         get_db(),
         caller,
-        message=body.message,
+        message=message,
         conversation_id=body.conversation_id,
         metadata=body.metadata,
         source="widget" if request.headers.get("X-Tuneloop-Client") == "widget" else "api",
@@ -169,7 +170,7 @@ def conversation(conversation_id: str):
 @publishable
 @documented("What a client needs to render the rating UI: reasons and limits.", tag="feedback")
 def client_config():
-    s = current_app.extensions["tuneloop"].settings
+    s = gateway().settings
     return jsonify(
         {
             "reasons": s.feedback.reasons,
