@@ -2,24 +2,24 @@
 
 The pipeline, in order:
 
-1. **Gather** (``sources.py``): the base file's rows, one row per approved review
+1. **Gather** (:func:`gather`, ``sources.py``): the base file's rows, one row per approved review
    item, and — when ``include_upvoted`` > 0 — answers rated up that often. Always
    the whole corrected set, never the new rows alone: training the starter model
    on corrections alone made it forget 60–93 % of what it knew (DESIGN.md).
-2. **Clean** (``clean.py``) and **mask personal data** (``pii.py``) in every message;
-   ``chat.system_prompt``, when set, is put in front of rows that have no system
-   message, because the model is served with it.
-3. **Replace**: a base row whose question is an approved item's question (same
+2. **Clean** (``clean.py``) and **mask personal data** (``pii.py``) in every message
+   (:func:`clean_and_mask`); ``chat.system_prompt``, when set, is put in front of
+   rows that have no system message, because the model is served with it.
+3. **Replace** (:func:`replace_corrected`): a base row whose question is an approved item's question (same
    key, same key up to numbers, or a near-duplicate of it or of any phrasing
    grouped with it) is dropped; the correction takes its place. Up-voted answers
    to a question that is pending or approved are left out too.
-4. **Deduplicate** (``dedupe.py``), corrections first, then base rows, then up-voted answers.
-5. **Split** (``split.py``) by near-duplicate group, seeded; groups holding a
+4. **Deduplicate** (:func:`deduplicate`, ``dedupe.py``), corrections first, then base rows, then up-voted answers.
+5. **Split** (:func:`split`, ``split.py``) by near-duplicate group, seeded; groups holding a
    correction go to train.
 6. **Validate** (``validate.py``) against OpenAI's format rules; any problem stops
    the build with every problem listed by split and row (and the row's lineage).
 7. **Estimate cost** (``cost.py``) per OpenAI base model in ``dataset.prices``.
-8. **Write** ``<data_dir>/datasets/v{n}/`` — ``train.jsonl``, ``val.jsonl``,
+8. **Write** (:func:`describe` for the manifest) ``<data_dir>/datasets/v{n}/`` — ``train.jsonl``, ``val.jsonl``,
    ``test.jsonl``, ``preferences.jsonl`` (DPO pairs, ``preferences.py``) and
    ``manifest.json`` (sha256 of each file, counts, the masking report, dropped and
    replaced rows, and per-row lineage aligned with each file's lines) — into a
