@@ -5,7 +5,8 @@ The pipeline, in order:
 1. **Gather** (:func:`gather`, ``sources.py``): the base file's rows, one row per approved review
    item, and — when ``include_upvoted`` > 0 — answers rated up that often. Always
    the whole corrected set, never the new rows alone: training the starter model
-   on corrections alone made it forget 60–93 % of what it knew (DESIGN.md).
+   on corrections alone made it forget 60–93 % of what it knew (docs/architecture.md,
+   the loop, step 3).
 2. **Clean** (``clean.py``) and **mask personal data** (``pii.py``) in every message
    (:func:`clean_and_mask`); ``chat.system_prompt``, when set, is put in front of
    rows that have no system message, because the model is served with it.
