@@ -85,3 +85,11 @@ def test_reading_a_conversation_back_asks_the_same_rule(db, tenants):
     assert turns.get_conversation(db, mine.conversation_id, any_key=True)["id"] == mine.conversation_id
     with pytest.raises(NotFound):
         turns.get_conversation(db, "conv_doesnotexist", any_key=True)
+
+
+def test_conversation_of_another_key_is_not_found(db):  # moved here from tests/test_store.py
+    key, _ = apikeys.create_key(db, "tenant-a")
+    t = _turn(db, key.id)
+    assert turns.get_conversation(db, t.conversation_id, api_key_id=key.id)["id"] == t.conversation_id
+    with pytest.raises(NotFound):
+        turns.get_conversation(db, t.conversation_id, api_key_id=None)
