@@ -22,7 +22,7 @@ from feedback.db import ConnectionPool, open_db
 from feedback.secrets import instance_secret
 from server import admin, metrics
 from server.auth import authenticate, rate_limit_key
-from server.context import Gateway, close_db, get_db
+from server.context import EXTENSION, Gateway, close_db, get_db
 from server.errors import register_error_handlers
 from server.routes import api, openai_compat, ops, pages
 from server.serving import ChatService, ModelRouter
@@ -56,7 +56,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     pool.release(db)  # the start-up connection stays open in the pool for the worker's life
     chat = ChatService(settings=settings, router=router, secret=secret, connection=pool.connection)
     gw = Gateway(settings=settings, secret=secret, pool=pool, router=router, chat=chat)
-    app.extensions["tuneloop"] = gw
+    app.extensions[EXTENSION] = gw
     app.teardown_appcontext(close_db)
     register_error_handlers(app)
 
