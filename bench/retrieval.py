@@ -179,7 +179,8 @@ def quantiles(values: list[float]) -> str:
     values = sorted(values)
     q = statistics.quantiles(values, n=20) if len(values) > 1 else values * 19
     median = statistics.median(values)
-    return f"min {values[0]:.2f}  p5 {q[0]:.2f}  p25 {q[4]:.2f}  median {median:.2f}  p95 {q[18]:.2f}  max {values[-1]:.2f}"
+    low, high = values[0], values[-1]
+    return f"min {low:.2f}  p5 {q[0]:.2f}  p25 {q[4]:.2f}  median {median:.2f}  p95 {q[18]:.2f}  max {high:.2f}"
 
 
 def synthesize(faq: list[dict], n: int, seed: int = 7) -> list[Entry]:

@@ -66,7 +66,8 @@ _KOREAN_SUFFIXES = sorted(
 # Korean question filler, as stems (after the ending is stripped): how something is asked, not what.
 KOREAN_STOP_STEMS = frozenset(
     """가능 가능한 가능할 어떻게 어떡 어떤 어떻 되 돼 된 될 되나요 됩니까 있 있나요 있어요 있을까요 없 없나요
-    하 해 할 한 해야 해야하 해야돼 하는 하는거 하는건 하나요 해요 싶 싶어 싶은데 싶습니다 알려주 알려 알려줘 알려주세 궁금 궁금해
+    하 해 할 한 해야 해야하 해야돼 하는 하는거 하는건 하나요 해요 싶 싶어 싶은데 싶습니다
+    알려주 알려 알려줘 알려주세 궁금 궁금해
     궁금합 문의 좀 제 저 저희 내 나 그 이 그거 이거 것 거 건 게 때 뭐 뭔 뭐예 뭐에 무엇 무슨 왜 혹시 그냥 진짜 너무
     방법 방식 수 요 네 예 안녕 안녕하세 감사 감사합 잘 모르 모르겠 모르겠어 처음이 같 같은데""".split()
 )
