@@ -7,13 +7,13 @@ is documented. Both chat APIs hand the user's message over through
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal, TypeVar
 
 from flask import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from config.errors import InvalidRequest, PayloadTooLarge, ValidationFailed
+from server.json_body import dotted, read_json
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -101,15 +101,24 @@ class ErrorResponse(BaseModel):
 # --- OpenAI-compatible subset -------------------------------------------------------------
 
 
+class OpenAITextPart(BaseModel):
+    """A content part. Only text: the models behind the gateway read text, and an image or a file
+    dropped without a word would be answered as if it had never been sent."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"] = Field(description="Only text parts are supported.")
+    text: str
+
+
 class OpenAIMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[dict[str, Any]]
+    content: str | list[OpenAITextPart]
 
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+        return "".join(part.text for part in self.content)
 
 
 class OpenAIChatRequest(BaseModel):
@@ -205,17 +214,45 @@ def checked_message(text: str, *, field: str, max_chars: int) -> str:
 
 
 def parse_body(request: Request, model: type[Model]) -> Model:
-    """Parse the JSON body into ``model``: 400 for malformed JSON, 422 for wrong fields."""
-    raw = request.get_data(cache=True)
-    try:
-        data = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"body is not valid JSON: {exc}", code="invalid_json") from None
+    """Parse the JSON body into ``model``: 400 for a body that is not JSON the gateway can hold
+    (:mod:`server.json_body`), 413 over the size limit, 422 for wrong fields."""
+    data = read_json(request)
     if not isinstance(data, dict):
         raise InvalidRequest("body must be a JSON object", code="invalid_json")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or None
-        raise ValidationFailed(f"{field}: {first['msg']}" if field else first["msg"], field=field) from None
+        field, message = _first_error(exc, data)
+        raise ValidationFailed(f"{field}: {message}" if field else message, field=field) from None
+
+
+def _first_error(exc: ValidationError, data: dict) -> tuple[str | None, str]:
+    """The most specific error, with its path as the client wrote it.
+
+    pydantic puts the union member it tried into the error's location (``content.str``,
+    ``content.list[OpenAITextPart].0.text``); only the parts that exist in the body are kept,
+    and of a union's errors the deepest one is the one that says what is wrong.
+    """
+    best: tuple[list, str] | None = None
+    for error in exc.errors():
+        path = _body_path(error["loc"], data, missing=error["type"] == "missing")
+        if best is None or len(path) > len(best[0]):
+            best = (path, error["msg"])
+    assert best is not None
+    path, message = best
+    return (dotted(path) or None), message
+
+
+def _body_path(loc: tuple, data: Any, *, missing: bool) -> list:
+    path, node = [], data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and isinstance(part, str) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif missing and i == len(loc) - 1:
+            pass  # the absent field itself
+        else:
+            continue  # a union member's tag, not part of the body
+        path.append(part)
+    return path

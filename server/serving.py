@@ -148,21 +148,15 @@ class PendingAnswer:
         except GeneratorExit:
             self._finish_quietly("client disconnected")
             raise
-        except Exception as exc:  # after the first byte, errors travel in-band
-            if not isinstance(exc, TuneloopError):
-                log.exception("stream failed")
-            body = (
-                exc.to_dict()
-                if isinstance(exc, TuneloopError)
-                else {"error": {"code": "internal_error", "message": "internal error"}}
-            )
+        except Exception as exc:  # noqa: BLE001 - logged by _in_band; after the first byte, errors travel in-band
+            body = _in_band(exc, "stream failed")
             self._finish_quietly(_message(exc))
             yield "error", body
             return
         try:
             turn = self.finish()
-        except TuneloopError as exc:
-            yield "error", exc.to_dict()
+        except Exception as exc:  # noqa: BLE001 - logged by _in_band; the stream still ends with an event
+            yield "error", _in_band(exc, "could not record a streamed turn")
             return
         yield "done", turn
 
@@ -191,6 +185,14 @@ class PendingAnswer:
         self.service.record(t)
         metrics.observe_answer(reply, error)
         return t
+
+
+def _in_band(exc: Exception, what: str) -> dict:
+    """The error event's body: a domain error as it is, anything else logged and told as an internal error."""
+    if isinstance(exc, TuneloopError):
+        return exc.to_dict()
+    log.exception(what)
+    return {"error": {"code": "internal_error", "message": "internal error; the event was logged"}}
 
 
 def _message(exc: BaseException) -> str:
