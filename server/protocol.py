@@ -10,12 +10,16 @@ from __future__ import annotations
 from typing import Any, Literal, TypeVar
 
 from flask import Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from config.errors import InvalidRequest, PayloadTooLarge, ValidationFailed
 from server.json_body import dotted, read_json
 
 Model = TypeVar("Model", bound=BaseModel)
+# Stop sequences: the built-in model server takes 16 (OpenAI 4, and says so in a 400 that reaches the client
+# as a 422 on ``stop``); a 1,000-item list used to travel to the model and come back as a 502.
+MAX_STOP = 16
+MAX_STOP_CHARS = 256
 
 
 class Strict(BaseModel):
@@ -131,9 +135,26 @@ class OpenAIChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: str | list[str] | None = Field(
+        None, description=f"Up to {MAX_STOP} sequences of 1 to {MAX_STOP_CHARS} characters where the answer stops."
+    )
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     user: str | None = Field(None, max_length=256)
+
+    @field_validator("stop")
+    @classmethod
+    def _bounded_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else list(value or [])
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences, got {len(stops)}")
+        if any(not 1 <= len(s) <= MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"each stop sequence must have 1 to {MAX_STOP_CHARS} characters")
+        return value
+
+    @property
+    def max_tokens_field(self) -> str:
+        """The name the client gave the answer's length under (OpenAI accepts both)."""
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
 
     def user_message(self, max_chars: int) -> str:
         """The message to answer: the last one, which must be the user's (:func:`checked_message`)."""

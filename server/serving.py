@@ -26,6 +26,7 @@ from feedback.access import check_visible
 from feedback.tokens import feedback_token, pseudonym
 from modelclient.chat import ChatClient, ClientPolicy, Reply, Target
 from server import metrics
+from server.model_limits import client_fault
 
 log = logging.getLogger("tuneloop.gateway")
 
@@ -235,11 +236,14 @@ class ChatService:
         metadata: dict[str, Any] | None = None,
         source: str = "api",
         params: dict[str, Any] | None = None,
+        message_field: str = "message",
     ) -> PendingAnswer:
         """Everything up to the first token. Raises :class:`UpstreamError` if no model answered.
 
         ``prior`` replaces the stored history (the OpenAI-compatible route, where
-        the client sends the whole conversation).
+        the client sends the whole conversation). A model's refusal of what the
+        client sent is the client's 4xx (naming ``message_field`` or the parameter)
+        and is not recorded: it is not a model failure.
         """
         if conversation_id:
             check_visible(db, caller.api_key_id, conversation_id=conversation_id)
@@ -270,6 +274,10 @@ class ChatService:
         try:
             reply = self.client.generate(targets, prompt, **call)
         except UpstreamError as exc:
+            fault = client_fault(exc, params=params, message_field=message_field)
+            if fault is not None:
+                log.info("model refused a client's request: %s (%s)", exc.message, exc.where)
+                raise fault from exc
             turn.error = exc.message
             turn.finish_reason = "error"
             self.record(turn)

@@ -17,6 +17,7 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context
 
 from server.auth import caller_key_id, publishable
 from server.context import gateway, get_db
+from server.model_limits import check_sampling
 from server.openapi import documented
 from server.protocol import (
     OpenAIAnswer,
@@ -46,6 +47,8 @@ def chat_completions():
     gw = gateway()
     body = parse_body(request, OpenAIChatRequest)
     question = body.user_message(gw.settings.gateway.max_message_chars)
+    params = body.sampling()
+    check_sampling(params, gw.settings, max_tokens_field=body.max_tokens_field)
     key_id = caller_key_id()
     pending = gw.chat.start(
         get_db(),
@@ -54,7 +57,8 @@ def chat_completions():
         conversation_id=request.headers.get("X-Tuneloop-Conversation-Id") or None,
         prior=body.prior_messages(),
         source="openai",
-        params=body.sampling(),
+        params=params,
+        message_field="messages",
     )
     created = int(time.time())
     if body.stream:
