@@ -5,8 +5,6 @@ from __future__ import annotations
 import email
 import json
 import re
-import socketserver
-import threading
 from datetime import datetime, timezone
 from email import policy
 
@@ -216,48 +214,6 @@ def test_webhook_gets_slack_compatible_json(db, store, tmp_path, httpserver):
     httpserver.expect_oneshot_request("/hook").respond_with_data("nope", status=500)
     (failed,) = deliver_report(report, settings.report)
     assert not failed.ok and "HTTP 500" in failed.detail
-
-
-class _SMTPHandler(socketserver.StreamRequestHandler):
-    """Just enough of SMTP (RFC 5321) to receive one message."""
-
-    def handle(self):
-        self.wfile.write(b"220 test ESMTP\r\n")
-        in_data, lines = False, []
-        while line := self.rfile.readline():
-            if in_data:
-                if line.rstrip(b"\r\n") == b".":
-                    in_data = False
-                    self.server.received.append(b"".join(lines))
-                    self.wfile.write(b"250 queued\r\n")
-                else:
-                    lines.append(line[1:] if line.startswith(b"..") else line)
-                continue
-            verb = line[:4].upper()
-            if verb == b"EHLO":
-                self.wfile.write(b"250-test\r\n250 8BITMIME\r\n")
-            elif verb == b"RCPT":
-                self.server.recipients.append(line[8:].strip().decode())
-                self.wfile.write(b"250 ok\r\n")
-            elif verb == b"DATA":
-                in_data = True
-                self.wfile.write(b"354 go on\r\n")
-            elif verb == b"QUIT":
-                self.wfile.write(b"221 bye\r\n")
-                return
-            else:
-                self.wfile.write(b"250 ok\r\n")
-
-
-@pytest.fixture
-def smtp_server():
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SMTPHandler)
-    server.received, server.recipients = [], []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def test_email_carries_html_markdown_and_json(db, store, tmp_path, smtp_server):
