@@ -305,4 +305,4 @@ def test_the_weekly_report_carries_no_personal_data_in_any_format(db, tmp_path, 
     outputs["email subject"] = str(mail["Subject"])
     for name, text in outputs.items():
         assert _values_in(text) == [], name
-    assert "[RRN]" in outputs["md"] and "[EMAIL]" in outputs["html"] and "[CARD]" in outputs["json"]
+    assert "\\[RRN\\]" in outputs["md"] and "[EMAIL]" in outputs["html"] and "[CARD]" in outputs["json"]
