@@ -326,10 +326,16 @@ class AdminSettings:
 
     token: str = ""
     session_hours: float = 12.0
+    signin_attempts_per_address: int = 10
+    signin_attempts_per_account: int = 100
+    signin_window_s: float = 900.0
 
     def __post_init__(self):
         _check(not self.token or len(self.token) >= 16, "admin.token", "must be at least 16 characters (or empty)")
         _check(self.session_hours > 0, "admin.session_hours", "must be > 0")
+        for key in ("signin_attempts_per_address", "signin_attempts_per_account"):
+            _check(getattr(self, key) >= 1, f"admin.{key}", "must be >= 1")
+        _check(self.signin_window_s > 0, "admin.signin_window_s", "must be > 0")
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,12 @@ def _is_storage_failure(exc: sqlite3.OperationalError) -> bool:
 
 def utc_now() -> str:
     """Current time as ISO-8601 UTC with milliseconds, e.g. ``2026-11-21T05:44:39.123Z``."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc_text(datetime.now(timezone.utc))
+
+
+def utc_text(moment: datetime) -> str:
+    """``moment`` as stored: ISO-8601 UTC with milliseconds and a ``Z`` (text order is time order)."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_id(prefix: str) -> str:
