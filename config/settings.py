@@ -75,9 +75,19 @@ class GatewaySettings:
     cors_origins: list[str] = field(default_factory=list)
     model_cache_s: float = 2.0
     secret_key: str = ""
+    request_header_timeout_s: float = 10.0
+    request_body_timeout_s: float = 30.0
+    max_waiting_connections_per_client: int = 100
 
     def __post_init__(self):
         _check(1 <= self.port <= 65535, "gateway.port", f"must be 1..65535, got {self.port}")
+        _check(self.request_header_timeout_s > 0, "gateway.request_header_timeout_s", "must be > 0")
+        _check(self.request_body_timeout_s > 0, "gateway.request_body_timeout_s", "must be > 0")
+        _check(
+            self.max_waiting_connections_per_client >= 0,
+            "gateway.max_waiting_connections_per_client",
+            "must be >= 0 (0: no limit)",
+        )
         _check(self.workers >= 1, "gateway.workers", f"must be >= 1, got {self.workers}")
         _check(self.worker_connections >= 1, "gateway.worker_connections", "must be >= 1")
         _check(
