@@ -6,6 +6,7 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from config.errors import UpstreamError
 from feedback.health import database_check
+from feedback.process_status import read_status
 from server import metrics
 from server.context import gateway, get_db
 from server.loop_metrics import loop_registry
@@ -31,6 +32,9 @@ def readyz():
         checks["model_server"] = {"ok": True, "url": target.base_url, "models": listed}
     except UpstreamError as exc:
         checks["model_server"] = {"ok": False, "url": target.base_url, "error": exc.message}
+    supervised = (read_status(gw.settings.data_dir) or {}).get("model")  # under `tuneloop up`: crashes, restarts
+    if supervised:
+        checks["model_server"]["process"] = supervised
     checks["database"] = database_check(get_db())  # no write lock while a recent commit proves it
     if all(c["ok"] for c in checks.values()):
         return jsonify({"status": "ready", "checks": checks})
