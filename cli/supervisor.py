@@ -21,12 +21,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 import httpx2
 
 from config.errors import TuneloopError
+from feedback.db import utc_text
 
 FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 60.0
@@ -70,11 +71,6 @@ def describe_exit(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
-
-
-def _utc(at_monotonic: float) -> str:
-    moment = datetime.now(timezone.utc).timestamp() - (time.monotonic() - at_monotonic)
-    return datetime.fromtimestamp(moment, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class Supervisor:
@@ -226,7 +222,9 @@ class Supervisor:
                 "last_exit": child.last_exit,
             }
             if child.state == "restarting":
-                entry["next_start"] = _utc(child.restart_at)
+                entry["next_start"] = utc_text(
+                    datetime.now(timezone.utc) + timedelta(seconds=child.restart_at - time.monotonic())
+                )
             out[child.name] = entry
         return out
 
