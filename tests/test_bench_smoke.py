@@ -1,4 +1,4 @@
-"""The gateway benchmark runs end to end: `bench/gateway.py --quick` in a subprocess."""
+"""The benchmarks run end to end: `bench/gateway.py --quick` and `bench/write_lock.py --quick` in a subprocess."""
 
 from __future__ import annotations
 
@@ -41,3 +41,21 @@ def test_quick_benchmark_runs_and_prints_its_table(tmp_path):
     rated = figures["ratings"]["feedback"]
     assert rated["stored"] == rated["requests"] == 300
     assert rated["server_errors"] == 0
+
+
+@pytest.mark.slow
+def test_write_lock_benchmark_runs_and_prints_its_table(tmp_path):
+    figures_path = tmp_path / "lock.json"
+    proc = subprocess.run(
+        [sys.executable, "bench/write_lock.py", "--quick", "--json", str(figures_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "added inter-token p99 under the lock:" in proc.stdout
+    figures = json.loads(figures_path.read_text())
+    assert figures["alone"]["ok"] == figures["locked"]["ok"] == 40
+    assert figures["turns_recorded"] == figures["turns_expected"] == 80
+    assert len(figures["lock_held_s"]) == 2 and all(held >= 0.5 for held in figures["lock_held_s"])
