@@ -357,6 +357,7 @@ def _dialogs_in(page, html: str) -> int:
     return len(opened)
 
 
+@pytest.mark.browser
 def test_the_markdown_report_runs_no_markup_in_a_markdown_viewer(db, tmp_path, page):
     live = make_version(db, "starter", "live")
     for i, payload in enumerate(MARKUP + MARKDOWN_LINKS):

@@ -83,6 +83,7 @@ def platform(tmp_path, tiny_model_dir):
             process.wait()
 
 
+@pytest.mark.slow
 def test_a_killed_model_server_is_restarted_while_the_gateway_answers_503(platform):
     process, url, log, data_dir = platform
     assert httpx2.post(url + "/api/chat", json={"message": "hello"}, timeout=30).status_code == 200
