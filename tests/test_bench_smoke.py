@@ -1,4 +1,5 @@
-"""The benchmarks run end to end: `bench/gateway.py --quick` and `bench/retrieval.py --quick` in a subprocess."""
+"""The benchmarks run end to end: `bench/gateway.py`, `bench/retrieval.py` and `bench/write_lock.py` with
+`--quick`, each in a subprocess."""
 
 from __future__ import annotations
 
@@ -60,3 +61,21 @@ def test_quick_retrieval_benchmark_prints_recall_threshold_and_latency(tmp_path)
     assert default["golden"]["all"]["at1"] == default["golden"]["all"]["n"] == 40
     assert default["rewordings test"]["all"]["n"] == 61
     assert figures["sizes"]["2000"]["search_p50_ms"] > 0
+
+
+@pytest.mark.slow
+def test_write_lock_benchmark_runs_and_prints_its_table(tmp_path):
+    figures_path = tmp_path / "lock.json"
+    proc = subprocess.run(
+        [sys.executable, "bench/write_lock.py", "--quick", "--json", str(figures_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "added inter-token p99 under the lock:" in proc.stdout
+    figures = json.loads(figures_path.read_text())
+    assert figures["alone"]["ok"] == figures["locked"]["ok"] == 40
+    assert figures["turns_recorded"] == figures["turns_expected"] == 80
+    assert len(figures["lock_held_s"]) == 2 and all(held >= 0.5 for held in figures["lock_held_s"])

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from flask import Blueprint, Response, current_app, jsonify
 
 from config.errors import UpstreamError
+from feedback.health import database_check
+from feedback.process_status import read_status
 from server import metrics
 from server.context import gateway, get_db
 from server.loop_metrics import loop_registry
@@ -32,13 +32,10 @@ def readyz():
         checks["model_server"] = {"ok": True, "url": target.base_url, "models": listed}
     except UpstreamError as exc:
         checks["model_server"] = {"ok": False, "url": target.base_url, "error": exc.message}
-    db = get_db()
-    try:
-        db.conn.execute("BEGIN IMMEDIATE")
-        db.conn.execute("ROLLBACK")
-        checks["database"] = {"ok": True}
-    except sqlite3.Error as exc:
-        checks["database"] = {"ok": False, "error": str(exc)}
+    supervised = (read_status(gw.settings.data_dir) or {}).get("model")  # under `tuneloop up`: crashes, restarts
+    if supervised:
+        checks["model_server"]["process"] = supervised
+    checks["database"] = database_check(get_db())  # no write lock while a recent commit proves it
     if all(c["ok"] for c in checks.values()):
         return jsonify({"status": "ready", "checks": checks})
     failing = ", ".join(name for name, c in checks.items() if not c["ok"])
