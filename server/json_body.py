@@ -9,8 +9,10 @@ answered, with the turn lost, and in a stream a cut-off answer:
 - a lone UTF-16 surrogate (``"\\ud800"``) anywhere: Python keeps it in a str,
   but it cannot be encoded as UTF-8, so storing or sending it fails;
 - nesting 10,000 deep: the parser runs out of stack (:data:`MAX_DEPTH` bounds it);
-- a 5,000-digit integer: Python refuses to convert it; integers must fit in 64
-  bits, as SQLite and every JSON client hold them;
+- a 5,000-digit integer: Python refuses to convert it. Every number must lie in
+  the signed 64-bit range (±9.2e18) — integers as SQLite and JSON clients hold
+  them, and other numbers too, so ``1e20`` and ``100000000000000000000`` are
+  the same to the gateway as they are to JSON Schema (``/openapi.json`` says so);
 - ``NaN``, ``Infinity`` and ``1e999``: Python reads them, but they are not JSON,
   and stored they make the row unreadable to strict parsers;
 - a chunked body over the size limit: Werkzeug cut it at the limit without saying
@@ -80,10 +82,10 @@ def loads_checked(raw: bytes | str) -> Any:
 def _integer(text: str) -> int | _Refused:
     digits = text.lstrip("-")
     if len(digits) > _MAX_INT_DIGITS:
-        return _Refused(f"an integer of {len(digits)} digits does not fit in 64 bits")
+        return _Refused(f"an integer of {len(digits)} digits is outside the accepted range of numbers (±2^63)")
     value = int(text)
     if not INT_MIN <= value <= INT_MAX:
-        return _Refused(f"{text} does not fit in a 64-bit integer")
+        return _Refused(f"{text} is outside the accepted range of numbers (±2^63)")
     return value
 
 
@@ -108,8 +110,8 @@ def _check(data: Any) -> None:
             _check_text(value, path, "text")
         elif isinstance(value, _Refused):
             raise _invalid(value.why, path)
-        elif isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-            raise _invalid("a number too large for a 64-bit float is not accepted", path)
+        elif isinstance(value, float) and not INT_MIN <= value <= INT_MAX:  # also false for NaN
+            raise _invalid(f"{value} is outside the accepted range of numbers (±2^63)", path)
 
 
 def _check_text(text: str, path: tuple, what: str) -> None:

@@ -7,19 +7,31 @@ is documented. Both chat APIs hand the user's message over through
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from flask import Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_serializer
+from typing_extensions import TypeAliasType
 
 from config.errors import InvalidRequest, PayloadTooLarge, ValidationFailed
-from server.json_body import dotted, read_json
+from server.json_body import INT_MAX, INT_MIN, dotted, read_json
 
 Model = TypeVar("Model", bound=BaseModel)
 # Stop sequences: the built-in model server takes 16 (OpenAI 4, and says so in a 400 that reaches the client
 # as a 422 on ``stop``); a 1,000-item list used to travel to the model and come back as a 502.
 MAX_STOP = 16
 MAX_STOP_CHARS = 256
+StopSequence = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
+# A field whose allowed values are a setting: ``/openapi.json`` lists that setting's values as its enum.
+SETTINGS_ENUM = "x-enum-from-setting"
+
+
+# Any JSON value, with numbers in the range server/json_body.py accepts: the free-form metadata of a conversation.
+Number = Annotated[int, Field(ge=INT_MIN, le=INT_MAX)] | Annotated[float, Field(ge=INT_MIN, le=INT_MAX)]
+JsonValue = TypeAliasType(
+    "JsonValue",
+    "str | bool | Number | None | list[JsonValue] | dict[str, JsonValue]",  # type: ignore[misc]
+)
 
 
 class Strict(BaseModel):
@@ -27,13 +39,16 @@ class Strict(BaseModel):
 
 
 class ChatRequest(Strict):
-    message: str = Field(min_length=1, description="The user's message.")
+    # Not blank: checked_message says so the same way on both chat APIs; the pattern only documents it.
+    message: str = Field(min_length=1, json_schema_extra={"pattern": r"\S"}, description="The user's message.")
     conversation_id: str | None = Field(None, description="Continue this conversation; omit to start one.")
     stream: bool = Field(False, description="Answer as text/event-stream (events start, delta, done, error).")
     user: str | None = Field(
         None, max_length=256, description="Your stable id for the end user (stored only as a keyed hash)."
     )
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Free-form data kept with a new conversation.")
+    metadata: dict[str, JsonValue] = Field(
+        default_factory=dict, description="Free-form data kept with a new conversation."
+    )
 
     def user_message(self, max_chars: int) -> str:
         """The message to answer (:func:`checked_message`)."""
@@ -56,11 +71,38 @@ class ChatResponse(BaseModel):
     finish_reason: str | None = None
 
 
+class ChatStartEvent(BaseModel):
+    """``event: start`` of a streamed chat: the ids (the answer is already recorded under them) and the model."""
+
+    conversation_id: str
+    message_id: str
+    model: str
+    feedback_token: str = Field(description="Send back with POST /api/feedback to rate this answer.")
+
+
+class ChatDeltaEvent(BaseModel):
+    """``event: delta``: the next piece of the answer's text."""
+
+    text: str
+
+
+class ChatDoneEvent(BaseModel):
+    """``event: done``: the answer is complete and recorded."""
+
+    usage: Usage
+    finish_reason: str | None = None
+    latency_ms: float
+
+
 class FeedbackRequest(Strict):
     message_id: str
     rating: Literal["up", "down"]
     feedback_token: str = Field(min_length=1, description="The token returned with the answer.")
-    reason: str | None = Field(None, description="One of the configured reasons (GET /api/config).")
+    reason: str | None = Field(
+        None,
+        description="One of the configured reasons (feedback.reasons; GET /api/config lists them).",
+        json_schema_extra={SETTINGS_ENUM: "feedback.reasons"},
+    )
     comment: str | None = None
     correction: str | None = Field(None, description="What the right answer would have been.")
     user: str | None = Field(
@@ -102,6 +144,20 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+# A stream's events for /openapi.json: each SSE event name (``message`` when the stream sends data lines only)
+# with what its data line holds, as JSON of one of these models or as this literal text.
+EventData = tuple[type[BaseModel] | str, ...]
+
+# A streamed chat, in the order it comes: start, delta…, then done or error. An error after the first byte
+# cannot change the HTTP status, so it arrives as an event and the stream ends.
+CHAT_EVENTS: dict[str, EventData] = {
+    "start": (ChatStartEvent,),
+    "delta": (ChatDeltaEvent,),
+    "done": (ChatDoneEvent,),
+    "error": (ErrorResponse,),
+}
+
+
 # --- OpenAI-compatible subset -------------------------------------------------------------
 
 
@@ -135,21 +191,11 @@ class OpenAIChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    stop: str | list[str] | None = Field(
-        None, description=f"Up to {MAX_STOP} sequences of 1 to {MAX_STOP_CHARS} characters where the answer stops."
+    stop: StopSequence | Annotated[list[StopSequence], Field(max_length=MAX_STOP)] | None = Field(
+        None, description="Where the answer stops: one sequence or a list of them."
     )
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     user: str | None = Field(None, max_length=256)
-
-    @field_validator("stop")
-    @classmethod
-    def _bounded_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
-        stops = [value] if isinstance(value, str) else list(value or [])
-        if len(stops) > MAX_STOP:
-            raise ValueError(f"at most {MAX_STOP} stop sequences, got {len(stops)}")
-        if any(not 1 <= len(s) <= MAX_STOP_CHARS for s in stops):
-            raise ValueError(f"each stop sequence must have 1 to {MAX_STOP_CHARS} characters")
-        return value
 
     @property
     def max_tokens_field(self) -> str:
@@ -221,6 +267,78 @@ class OpenAIChatResponse(BaseModel):
     choices: list[OpenAIChoice]
     usage: OpenAIUsage
     tuneloop: OpenAIIds
+
+
+def _without_none(handler, value) -> dict:
+    return {k: v for k, v in handler(value).items() if v is not None}
+
+
+class OpenAIDelta(BaseModel):
+    """What a chunk adds: the role (first chunk only), then text; ``{}`` in the last one."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _sparse(self, handler):
+        return _without_none(handler, self)
+
+
+class OpenAIChunkChoice(BaseModel):
+    index: int = 0
+    delta: OpenAIDelta
+    finish_reason: str | None = None
+
+
+class OpenAIChatChunk(BaseModel):
+    """One ``data:`` line of a streamed completion, as OpenAI sends it.
+
+    The first chunk carries the role and the ``tuneloop`` ids; then one per piece of text; then one with the
+    ``finish_reason``; then one with no choices and the ``usage``; then ``data: [DONE]``. An error after the
+    first byte is a ``data:`` line holding an ErrorResponse instead, and the stream ends.
+    """
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[OpenAIChunkChoice]
+    usage: OpenAIUsage | None = Field(None, description="Only in the chunk after the last choice.")
+    tuneloop: OpenAIIds | None = Field(None, description="Only in the first chunk.")
+
+    @model_serializer(mode="wrap")
+    def _sparse(self, handler):
+        body = handler(self)
+        for name in ("usage", "tuneloop"):
+            if body.get(name) is None:
+                body.pop(name, None)
+        return body
+
+
+OPENAI_STREAM_EVENTS: dict[str, EventData] = {"message": (OpenAIChatChunk, ErrorResponse, "[DONE]")}
+
+
+class OpenAIModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class OpenAIModelList(BaseModel):
+    """``GET /v1/models``: the live model and any canaries, under the names the model server knows."""
+
+    object: Literal["list"] = "list"
+    data: list[OpenAIModelCard]
+
+
+class ClientConfig(BaseModel):
+    """What a client needs to render the rating UI."""
+
+    reasons: list[str] = Field(description="The reasons a thumbs-down may give (feedback.reasons).")
+    max_message_chars: int
+    max_comment_chars: int
+    max_correction_chars: int
 
 
 def checked_message(text: str, *, field: str, max_chars: int) -> str:

@@ -44,6 +44,7 @@ def stored_rows(db) -> tuple[int, int, int]:
         ("/api/chat", '{"message": "hi", "metadata": {"n": %s}}' % ("9" * 5000), "metadata.n"),
         ("/api/chat", '{"message": "hi", "metadata": {"n": -%s}}' % ("9" * 19), "metadata.n"),
         ("/api/chat", '{"message": "hi", "metadata": {"n": 1e999}}', "metadata.n"),
+        ("/api/chat", '{"message": "hi", "metadata": {"n": 1e20}}', "metadata.n"),
         ("/api/chat", '{"message": "hi", "metadata": {"n": NaN}}', "metadata.n"),
         ("/api/chat", '{"message": "hi", "metadata": {"n": [-Infinity]}}', "metadata.n.0"),
         ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "hi"}], "seed": 1%s}' % ("0" * 30), "seed"),
@@ -114,7 +115,7 @@ def test_wrong_types_in_a_union_name_the_field_as_the_client_wrote_it(client):
 
 
 def test_valid_unicode_everywhere_still_goes_through(client, gateway_db):
-    metadata = {"emoji": "😀", "ko": "배송", "nested": [[[{"deep": 2**63 - 1}]]], "float": 1.5e308}
+    metadata = {"emoji": "😀", "ko": "배송", "nested": [[[{"deep": 2**63 - 1}]]], "float": -9.2e18, "small": 1.5e-300}
     r = client.post("/api/chat", json={"message": "안녕 😀", "metadata": metadata})
     assert r.status_code == 200
     stored = gateway_db.execute("SELECT metadata FROM conversations").fetchone()[0]

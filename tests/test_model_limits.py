@@ -57,7 +57,7 @@ def test_max_tokens_over_the_models_limit_is_a_422_naming_it(
 @pytest.mark.parametrize("stop", [[f"s{i}" for i in range(1000)], ["x"] * 17, [""], ["y" * 257]])
 def test_a_stop_list_the_model_cannot_take_is_a_422_on_stop(gateway_on_model, gateway_db, model_server, stop):
     r = gateway_on_model().post("/v1/chat/completions", json=ask_v1(stop=stop))
-    assert r.status_code == 422 and r.get_json()["error"]["field"] == "stop"
+    assert r.status_code == 422 and r.get_json()["error"]["field"].split(".")[0] == "stop"  # stop, or stop.0
     assert_no_address(r, model_server)
     assert_nothing_stored(gateway_db)
 
