@@ -79,3 +79,20 @@ def test_write_lock_benchmark_runs_and_prints_its_table(tmp_path):
     assert figures["alone"]["ok"] == figures["locked"]["ok"] == 40
     assert figures["turns_recorded"] == figures["turns_expected"] == 80
     assert len(figures["lock_held_s"]) == 2 and all(held >= 0.5 for held in figures["lock_held_s"])
+
+
+@pytest.mark.slow
+def test_rate_limit_benchmark_runs_and_prints_its_table(tmp_path):
+    figures_path = tmp_path / "rate_limits.json"
+    proc = subprocess.run(
+        [sys.executable, "bench/rate_limits.py", "--quick", "--json", str(figures_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "| database |" in proc.stdout and "Checks: every request answered 200" in proc.stdout
+    figures = json.loads(figures_path.read_text())
+    assert set(figures) == {"off", "memory", "database"}
+    assert all(run["statuses"] == {"200": 300} for runs in figures.values() for run in runs)
