@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, TypeVar
 
 from flask import Request
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_serializer
 from typing_extensions import TypeAliasType
 
 from config.errors import InvalidRequest, PayloadTooLarge, ValidationFailed
@@ -21,6 +21,7 @@ Model = TypeVar("Model", bound=BaseModel)
 # as a 422 on ``stop``); a 1,000-item list used to travel to the model and come back as a 502.
 MAX_STOP = 16
 MAX_STOP_CHARS = 256
+MIN_TEMPERATURE = 1e-5  # vLLM's _SAMPLING_EPS: a lower temperature samples greedily
 StopSequence = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
 # A field whose allowed values are a setting: ``/openapi.json`` lists that setting's values as its enum.
 SETTINGS_ENUM = "x-enum-from-setting"
@@ -196,6 +197,13 @@ class OpenAIChatRequest(BaseModel):
     )
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     user: str | None = Field(None, max_length=256)
+
+    @field_validator("temperature")
+    @classmethod
+    def _greedy_below_epsilon(cls, value: float | None) -> float | None:
+        # A temperature of 5e-324 (found by Schemathesis) is greedy in effect, but dividing logits by it gave
+        # inf and the built-in server's sampler failed (a 502). Below MIN_TEMPERATURE it is 0, as vLLM reads it.
+        return 0.0 if value is not None and 0 < value < MIN_TEMPERATURE else value
 
     @property
     def max_tokens_field(self) -> str:
