@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.plugins.gateway",
     "tests.plugins.browser",
     "tests.plugins.evaluation",
+    "tests.plugins.vllm",
 ]

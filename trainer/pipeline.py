@@ -225,7 +225,13 @@ def step_evaluate(db: Database, settings: Settings, run: PipelineRun, now: datet
     candidate = run.context["candidate_id"]
     live = live_version(db)
     earlier = [e for e in list_evaluations(db, candidate, limit=1) if live and e.incumbent_id == live.id]
-    evaluation = earlier[0] if earlier else evaluate(db, settings, candidate, "live", actor=ACTOR)
+    try:
+        evaluation = earlier[0] if earlier else evaluate(db, settings, candidate, "live", actor=ACTOR)
+    except deploy.AdapterRefused as exc:
+        if exc.version_id != candidate:
+            raise  # the live version's adapter was refused: not the candidate's fault, fail visibly
+        run.context["load_error"] = exc.reason  # the gate step rejects it
+        raise Skip(f"skipped: candidate {candidate} cannot be evaluated: {exc.message}") from exc
     run.context["evaluation_id"] = evaluation.id
     return {
         "detail": f"evaluation {evaluation.id}: {'passed' if evaluation.passed else 'failed'} the gate",
@@ -236,6 +242,13 @@ def step_evaluate(db: Database, settings: Settings, run: PipelineRun, now: datet
 
 def step_gate(db: Database, settings: Settings, run: PipelineRun, now: datetime, hooks: dict) -> dict:
     """Act on the verdict: promote (or canary) a passing candidate, mark a failing one rejected."""
+    if run.context.get("load_error"):  # its adapter did not load: nothing to evaluate, never serve it
+        outcome = gate.reject_unloadable(
+            db, settings, run.context["candidate_id"], run.context["load_error"], actor=ACTOR
+        )
+        run.context["gate"] = {"action": outcome.action, "passed": False, "reasons": outcome.reasons}
+        detail = f"candidate {outcome.version.id} rejected; live model unchanged: {outcome.reasons[0]}"
+        return {"detail": detail, "action": outcome.action, "reasons": outcome.reasons}
     evaluation = get_evaluation(db, run.context["evaluation_id"])
     candidate = get_version(db, evaluation.candidate_id)
     if candidate.status == "candidate":

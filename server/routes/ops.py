@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import httpx2
 from flask import Blueprint, Response, current_app, jsonify
 
 from config.errors import UpstreamError
@@ -23,15 +24,24 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Ready to serve: the model server answers and the database takes writes."""
+    """Ready to serve: the model server answers and the database takes writes.
+
+    A version taking traffic that its model server does not list (a canary whose
+    adapter failed) is a *degraded* check: still 200, because every gateway shares
+    that model server and the live model (or a fallback) answers; a load balancer
+    must not drop gateways for it.
+    """
     gw = gateway()
     checks: dict[str, dict] = {}
     target = gw.router.targets("readyz")[0]
+    listed: list[str] | None = None
     try:
         listed = gw.chat.client.ping(target)
         checks["model_server"] = {"ok": True, "url": target.base_url, "models": listed}
     except UpstreamError as exc:
         checks["model_server"] = {"ok": False, "url": target.base_url, "error": exc.message}
+    if listed is not None:
+        checks["serving"] = _serving_check(gw, target.base_url, listed)
     db = get_db()
     try:
         db.conn.execute("BEGIN IMMEDIATE")
@@ -40,11 +50,44 @@ def readyz():
     except sqlite3.Error as exc:
         checks["database"] = {"ok": False, "error": str(exc)}
     if all(c["ok"] for c in checks.values()):
-        return jsonify({"status": "ready", "checks": checks})
+        degraded = any(c.get("degraded") for c in checks.values())
+        return jsonify({"status": "degraded" if degraded else "ready", "checks": checks})
     failing = ", ".join(name for name, c in checks.items() if not c["ok"])
     response = jsonify({"error": {"code": "not_ready", "message": f"not ready: {failing}"}, "checks": checks})
     response.status_code = 503
     return response
+
+
+def _serving_check(gw, base_url: str, listed: list[str]) -> dict:
+    """Is every version taking traffic on ``base_url`` listed there? Missing ones make it degraded."""
+    missing = []
+    for version in gw.router.serving():
+        if gw.router.target(version).base_url == base_url and version.name not in listed:
+            role = "live" if version.status == "live" else "canary"
+            missing.append({"name": version.name, "version_id": version.id, "role": role})
+    if not missing:
+        return {"ok": True}
+    problems = _model_server_problems(base_url)
+    for entry in missing:
+        if entry["name"] in problems:
+            entry["reason"] = problems[entry["name"]]
+    words = "; ".join(
+        f"{m['role']} {m['name']} is not served"
+        + (", so its conversations are answered by the live model" if m["role"] == "canary" else "")
+        for m in missing
+    )
+    return {"ok": True, "degraded": True, "missing": missing, "message": f"degraded: {words}"}
+
+
+def _model_server_problems(base_url: str) -> dict[str, str]:
+    """The built-in model server's ``/health`` problems (why an adapter was dropped); {} from other servers."""
+    root = base_url.rstrip("/").removesuffix("/v1")
+    try:
+        body = httpx2.get(f"{root}/health", timeout=2.0).json()
+    except (httpx2.HTTPError, ValueError):
+        return {}
+    problems = body.get("problems") if isinstance(body, dict) else None
+    return {str(k): str(v) for k, v in problems.items()} if isinstance(problems, dict) else {}
 
 
 @bp.get("/metrics")
