@@ -501,6 +501,9 @@ class Engine:
     def _check_in_scratch(self, base: ModelWorker, internal: str, folder: Path) -> None:
         """Attach and run the adapter on a fresh copy of the base from disk; the serving model is not touched."""
         started = time.perf_counter()
+        if self.torch_threads:
+            # As many threads as a model's worker gets: on a small CPU machine more would slow the answers.
+            torch.set_num_threads(self.torch_threads)
         scratch = self._read_weights(base.path)
         try:
             attach(scratch, internal, folder, base.probe_ids)
