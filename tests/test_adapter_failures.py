@@ -20,7 +20,9 @@ from pathlib import Path
 
 import httpx2
 import pytest
+from click.testing import CliRunner
 
+from cli.main import cli
 from config.errors import Conflict, UpstreamError
 from config.settings import load_settings
 from feedback.db import open_db, utc_now, write_transaction
@@ -29,7 +31,7 @@ from feedback.report.weeks import week_label
 from feedback.versions import create_candidate, ensure_live_version, get_version, live_version
 from server.app import create_app
 from server.model_server.engine import AdapterRefused, Engine
-from tests.plugins.gateway import gateway_settings
+from tests.plugins.gateway import gateway_settings, write_config
 from tests.plugins.model import qa, start_model_server, stop_model_server, tiny_rows
 from tests.plugins.vllm import BASE, MAX_LORA_RANK
 from tests.test_pipeline import TRAINING
@@ -550,6 +552,23 @@ def test_vllm_refusing_an_adapter_rejects_the_candidate_and_routes_nothing_to_it
         assert gateway.post("/api/chat", json={"message": f"q{i}"}).get_json()["model"] == BASE
     assert {r["model"] for r in fake_vllm.requests} == {BASE}
     assert fake_vllm.adapters == {}
+
+
+def test_cli_eval_gate_rejects_a_candidate_vllm_refuses(vllm_env, fake_vllm, tmp_path):
+    settings, db = vllm_env
+    too_big = adapter_folder(tmp_path / "r32", 32)
+    candidate = create_candidate(db, name="tuned-r32", provider="local", base_model=BASE, adapter_path=str(too_big))
+    config = write_config(
+        tmp_path / "t.toml",
+        {"paths": {"data_dir": settings.paths.data_dir}, "model": {"base_url": fake_vllm.base_url, "retries": 0}},
+    )
+    without_gate = CliRunner().invoke(cli, ["--config", str(config), "eval", "tuned-r32"], env={})
+    assert without_gate.exit_code != 0 and "adapter did not load: LoRA rank 32" in without_gate.output
+    assert get_version(db, candidate.id).status == "candidate"  # evaluating alone changes nothing
+    result = CliRunner().invoke(cli, ["--config", str(config), "eval", "tuned-r32", "--gate"], env={})
+    assert result.exit_code == 1, result.output
+    assert f"gate: tuned-r32 ({candidate.id}) is marked rejected: adapter did not load: LoRA rank 32" in result.output
+    assert get_version(db, candidate.id).status == "rejected"
 
 
 def test_vllm_no_adapter_found_is_a_refusal_and_a_disabled_endpoint_is_not(vllm_env, fake_vllm, tmp_path):
