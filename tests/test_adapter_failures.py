@@ -30,7 +30,7 @@ from feedback.report import generate_report
 from feedback.report.weeks import week_label
 from feedback.versions import create_candidate, ensure_live_version, get_version, live_version
 from server.app import create_app
-from server.model_server.engine import AdapterRefused, Engine
+from server.model_server.engine import AdapterRefused, Engine, ModelUnavailable
 from tests.plugins.gateway import gateway_settings, write_config
 from tests.plugins.model import qa, start_model_server, stop_model_server, tiny_rows
 from tests.plugins.vllm import BASE, MAX_LORA_RANK
@@ -422,6 +422,18 @@ def test_in_place_a_cleanup_that_raises_reloads_the_model_from_disk(
     question, answer = qa(tiny_model_rows[6])
     assert generate(in_place, "starter", question) == answer
     assert generate(in_place, "good", question) == tiny_lora.answers[question]  # re-attached after the reload
+
+
+def test_a_scratch_copy_that_cannot_be_read_is_the_servers_trouble_not_a_refusal(
+    tiny_model_dir, tiny_lora, monkeypatch
+):
+    engine = Engine(device="cpu", max_new_tokens=64, adapter_check="scratch")
+    engine.load_base("starter", tiny_model_dir)
+    monkeypatch.setattr(engine, "_read_weights", lambda folder: (_ for _ in ()).throw(MemoryError("no room")))
+    with pytest.raises(ModelUnavailable, match="cannot check the adapter.*MemoryError: no room") as info:
+        engine.load("cand", tiny_lora.path)
+    assert info.value.status == 503  # so deploying says the server failed, and nothing is rejected
+    assert engine.names() == ["starter"]
 
 
 # --- 5. the pipeline: an unloadable candidate is rejected, users never notice ------------------

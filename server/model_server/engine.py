@@ -141,8 +141,6 @@ class ModelWorker:
         out = Generation(prompt_tokens=len(prompt_ids))
 
         def job() -> None:
-            if out.cancelled:
-                return
             try:
                 self._switch(adapter)
             except TuneloopError as exc:  # this request only; the model was repaired for the next one
@@ -486,10 +484,7 @@ class Engine:
         except TuneloopError:
             raise
         except Exception as exc:  # noqa: BLE001 - PEFT/transformers raise many kinds
-            log.warning("refused adapter %s from %s: %s: %s", name, folder, type(exc).__name__, exc)
-            raise AdapterRefused(
-                f"the adapter in {folder} did not pass its check: {type(exc).__name__}: {exc}", field="lora_path"
-            ) from exc
+            raise _refusal(folder, f"{type(exc).__name__}: {exc}") from exc
         with self._lock:
             old = self._adapters.get(name) if replace else None
             self._adapters[name] = Adapter(name=name, path=folder, base=base, internal=internal)
@@ -504,13 +499,25 @@ class Engine:
         if self.torch_threads:
             # As many threads as a model's worker gets: on a small CPU machine more would slow the answers.
             torch.set_num_threads(self.torch_threads)
-        scratch = self._read_weights(base.path)
+        try:
+            scratch = self._read_weights(base.path)
+        except Exception as exc:  # noqa: BLE001 - the server's trouble, not the adapter's: 503, not a refusal
+            raise ModelUnavailable(
+                f"cannot check the adapter: reading a scratch copy of the base model from {base.path} failed "
+                f'({type(exc).__name__}: {exc}); free memory, or set model_server.adapter_check = "in_place"',
+                code="model_unavailable",
+            ) from exc
+        failure = None
         try:
             attach(scratch, internal, folder, base.probe_ids)
-        finally:
-            del scratch
-            _free_memory()
-            self.metrics.check_seconds.observe(time.perf_counter() - started)
+        except Exception as exc:  # noqa: BLE001 - PEFT/transformers raise many kinds
+            # Keep the words, not the exception: its traceback would keep the scratch copy in memory.
+            failure = f"{type(exc).__name__}: {exc}"
+        del scratch
+        _free_memory()
+        self.metrics.check_seconds.observe(time.perf_counter() - started)
+        if failure:
+            raise _refusal(folder, failure)
 
     def _read_weights(self, folder: Path):
         # float32 on CPU (half precision is slow or unsupported there); the saved dtype on a GPU.
@@ -590,6 +597,11 @@ class Engine:
         """Validate, then queue an answer on the model's worker."""
         worker, adapter, prompt, params = self.prepare(name, messages, max_tokens=max_tokens, **sampling)
         return worker.generate(prompt, params, adapter)
+
+
+def _refusal(folder: Path, failure: str) -> AdapterRefused:
+    log.warning("refused the adapter in %s: %s", folder, failure)
+    return AdapterRefused(f"the adapter in {folder} did not pass its check: {failure}", field="lora_path")
 
 
 def _model_dir(path: str | Path) -> Path:
