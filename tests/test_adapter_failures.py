@@ -284,6 +284,9 @@ def test_a_switch_that_fails_at_request_time_fails_that_request_only(
     health = httpx2.get(server.url + "/health").json()
     assert health["status"] == "degraded" and "PEFT" in health["problems"]["flaky"]
     assert metric(server, "tuneloop_model_server_degraded") == 1
+    ready = traffic.clients["starter"].get("/readyz")  # a gateway on this server: still ready, degraded
+    assert ready.status_code == 200 and ready.get_json()["status"] == "degraded"
+    assert "PEFT" in ready.get_json()["checks"]["serving"]["model_server_problems"]["flaky"]
     again = ask(server, "flaky", question)  # a 503 a gateway falls back on, not a 404
     assert again.status_code == 503 and "failed while serving and was unloaded" in again.json()["error"]["message"]
     assert text(ask(server, "starter", question)) == answer
@@ -293,6 +296,7 @@ def test_a_switch_that_fails_at_request_time_fails_that_request_only(
     assert load(server, "flaky", peft_mismatch_lora).status_code == 200
     assert text(ask(server, "flaky", question)) == tiny_lora.answers[question]
     assert httpx2.get(server.url + "/health").json()["status"] == "ok"
+    assert traffic.clients["starter"].get("/readyz").get_json()["status"] == "ready"
     assert unload(server, "flaky").status_code == 200
 
 

@@ -59,24 +59,34 @@ def readyz():
 
 
 def _serving_check(gw, base_url: str, listed: list[str]) -> dict:
-    """Is every version taking traffic on ``base_url`` listed there? Missing ones make it degraded."""
+    """Every version taking traffic on ``base_url`` is listed there, and the server reports no failed model.
+
+    Either failing makes the check degraded (still ok): a missing canary's conversations
+    are answered by the live model; a failed candidate concerns no user yet.
+    """
+    problems = _model_server_problems(base_url)
     missing = []
     for version in gw.router.serving():
         if gw.router.target(version).base_url == base_url and version.name not in listed:
             role = "live" if version.status == "live" else "canary"
-            missing.append({"name": version.name, "version_id": version.id, "role": role})
-    if not missing:
+            entry = {"name": version.name, "version_id": version.id, "role": role}
+            if version.name in problems:
+                entry["reason"] = problems[version.name]
+            missing.append(entry)
+    if not missing and not problems:
         return {"ok": True}
-    problems = _model_server_problems(base_url)
-    for entry in missing:
-        if entry["name"] in problems:
-            entry["reason"] = problems[entry["name"]]
-    words = "; ".join(
+    words = [
         f"{m['role']} {m['name']} is not served"
         + (", so its conversations are answered by the live model" if m["role"] == "canary" else "")
         for m in missing
-    )
-    return {"ok": True, "degraded": True, "missing": missing, "message": f"degraded: {words}"}
+    ]
+    words += [f"the model server reports {name}: {why}" for name, why in problems.items()]
+    check = {"ok": True, "degraded": True, "message": "degraded: " + "; ".join(words)}
+    if missing:
+        check["missing"] = missing
+    if problems:
+        check["model_server_problems"] = problems
+    return check
 
 
 def _model_server_problems(base_url: str) -> dict[str, str]:
