@@ -629,7 +629,8 @@ def test_a_canary_vllm_refuses_after_a_restart_is_rejected_and_live_takes_its_sh
     assert readyz.status_code == 200 and readyz.get_json()["status"] == "degraded"
     (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 64}))  # ... and refuses it
     results = deploy.deploy_serving(db, settings, actor="ops")
-    assert [(r.name, r.action) for r in results] == [(BASE, "nothing_to_load"), ("canary", "skipped")]
+    assert [(r.name, r.action) for r in results] == [(BASE, "nothing_to_load"), ("canary", "rejected")]
+    assert results[1].detail.startswith("adapter did not load: LoRA rank 64")
     assert get_version(db, canary.id).status == "rejected"
     assert gateway.get("/readyz").get_json()["status"] == "ready"
 

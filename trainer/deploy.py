@@ -59,7 +59,7 @@ class AdapterRefused(UpstreamError):
 @dataclass(frozen=True)
 class DeployResult:
     """What a deploy or undeploy call did: ``loaded``, ``already_loaded``, ``nothing_to_load``,
-    ``unloaded``, ``not_loaded`` or ``skipped`` (with ``detail`` saying why)."""
+    ``unloaded``, ``not_loaded``, ``skipped`` or ``rejected`` (the server refused it; ``detail`` says why)."""
 
     version_id: str
     name: str
@@ -225,7 +225,7 @@ def deploy_serving(db: Database, settings: Settings, *, actor: str = "deploy") -
     """Deploy the live version and the canary, e.g. after the model server restarted and lost its adapters.
 
     A canary whose adapter is refused is rejected (:func:`reject_unloadable`) and reported
-    as ``skipped``: its share of conversations goes back to the live version. A refused
+    as ``rejected``: its share of conversations goes back to the live version. A refused
     live version raises — there is nothing to fall back on but a rollback.
     """
     results = []
@@ -238,7 +238,7 @@ def deploy_serving(db: Database, settings: Settings, *, actor: str = "deploy") -
         except AdapterRefused as exc:
             reject_unloadable(db, settings, canary, exc.reason, actor=actor)
             results.append(
-                DeployResult(canary.id, canary.name, "skipped", version_target(settings, canary).base_url, exc.message)
+                DeployResult(canary.id, canary.name, "rejected", version_target(settings, canary).base_url, exc.message)
             )
     return results
 
