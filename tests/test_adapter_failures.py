@@ -49,9 +49,11 @@ def fault_file(tmp_path_factory) -> Path:
 def server(tmp_path_factory, tiny_model_dir, fault_file, tiny_lora):
     """A model server of its own (adapters loaded here must not leak), PEFT faults on demand, ``live-lora`` loaded."""
     running = start_model_server(tiny_model_dir, tmp_path_factory.mktemp("faulty-server"), fault_file=fault_file)
-    assert load(running, "live-lora", tiny_lora.path).status_code == 200
-    yield running
-    stop_model_server(running)
+    try:
+        assert load(running, "live-lora", tiny_lora.path).status_code == 200
+        yield running
+    finally:
+        stop_model_server(running)
 
 
 @pytest.fixture(autouse=True)
