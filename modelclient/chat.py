@@ -14,9 +14,11 @@ Failure policy, decided here once:
 - once a token has been handed to the caller nothing is retried or switched —
   the user has already seen part of an answer — and the failure surfaces as
   :class:`UpstreamError` for the caller to report in-band;
-- any other 4xx (bad request, unknown model) fails at once: retrying cannot help;
-  400/413/422 become :class:`UpstreamRejected`, naming the parameter the server
-  found wrong, so the gateway can tell a client's mistake from a model failure.
+- 404 (the server does not serve that model, e.g. a canary's adapter it lost)
+  goes to the next target at once: retrying cannot help, another model can;
+- any other 4xx (bad request) fails at once: retrying cannot help; 400/413/422
+  become :class:`UpstreamRejected`, naming the parameter the server found wrong,
+  so the gateway can tell a client's mistake from a model failure.
 
 Messages name the model, never the server's address (they reach clients); the
 address is on the error's ``where``.
@@ -195,6 +197,8 @@ class ChatClient:
                 except UpstreamError as exc:
                     attempts.append(f"{target.name}: {exc.message}")
                     last_error = exc
+                    if getattr(exc, "next_target", False):
+                        break
                     if not retriable(exc):
                         raise exc
                     continue
@@ -330,6 +334,7 @@ def _translate(exc: Exception, model: str) -> UpstreamError:
             return rejected
         err = UpstreamError(f"{model} answered {exc.status_code}: {detail}")
         err.retriable = exc.status_code >= 500  # type: ignore[attr-defined]
+        err.next_target = exc.status_code == 404  # type: ignore[attr-defined]
         return err
     if isinstance(exc, (httpx2.TimeoutException,)):
         return UpstreamTimeout(f"{model} did not answer in time")

@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.plugins.browser",
     "tests.plugins.evaluation",
     "tests.plugins.smtp",
+    "tests.plugins.vllm",
 ]
