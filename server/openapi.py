@@ -34,12 +34,14 @@ def documented(
     request: type[BaseModel] | None = None,
     response: type[BaseModel] | None = None,
     events: Mapping[str, EventData] | None = None,
+    headers: Mapping[str, str] | None = None,
     errors: tuple[int, ...] = (),
     tag: str = "chat",
 ) -> Callable:
     """Attach OpenAPI facts to a view function.
 
     ``events``: the route can also answer ``text/event-stream``: each event's name and what its data holds.
+    ``headers``: optional request headers the route reads, with what each means.
     ``errors``: the statuses particular to this route (:data:`ALWAYS` and :data:`WITH_BODY` are added).
     """
 
@@ -47,7 +49,15 @@ def documented(
         setattr(
             view,
             DOC_ATTR,
-            dict(summary=summary, request=request, response=response, events=events, errors=errors, tag=tag),
+            dict(
+                summary=summary,
+                request=request,
+                response=response,
+                events=events,
+                headers=headers or {},
+                errors=errors,
+                tag=tag,
+            ),
         )
         return view
 
@@ -77,6 +87,10 @@ def build_spec(app: Flask, version: str) -> dict:
             params = [
                 {"name": arg, "in": "path", "required": True, "schema": {"type": "string"}}
                 for arg in sorted(rule.arguments)
+            ]
+            params += [
+                {"name": name, "in": "header", "required": False, "description": text, "schema": {"type": "string"}}
+                for name, text in meta["headers"].items()
             ]
             if params:
                 op["parameters"] = params

@@ -108,3 +108,10 @@ def test_the_v1_stream_keeps_openais_wire_format(make_gateway, fake_upstream):
     assert "tuneloop" not in chunks[1] and "usage" not in chunks[1]
     assert last_choice["choices"] == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
     assert usage["choices"] == [] and usage["usage"]["total_tokens"] == 8
+
+
+def test_the_headers_the_chat_routes_read_are_documented(make_gateway):
+    spec = make_gateway().test_client().get("/openapi.json").get_json()
+    v1 = {p["name"]: p["in"] for p in spec["paths"]["/v1/chat/completions"]["post"]["parameters"]}
+    api = {p["name"]: p["in"] for p in spec["paths"]["/api/chat"]["post"]["parameters"]}
+    assert v1 == {"X-Tuneloop-Conversation-Id": "header"} and api == {"X-Tuneloop-Client": "header"}

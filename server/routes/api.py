@@ -46,6 +46,7 @@ def sse(event: str, data: dict) -> str:
     request=ChatRequest,
     response=ChatResponse,
     events=CHAT_EVENTS,
+    headers={"X-Tuneloop-Client": "'widget' when the bundled widget asks (recorded as the turn's source)."},
     errors=(404, 429, 502, 503, 504),
 )
 def chat():

@@ -47,6 +47,9 @@ bp = Blueprint("openai", __name__, url_prefix="/v1")
     request=OpenAIChatRequest,
     response=OpenAIChatResponse,
     events=OPENAI_STREAM_EVENTS,
+    headers={
+        "X-Tuneloop-Conversation-Id": "Log this turn in that conversation (one this key started); else a new one."
+    },
     errors=(404, 429, 502, 503, 504),
     tag="openai",
 )
