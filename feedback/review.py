@@ -276,6 +276,7 @@ def _evidence(group, since: str, until: str, version: str) -> dict:
         "reasons": ev.reasons if ev else {},
         "corrections": ev.corrections if ev else [],
         "variants": ev.variants if ev else [],
+        "entries": ev.entries if ev else [],
         "message_ids": ev.message_ids if ev else [],
         "window": {"since": since, "until": until, "model_version_id": version},
     }

@@ -69,13 +69,7 @@ def rated_entries(db: Database, *, since: str, until: str, limit: int = 10) -> l
 
 def entry_ratings(db: Database, entry_id: str) -> dict:
     """Every answer built on one entry: how many, and their thumbs up and down (all time)."""
-    answers, down, up = db.execute(
-        """SELECT COUNT(DISTINCT s.message_id), COALESCE(SUM(f.rating < 0), 0), COALESCE(SUM(f.rating > 0), 0)
-           FROM message_sources s LEFT JOIN feedback f ON f.message_id = s.message_id
-           WHERE s.entry_id = ? AND s.rank = 1""",
-        [entry_id],
-    ).fetchone()
-    return {"answers": answers, "down": down, "up": up}
+    return ratings_by_entry(db, [entry_id]).get(entry_id, {"answers": 0, "down": 0, "up": 0})
 
 
 def _with_questions(db: Database, rows: list[dict]) -> list[dict]:
@@ -91,3 +85,32 @@ def _with_questions(db: Database, rows: list[dict]) -> list[dict]:
     for row in rows:
         row["question"], row["state"] = found.get(row["id"], ("", "retired"))
     return rows
+
+
+def ratings_by_entry(db: Database, entry_ids: Sequence[str]) -> dict[str, dict]:
+    """:func:`entry_ratings` for many entries at once (entries no answer was built on are left out)."""
+    rows = db.execute(
+        """SELECT s.entry_id, COUNT(DISTINCT s.message_id), COALESCE(SUM(f.rating < 0), 0),
+                  COALESCE(SUM(f.rating > 0), 0)
+           FROM message_sources s LEFT JOIN feedback f ON f.message_id = s.message_id
+           WHERE s.rank = 1 AND s.entry_id IN (SELECT value FROM json_each(?))
+           GROUP BY s.entry_id""",
+        [json.dumps(list(entry_ids))],
+    ).fetchall()
+    return {i: {"answers": n, "down": d, "up": u} for i, n, d, u in rows}
+
+
+def rated_down_answers(db: Database, entry_id: str, *, limit: int = 5) -> list[dict]:
+    """The latest thumbs-down answers built on an entry: what was asked, answered and said, newest first."""
+    rows = db.execute(
+        """SELECT a.id, u.content, a.content, s.entry_version, f.reason, f.comment, f.correction, f.updated_at
+           FROM message_sources s
+           JOIN feedback f ON f.message_id = s.message_id AND f.rating < 0
+           JOIN messages a ON a.id = s.message_id
+           JOIN messages u ON u.conversation_id = a.conversation_id AND u.seq = a.seq - 1
+           WHERE s.entry_id = ? AND s.rank = 1
+           ORDER BY f.updated_at DESC LIMIT ?""",
+        [entry_id, int(limit)],
+    ).fetchall()
+    keys = ("message_id", "question", "answer", "entry_version", "reason", "comment", "correction", "at")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
