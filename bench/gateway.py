@@ -325,7 +325,8 @@ def summarize_streams(m: Measured, gap_ms: float) -> dict:
 
 
 def streams(ctx: Context) -> list[dict]:
-    """For each count N: N concurrent SSE streams, tokens ``stream_gap_s`` apart, upstream directly then via the gateway."""
+    """For each count N: N concurrent SSE streams, tokens ``stream_gap_s`` apart, upstream directly, then via the
+    gateway."""
     plan = ctx.plan
     script = f"!tokens {plan.stream_tokens} {plan.stream_gap_s}"
     direct_body = {

@@ -75,8 +75,14 @@ UNANSWERABLE = [
     "오늘 점심 메뉴 추천해 줘",
 ]
 
-PRODUCTS_EN = "sneakers jacket blender kettle headphones backpack mattress sofa lamp rice kimchi coffee tea vitamins shampoo lipstick stroller diapers tent bicycle monitor keyboard charger umbrella towel pillow blanket mug skillet vacuum".split()
-PRODUCTS_KO = "운동화 재킷 믹서기 전기포트 헤드폰 백팩 매트리스 소파 조명 쌀 김치 커피 녹차 비타민 샴푸 립스틱 유모차 기저귀 텐트 자전거 모니터 키보드 충전기 우산 수건 베개 이불 머그컵 프라이팬 청소기".split()
+PRODUCTS_EN = (
+    "sneakers jacket blender kettle headphones backpack mattress sofa lamp rice kimchi coffee tea vitamins shampoo "
+    "lipstick stroller diapers tent bicycle monitor keyboard charger umbrella towel pillow blanket mug skillet vacuum"
+).split()
+PRODUCTS_KO = (
+    "운동화 재킷 믹서기 전기포트 헤드폰 백팩 매트리스 소파 조명 쌀 김치 커피 녹차 비타민 샴푸 립스틱 유모차 기저귀 "
+    "텐트 자전거 모니터 키보드 충전기 우산 수건 베개 이불 머그컵 프라이팬 청소기"
+).split()
 
 
 @dataclass(frozen=True)
@@ -172,7 +178,9 @@ def threshold_figures(retriever: Retriever, queries) -> dict:
 def quantiles(values: list[float]) -> str:
     values = sorted(values)
     q = statistics.quantiles(values, n=20) if len(values) > 1 else values * 19
-    return f"min {values[0]:.2f}  p5 {q[0]:.2f}  p25 {q[4]:.2f}  median {statistics.median(values):.2f}  p95 {q[18]:.2f}  max {values[-1]:.2f}"
+    median = statistics.median(values)
+    low, high = values[0], values[-1]
+    return f"min {low:.2f}  p5 {q[0]:.2f}  p25 {q[4]:.2f}  median {median:.2f}  p95 {q[18]:.2f}  max {high:.2f}"
 
 
 def synthesize(faq: list[dict], n: int, seed: int = 7) -> list[Entry]:
@@ -311,7 +319,8 @@ def main(argv=None) -> int:
     queries = [q for name in ("rewordings dev", "rewordings test", "paraphrases") for q, _, _ in sets[name]]
     queries += UNANSWERABLE
     print(
-        f"  {'entries':>8s} {'build s':>8s} {'+RSS MB':>8s} {'search p50 ms':>14s} {'p99 ms':>8s}   changes p50 / p99 ms"
+        f"  {'entries':>8s} {'build s':>8s} {'+RSS MB':>8s} {'search p50 ms':>14s} {'p99 ms':>8s}"
+        "   changes p50 / p99 ms"
     )
     for size in (200, large):
         entries = synthesize(faq, size)

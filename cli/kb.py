@@ -65,7 +65,8 @@ def show(ctx: CliContext, entry_id, as_json) -> None:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
     click.echo(
-        f"{entry.id}  [{entry.state}]  v{entry.version}  {entry.lang}  from {entry.source_kind} {entry.source_ref or ''}"
+        f"{entry.id}  [{entry.state}]  v{entry.version}  {entry.lang}  "
+        f"from {entry.source_kind} {entry.source_ref or ''}"
     )
     for n, question in enumerate(entry.questions):
         click.echo(f"{'Q' if n == 0 else ' '}: {question}")

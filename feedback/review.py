@@ -177,7 +177,8 @@ def _filters(status: str | None, search: str | None) -> tuple[str, list]:
 def list_items(
     db: Database, *, status: str | None = None, search: str | None = None, limit: int = 100, offset: int = 0
 ) -> list[ReviewItem]:
-    """Items filtered by status and a text search (question, answer or id): newest first, worst first within a collect."""
+    """Items filtered by status and a text search (question, answer or id): newest first, worst first within
+    a collect."""
     where, params = _filters(status, search)
     return _select(
         db,

@@ -18,6 +18,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from config.errors import NotFound
+from feedback.access import check_visible
 from feedback.db import new_id, utc_now, write_transaction
 from feedback.text import question_key
 
@@ -56,7 +57,8 @@ def record_turn(db: Database, turn: Turn) -> None:
         exists = db.execute("SELECT 1 FROM conversations WHERE id = ?", [turn.conversation_id]).fetchone()
         if not exists:
             db.execute(
-                "INSERT INTO conversations (id, created_at, api_key_id, user_ref, source, metadata) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO conversations (id, created_at, api_key_id, user_ref, source, metadata) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 [
                     turn.conversation_id,
                     now,
@@ -70,7 +72,8 @@ def record_turn(db: Database, turn: Turn) -> None:
             "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?", [turn.conversation_id]
         ).fetchone()
         db.execute(
-            "INSERT INTO messages (id, conversation_id, seq, role, content, created_at, tokens_in) VALUES (?, ?, ?, 'user', ?, ?, ?)",
+            "INSERT INTO messages (id, conversation_id, seq, role, content, created_at, tokens_in) "
+            "VALUES (?, ?, ?, 'user', ?, ?, ?)",
             [turn.user_message_id, turn.conversation_id, last_seq + 1, turn.question, now, None],
         )
         db.execute(
@@ -94,8 +97,7 @@ def record_turn(db: Database, turn: Turn) -> None:
         )
 
 
-def conversation_owner(db: Database, conversation_id: str) -> dict | None:
-    """The conversation row (without messages), or None."""
+def _conversation_row(db: Database, conversation_id: str) -> dict | None:
     row = db.execute(
         "SELECT id, created_at, api_key_id, user_ref, source, metadata FROM conversations WHERE id = ?",
         [conversation_id],
@@ -111,11 +113,13 @@ def get_conversation(
 ) -> dict:
     """The conversation with its messages in order.
 
-    A conversation started with another API key is reported as not found, so ids
-    cannot be probed across tenants; ``any_key=True`` is for admin tools.
+    Only for a caller that may see it (:func:`feedback.access.check_visible`); ``any_key=True`` is for
+    admin tools.
     """
-    conv = conversation_owner(db, conversation_id)
-    if conv is None or (not any_key and conv["api_key_id"] != api_key_id):
+    if not any_key:
+        check_visible(db, api_key_id, conversation_id=conversation_id)
+    conv = _conversation_row(db, conversation_id)
+    if conv is None:
         raise NotFound(f"no conversation {conversation_id!r}", field="conversation_id")
     rows = db.execute(
         """SELECT m.id, m.role, m.content, m.created_at, m.model_version_id, v.name, m.latency_ms,

@@ -3,7 +3,7 @@
 It talks to any chat-completions server — vLLM, OpenAI (``ft:`` models), the
 built-in model server — through the official ``openai`` SDK. Streaming and
 non-streaming answers share one path: upstream is always asked to stream (with
-``stream_options.include_usage``), and :class:`Generation` owns timing, usage and
+``stream_options.include_usage``), and :class:`Reply` owns timing, usage and
 the finish reason, whether the caller iterates chunks or calls ``.collect()``.
 
 Failure policy, decided here once:
@@ -26,8 +26,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Generator, Iterator
 
 import httpx2
 import openai
@@ -54,43 +54,84 @@ class ClientPolicy:
     backoff_s: float = 0.2
 
 
-@dataclass
-class Generation:
-    """An answer being generated. Iterate for text chunks, or call :meth:`collect`.
+class Reply:
+    """A model's answer as it arrives. Iterate for its text chunks, or call :meth:`collect`.
 
     After iteration: ``text``, ``finish_reason``, ``usage`` (``prompt_tokens``,
     ``completion_tokens``), ``latency_ms`` (whole answer), ``first_token_ms`` and
-    ``target`` (the model that actually answered, after any fallback).
+    ``target`` (the model that actually answered, after any fallback); ``attempts``
+    lists the failures before it. ``on_done`` is called once the answer is complete.
     """
 
-    target: Target
-    _chunks: Iterator[str]
-    _started: float
-    _on_done: Callable[["Generation"], None] | None = None
-    text: str = ""
-    finish_reason: str | None = None
-    usage: dict[str, int] = field(default_factory=dict)
-    latency_ms: float | None = None
-    first_token_ms: float | None = None
-    attempts: list[str] = field(default_factory=list)
+    def __init__(
+        self,
+        target: Target,
+        chunks: Generator[dict, None, None],
+        *,
+        started: float,
+        timeout_s: float,
+        attempts: list[str],
+        on_done: Callable[[Reply], None] | None = None,
+    ):
+        self.target = target
+        self.attempts = attempts
+        self.text = ""
+        self.finish_reason: str | None = None
+        self.usage: dict[str, int] = {}
+        self.latency_ms: float | None = None
+        self.first_token_ms: float | None = None
+        self._chunks = chunks  # the upstream's payloads: the buffered first ones, then the rest of the stream
+        self._started = started
+        self._timeout_s = timeout_s
+        self._on_done = on_done
+
+    def elapsed_ms(self) -> float:
+        """Milliseconds since the request was first sent (the answer's latency so far)."""
+        return (time.perf_counter() - self._started) * 1000
 
     def __iter__(self) -> Iterator[str]:
-        for piece in self._chunks:
-            if self.first_token_ms is None:
-                self.first_token_ms = (time.perf_counter() - self._started) * 1000
-            self.text += piece
-            yield piece
-        self.latency_ms = (time.perf_counter() - self._started) * 1000
+        try:
+            for chunk in self._chunks:
+                piece = self._absorb(chunk)
+                if piece:
+                    if self.first_token_ms is None:
+                        self.first_token_ms = self.elapsed_ms()
+                    self.text += piece
+                    yield piece
+                if self.elapsed_ms() > self._timeout_s * 1000:
+                    raise UpstreamTimeout(f"the answer took longer than {self._timeout_s:g} s")
+        except UpstreamError:
+            self.close()
+            raise
+        except Exception as exc:
+            self.close()
+            err = translate_error(exc, self.target)
+            if isinstance(err, UpstreamUnavailable):
+                err = UpstreamError(f"model {self.target.name!r} dropped the connection mid-answer")
+            raise type(err)(f"the answer broke off: {err.message}") from exc
+        if not self.usage:
+            self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        self.latency_ms = self.elapsed_ms()
         if self._on_done:
             self._on_done(self)
 
+    def _absorb(self, chunk: dict) -> str:
+        usage = chunk.get("usage")
+        if usage:
+            self.usage = {
+                "prompt_tokens": usage.get("prompt_tokens") or 0,
+                "completion_tokens": usage.get("completion_tokens") or 0,
+            }
+        reason = _chunk_finish(chunk)
+        if reason:
+            self.finish_reason = reason
+        return _chunk_text(chunk)
+
     def close(self) -> None:
         """Stop reading and release the upstream connection (client went away, or failure)."""
-        closer = getattr(self._chunks, "close", None)
-        if closer:
-            closer()
+        self._chunks.close()
 
-    def collect(self) -> "Generation":
+    def collect(self) -> Reply:
         """Consume the whole answer; returns self for chaining."""
         for _ in self:
             pass
@@ -124,9 +165,9 @@ class ChatClient:
         targets: list[Target],
         messages: list[dict[str, str]],
         *,
-        on_done: Callable[[Generation], None] | None = None,
+        on_done: Callable[[Reply], None] | None = None,
         **params: Any,
-    ) -> Generation:
+    ) -> Reply:
         """Start an answer, falling back along ``targets``; returns once the first token is in.
 
         ``params`` are chat-completion parameters (max_tokens, temperature, top_p,
@@ -143,16 +184,21 @@ class ChatClient:
                 if attempt:
                     time.sleep(self.policy.backoff_s * attempt)
                 try:
-                    stream, first = self._open(target, messages, params)
+                    chunks = self._first_token(target, messages, params)
                 except UpstreamError as exc:
                     attempts.append(f"{target.name}: {exc.message}")
                     last_error = exc
                     if not retriable(exc):
                         raise exc
                     continue
-                gen = Generation(target=target, _chunks=iter(()), _started=started, _on_done=on_done, attempts=attempts)
-                gen._chunks = self._drain(gen, stream, first, started)
-                return gen
+                return Reply(
+                    target,
+                    chunks,
+                    started=started,
+                    timeout_s=self.policy.timeout_s,
+                    attempts=attempts,
+                    on_done=on_done,
+                )
         assert last_error is not None
         if len(attempts) > 1:
             tried = ", ".join(dict.fromkeys(t.name for t in targets))
@@ -165,83 +211,55 @@ class ChatClient:
         try:
             page = self._client(target).with_options(timeout=timeout_s).models.list()
             return [m.id for m in page.data]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise translate_error(exc, target) from exc
 
-    def complete(self, targets: list[Target], messages: list[dict[str, str]], **params: Any) -> Generation:
+    def complete(self, targets: list[Target], messages: list[dict[str, str]], **params: Any) -> Reply:
         """A whole answer at once (same failure policy as :meth:`generate`)."""
         return self.generate(targets, messages, **params).collect()
 
-    def _open(self, target: Target, messages, params) -> tuple[Any, Any]:
-        """Send the request and wait for the first chunk that carries text (or the end)."""
-        clean = {k: v for k, v in params.items() if v is not None}
-        try:
-            # The raw streaming response, parsed here rather than by the SDK's Stream:
-            # the SDK stops reading at [DONE] and closes the response before the body
-            # ends, so every answer cost a new TCP connection (openai-python #3440,
-            # measured 1.0 connect per chat); reading to the end lets the pool reuse
-            # it, and plain dicts skip building pydantic objects per token.
-            manager = self._client(target).chat.completions.with_streaming_response.create(
-                model=target.name,
-                messages=messages,
-                stream=True,
-                stream_options={"include_usage": True},
-                **clean,
-            )
-            response = manager.__enter__()
-        except Exception as exc:  # noqa: BLE001 - translated into our error tree
-            raise translate_error(exc, target) from exc
-        chunks = _sse_payloads(response.iter_lines(), target)
+    def _first_token(self, target: Target, messages, params) -> Generator[dict, None, None]:
+        """Send the request and wait for the first chunk that carries text (or the end).
+
+        Returns the stream with that chunk (and any before it) put back in front. Everything up to here may
+        be retried or fall back; nothing after it is.
+        """
+        stream = self._stream(target, messages, params)
         buffered = []
         try:
-            for chunk in chunks:
+            for chunk in stream:
                 buffered.append(chunk)
                 if _chunk_text(chunk) or _chunk_finish(chunk):
                     break
-        except Exception as exc:  # noqa: BLE001
-            manager.__exit__(None, None, None)
+        except Exception as exc:
+            stream.close()
             raise translate_error(exc, target) from exc
-        return (manager, chunks), buffered
+        return _replay(buffered, stream)
 
-    def _drain(self, gen: Generation, opened: tuple[Any, Iterator], buffered: list, started: float) -> Iterator[str]:
-        manager, chunks = opened
-        deadline = started + self.policy.timeout_s
+    def _stream(self, target: Target, messages, params) -> Generator[dict, None, None]:
+        """The upstream's chunk payloads; closing the generator closes the response."""
+        clean = {k: v for k, v in params.items() if v is not None}
+        # The raw streaming response, parsed here rather than by the SDK's Stream: the SDK stops reading at
+        # [DONE] and closes the response before the body ends, so every answer cost a new TCP connection
+        # (openai-python #3440, measured 1.0 connect per chat); reading to the end lets the pool reuse it
+        # (tests/test_model_client.py), and plain dicts skip building pydantic objects per token.
+        with self._client(target).chat.completions.with_streaming_response.create(
+            model=target.name,
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
+            **clean,
+        ) as response:
+            yield from _sse_payloads(response.iter_lines(), target)
 
-        def absorb(chunk: dict) -> str:
-            usage = chunk.get("usage")
-            if usage:
-                gen.usage = {
-                    "prompt_tokens": usage.get("prompt_tokens") or 0,
-                    "completion_tokens": usage.get("completion_tokens") or 0,
-                }
-            reason = _chunk_finish(chunk)
-            if reason:
-                gen.finish_reason = reason
-            return _chunk_text(chunk)
 
-        for chunk in buffered:
-            text = absorb(chunk)
-            if text:
-                yield text
-        try:
-            for chunk in chunks:
-                text = absorb(chunk)
-                if text:
-                    yield text
-                if time.perf_counter() > deadline:
-                    raise UpstreamTimeout(f"the answer took longer than {self.policy.timeout_s:g} s")
-        except UpstreamError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            err = translate_error(exc, gen.target)
-            if isinstance(err, UpstreamUnavailable):
-                err = UpstreamError(f"model {gen.target.name!r} dropped the connection mid-answer")
-            raise type(err)(f"the answer broke off: {err.message}") from exc
-        finally:
-            # Also runs when the caller closes us early: free the upstream connection.
-            manager.__exit__(None, None, None)
-        if not gen.usage:
-            gen.usage = {"prompt_tokens": 0, "completion_tokens": 0}
+def _replay(first: list[dict], rest: Generator[dict, None, None]) -> Generator[dict, None, None]:
+    """``first``, then ``rest``; closing this closes ``rest`` (and so the upstream response)."""
+    try:
+        yield from first
+        yield from rest
+    finally:
+        rest.close()
 
 
 def _sse_payloads(lines: Iterator[str], target: Target) -> Iterator[dict]:
@@ -281,7 +299,6 @@ def retriable(exc: UpstreamError) -> bool:
 
 
 def translate_error(exc: Exception, target: Target) -> UpstreamError:
-    """An SDK or transport exception as our :class:`UpstreamError` tree (the one mapping for every client here)."""
     where = f"model {target.name!r} at {target.base_url}"
     if isinstance(exc, UpstreamError):
         return exc

@@ -102,7 +102,10 @@ def _in_order(data, expected: int, target: Target) -> list[list[float]]:
 
 
 def embeddings_from_settings(knowledge: KnowledgeSettings) -> EmbeddingsClient | None:
-    """The ``[knowledge] embeddings_*`` endpoint as the retriever's ``embed`` callable; None when dense retrieval is off."""
+    """The ``[knowledge] embeddings_*`` endpoint as the retriever's ``embed`` callable.
+
+    None when dense retrieval is off (``embeddings_model`` empty).
+    """
     if not knowledge.embeddings_model:
         return None
     target = Target(knowledge.embeddings_model, knowledge.embeddings_base_url, knowledge.embeddings_api_key())

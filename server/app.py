@@ -25,7 +25,7 @@ from feedback.secrets import instance_secret
 from modelclient.embeddings import embeddings_from_settings
 from server import admin, metrics
 from server.auth import authenticate, rate_limit_key
-from server.context import Gateway, close_db, get_db
+from server.context import EXTENSION, Gateway, close_db, get_db
 from server.errors import register_error_handlers
 from server.routes import api, openai_compat, ops, pages
 from server.serving import ChatService, ModelRouter
@@ -62,7 +62,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     knowledge.load()
     chat = ChatService(settings=settings, router=router, secret=secret, connection=pool.connection)
     gw = Gateway(settings=settings, secret=secret, pool=pool, router=router, chat=chat, knowledge=knowledge)
-    app.extensions["tuneloop"] = gw
+    app.extensions[EXTENSION] = gw
     app.teardown_appcontext(close_db)
     register_error_handlers(app)
 

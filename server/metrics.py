@@ -20,6 +20,7 @@ from prometheus_client import (
 )
 
 from config.errors import UpstreamError
+from modelclient.chat import Reply
 
 REQUESTS = Counter("tuneloop_requests_total", "HTTP requests by route and status.", ["route", "method", "status"])
 REQUEST_SECONDS = Histogram(
@@ -45,15 +46,15 @@ UPSTREAM_ERRORS = Counter("tuneloop_upstream_errors_total", "Model server failur
 RATINGS = Counter("tuneloop_ratings_total", "Ratings received (a changed vote counts again).", ["rating"])
 
 
-def observe_answer(generation, error: str | None) -> None:
+def observe_answer(reply: Reply, error: str | None) -> None:
     """Count one finished (or failed mid-way) answer."""
-    model = generation.target.name
-    if generation.latency_ms is not None:
-        ANSWER_SECONDS.labels(model).observe(generation.latency_ms / 1000)
-    if generation.first_token_ms is not None:
-        FIRST_TOKEN_SECONDS.labels(model).observe(generation.first_token_ms / 1000)
-    TOKENS.labels(model, "in").inc(generation.usage.get("prompt_tokens", 0))
-    TOKENS.labels(model, "out").inc(generation.usage.get("completion_tokens", 0))
+    model = reply.target.name
+    if reply.latency_ms is not None:
+        ANSWER_SECONDS.labels(model).observe(reply.latency_ms / 1000)
+    if reply.first_token_ms is not None:
+        FIRST_TOKEN_SECONDS.labels(model).observe(reply.first_token_ms / 1000)
+    TOKENS.labels(model, "in").inc(reply.usage.get("prompt_tokens", 0))
+    TOKENS.labels(model, "out").inc(reply.usage.get("completion_tokens", 0))
     if error:
         UPSTREAM_ERRORS.labels("mid_stream").inc()
 

@@ -1,7 +1,8 @@
 """Wire models of the gateway's API (pydantic). Routes parse with :func:`parse_body`.
 
 These models are also the source of ``/openapi.json``: what is validated is what
-is documented.
+is documented. Both chat APIs hand the user's message over through
+``user_message(max_chars)``, which checks it the one way (:func:`checked_message`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ class ChatRequest(Strict):
         None, max_length=256, description="Your stable id for the end user (stored only as a keyed hash)."
     )
     metadata: dict[str, Any] = Field(default_factory=dict, description="Free-form data kept with a new conversation.")
+
+    def user_message(self, max_chars: int) -> str:
+        """The message to answer (:func:`checked_message`)."""
+        return checked_message(self.message, field="message", max_chars=max_chars)
 
 
 class Usage(BaseModel):
@@ -121,8 +126,85 @@ class OpenAIChatRequest(BaseModel):
     seed: int | None = None
     user: str | None = Field(None, max_length=256)
 
+    def user_message(self, max_chars: int) -> str:
+        """The message to answer: the last one, which must be the user's (:func:`checked_message`)."""
+        last = self.messages[-1]
+        if last.role != "user":
+            raise ValidationFailed("the last message must come from the user", field="messages")
+        return checked_message(last.text(), field="messages", max_chars=max_chars)
 
-def parse_body(request: Request, model: type[Model], *, max_message_chars: int | None = None) -> Model:
+    def prior_messages(self) -> list[dict[str, str]]:
+        """The conversation before the last message, as chat messages (``developer`` is a system message)."""
+        return [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages[:-1]
+        ]
+
+    def sampling(self) -> dict[str, Any]:
+        """The generation parameters the client set (None: the gateway's default)."""
+        return {
+            "max_tokens": self.max_completion_tokens or self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stop": self.stop,
+            "seed": self.seed,
+        }
+
+
+class OpenAIIds(BaseModel):
+    """The ``tuneloop`` field of a completion: what rating the answer through ``POST /api/feedback`` takes."""
+
+    conversation_id: str
+    message_id: str
+    feedback_token: str
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, usage: dict[str, int]) -> "OpenAIUsage":
+        prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+        return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+class OpenAIAnswer(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class OpenAIChoice(BaseModel):
+    index: int = 0
+    message: OpenAIAnswer
+    finish_reason: str
+    logprobs: None = None
+
+
+class OpenAIChatResponse(BaseModel):
+    """A chat completion, as OpenAI's API answers one; ``id`` is the assistant message's id."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[OpenAIChoice]
+    usage: OpenAIUsage
+    tuneloop: OpenAIIds
+
+
+def checked_message(text: str, *, field: str, max_chars: int) -> str:
+    """The user's message as every chat route takes it: 422 when it is blank, 413 over ``max_chars`` characters."""
+    if not text.strip():
+        raise ValidationFailed("the user's message is blank", field=field)
+    if len(text) > max_chars:
+        raise PayloadTooLarge(
+            f"message has {len(text)} characters; the limit is {max_chars}", field=field, code="message_too_long"
+        )
+    return text
+
+
+def parse_body(request: Request, model: type[Model]) -> Model:
     """Parse the JSON body into ``model``: 400 for malformed JSON, 422 for wrong fields."""
     raw = request.get_data(cache=True)
     try:
@@ -132,16 +214,8 @@ def parse_body(request: Request, model: type[Model], *, max_message_chars: int |
     if not isinstance(data, dict):
         raise InvalidRequest("body must be a JSON object", code="invalid_json")
     try:
-        parsed = model.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or None
         raise ValidationFailed(f"{field}: {first['msg']}" if field else first["msg"], field=field) from None
-    if max_message_chars is not None and isinstance(getattr(parsed, "message", None), str):
-        if len(parsed.message) > max_message_chars:
-            raise PayloadTooLarge(
-                f"message has {len(parsed.message)} characters; the limit is {max_message_chars}",
-                field="message",
-                code="message_too_long",
-            )
-    return parsed

@@ -19,11 +19,12 @@ from typing import Any, Callable, ContextManager, Iterator
 
 from sqlite_utils import Database
 
-from config.errors import NotFound, TuneloopError, UpstreamError
+from config.errors import TuneloopError, UpstreamError
 from config.settings import Settings, env_secret
 from feedback import turns, versions
+from feedback.access import check_visible
 from feedback.tokens import feedback_token, pseudonym
-from modelclient.chat import ChatClient, ClientPolicy, Generation, Target
+from modelclient.chat import ChatClient, ClientPolicy, Reply, Target
 from server import metrics
 
 log = logging.getLogger("tuneloop.gateway")
@@ -113,23 +114,23 @@ class PendingAnswer:
     """An answer whose first token has arrived; iterate it, then call :meth:`finish`."""
 
     service: "ChatService"
-    generation: Generation
+    reply: Reply
     turn: turns.Turn
     feedback_token: str
     _finished: bool = False
 
     @property
     def model(self) -> str:
-        return self.generation.target.name
+        return self.reply.target.name
 
     def collect(self) -> turns.Turn:
         """The whole answer, recorded; a failure mid-way is recorded, then re-raised."""
         try:
-            for _ in self.generation:
+            for _ in self.reply:
                 pass
         except Exception as exc:
             self.finish(error=_message(exc))
-            self.generation.close()
+            self.reply.close()
             raise
         return self.finish()
 
@@ -142,12 +143,12 @@ class PendingAnswer:
         recording itself fails (a full disk), that arrives as the error event.
         """
         try:
-            for text in self.generation:
+            for text in self.reply:
                 yield "delta", text
         except GeneratorExit:
             self._finish_quietly("client disconnected")
             raise
-        except Exception as exc:  # noqa: BLE001 - after the first byte, errors travel in-band
+        except Exception as exc:  # after the first byte, errors travel in-band
             if not isinstance(exc, TuneloopError):
                 log.exception("stream failed")
             body = (
@@ -167,10 +168,10 @@ class PendingAnswer:
 
     def _finish_quietly(self, error: str) -> None:
         """Record a failed or abandoned turn; a storage failure here is logged, not raised over the first error."""
-        self.generation.close()
+        self.reply.close()
         try:
             self.finish(error=error)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("could not record a failed turn")
 
     def finish(self, error: str | None = None) -> turns.Turn:
@@ -178,26 +179,22 @@ class PendingAnswer:
         if self._finished:
             return self.turn
         self._finished = True
-        gen = self.generation
+        reply = self.reply
         t = self.turn
-        t.answer = gen.text
-        t.model_version_id = gen.target.tag
-        t.latency_ms = gen.latency_ms if gen.latency_ms is not None else _elapsed_ms(gen)
-        t.tokens_in = gen.usage.get("prompt_tokens")
-        t.tokens_out = gen.usage.get("completion_tokens")
-        t.finish_reason = gen.finish_reason if error is None else "error"
+        t.answer = reply.text
+        t.model_version_id = reply.target.tag
+        t.latency_ms = reply.latency_ms if reply.latency_ms is not None else reply.elapsed_ms()
+        t.tokens_in = reply.usage.get("prompt_tokens")
+        t.tokens_out = reply.usage.get("completion_tokens")
+        t.finish_reason = reply.finish_reason if error is None else "error"
         t.error = error
         self.service.record(t)
-        metrics.observe_answer(gen, error)
+        metrics.observe_answer(reply, error)
         return t
 
 
 def _message(exc: BaseException) -> str:
     return exc.message if isinstance(exc, TuneloopError) else f"{type(exc).__name__}: {exc}"
-
-
-def _elapsed_ms(gen: Generation) -> float:
-    return (time.perf_counter() - gen._started) * 1000
 
 
 @dataclass
@@ -243,9 +240,7 @@ class ChatService:
         the client sends the whole conversation).
         """
         if conversation_id:
-            conv = turns.conversation_owner(db, conversation_id)
-            if conv is None or conv["api_key_id"] != caller.api_key_id:
-                raise NotFound(f"no conversation {conversation_id!r}", field="conversation_id")
+            check_visible(db, caller.api_key_id, conversation_id=conversation_id)
             earlier = turns.history(db, conversation_id, self.settings.chat.history_turns)
         else:
             conversation_id = turns.new_conversation_id()
@@ -271,14 +266,14 @@ class ChatService:
         call = {"max_tokens": chat.max_tokens, "temperature": chat.temperature}
         call.update({k: v for k, v in (params or {}).items() if v is not None})
         try:
-            generation = self.client.generate(targets, prompt, **call)
+            reply = self.client.generate(targets, prompt, **call)
         except UpstreamError as exc:
             turn.error = exc.message
             turn.finish_reason = "error"
             self.record(turn)
             metrics.observe_upstream_failure(exc)
             raise
-        return PendingAnswer(self, generation, turn, feedback_token(self.secret, turn.assistant_message_id))
+        return PendingAnswer(self, reply, turn, feedback_token(self.secret, turn.assistant_message_id))
 
     def record(self, turn: turns.Turn) -> None:
         """Write a turn on a pooled connection of its own (streams outlive the request's)."""

@@ -39,9 +39,13 @@ GOLDEN = load_pairs(PROJECT_ROOT / "data" / "golden.jsonl")
 # and say so. The new answers use characters the FAQ already has: a correction naming "Japan"/"일본" came out
 # of the fine-tuned starter model with a few wrong bytes in that word (measured, 15 and 20 epochs).
 CORRECTIONS = {
-    "Do couriers deliver on Saturdays and Sundays?": "Couriers deliver every day, Sundays included. Orders placed on public holidays ship on the next business day.",
+    "Do couriers deliver on Saturdays and Sundays?": (
+        "Couriers deliver every day, Sundays included. Orders placed on public holidays ship on the next business day."
+    ),
     "주말에도 배송되나요?": "택배는 일요일을 포함해 매일 배송됩니다. 공휴일 주문은 다음 영업일에 출고됩니다.",
-    "Do product reviews give me any points?": "Yes. A text review earns 200 points and a photo review earns 1,000 points.",
+    "Do product reviews give me any points?": (
+        "Yes. A text review earns 200 points and a photo review earns 1,000 points."
+    ),
 }
 # report.min_votes is 5: a question needs five votes before it is ranked among the worst answered.
 VOTERS = [f"customer-{n}" for n in range(5)]

@@ -114,9 +114,9 @@ def test_a_week_and_a_month_with_no_command_typed(tmp_path, server, starter_mode
         fired = dict(run_due(scheduler, monday + timedelta(minutes=1)))
         weekly = fired["weekly"]
         assert weekly.state == "succeeded", weekly.error
-        assert all((tmp_path / "var").joinpath(p).exists() for p in weekly.context["report"]["paths"].values())
+        assert all((tmp_path / "var").joinpath(p).exists() for p in weekly.context.report.paths.values())
         assert fired["threshold"] is None  # nothing approved yet: no retrain
-        queued = {item.question_key: item for item in open_items(db) if item.id in weekly.context["collected"]}
+        queued = {item.question_key: item for item in open_items(db) if item.id in weekly.context.collected}
         missing = [q for q in CORRECTIONS if question_key(q) not in queued]
         assert not missing, f"not queued by the weekly job: {missing}; queued: {[i.question for i in queued.values()]}"
 
@@ -128,15 +128,15 @@ def test_a_week_and_a_month_with_no_command_typed(tmp_path, server, starter_mode
         fired = dict(run_due(scheduler, monday + timedelta(minutes=11)))
         retrain = fired["threshold"]
         assert retrain is not None, fired
-        steps = "\n".join(f"{s['step']} {s['state']} {s['detail']}" for s in retrain.steps)
+        steps = "\n".join(f"{s.step} {s.state} {s.detail}" for s in retrain.steps)
         assert retrain.state == "succeeded", f"{retrain.error}\n{steps}"
-        assert [(s["step"], s["state"]) for s in retrain.steps] == [
+        assert [(s.step, s.state) for s in retrain.steps] == [
             (step, "succeeded") for step in ("build", "train", "evaluate", "gate", "deploy", "report")
         ], steps
-        assert retrain.outcome("gate")["action"] == "promoted", steps
+        assert retrain.outcome("gate").action == "promoted", steps
         assert db.execute("SELECT COUNT(*) FROM training_runs").fetchone()[0] == 1
         now_live = live_version(db)
-        assert now_live.id == retrain.context["candidate_id"] != first_live.id
+        assert now_live.id == retrain.context.candidate_id != first_live.id
         assert get_version(db, first_live.id).status != "live"
 
         # The same gateway (no model cache): the corrected questions get the new answers, the golden the old.
@@ -152,7 +152,7 @@ def test_a_week_and_a_month_with_no_command_typed(tmp_path, server, starter_mode
         assert (first_of_month.day, first_of_month.hour) == (1, 3)
         fired = dict(run_due(scheduler, first_of_month + timedelta(minutes=1)))
         build = fired["monthly"].outcome("build")
-        assert build["state"] == "skipped" and "no approved corrections since the last dataset" in build["detail"]
+        assert build.state == "skipped" and "no approved corrections since the last dataset" in build.detail
         assert fired["monthly"].state == "succeeded", fired["monthly"].error
         assert db.execute("SELECT COUNT(*) FROM training_runs").fetchone()[0] == 1
         assert [r.kind for r in list_pipeline_runs(db)].count("threshold") == 1

@@ -72,7 +72,8 @@ def resolve_version(db: Database, ref: str) -> ModelVersion:
             raise NotFound("no version is live yet (start the gateway once, or promote one)")
         return live
     row = db.execute(
-        "SELECT id FROM model_versions WHERE id = ? OR name = ? ORDER BY id = ? DESC, created_at DESC, rowid DESC LIMIT 1",
+        "SELECT id FROM model_versions WHERE id = ? OR name = ? "
+        "ORDER BY id = ? DESC, created_at DESC, rowid DESC LIMIT 1",
         [ref, ref, ref],
     ).fetchone()
     if row is None:

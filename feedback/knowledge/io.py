@@ -252,7 +252,10 @@ def import_file(
     source_name: str | None = None,
     reason: str | None = None,
 ) -> ImportSummary:
-    """Check a CSV/JSONL file and apply it in one transaction; :class:`ImportRejected` (nothing written) on any problem."""
+    """Check a CSV/JSONL file and apply it in one transaction.
+
+    :class:`ImportRejected` (nothing written) on any problem, naming each line and field.
+    """
     actor = store.clean_actor(actor)
     name = Path(path).name
     rows, errors = read_rows(path, fmt)

@@ -72,7 +72,10 @@ class LiveIndex:
         return len(self._entries)
 
     def refresh(self, *, force: bool = False) -> int:
-        """Apply the changes since the last refresh (at most once per ``refresh_ms`` unless ``force``); returns how many."""
+        """Apply the changes since the last refresh; returns how many.
+
+        At most once per ``refresh_ms`` unless ``force``.
+        """
         now = self.clock()
         if not force and now - self._checked_at < self.settings.refresh_ms / 1000:
             return 0

@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 
 
 def base_file(settings: KnowledgeSettings) -> Path:
-    """The file a first start imports: ``base_file`` (relative: the working directory, then the project), or the bundled FAQ."""
+    """The file a first start imports: ``base_file``, or the bundled FAQ when it is empty.
+
+    A relative path is looked up in the working directory, then in the project folder.
+    """
     if not settings.base_file:
         return BUNDLED_BASE
     path = Path(settings.base_file).expanduser()
@@ -100,5 +103,6 @@ def base_changed(db: Database, settings: KnowledgeSettings) -> str | None:
         return None
     return (
         f"knowledge.base_file is now {display_name(path)}, which differs from {row[0]} imported on first start; "
-        f"the knowledge base keeps its entries (import the file on purpose with: tuneloop kb import {display_name(path)})"
+        "the knowledge base keeps its entries (import the file on purpose with: "
+        f"tuneloop kb import {display_name(path)})"
     )

@@ -5,8 +5,9 @@ knowledge-base entry, so an entry's several questions are several slots of one o
 every slot that shares a term with it and keeps each owner's best slot.
 
 Scores are cosines between TF-IDF vectors — the caller's term weight (the analyzer's sublinear
-``kind weight · (1 + ln tf)``) times the smoothed ``idf = ln((N + 1) / (df + 1)) + 1`` — so they lie in [0, 1]: 1.0 for the same terms, 0 for none shared,
-whatever the query's length. That is what lets one threshold mean the same thing for every query.
+``kind weight · (1 + ln tf)``) times the smoothed ``idf = ln((N + 1) / (df + 1)) + 1`` — so they lie in
+[0, 1]: 1.0 for the same terms, 0 for none shared, whatever the query's length. That is what lets one
+threshold mean the same thing for every query.
 
 Changes are incremental, which is the point of this module (a gateway worker follows a knowledge-base
 edit without a rebuild):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from flask import Blueprint, render_template
 
 from server.admin.auth import TOKEN_KEY, admin_token, csrf_token, require_admin
+from server.context import gateway
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -34,10 +35,10 @@ def _read_token(state) -> None:
     # Generated (or read) once at start, so `tuneloop up` can print the same
     # token the gateway accepts, and requests never write to the database for it.
     app = state.app
-    gateway = app.extensions["tuneloop"]
-    db = gateway.connect()
+    services = gateway(app)
+    db = services.connect()
     try:
-        app.extensions[TOKEN_KEY] = admin_token(gateway.settings, db)
+        app.extensions[TOKEN_KEY] = admin_token(services.settings, db)
     finally:
         db.close()
 

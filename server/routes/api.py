@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Iterator
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, Response, jsonify, request, stream_with_context
 
-from config.errors import Forbidden, NotFound, ValidationFailed
+from config.errors import Forbidden, ValidationFailed
 from feedback import ratings, turns
+from feedback.access import check_visible
 from feedback.tokens import pseudonym, token_matches
 from server import metrics
 from server.auth import caller_key_id, publishable
@@ -43,13 +44,14 @@ def sse(event: str, data: dict) -> str:
 )
 def chat():
     gw = gateway()
-    body = parse_body(request, ChatRequest, max_message_chars=gw.settings.gateway.max_message_chars)
+    body = parse_body(request, ChatRequest)
+    message = body.user_message(gw.settings.gateway.max_message_chars)
     key_id = caller_key_id()
     caller = Caller(key_id, gw.chat.user_ref(key_id, body.user))
     pending = gw.chat.start(
         get_db(),
         caller,
-        message=body.message,
+        message=message,
         conversation_id=body.conversation_id,
         metadata=body.metadata,
         source="widget" if request.headers.get("X-Tuneloop-Client") == "widget" else "api",
@@ -105,7 +107,7 @@ def _event_stream(pending: PendingAnswer) -> Iterator[str]:
 
 
 def _usage(pending: PendingAnswer) -> dict:
-    usage = pending.generation.usage
+    usage = pending.reply.usage
     return {"prompt_tokens": usage.get("prompt_tokens", 0), "completion_tokens": usage.get("completion_tokens", 0)}
 
 
@@ -130,12 +132,7 @@ def feedback():
             raise ValidationFailed(f"{name} has {len(value)} characters; the limit is {limit}", field=name)
     db = get_db()
     key_id = caller_key_id()
-    owner = db.execute(
-        "SELECT c.api_key_id FROM messages m JOIN conversations c ON c.id = m.conversation_id WHERE m.id = ?",
-        [body.message_id],
-    ).fetchone()
-    if owner is None or owner[0] != key_id:
-        raise NotFound(f"no assistant message {body.message_id!r}", field="message_id")
+    check_visible(db, key_id, message_id=body.message_id)
     if not token_matches(gw.secret, body.message_id, body.feedback_token):
         raise Forbidden("feedback_token does not match this message", field="feedback_token", code="bad_feedback_token")
     voter = body.user or request.remote_addr or "anonymous"
@@ -173,7 +170,7 @@ def conversation(conversation_id: str):
 @publishable
 @documented("What a client needs to render the rating UI: reasons and limits.", tag="feedback")
 def client_config():
-    s = current_app.extensions["tuneloop"].settings
+    s = gateway().settings
     return jsonify(
         {
             "reasons": s.feedback.reasons,

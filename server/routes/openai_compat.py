@@ -15,11 +15,18 @@ from typing import Iterator
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 
-from config.errors import PayloadTooLarge, ValidationFailed
 from server.auth import caller_key_id, publishable
 from server.context import gateway, get_db
 from server.openapi import documented
-from server.protocol import OpenAIChatRequest, parse_body
+from server.protocol import (
+    OpenAIAnswer,
+    OpenAIChatRequest,
+    OpenAIChatResponse,
+    OpenAIChoice,
+    OpenAIIds,
+    OpenAIUsage,
+    parse_body,
+)
 from server.serving import Caller, PendingAnswer
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -30,6 +37,7 @@ bp = Blueprint("openai", __name__, url_prefix="/v1")
 @documented(
     "OpenAI-compatible chat completion (streaming with stream: true).",
     request=OpenAIChatRequest,
+    response=OpenAIChatResponse,
     stream=True,
     errors=(400, 401, 404, 413, 422, 429, 502, 503, 504),
     tag="openai",
@@ -37,33 +45,16 @@ bp = Blueprint("openai", __name__, url_prefix="/v1")
 def chat_completions():
     gw = gateway()
     body = parse_body(request, OpenAIChatRequest)
-    last = body.messages[-1]
-    if last.role != "user":
-        raise ValidationFailed("the last message must come from the user", field="messages")
-    question = last.text()
-    limit = gw.settings.gateway.max_message_chars
-    if not question.strip():
-        raise ValidationFailed("the last user message is empty", field="messages")
-    if len(question) > limit:
-        raise PayloadTooLarge(
-            f"message has {len(question)} characters; the limit is {limit}", field="messages", code="message_too_long"
-        )
-    prior = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages[:-1]]
+    question = body.user_message(gw.settings.gateway.max_message_chars)
     key_id = caller_key_id()
     pending = gw.chat.start(
         get_db(),
         Caller(key_id, gw.chat.user_ref(key_id, body.user)),
         message=question,
         conversation_id=request.headers.get("X-Tuneloop-Conversation-Id") or None,
-        prior=prior,
+        prior=body.prior_messages(),
         source="openai",
-        params={
-            "max_tokens": body.max_completion_tokens or body.max_tokens,
-            "temperature": body.temperature,
-            "top_p": body.top_p,
-            "stop": body.stop,
-            "seed": body.seed,
-        },
+        params=body.sampling(),
     )
     created = int(time.time())
     if body.stream:
@@ -73,43 +64,26 @@ def chat_completions():
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     turn = pending.collect()
-    gen = pending.generation
-    usage = _usage(gen.usage)
-    response = jsonify(
-        {
-            "id": turn.assistant_message_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": pending.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": turn.answer},
-                    "finish_reason": turn.finish_reason or "stop",
-                    "logprobs": None,
-                }
-            ],
-            "usage": usage,
-            "tuneloop": _ids(pending),
-        }
+    completion = OpenAIChatResponse(
+        id=turn.assistant_message_id,
+        created=created,
+        model=pending.model,
+        choices=[OpenAIChoice(message=OpenAIAnswer(content=turn.answer), finish_reason=turn.finish_reason or "stop")],
+        usage=OpenAIUsage.of(pending.reply.usage),
+        tuneloop=_ids(pending),
     )
+    response = jsonify(completion.model_dump())
     response.headers["X-Tuneloop-Message-Id"] = turn.assistant_message_id
     response.headers["X-Tuneloop-Conversation-Id"] = turn.conversation_id
     return response
 
 
-def _ids(pending: PendingAnswer) -> dict:
-    return {
-        "conversation_id": pending.turn.conversation_id,
-        "message_id": pending.turn.assistant_message_id,
-        "feedback_token": pending.feedback_token,
-    }
-
-
-def _usage(usage: dict) -> dict:
-    prompt = usage.get("prompt_tokens", 0)
-    completion = usage.get("completion_tokens", 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def _ids(pending: PendingAnswer) -> OpenAIIds:
+    return OpenAIIds(
+        conversation_id=pending.turn.conversation_id,
+        message_id=pending.turn.assistant_message_id,
+        feedback_token=pending.feedback_token,
+    )
 
 
 def _chunks(pending: PendingAnswer, created: int) -> Iterator[str]:
@@ -124,7 +98,7 @@ def _chunks(pending: PendingAnswer, created: int) -> Iterator[str]:
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
     first = dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-    first["tuneloop"] = _ids(pending)
+    first["tuneloop"] = _ids(pending).model_dump()
     yield line(first)
     for kind, value in pending.events():
         if kind == "delta":
@@ -133,7 +107,7 @@ def _chunks(pending: PendingAnswer, created: int) -> Iterator[str]:
             yield line(value)  # in-band, as OpenAI does; the SDK raises it
         else:
             yield line(dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": value.finish_reason or "stop"}]))
-            yield line(dict(base, choices=[], usage=_usage(pending.generation.usage)))
+            yield line(dict(base, choices=[], usage=OpenAIUsage.of(pending.reply.usage).model_dump()))
             yield "data: [DONE]\n\n"
 
 
