@@ -23,7 +23,8 @@ timeout = max(60, int(_settings.model.timeout_s) + 30)
 graceful_timeout = 20
 keepalive = 5
 accesslog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+# %(p)s is the worker's pid ("<1234>"): which worker served a request (tests/test_knowledge_e2e.py reads it).
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms %(p)s'
 errorlog = "-"
 proc_name = "tuneloop-gateway"
 

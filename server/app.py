@@ -60,7 +60,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     pool.release(db)  # the start-up connection stays open in the pool for the worker's life
     knowledge = LiveIndex(settings.knowledge, pool.connection, embed=embeddings_from_settings(settings.knowledge))
     knowledge.load()
-    chat = ChatService(settings=settings, router=router, secret=secret, connection=pool.connection)
+    chat = ChatService(settings=settings, router=router, secret=secret, connection=pool.connection, knowledge=knowledge)
     gw = Gateway(settings=settings, secret=secret, pool=pool, router=router, chat=chat, knowledge=knowledge)
     app.extensions[EXTENSION] = gw
     app.teardown_appcontext(close_db)

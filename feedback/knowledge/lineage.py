@@ -30,12 +30,29 @@ def record_sources(db: Database, message_id: str, sources: Sequence[Snippet]) ->
 
 def sources_of(db: Database, message_id: str) -> list[dict]:
     """The entries a message was given, best first: ``{"id", "question", "score", "version"}``."""
+    return conversation_sources(db, message_ids=[message_id]).get(message_id, [])
+
+
+def conversation_sources(
+    db: Database, conversation_id: str | None = None, *, message_ids: Sequence[str] = ()
+) -> dict[str, list[dict]]:
+    """The entries each answer of a conversation (or each of ``message_ids``) was given, by message id.
+
+    The question shown is the entry's first question now (what a user clicking through would find).
+    """
+    where = "m.conversation_id = ?" if conversation_id else "s.message_id IN (SELECT value FROM json_each(?))"
     rows = db.execute(
-        """SELECT s.entry_id, e.questions, s.score, s.entry_version FROM message_sources s
-           JOIN kb_entries e ON e.id = s.entry_id WHERE s.message_id = ? ORDER BY s.rank""",
-        [message_id],
+        f"""SELECT s.message_id, s.entry_id, e.questions, s.score, s.entry_version FROM message_sources s
+            JOIN messages m ON m.id = s.message_id JOIN kb_entries e ON e.id = s.entry_id
+            WHERE {where} ORDER BY s.message_id, s.rank""",
+        [conversation_id or json.dumps(list(message_ids))],
     ).fetchall()
-    return [{"id": i, "question": json.loads(q)[0], "score": score, "version": v} for i, q, score, v in rows]
+    found: dict[str, list[dict]] = {}
+    for message_id, entry_id, questions, score, version in rows:
+        found.setdefault(message_id, []).append(
+            {"id": entry_id, "question": json.loads(questions)[0], "score": score, "version": version}
+        )
+    return found
 
 
 def built_on(db: Database, message_ids: Sequence[str]) -> dict[str, int]:
