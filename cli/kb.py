@@ -14,7 +14,7 @@ import click
 from cli.context import CliContext, current_user, pass_cli
 from config.errors import ValidationFailed
 from feedback.knowledge import io, lineage, store
-from feedback.knowledge.retrieval import Entry, retriever_from_settings
+from feedback.knowledge.live import LiveIndex
 from feedback.review_io import FORMATS
 from modelclient.embeddings import embeddings_from_settings
 
@@ -84,24 +84,17 @@ def show(ctx: CliContext, entry_id, as_json) -> None:
 def search(ctx: CliContext, question, top, as_json) -> None:
     """The entries the gateway would give the model for QUESTION, with their scores."""
     knowledge = ctx.settings.knowledge
-    entries = store.all_entries(ctx.db, state="active")
-    retriever = retriever_from_settings(
-        knowledge,
-        [Entry(e.id, e.questions, e.answer, e.lang) for e in entries],
-        embed=embeddings_from_settings(knowledge),
-    )
-    by_id = {e.id: e for e in entries}
-    hits = retriever.search(question, k=top or knowledge.top_k)
+    index = LiveIndex.over(ctx.db, knowledge, embed=embeddings_from_settings(knowledge))
+    found = index.search(question, k=top or knowledge.top_k, min_score=0.0)
     results = [
         {
-            "id": h.entry_id,
-            "score": h.score,
-            "given": h.score >= knowledge.min_score,
-            "question": by_id[h.entry_id].question,
-            "matched": h.question,
-            "answer": by_id[h.entry_id].answer,
+            "id": s.entry_id,
+            "score": s.score,
+            "given": s.score >= knowledge.min_score,
+            "question": s.question,
+            "answer": s.answer,
         }
-        for h in hits
+        for s in found
     ]
     if as_json:
         click.echo(json.dumps(results, ensure_ascii=False, indent=2))
@@ -111,8 +104,6 @@ def search(ctx: CliContext, question, top, as_json) -> None:
     for r in results:
         mark = "" if r["given"] else f"  (below knowledge.min_score {knowledge.min_score}: not given to the model)"
         click.echo(f"{r['score']:.3f}  {r['id']}  {_short(r['question'])}{mark}")
-        if r["matched"] != r["question"]:
-            click.echo(f"       matched: {_short(r['matched'])}")
 
 
 @kb_group.command("add")

@@ -197,3 +197,13 @@ def test_the_estimate_counts_every_message_and_korean_higher():
     one = EstimateCounter().count_messages([{"role": "user", "content": "hi"}])
     two = EstimateCounter().count_messages([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hi"}])
     assert two - one == 8 + 1
+
+
+def test_an_index_over_one_connection_serves_the_evaluation_and_follows_changes(kb, settings):
+    index = LiveIndex.over(kb, settings.knowledge)
+    as_served = ground(index, settings, "postage cost?")
+    assert as_served.sources[0].question == SHIPPING
+    entry = store.entry_for_question(kb, SHIPPING)
+    store.update_entry(kb, entry.id, actor="ana", answer=FIXED)
+    assert index.refresh(force=True) == 1
+    assert ground(index, settings, "postage cost?").sources[0].answer == FIXED

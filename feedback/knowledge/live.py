@@ -16,6 +16,7 @@ the index as it was (they do not wait).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -56,6 +57,13 @@ class LiveIndex:
         self._entries: dict[str, KBEntry] = {}
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
+
+    @classmethod
+    def over(cls, db: Database, settings: KnowledgeSettings, *, embed: Embed | None = None) -> "LiveIndex":
+        """An index of ``db``'s active entries, loaded now, following it on that connection (CLI, evaluation)."""
+        index = cls(settings, lambda: contextlib.nullcontext(db), embed=embed)
+        index.load()
+        return index
 
     def __len__(self) -> int:
         return len(self._entries)
