@@ -2,7 +2,7 @@
 adds to a chat, and how many reworded questions the starter model answers right through ``/api/chat``.
 
     .venv/bin/python bench/knowledge.py                      # all three sections (about 8 minutes on 2 cores)
-    .venv/bin/python bench/knowledge.py --quick              # smoke run (small counts, < 2 minutes)
+    .venv/bin/python bench/knowledge.py --quick              # smoke run (small counts, 200 entries only)
     .venv/bin/python bench/knowledge.py --only answers --model-dir var/models/starter --split test
     .venv/bin/python bench/knowledge.py --json out.json      # also every figure as JSON
 
@@ -76,7 +76,7 @@ class Plan:
 
 
 FULL = Plan(corrections=10, probe_s=2.5, sizes=(200, 20_000), rounds=6, per_round=150)
-QUICK = Plan(corrections=2, probe_s=1.5, sizes=(200, 2_000), rounds=2, per_round=40)
+QUICK = Plan(corrections=2, probe_s=2.0, sizes=(200,), rounds=1, per_round=30)
 
 
 def rows(name: str) -> list[dict]:
