@@ -8,7 +8,8 @@ carries its HTTP status so the mapping lives in exactly one place::
     TuneloopError
     ├── ConfigError                 bad setting; stops start-up          (500)
     ├── InvalidRequest              malformed JSON, bad field             (400)
-    │   └── ValidationFailed        well-formed but wrong type/value      (422)
+    │   ├── ValidationFailed        well-formed but wrong type/value      (422)
+    │   └── RequestTimeout          the client sent its body too slowly   (408)
     ├── Unauthorized                missing or bad API key / admin token  (401)
     ├── Forbidden                   key may not do this; bad feedback token (403)
     ├── NotFound                    unknown or foreign id                 (404)
@@ -57,6 +58,11 @@ class InvalidRequest(TuneloopError):
 class ValidationFailed(InvalidRequest):
     status = 422
     code = "validation_failed"
+
+
+class RequestTimeout(InvalidRequest):
+    status = 408
+    code = "request_timeout"
 
 
 class Unauthorized(TuneloopError):

@@ -75,9 +75,19 @@ class GatewaySettings:
     cors_origins: list[str] = field(default_factory=list)
     model_cache_s: float = 2.0
     secret_key: str = ""
+    request_header_timeout_s: float = 10.0
+    request_body_timeout_s: float = 30.0
+    max_waiting_connections_per_client: int = 100
 
     def __post_init__(self):
         _check(1 <= self.port <= 65535, "gateway.port", f"must be 1..65535, got {self.port}")
+        _check(self.request_header_timeout_s > 0, "gateway.request_header_timeout_s", "must be > 0")
+        _check(self.request_body_timeout_s > 0, "gateway.request_body_timeout_s", "must be > 0")
+        _check(
+            self.max_waiting_connections_per_client >= 0,
+            "gateway.max_waiting_connections_per_client",
+            "must be >= 0 (0: no limit)",
+        )
         _check(self.workers >= 1, "gateway.workers", f"must be >= 1, got {self.workers}")
         _check(self.worker_connections >= 1, "gateway.worker_connections", "must be >= 1")
         _check(
@@ -235,9 +245,15 @@ class ModelServerSettings:
     threads: int = 8
     max_new_tokens: int = 512
     torch_threads: int = 1
+    adapter_check: str = "scratch"
 
     def __post_init__(self):
         _check(1 <= self.port <= 65535, "model_server.port", f"must be 1..65535, got {self.port}")
+        _check(
+            self.adapter_check in ("scratch", "in_place"),
+            "model_server.adapter_check",
+            f"must be scratch or in_place, got {self.adapter_check!r}",
+        )
         _check(self.device in ("auto", "cpu", "cuda"), "model_server.device", "must be auto, cpu or cuda")
         _check(self.threads >= 1, "model_server.threads", "must be >= 1")
         _check(self.max_new_tokens >= 1, "model_server.max_new_tokens", "must be >= 1")
@@ -359,10 +375,16 @@ class AdminSettings:
 
     token: str = ""
     session_hours: float = 12.0
+    signin_attempts_per_address: int = 10
+    signin_attempts_per_account: int = 100
+    signin_window_s: float = 900.0
 
     def __post_init__(self):
         _check(not self.token or len(self.token) >= 16, "admin.token", "must be at least 16 characters (or empty)")
         _check(self.session_hours > 0, "admin.session_hours", "must be > 0")
+        for key in ("signin_attempts_per_address", "signin_attempts_per_account"):
+            _check(getattr(self, key) >= 1, f"admin.{key}", "must be >= 1")
+        _check(self.signin_window_s > 0, "admin.signin_window_s", "must be > 0")
 
 
 @dataclass(frozen=True)

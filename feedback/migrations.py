@@ -375,7 +375,41 @@ def m006_pipeline_runs(db: Database) -> None:
 
 
 @MIGRATIONS()
-def m007_knowledge_base(db: Database) -> None:
+def m007_admin_sessions_and_signin_attempts(db: Database) -> None:
+    # Admin browser sessions live here, not only in a signed cookie: a signed cookie stays
+    # valid until it expires, so logging out could not end it (issue 14). The row holds a
+    # hash of the session secret the cookie carries; logout sets ended_at.
+    db.execute(
+        """
+        CREATE TABLE admin_sessions (
+            id TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            ended_at TEXT,
+            client TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX admin_sessions_expires ON admin_sessions(expires_at)")
+    # Sign-in attempts (login form, bearer token) reserved before the secret is checked and
+    # deleted when it was right, so the rows are the failures of the window. Counted per
+    # address and per account across every gateway process and host sharing the store.
+    db.execute(
+        """
+        CREATE TABLE signin_attempts (
+            id INTEGER PRIMARY KEY,
+            scope TEXT NOT NULL CHECK (scope IN ('address', 'account')),
+            key TEXT NOT NULL,
+            at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX signin_attempts_key ON signin_attempts(scope, key, at)")
+    db.execute("CREATE INDEX signin_attempts_at ON signin_attempts(at)")
+
+
+@MIGRATIONS()
+def m008_knowledge_base(db: Database) -> None:
     # The knowledge base answers are grounded in (feedback/knowledge/store.py). An entry is never
     # deleted, only retired, so every answer's lineage (message_sources) keeps pointing at it.
     # `questions` is a JSON list: the first is the one shown as the source, the rest are phrasings

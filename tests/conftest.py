@@ -8,4 +8,6 @@ pytest_plugins = [
     "tests.plugins.gateway",
     "tests.plugins.browser",
     "tests.plugins.evaluation",
+    "tests.plugins.smtp",
+    "tests.plugins.vllm",
 ]

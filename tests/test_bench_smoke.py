@@ -1,5 +1,5 @@
-"""The benchmarks run end to end: `bench/gateway.py --quick`, `bench/retrieval.py --quick` and
-`bench/knowledge.py --quick` (its gateway sections) in a subprocess."""
+"""The benchmarks run end to end: `bench/gateway.py`, `bench/retrieval.py`, `bench/write_lock.py` and
+`bench/knowledge.py` (its gateway sections) with `--quick`, each in a subprocess."""
 
 from __future__ import annotations
 
@@ -92,3 +92,21 @@ def test_quick_knowledge_benchmark_times_corrections_and_retrieval(tmp_path):
     assert figures["freshness"]["stale_after_1s"] == 0  # nobody asking a second after an approval got the old answer
     size = figures["latency"]["200"]
     assert size["entries"] == 200 and size["requests"] == 60 and size["on_p50_ms"] > 0 and size["off_p50_ms"] > 0
+
+
+@pytest.mark.slow
+def test_write_lock_benchmark_runs_and_prints_its_table(tmp_path):
+    figures_path = tmp_path / "lock.json"
+    proc = subprocess.run(
+        [sys.executable, "bench/write_lock.py", "--quick", "--json", str(figures_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "added inter-token p99 under the lock:" in proc.stdout
+    figures = json.loads(figures_path.read_text())
+    assert figures["alone"]["ok"] == figures["locked"]["ok"] == 40
+    assert figures["turns_recorded"] == figures["turns_expected"] == 80
+    assert len(figures["lock_held_s"]) == 2 and all(held >= 0.5 for held in figures["lock_held_s"])

@@ -9,7 +9,9 @@ migration m002), so no query joins votes to answers except to fetch the few
 comments shown. A vote belongs to the week its *answer* was written in, so a
 late vote on last week's answer changes last week's numbers, not this week's.
 Latency percentiles use every answer of a week up to :data:`LATENCY_SAMPLE`,
-and an even, deterministic sample of that size beyond.
+and an even, deterministic sample of that size beyond. User text in the dict is
+masked before it is returned (:mod:`feedback.report.privacy`), so no format can
+carry personal data.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from sqlite_utils import Database
 from config.settings import Settings
 from feedback.db import utc_now
 from feedback.knowledge import lineage
+from feedback.pii import PiiMasker
 from feedback.ranking import RankingOptions, rank_worst
 from feedback.report import lifecycle
+from feedback.report.privacy import mask_report
 from feedback.report.weeks import iso_week_window, last_complete_week, local_date, shift_week, week_monday
 from feedback.text import question_key
 
@@ -90,6 +94,7 @@ def build_report(db: Database, settings: Settings, *, week: str | None = None, n
         **lifecycle.lifecycle(db, since, until),
     }
     report["warnings"] = _warnings(report, versions, week_versions, answers, cfg, now)
+    report["personal_data_masked"] = dict(mask_report(report, PiiMasker(settings.dataset.pii_allowlist)))
     return report
 
 

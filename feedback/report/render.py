@@ -4,7 +4,8 @@ The HTML is one file with its CSS and SVG charts inline and no script, so it
 opens the same from disk, in a mail client and under ``/admin/reports``. It is
 rendered by Jinja2 with autoescaping on: questions, answers and comments are
 user text and are never trusted as markup. The Markdown carries the same
-numbers for chat tools and terminals; the JSON is the report dict itself.
+numbers for chat tools and terminals, with user text escaped for Markdown (no raw
+HTML, links or images can come from it); the JSON is the report dict itself.
 """
 
 from __future__ import annotations
@@ -144,9 +145,20 @@ def render_html(report: dict) -> str:
     )
 
 
+_MD_ESCAPES = str.maketrans(
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", "[": "\\[", "]": "\\]", "|": "\\|", "\n": " ", "\r": " "}
+)
+
+
 def _md(text) -> str:
-    # Markdown tables and lists break on pipes and newlines in user text.
-    return str(text if text is not None else "").replace("|", "\\|").replace("\n", " ").strip()
+    """User or settings text as inert Markdown.
+
+    Markdown passes raw HTML through, so a viewer would run ``<img src=x onerror=…>`` from a question:
+    ``&``, ``<`` and ``>`` become entities, which every Markdown flavour shows as the characters.
+    Brackets are escaped so text cannot make a link or an image (``[x](javascript:…)``, ``![](…)``);
+    pipes and newlines would break the tables and lists.
+    """
+    return str(text if text is not None else "").strip().translate(_MD_ESCAPES)
 
 
 def render_markdown(report: dict) -> str:

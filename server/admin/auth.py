@@ -1,4 +1,4 @@
-"""Who may open ``/admin``: one admin token, as a bearer header or a signed browser session.
+"""Who may open ``/admin``: one admin token, as a bearer header or a browser session.
 
 The token is ``admin.token`` when configured, otherwise one generated at first
 start and kept in the database (``instance_secrets``), so it survives restarts
@@ -6,10 +6,16 @@ and every gateway process on the database agrees on it; ``tuneloop up`` and
 ``tuneloop admin token`` print it.
 
 - Scripts send ``Authorization: Bearer <token>``.
-- Browsers log in once on ``/admin/login``; the session is an HttpOnly,
-  SameSite=Strict cookie scoped to ``/admin``, signed with a key derived from
-  the token (changing the token ends every session) and stamped, so it expires
-  after ``admin.session_hours``.
+- Browsers log in once on ``/admin/login``; that starts a session in the store
+  (:mod:`feedback.sessions`) and sets an HttpOnly, SameSite=Strict cookie scoped to
+  ``/admin`` that carries the session's secret, signed with a key derived from the
+  token (changing the token ends every session) and stamped, so it expires after
+  ``admin.session_hours``. Logging out ends the session in the store, so the cookie
+  is refused from then on even if someone kept a copy.
+- Every sign-in — the form or a bearer header — counts against
+  ``admin.signin_attempts_per_address`` and ``…_per_account`` failures per
+  ``admin.signin_window_s`` (:mod:`feedback.throttle`, in the store, so all gateways
+  share the count); beyond them the answer is 429 with ``Retry-After``.
 - A cookie-authenticated POST must also carry the form's CSRF field
   (:func:`csrf_token`); SameSite=Strict alone leaves out older browsers.
 
@@ -28,13 +34,18 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from sqlite_utils import Database
 
 from config.errors import Forbidden, Unauthorized
-from config.settings import Settings
+from config.settings import AdminSettings, Settings
+from feedback import sessions
 from feedback.secrets import instance_secret
+from feedback.throttle import Limit, attempt_succeeded, reserve_attempt
+from server.context import get_db
 
 COOKIE = "tuneloop_admin"
 SECRET_NAME = "admin_token"
 TOKEN_KEY = "tuneloop_admin_token"  # app.extensions key holding the token once read
 PUBLIC_ENDPOINTS = {"admin.login", "admin.login_submit"}
+# The account a token sign-in is counted against (named accounts arrive with issue 23).
+TOKEN_ACCOUNT = "the admin token"
 
 
 def admin_token(settings: Settings, db: Database) -> str:
@@ -53,23 +64,48 @@ def current_token() -> str:
     return current_app.extensions[TOKEN_KEY]
 
 
-def session_value(token: str) -> str:
-    """A signed, timestamped session cookie value."""
-    return _serializer(token).dumps({"admin": True})
+def session_value(token: str, secret: str) -> str:
+    """The signed, timestamped cookie value that carries the session's ``secret``."""
+    return _serializer(token).dumps({"sid": secret})
 
 
-def session_is_valid(token: str, value: str, max_age_s: float) -> bool:
-    """True when ``value`` was signed for ``token`` less than ``max_age_s`` seconds ago."""
+def session_secret(token: str, value: str, max_age_s: float) -> str | None:
+    """The session secret in ``value`` if it was signed for ``token`` less than ``max_age_s`` ago, else None."""
     try:
         data = _serializer(token).loads(value, max_age=max_age_s)
     except (BadSignature, SignatureExpired):
-        return False
-    return data == {"admin": True}
+        return None
+    secret = data.get("sid") if isinstance(data, dict) else None
+    return secret if isinstance(secret, str) else None
+
+
+def signin_limits(settings: AdminSettings, address: str | None, account: str = TOKEN_ACCOUNT) -> list[Limit]:
+    """The two limits one sign-in counts against: its client address and the account it tries."""
+    window = settings.signin_window_s
+    return [
+        Limit("address", address or "unknown", settings.signin_attempts_per_address, window),
+        Limit("account", account, settings.signin_attempts_per_account, window),
+    ]
+
+
+def check_token(presented: str | None) -> bool:
+    """Compare a presented token with the real one as one throttled sign-in attempt.
+
+    Raises :class:`feedback.throttle.Throttled` (429) before comparing when this address or the
+    token has used up its failures.
+    """
+    settings = current_app.extensions["tuneloop"].settings.admin
+    db = get_db()
+    reservation = reserve_attempt(db, signin_limits(settings, request.remote_addr))
+    if token_matches(presented, current_token()):
+        attempt_succeeded(db, reservation)
+        return True
+    return False
 
 
 def token_matches(presented: str | None, token: str) -> bool:
     """Constant-time comparison of a presented token with the real one."""
-    return bool(presented) and hmac.compare_digest(presented.encode(), token.encode())
+    return bool(presented) and hmac.compare_digest(presented.encode(errors="replace"), token.encode())
 
 
 def csrf_token() -> str:
@@ -102,14 +138,16 @@ def require_admin():
     token = current_token()
     header = request.headers.get("Authorization", "")
     if header.lower().startswith("bearer "):
-        if token_matches(header[7:].strip(), token):
+        if check_token(header[7:].strip()):
             g.admin_via = "bearer"
             return None
         raise Unauthorized("the admin token is not valid", code="invalid_admin_token")
     settings = current_app.extensions["tuneloop"].settings
     cookie = request.cookies.get(COOKIE)
-    if cookie and session_is_valid(token, cookie, settings.admin.session_hours * 3600):
+    secret = session_secret(token, cookie, settings.admin.session_hours * 3600) if cookie else None
+    if secret and sessions.session_active(get_db(), secret):
         g.admin_via = "session"
+        g.admin_session = secret
         if request.method not in ("GET", "HEAD", "OPTIONS"):
             if not hmac.compare_digest(request.form.get("csrf", ""), csrf_token()):
                 raise Forbidden("the form is stale or came from another site; reload the page", code="csrf_failed")

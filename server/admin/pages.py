@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
-from flask import abort, jsonify, make_response, redirect, request, send_file, url_for
+from flask import abort, g, jsonify, make_response, redirect, request, send_file, url_for
 
 from config.errors import NotFound, ValidationFailed
-from feedback import versions
+from feedback import sessions, versions
 from feedback.ranking import RankingOptions, rank_worst, version_to_rank
 from feedback.report import generate_report, list_reports
 from feedback.report.weeks import last_complete_week, parse_week, utc_text
-from server.admin.auth import COOKIE, current_token, safe_next, session_value, token_matches
+from feedback.throttle import Throttled
+from server.admin.auth import COOKIE, check_token, current_token, safe_next, session_value
 from server.admin.blueprint import bp, page
 from server.context import gateway, get_db
 
@@ -22,20 +23,28 @@ REPORT_TYPES = {"html": "text/html; charset=utf-8", "md": "text/markdown; charse
 @bp.get("/login")
 def login():
     """The login form."""
-    return page("login.html", next=safe_next(request.args.get("next")), failed=False)
+    return page("login.html", next=safe_next(request.args.get("next")), failed=False, throttled=None)
 
 
 @bp.post("/login")
 def login_submit():
-    """Check the token; on success set the session cookie and go where the admin was headed."""
+    """Check the token (throttled); on success start a session and go where the admin was headed."""
     target = safe_next(request.form.get("next"))
-    if not token_matches(request.form.get("token", "").strip(), current_token()):
+    try:
+        valid = check_token(request.form.get("token", "").strip())
+    except Throttled as exc:
+        response = make_response(page("login.html", next=target, failed=False, throttled=exc.message), 429)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    if not valid:
         return page("login.html", next=target, failed=True), 401
+    settings = gateway().settings.admin
+    secret = sessions.create_session(get_db(), hours=settings.session_hours, client=request.remote_addr)
     response = redirect(target)
     response.set_cookie(
         COOKIE,
-        session_value(current_token()),
-        max_age=int(gateway().settings.admin.session_hours * 3600),
+        session_value(current_token(), secret),
+        max_age=int(settings.session_hours * 3600),
         path="/admin",
         httponly=True,
         samesite="Strict",
@@ -46,7 +55,9 @@ def login_submit():
 
 @bp.post("/logout")
 def logout():
-    """End the browser session."""
+    """End the session in the store (a kept copy of the cookie stops working too) and drop the cookie."""
+    if "admin_session" in g:
+        sessions.end_session(get_db(), g.admin_session)
     response = redirect(url_for("admin.login"))
     response.delete_cookie(COOKIE, path="/admin", httponly=True, samesite="Strict", secure=request.is_secure)
     return response

@@ -56,11 +56,11 @@ from config.errors import ValidationFailed
 from config.settings import Settings
 from feedback import review
 from feedback.db import new_id, utc_now, write_transaction
+from feedback.pii import TYPES, PiiMasker
 from feedback.review_io import ImportRejected
 from trainer.dataset.clean import clean_messages
 from trainer.dataset.cost import estimate_costs
 from trainer.dataset.dedupe import answer_key, connected_groups, find_duplicates, prompt_key
-from trainer.dataset.pii import TYPES, PiiMasker
 from trainer.dataset.preferences import PreferencePair, preference_pairs, to_jsonl
 from trainer.dataset.sources import (
     Example,
