@@ -93,7 +93,7 @@ def test_sources_are_listed_under_the_answer_collapsed_and_reachable_by_keyboard
 
 
 def test_hostile_source_questions_are_shown_as_text(page, live_gateway, gateway_db):
-    url = live_gateway()
+    url = live_gateway(**{"knowledge.refresh_ms": 0})  # the entries added below are searched at once
     store.add_entry(gateway_db, questions=XSS_IMG + " 포장 가능?", answer="네, 2,000원입니다.", actor="eve")
     store.add_entry(gateway_db, questions="**bold** [x](javascript:alert(1)) 선물 포장", answer="네.", actor="eve")
     page.goto(url + "/?lang=ko")
