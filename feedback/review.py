@@ -428,6 +428,23 @@ def _go_live(db: Database, item: ReviewItem, reviewer: str, kb_entry: str | None
     return get_item(db, item.id)
 
 
+def publish_approved(db: Database) -> tuple[int, list[str]]:
+    """Put every approved item that has no knowledge-base entry yet (approved before the knowledge base existed)
+    live, oldest decision first; returns how many, and the problems of those that could not be."""
+    published, problems = 0, []
+    with write_transaction(db):
+        for item in approved_items(db):
+            if item.kb_entry_id:
+                continue
+            try:
+                with write_transaction(db):  # a savepoint: one item's conflict leaves the others
+                    _go_live(db, item, item.reviewer or "system", None)
+                published += 1
+            except Conflict as exc:
+                problems.append(f"{item.id}: {exc.message}")
+    return published, problems
+
+
 def _withdraw(db: Database, item: ReviewItem, reviewer: str, why: str) -> None:
     """Put the entry an approval changed back as it was (inside the caller's transaction)."""
     corrections.revert_approval(db, item, actor=reviewer, reason=why)

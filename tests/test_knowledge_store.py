@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+import sqlite3
 import threading
 
 import pytest
+import sqlite_utils
 
 from config.errors import ConfigError, Conflict, NotFound, ValidationFailed
 from config.settings import load_settings
+from feedback import review
 from feedback.db import open_db
 from feedback.knowledge import io, seed, store
+from feedback.migrations import MIGRATIONS
 from feedback.review_io import ImportRejected, read_records
 
 SHIPPING = "How much is the shipping fee?"
@@ -250,3 +254,38 @@ def _write(path, records, fmt):
         writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(records)
+
+
+def test_corrections_approved_before_the_knowledge_base_existed_go_live_at_first_start(tmp_path, settings):
+    """A database from the version before the knowledge base: its approved corrections replace their entries'
+    answers when the base file is first imported."""
+    path = settings.db_path
+    path.parent.mkdir(parents=True)
+    raw = sqlite_utils.Database(sqlite3.connect(path))
+    MIGRATIONS.apply(raw, stop_before="m008_knowledge_base")
+    raw.execute(
+        """INSERT INTO review_items (id, question, question_key, status, answer, answer_source, reviewer,
+               created_at, updated_at, decided_at)
+           VALUES ('ri_old', 'how much is the shipping fee', 'how much is the shipping fee', 'approved', ?,
+                   'reviewer', 'ana', 't', 't', 't')""",
+        ["Shipping is 3,500 won."],
+    )
+    raw.conn.commit()
+    raw.close()
+    db = open_db(path)
+    seed.ensure_seeded(db, settings.knowledge)
+    entry = store.entry_for_question(db, SHIPPING)
+    assert (entry.answer, entry.version, entry.source_kind) == ("Shipping is 3,500 won.", 2, "base")
+    assert (store.history(db, entry.id)[0].actor, store.history(db, entry.id)[0].reason) == (
+        "ana",
+        "approved review item ri_old",
+    )
+    assert db.execute("SELECT kb_entry_id, kb_entry_version_before FROM review_items").fetchone() == (entry.id, 1)
+
+
+def test_a_base_row_whose_question_an_entry_already_has_is_left_to_that_entry(db, settings):
+    review.create_item(db, question=SHIPPING, answer="Ask us.", reviewer="ana")  # before any first start
+    seed.ensure_seeded(db, settings.knowledge)
+    entry = store.entry_for_question(db, SHIPPING)
+    assert (entry.answer, entry.source_kind) == ("Ask us.", "review")
+    assert store.state_counts(db)["active"] == len(faq_rows())  # the other 183 rows and the correction

@@ -74,6 +74,7 @@ class ImportSummary:
     updated: int = 0
     retired: int = 0
     unchanged: int = 0
+    kept: int = 0  # new rows left out because an entry already has their question (``keep_existing``)
     lines: list[tuple[int, str]] = field(default_factory=list)  # (line, "created kb_…")
 
 
@@ -164,18 +165,30 @@ def _text(record: dict, name: str) -> str:
 
 
 def plan_import(
-    db: Database, rows: list[Row], *, source_kind: str, source_name: str, actor: str
+    db: Database,
+    rows: list[Row],
+    *,
+    source_kind: str,
+    source_name: str,
+    actor: str,
+    keep_existing: bool = False,
 ) -> tuple[list[tuple[Row, KBEntry, str]], list[LineError]]:
     """For each row, the entry it becomes and the action (``created``/``updated``/``retired``/``unchanged``).
 
     Checked against the store as it is: ids given twice, and questions that two active entries would share
-    (within the file, or with an entry the file does not touch).
+    (within the file, or with an entry the file does not touch). ``keep_existing``: a new row (no id) with a
+    question an active entry already has is left out (``kept``) instead of refused — that entry is newer.
     """
     errors: list[LineError] = []
     existing = store.get_entries(db, [r.entry_id for r in rows if r.entry_id])
+    held = dict(db.execute("SELECT key, entry_id FROM kb_question_keys").fetchall()) if keep_existing else {}
     seen_ids: dict[str, int] = {}
     planned: list[tuple[Row, KBEntry, str]] = []
     for row in rows:
+        holder = next((held[k] for k in map(question_key, row.questions) if k in held), None)
+        if not row.entry_id and holder:
+            planned.append((row, store.get_entry(db, holder), "kept"))
+            continue
         if row.entry_id:
             if row.entry_id in seen_ids:
                 errors.append(LineError(row.line, f"{row.entry_id} is also on line {seen_ids[row.entry_id]}", "id"))
@@ -211,6 +224,7 @@ def plan_import(
 
 
 def _shared_questions(db: Database, planned: list[tuple[Row, KBEntry, str]]) -> list[LineError]:
+    planned = [p for p in planned if p[2] != "kept"]
     touched = {entry.id for _, entry, _ in planned}
     held = {
         key: entry_id
@@ -251,6 +265,7 @@ def import_file(
     source_kind: str = "import",
     source_name: str | None = None,
     reason: str | None = None,
+    keep_existing: bool = False,
 ) -> ImportSummary:
     """Check a CSV/JSONL file and apply it in one transaction.
 
@@ -260,14 +275,16 @@ def import_file(
     name = Path(path).name
     rows, errors = read_rows(path, fmt)
     with write_transaction(db):  # planned and written on one snapshot: no change slips in between
-        planned, more = plan_import(db, rows, source_kind=source_kind, source_name=source_name or name, actor=actor)
+        planned, more = plan_import(
+            db, rows, source_kind=source_kind, source_name=source_name or name, actor=actor, keep_existing=keep_existing
+        )
         errors = sorted(errors + more, key=lambda e: e.line)
         if errors:
             raise ImportRejected(name, errors)
         summary = _summary(planned)
         if dry_run:
             return summary
-        changed = [entry for _, entry, action in planned if action != "unchanged"]
+        changed = [entry for _, entry, action in planned if action not in ("unchanged", "kept")]
         try:
             store.save_entries(db, changed, actor=actor, reason=reason or f"imported {name}")
         except TuneloopError as exc:  # a rule only the database checks: still say which file

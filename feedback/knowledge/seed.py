@@ -3,7 +3,10 @@
 :func:`ensure_seeded` is called wherever the database is opened for work — the gateway's app start (every
 gunicorn worker, so ``tuneloop up`` and ``tuneloop serve``), and every CLI command — never inside a request.
 It imports the file (empty setting: the bundled ``data/faq.jsonl``) as ``source_kind = base`` with
-``source_ref = <file>:<line>``, and records the file's path and sha256 in ``kb_state``. Because that record
+``source_ref = <file>:<line>``, then puts live every correction approved before the knowledge base existed (a
+database from an earlier version: they replace the answers of their questions' entries), and records the file's
+path and sha256 in ``kb_state``. A base row whose question an entry already has is left out: that entry is
+newer (a correction approved meanwhile). Because that record
 exists afterwards, a restart never imports again over reviewers' edits, even when the file changed (then it
 logs how to import the new file on purpose: ``tuneloop kb import``). Two processes starting at once
 seed once: the check and the import run in one ``BEGIN IMMEDIATE`` transaction.
@@ -19,6 +22,7 @@ from sqlite_utils import Database
 
 from config.errors import ConfigError
 from config.settings import PROJECT_ROOT, KnowledgeSettings
+from feedback import review
 from feedback.db import utc_now, write_transaction
 from feedback.knowledge import io
 from feedback.review_io import ImportRejected
@@ -75,14 +79,29 @@ def ensure_seeded(db: Database, settings: KnowledgeSettings) -> int | None:
             return None
         try:
             summary = io.import_file(
-                db, path, actor=SEED_ACTOR, source_kind="base", source_name=name, reason=f"first start: imported {name}"
+                db,
+                path,
+                actor=SEED_ACTOR,
+                source_kind="base",
+                source_name=name,
+                reason=f"first start: imported {name}",
+                keep_existing=True,
             )
         except ImportRejected as exc:
             raise ConfigError(f"knowledge.base_file: {exc.message}", field="knowledge.base_file") from exc
+        published, problems = review.publish_approved(db)
+        for problem in problems:
+            log.warning("an approved correction could not go into the knowledge base: %s", problem)
         db.execute(
             "UPDATE kb_state SET base_path = ?, base_sha256 = ?, seeded_at = ? WHERE id = 1", [name, digest, utc_now()]
         )
-    log.info("knowledge base seeded from %s: %d entries", name, summary.created)
+    log.info(
+        "knowledge base seeded from %s: %d entries (%d rows kept an existing entry), %d earlier corrections live",
+        name,
+        summary.created,
+        summary.kept,
+        published,
+    )
     return summary.created
 
 
