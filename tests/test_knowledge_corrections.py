@@ -131,3 +131,12 @@ def test_phrasings_grouped_with_the_item_are_learned_but_not_taken_from_other_en
     assert "how much is shipping fee" in variants
     review.approve(kb, item.id, answer=FIXED, reviewer="ana")
     assert "how much is shipping fee" in store.get_entry(kb, entry.id).questions
+
+
+def test_phrasings_with_personal_data_are_not_learned(kb, live):
+    entry = store.entry_for_question(kb, SHIPPING)
+    ask_many(kb, live, "how much is the shipping fee to 010-1234-5678", answers=4, down=4, answer="x")
+    item = collect(kb, live, "How much is the shipping fee??", answers=5, down=5)
+    assert any("010-1234-5678" in v["question"] for v in item.evidence["variants"])
+    review.approve(kb, item.id, answer=FIXED, reviewer="ana")
+    assert not any("010" in q for q in store.get_entry(kb, entry.id).questions)

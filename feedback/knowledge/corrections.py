@@ -13,9 +13,10 @@ Approving a review item (``feedback/review.py``) upserts one entry, chosen in th
 
 The entry gets the approved answer, and the item's question and the phrasings users grouped with it
 (``evidence.variants``) as extra questions — except a phrasing another active entry already has, which stays
-there. History: actor = the reviewer, reason = "approved review item <id>". The item remembers the entry and
-the entry's version before its first approval (0: the approval created it), so :func:`revert_approval` —
-rejecting an approved item — puts the entry back as it was (a created entry is retired), again with who and why.
+there, and one holding personal data (:func:`phrasings`). History: actor = the reviewer, reason = "approved
+review item <id>". The item remembers the entry and the entry's version before its first approval (0: the
+approval created it), so :func:`revert_approval` — rejecting an approved item — puts the entry back as it was (a
+created entry is retired), again with who and why.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from sqlite_utils import Database
 from config.errors import ValidationFailed
 from feedback.knowledge import store
 from feedback.knowledge.store import KBEntry
+from feedback.pii import PiiMasker
 from feedback.text import question_key
 
 NEW = "new"
+_MASKER = PiiMasker()
 
 
 def approval_target(db: Database, item, target: str | None = None) -> KBEntry | None:
@@ -69,9 +72,14 @@ def _grounded_on(db: Database, message_ids: list[str]) -> KBEntry | None:
 
 
 def phrasings(item) -> list[str]:
-    """The item's question, then the user phrasings grouped with it (most voted first)."""
+    """The item's question, then the user phrasings grouped with it (most voted first).
+
+    Users' phrasings are stored in the knowledge base, exported and searched for everyone, so one that holds
+    personal data (a phone number, an e-mail, an order-like number: ``feedback/pii.py``) is left out; the item's
+    question, which the reviewer saw and approved, is kept with such values masked.
+    """
     variants = [v.get("question", "") for v in item.evidence.get("variants") or [] if isinstance(v, dict)]
-    return [item.question, *[v for v in variants if v and v.strip()]]
+    return [_MASKER.mask(item.question).text, *[v for v in variants if v and v.strip() and not _MASKER.find(v)]]
 
 
 def apply_approval(db: Database, item, *, actor: str, target: str | None = None) -> tuple[KBEntry, int]:
