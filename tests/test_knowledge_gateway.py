@@ -117,3 +117,8 @@ def test_a_message_that_cannot_fit_the_window_is_a_413_naming_the_field(make_gat
     assert v1.status_code == 413 and v1.get_json()["error"]["field"] == "messages"
     assert len(fake_upstream.log.requests) == asked  # the model was never asked
     assert gateway_db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
+
+
+def test_readyz_says_how_current_the_workers_knowledge_index_is(client, gateway_db):
+    knowledge = client.get("/readyz").get_json()["checks"]["knowledge"]
+    assert knowledge == {"ok": True, "enabled": True, "entries": 184, "seq": store.current_seq(gateway_db)}
