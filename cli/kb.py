@@ -45,7 +45,7 @@ def list_command(ctx: CliContext, state, search, limit, as_json) -> None:
         click.echo(json.dumps([e.to_dict() for e in entries], ensure_ascii=False, indent=2))
         return
     counts = store.state_counts(ctx.db)
-    click.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
+    click.echo(", ".join(f"{n} {s}" for s, n in counts.items()) + f" (change counter {store.current_seq(ctx.db)})")
     for entry in entries:
         more = f" (+{len(entry.questions) - 1})" if len(entry.questions) > 1 else ""
         click.echo(f"{entry.id}  {entry.state:<7} v{entry.version:<3} {entry.lang}  {_short(entry.question)}{more}")
