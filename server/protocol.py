@@ -30,10 +30,27 @@ class ChatRequest(Strict):
         None, max_length=256, description="Your stable id for the end user (stored only as a keyed hash)."
     )
     metadata: dict[str, Any] = Field(default_factory=dict, description="Free-form data kept with a new conversation.")
+    knowledge: bool = Field(
+        True,
+        description="Ground the answer in the knowledge base (default); false: the model answers alone, no sources.",
+    )
 
     def user_message(self, max_chars: int) -> str:
         """The message to answer (:func:`checked_message`)."""
         return checked_message(self.message, field="message", max_chars=max_chars)
+
+
+class Source(BaseModel):
+    """A knowledge-base entry the answer was given: its id, its (first) question, how well it matched (0..1)."""
+
+    id: str
+    question: str
+    score: float
+
+    @classmethod
+    def of(cls, snippets) -> list["Source"]:
+        """Sources of the snippets a prompt was grounded in, best first."""
+        return [cls(id=s.entry_id, question=s.question, score=s.score) for s in snippets]
 
 
 class Usage(BaseModel):
@@ -50,6 +67,9 @@ class ChatResponse(BaseModel):
     usage: Usage
     latency_ms: float
     finish_reason: str | None = None
+    sources: list[Source] = Field(
+        default_factory=list, description="The knowledge-base entries the answer was given, best first."
+    )
 
 
 class FeedbackRequest(Strict):
@@ -79,6 +99,7 @@ class ConversationMessage(BaseModel):
     latency_ms: float | None = None
     finish_reason: str | None = None
     error: str | None = None
+    sources: list[Source] | None = Field(None, description="An answer's knowledge-base entries, best first.")
 
 
 class ConversationResponse(BaseModel):
@@ -125,6 +146,9 @@ class OpenAIChatRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     user: str | None = Field(None, max_length=256)
+    tuneloop: "TuneloopOptions | None" = Field(
+        None, description='tuneloop\'s own options, e.g. {"knowledge": false} to answer without the knowledge base.'
+    )
 
     def user_message(self, max_chars: int) -> str:
         """The message to answer: the last one, which must be the user's (:func:`checked_message`)."""
@@ -150,12 +174,20 @@ class OpenAIChatRequest(BaseModel):
         }
 
 
+class TuneloopOptions(Strict):
+    """The ``tuneloop`` field of an OpenAI-protocol request (the SDKs send it with ``extra_body``)."""
+
+    knowledge: bool = True
+
+
 class OpenAIIds(BaseModel):
-    """The ``tuneloop`` field of a completion: what rating the answer through ``POST /api/feedback`` takes."""
+    """The ``tuneloop`` field of a completion: what rating the answer through ``POST /api/feedback`` takes,
+    and the knowledge-base entries the answer was given."""
 
     conversation_id: str
     message_id: str
     feedback_token: str
+    sources: list[Source] = Field(default_factory=list)
 
 
 class OpenAIUsage(BaseModel):
@@ -219,3 +251,6 @@ def parse_body(request: Request, model: type[Model]) -> Model:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or None
         raise ValidationFailed(f"{field}: {first['msg']}" if field else first["msg"], field=field) from None
+
+
+OpenAIChatRequest.model_rebuild()

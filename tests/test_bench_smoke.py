@@ -1,5 +1,5 @@
-"""The benchmarks run end to end: `bench/gateway.py`, `bench/retrieval.py` and `bench/write_lock.py` with
-`--quick`, each in a subprocess."""
+"""The benchmarks run end to end: `bench/gateway.py`, `bench/retrieval.py`, `bench/write_lock.py` and
+`bench/knowledge.py` (its gateway sections) with `--quick`, each in a subprocess."""
 
 from __future__ import annotations
 
@@ -61,6 +61,37 @@ def test_quick_retrieval_benchmark_prints_recall_threshold_and_latency(tmp_path)
     assert default["golden"]["all"]["at1"] == default["golden"]["all"]["n"] == 40
     assert default["rewordings test"]["all"]["n"] == 61
     assert figures["sizes"]["2000"]["search_p50_ms"] > 0
+
+
+@pytest.mark.slow
+def test_quick_knowledge_benchmark_times_corrections_and_retrieval(tmp_path):
+    figures_path = tmp_path / "knowledge.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "bench/knowledge.py",
+            "--quick",
+            "--only",
+            "freshness",
+            "--only",
+            "latency",
+            "--json",
+            str(figures_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for heading in ("Approval → corrected answer served", "Retrieval's added latency per chat", "added p50 ms"):
+        assert heading in proc.stdout
+    figures = json.loads(figures_path.read_text())
+    samples = figures["freshness"]["samples"]
+    assert len(samples) == 2 and all(s["first_s"] is not None for s in samples)
+    assert figures["freshness"]["stale_after_1s"] == 0  # nobody asking a second after an approval got the old answer
+    size = figures["latency"]["200"]
+    assert size["entries"] == 200 and size["requests"] == 60 and size["on_p50_ms"] > 0 and size["off_p50_ms"] > 0
 
 
 @pytest.mark.slow

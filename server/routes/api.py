@@ -21,6 +21,7 @@ from server.protocol import (
     ConversationResponse,
     FeedbackRequest,
     FeedbackResponse,
+    Source,
     parse_body,
 )
 from server.serving import Caller, PendingAnswer
@@ -55,6 +56,7 @@ def chat():
         conversation_id=body.conversation_id,
         metadata=body.metadata,
         source="widget" if request.headers.get("X-Tuneloop-Client") == "widget" else "api",
+        use_knowledge=body.knowledge,
     )
     if body.stream:
         return Response(
@@ -76,6 +78,7 @@ def _chat_response(pending: PendingAnswer, turn: turns.Turn) -> dict:
         usage=_usage(pending),
         latency_ms=round(turn.latency_ms or 0.0, 2),
         finish_reason=turn.finish_reason,
+        sources=Source.of(turn.sources),
     ).model_dump()
 
 
@@ -88,6 +91,7 @@ def _event_stream(pending: PendingAnswer) -> Iterator[str]:
             "message_id": turn.assistant_message_id,
             "model": pending.model,
             "feedback_token": pending.feedback_token,
+            "sources": _sources(turn),
         },
     )
     for kind, value in pending.events():
@@ -102,8 +106,13 @@ def _event_stream(pending: PendingAnswer) -> Iterator[str]:
                     "usage": _usage(pending),
                     "finish_reason": value.finish_reason,
                     "latency_ms": round(value.latency_ms or 0.0, 2),
+                    "sources": _sources(value),
                 },
             )
+
+
+def _sources(turn: turns.Turn) -> list[dict]:
+    return [source.model_dump() for source in Source.of(turn.sources)]
 
 
 def _usage(pending: PendingAnswer) -> dict:
