@@ -120,11 +120,11 @@ def pct(values: list[float], q: float) -> float:
 
 
 class Upstream:
-    """The bench upstream in its own process."""
+    """The bench upstream in its own process (``args``: more of its command-line options)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.upstream", "--port", "0"],
+            [sys.executable, "-m", "bench.upstream", "--port", "0", *args],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,

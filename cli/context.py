@@ -10,6 +10,7 @@ from sqlite_utils import Database
 
 from config.settings import Settings, load_settings
 from feedback.db import open_db
+from feedback.knowledge.seed import ensure_seeded
 
 
 class CliContext:
@@ -24,7 +25,10 @@ class CliContext:
 
     @cached_property
     def db(self) -> Database:
-        return open_db(self.settings.db_path, busy_timeout_ms=self.settings.database.busy_timeout_ms)
+        """The migrated database; on the very first open, the knowledge base is seeded (knowledge.base_file)."""
+        db = open_db(self.settings.db_path, busy_timeout_ms=self.settings.database.busy_timeout_ms)
+        ensure_seeded(db, self.settings.knowledge)
+        return db
 
 
 pass_cli = click.make_pass_decorator(CliContext)

@@ -127,10 +127,15 @@ def show(ctx: CliContext, item_id, as_json) -> None:
 @click.option("--answer", help="The corrected answer.")
 @click.option("--use-suggestion", is_flag=True, help="Approve the users' most suggested correction as is.")
 @click.option("--use-draft", is_flag=True, help="Approve the teacher's draft as is.")
+@click.option(
+    "--kb-entry",
+    help="Knowledge-base entry to put the answer in, or 'new' (default: the entry of the same question, else the "
+    "one most thumbs-down answers were built on, else a new one).",
+)
 @_REVIEWER
 @pass_cli
-def approve(ctx: CliContext, item_id, answer, use_suggestion, use_draft, reviewer) -> None:
-    """Approve a corrected answer (again on an approved item: replace its answer)."""
+def approve(ctx: CliContext, item_id, answer, use_suggestion, use_draft, kb_entry, reviewer) -> None:
+    """Approve a corrected answer; it is served at once from the knowledge base (again: replace its answer)."""
     if sum(bool(x) for x in (answer, use_suggestion, use_draft)) != 1:
         raise ValidationFailed("give exactly one of --answer, --use-suggestion, --use-draft", field="answer")
     item = review.get_item(ctx.db, item_id)
@@ -144,8 +149,9 @@ def approve(ctx: CliContext, item_id, answer, use_suggestion, use_draft, reviewe
                 f"{item_id} has no teacher draft; run 'tuneloop review draft' or give --answer", field="answer"
             )
         answer = item.draft
-    item = review.approve(ctx.db, item_id, answer=answer, reviewer=reviewer)
+    item = review.approve(ctx.db, item_id, answer=answer, reviewer=reviewer, kb_entry=kb_entry)
     click.echo(f"approved {item.id} ({item.answer_source}): {_short(item.answer, 100)}")
+    click.echo(f"live now in knowledge-base entry {item.kb_entry_id} (tuneloop kb show {item.kb_entry_id})")
 
 
 @review_group.command("reject")

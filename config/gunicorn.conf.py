@@ -28,7 +28,8 @@ graceful_timeout = 20
 # Non-zero turns keep-alive on; how long a kept-alive connection may idle is gateway.request_header_timeout_s.
 keepalive = 5
 accesslog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+# %(p)s is the worker's pid ("<1234>"): which worker served a request (tests/test_knowledge_e2e.py reads it).
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms %(p)s'
 errorlog = "-"
 proc_name = "tuneloop-gateway"
 

@@ -173,11 +173,20 @@ class ChatSettings:
     history_turns: int = 6
     max_tokens: int = 256
     temperature: float = 0.0
+    # Token budget of a prompt (feedback/knowledge/budget.py): 0 asks the model server (max_model_len).
+    context_window: int = 0
+    tokenizer: str = ""
 
     def __post_init__(self):
         _check(self.history_turns >= 0, "chat.history_turns", "must be >= 0")
         _check(self.max_tokens >= 1, "chat.max_tokens", "must be >= 1")
         _check(0 <= self.temperature <= 2, "chat.temperature", "must be 0..2")
+        _check(
+            self.context_window == 0 or self.context_window > self.max_tokens,
+            "chat.context_window",
+            f"must be 0 (ask the model server) or more than chat.max_tokens ({self.max_tokens}), "
+            f"got {self.context_window}",
+        )
 
 
 @dataclass(frozen=True)
@@ -197,9 +206,14 @@ class KnowledgeSettings:
     embeddings_base_url: str = ""
     embeddings_api_key_env: str = ""
     dense_weight: float = 0.5
+    # The live index (feedback/knowledge/live.py) and the first start (feedback/knowledge/seed.py).
+    refresh_ms: int = 500
+    base_file: str = ""
+    seed: bool = True
 
     def __post_init__(self):
         _check(1 <= self.top_k <= 20, "knowledge.top_k", "must be 1..20")
+        _check(0 <= self.refresh_ms <= 60_000, "knowledge.refresh_ms", f"must be 0..60000 ms, got {self.refresh_ms}")
         _check(0 <= self.min_score <= 1, "knowledge.min_score", f"must be within 0..1, got {self.min_score}")
         for name in ("{question}", "{answer}"):
             _check(name in self.entry_format, "knowledge.entry_format", f"must contain {name}")

@@ -409,7 +409,100 @@ def m007_admin_sessions_and_signin_attempts(db: Database) -> None:
 
 
 @MIGRATIONS()
-def m008_rate_limit_counters(db: Database) -> None:
+def m008_knowledge_base(db: Database) -> None:
+    # The knowledge base answers are grounded in (feedback/knowledge/store.py). An entry is never
+    # deleted, only retired, so every answer's lineage (message_sources) keeps pointing at it.
+    # `questions` is a JSON list: the first is the one shown as the source, the rest are phrasings
+    # learned from approved corrections or added by reviewers. `changed_seq` is the store's change
+    # counter when the entry last changed: a gateway worker asks for `changed_seq > <what it has>`.
+    db.execute(
+        """
+        CREATE TABLE kb_entries (
+            id TEXT PRIMARY KEY,
+            questions TEXT NOT NULL,
+            answer TEXT NOT NULL,
+            lang TEXT NOT NULL CHECK (lang IN ('ko', 'en')),
+            source_kind TEXT NOT NULL CHECK (source_kind IN ('base', 'review', 'import', 'manual')),
+            source_ref TEXT,
+            state TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'retired')),
+            version INTEGER NOT NULL DEFAULT 1,
+            changed_seq INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            updated_by TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX kb_entries_changed ON kb_entries(changed_seq)")
+    db.execute("CREATE INDEX kb_entries_state ON kb_entries(state, updated_at)")
+    # Every version of every entry, written in the same transaction as the change: who, when, why.
+    db.execute(
+        """
+        CREATE TABLE kb_history (
+            entry_id TEXT NOT NULL REFERENCES kb_entries(id),
+            version INTEGER NOT NULL,
+            questions TEXT NOT NULL,
+            answer TEXT NOT NULL,
+            lang TEXT NOT NULL,
+            state TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            reason TEXT,
+            at TEXT NOT NULL,
+            PRIMARY KEY (entry_id, version)
+        )
+        """
+    )
+    # The normalized keys (feedback/text.py question_key) of every active entry's questions. The
+    # primary key is the rule "one active entry per question", kept by the database itself, and the
+    # lookup an approval uses to find the entry of the same question.
+    db.execute(
+        """
+        CREATE TABLE kb_question_keys (
+            key TEXT PRIMARY KEY,
+            entry_id TEXT NOT NULL REFERENCES kb_entries(id)
+        )
+        """
+    )
+    db.execute("CREATE INDEX kb_question_keys_entry ON kb_question_keys(entry_id)")
+    # One row. `seq` is bumped in the same transaction as every entry change: the cheap number every
+    # gateway worker polls. The base file imported on first start is recorded, so it is imported once
+    # and never again over reviewers' edits.
+    db.execute(
+        """
+        CREATE TABLE kb_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            seq INTEGER NOT NULL DEFAULT 0,
+            base_path TEXT,
+            base_sha256 TEXT,
+            seeded_at TEXT
+        )
+        """
+    )
+    db.execute("INSERT INTO kb_state (id, seq) VALUES (1, 0)")
+    # Lineage: the entries each assistant message was given, best first, with their scores, written
+    # in the same transaction as the turn — so a thumbs-down can be traced to the knowledge behind it.
+    db.execute(
+        """
+        CREATE TABLE message_sources (
+            message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            rank INTEGER NOT NULL,
+            entry_id TEXT NOT NULL REFERENCES kb_entries(id),
+            entry_version INTEGER NOT NULL,
+            score REAL NOT NULL,
+            PRIMARY KEY (message_id, rank)
+        )
+        """
+    )
+    db.execute("CREATE INDEX message_sources_entry ON message_sources(entry_id, rank)")
+    # Which entry an approval upserted, and its version before (0: the approval created it), so
+    # rejecting the item afterwards puts the entry back as it was.
+    db.execute("ALTER TABLE review_items ADD COLUMN kb_entry_id TEXT REFERENCES kb_entries(id)")
+    db.execute("ALTER TABLE review_items ADD COLUMN kb_entry_version_before INTEGER")
+
+
+@MIGRATIONS()
+def m009_rate_limit_counters(db: Database) -> None:
     # Rate-limit counters in the store, so every gunicorn worker and every gateway sharing the
     # database counts against one limit: per-worker counters accepted 119 of 200 requests against
     # 60/minute with 2 workers (issue 14). One row per limit and caller (fixed window): the count

@@ -32,6 +32,7 @@ from sqlite_utils import Database
 
 from config.errors import Conflict, NotFound, ValidationFailed
 from feedback.db import new_id, utc_now, write_transaction
+from feedback.knowledge import corrections
 from feedback.ranking import RankingOptions, rank_worst
 from feedback.text import fold_numbers, question_key, similarity
 
@@ -58,6 +59,8 @@ _COLUMNS = (
     "created_at",
     "updated_at",
     "decided_at",
+    "kb_entry_id",
+    "kb_entry_version_before",
 )
 
 
@@ -81,6 +84,9 @@ class ReviewItem:
     created_at: str
     updated_at: str
     decided_at: str | None
+    # The knowledge-base entry the approval upserted, and its version before (0: created by it).
+    kb_entry_id: str | None = None
+    kb_entry_version_before: int | None = None
 
     @property
     def suggestions(self) -> list[str]:
@@ -271,6 +277,7 @@ def _evidence(group, since: str, until: str, version: str) -> dict:
         "reasons": ev.reasons if ev else {},
         "corrections": ev.corrections if ev else [],
         "variants": ev.variants if ev else [],
+        "entries": ev.entries if ev else [],
         "message_ids": ev.message_ids if ev else [],
         "window": {"since": since, "until": until, "model_version_id": version},
     }
@@ -319,8 +326,10 @@ def create_item(
     reviewer: str | None = None,
     answer_source: str | None = None,
     evidence: dict | None = None,
+    kb_entry: str | None = None,
 ) -> ReviewItem:
-    """Queue a question by hand (or from an import); with an ``answer`` it is approved at once.
+    """Queue a question by hand (or from an import); with an ``answer`` it is approved at once (and goes live
+    in the knowledge base, see :func:`approve`).
 
     :class:`Conflict` when the same question is already pending or approved.
     """
@@ -354,6 +363,8 @@ def create_item(
             raise ValidationFailed(f"answer_source must be one of {', '.join(ANSWER_SOURCES)}", field="answer_source")
     with write_transaction(db):
         _insert(db, item)
+        if item.status == "approved":
+            item = _go_live(db, item, item.reviewer, kb_entry)
     return item
 
 
@@ -367,9 +378,20 @@ def _update(db: Database, item_id: str, changes: dict) -> ReviewItem:
     return get_item(db, item_id)
 
 
-def approve(db: Database, item_id: str, *, answer: str, reviewer: str, answer_source: str | None = None) -> ReviewItem:
+def approve(
+    db: Database,
+    item_id: str,
+    *,
+    answer: str,
+    reviewer: str,
+    answer_source: str | None = None,
+    kb_entry: str | None = None,
+) -> ReviewItem:
     """Approve ``answer`` as the corrected answer (also re-approves an approved or rejected item).
 
+    In the same transaction the answer goes live: the knowledge-base entry of the item's question is updated
+    (or created), so the next user asking it in any wording is answered from it
+    (``feedback/knowledge/corrections.py`` says which entry; ``kb_entry`` may name one, or ``"new"``).
     ``answer_source`` is inferred when not given (see :func:`answer_source_for`).
     :class:`ValidationFailed` for an empty answer, :class:`Conflict` when approving a
     rejected item whose question has meanwhile been queued again.
@@ -381,7 +403,7 @@ def approve(db: Database, item_id: str, *, answer: str, reviewer: str, answer_so
     with write_transaction(db):
         item = get_item(db, item_id)
         now = utc_now()
-        return _update(
+        item = _update(
             db,
             item_id,
             {
@@ -392,6 +414,41 @@ def approve(db: Database, item_id: str, *, answer: str, reviewer: str, answer_so
                 "decided_at": now,
             },
         )
+        return _go_live(db, item, reviewer, kb_entry)
+
+
+def _go_live(db: Database, item: ReviewItem, reviewer: str, kb_entry: str | None) -> ReviewItem:
+    """Upsert the item's knowledge-base entry (inside the caller's transaction) and remember which it was."""
+    entry, before = corrections.apply_approval(db, item, actor=reviewer, target=kb_entry)
+    if (item.kb_entry_id, item.kb_entry_version_before) == (entry.id, before):
+        return item
+    db.execute(
+        "UPDATE review_items SET kb_entry_id = ?, kb_entry_version_before = ? WHERE id = ?", [entry.id, before, item.id]
+    )
+    return get_item(db, item.id)
+
+
+def publish_approved(db: Database) -> tuple[int, list[str]]:
+    """Put every approved item that has no knowledge-base entry yet (approved before the knowledge base existed)
+    live, oldest decision first; returns how many, and the problems of those that could not be."""
+    published, problems = 0, []
+    with write_transaction(db):
+        for item in approved_items(db):
+            if item.kb_entry_id:
+                continue
+            try:
+                with write_transaction(db):  # a savepoint: one item's conflict leaves the others
+                    _go_live(db, item, item.reviewer or "system", None)
+                published += 1
+            except Conflict as exc:
+                problems.append(f"{item.id}: {exc.message}")
+    return published, problems
+
+
+def _withdraw(db: Database, item: ReviewItem, reviewer: str, why: str) -> None:
+    """Put the entry an approval changed back as it was (inside the caller's transaction)."""
+    corrections.revert_approval(db, item, actor=reviewer, reason=why)
+    db.execute("UPDATE review_items SET kb_entry_version_before = NULL WHERE id = ?", [item.id])
 
 
 def reject(db: Database, item_id: str, *, reviewer: str, note: str | None = None) -> ReviewItem:
@@ -401,6 +458,8 @@ def reject(db: Database, item_id: str, *, reviewer: str, note: str | None = None
         item = get_item(db, item_id)
         if item.status == "rejected":
             raise Conflict(f"review item {item_id} is already rejected")
+        if item.status == "approved":
+            _withdraw(db, item, reviewer, f"rejected review item {item_id} (it was approved)")
         return _update(
             db,
             item_id,
@@ -436,7 +495,10 @@ def edit_item(
         if not changes:
             return item
         changes["reviewer"] = reviewer
-        return _update(db, item_id, changes)
+        item = _update(db, item_id, changes)
+        if item.status == "approved":  # the live entry follows the approved answer and question
+            item = _go_live(db, item, reviewer, None)
+        return item
 
 
 def set_draft(db: Database, item_id: str, *, draft: str, model: str) -> ReviewItem:

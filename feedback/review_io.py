@@ -52,13 +52,15 @@ CSV_COLUMNS = (
 
 @dataclass(frozen=True)
 class LineError:
-    """A problem with one line (record) of an imported file."""
+    """A problem with one line (record) of an imported file, and the field (column) it is in when known."""
 
     line: int
     message: str
+    field: str | None = None
 
     def __str__(self) -> str:
-        return f"line {self.line}: {self.message}"
+        where = f"line {self.line}, {self.field}" if self.field else f"line {self.line}"
+        return f"{where}: {self.message}"
 
 
 class ImportRejected(ValidationFailed):

@@ -49,7 +49,35 @@ TABLE_NOTES = {
         "`evidence` as JSON (votes, answers given with their votes, comments, reasons, suggested corrections, "
         "phrasings, down-voted message ids). `status` pending → approved (with a non-empty `answer`; `answer_source` "
         "reviewer, teacher or user) or rejected (with a `note`); `draft` is a teacher model's suggestion. A partial "
-        "unique index keeps one pending-or-approved item per `question_key`."
+        "unique index keeps one pending-or-approved item per `question_key`. `kb_entry_id` is the knowledge-base "
+        "entry its approval upserted and `kb_entry_version_before` that entry's version before (0: the approval "
+        "created it), which rejecting the item restores."
+    ),
+    "kb_entries": (
+        "The knowledge base answers are grounded in (`feedback/knowledge/store.py`): `questions` is a JSON list (the "
+        "first is shown as the source; the rest are phrasings learned from approved corrections or added by "
+        "reviewers), `answer`, `lang` (`ko`/`en`), where it came from (`source_kind` `base` / `review` / `import` / "
+        "`manual`, `source_ref` such as `data/faq.jsonl:12` or a review item id), `state` `active` or `retired` (never "
+        "deleted, so lineage keeps pointing at it), `version` (+1 per change) and `changed_seq`, the change counter "
+        "when it last changed (what gateway workers re-index by)."
+    ),
+    "kb_history": (
+        "Every version of every knowledge-base entry: its questions, answer, language and state, with `actor` (who) "
+        "and `reason` (why), written in the same transaction as the change."
+    ),
+    "kb_question_keys": (
+        "The normalized question keys of active entries; the primary key keeps a question to one active entry, and an "
+        "approval finds the entry of its question here."
+    ),
+    "kb_state": (
+        "One row: `seq`, the knowledge base's change counter (raised with every entry change; every gateway worker "
+        "polls it), and the base file imported on first start (`base_path`, `base_sha256`, `seeded_at`), so it is "
+        "imported once."
+    ),
+    "message_sources": (
+        "Lineage: the knowledge-base entries each assistant message was given (`rank` from 1, the entry's "
+        "`entry_version`, the retrieval `score`), written with the turn, so a thumbs-down can be traced to the entry "
+        "behind it."
     ),
     "dataset_bases": (
         "Company FAQ files imported with `tuneloop dataset import` (copied into `<data_dir>/base/`); the newest is "

@@ -2,7 +2,8 @@
 
 A turn is written whole, in one ``BEGIN IMMEDIATE`` transaction, after the model
 has answered: the conversation (if new), the user's message and the assistant's
-message with the model version that wrote it. Ids are chosen before the model is
+message with the model version that wrote it and the knowledge-base entries it
+was given (``message_sources``, feedback/knowledge/lineage.py). Ids are chosen before the model is
 called, so a streaming response can announce them in its first event. A turn the
 model failed to answer is recorded on purpose (``error`` set, empty content), so
 error rates per model version are visible and no user message is left without
@@ -20,6 +21,8 @@ from sqlite_utils import Database
 from config.errors import NotFound
 from feedback.access import check_visible
 from feedback.db import new_id, utc_now, write_transaction
+from feedback.knowledge.lineage import conversation_sources, record_sources
+from feedback.knowledge.prompt import Snippet
 from feedback.text import question_key
 
 
@@ -38,6 +41,8 @@ class Turn:
     tokens_out: int | None = None
     finish_reason: str | None = None
     error: str | None = None
+    # The knowledge-base entries the model was given, best first (lineage: message_sources).
+    sources: list[Snippet] = field(default_factory=list)
     # Used only when the conversation is new:
     api_key_id: str | None = None
     user_ref: str | None = None
@@ -95,6 +100,7 @@ def record_turn(db: Database, turn: Turn) -> None:
                 question_key(turn.question),  # what ranking groups answers by (feedback/text.py)
             ],
         )
+        record_sources(db, turn.assistant_message_id, turn.sources)
 
 
 def _conversation_row(db: Database, conversation_id: str) -> dict | None:
@@ -141,11 +147,16 @@ def get_conversation(
         "finish_reason",
         "error",
     )
+    sources = conversation_sources(db, conversation_id)
+    messages = [dict(zip(keys, row, strict=False)) for row in rows]
+    for message in messages:
+        if message["role"] == "assistant":
+            message["sources"] = sources.get(message["id"], [])
     return {
         "id": conv["id"],
         "created_at": conv["created_at"],
         "metadata": json.loads(conv["metadata"] or "{}"),
-        "messages": [dict(zip(keys, row, strict=False)) for row in rows],
+        "messages": messages,
     }
 
 

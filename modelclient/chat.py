@@ -225,6 +225,22 @@ class ChatClient:
         except Exception as exc:
             raise translate_error(exc, target) from exc
 
+    def context_window(self, target: Target, timeout_s: float = 2.0) -> int | None:
+        """The target's context window in tokens, as its server reports it, or None when it reports none.
+
+        vLLM and the built-in server put ``max_model_len`` on each card of ``GET /v1/models``; a LoRA adapter's
+        card may leave it out and name its base as ``parent``, whose window it shares. OpenAI reports none.
+        Raises :class:`UpstreamError` when the server cannot be reached.
+        """
+        try:
+            page = self._client(target).with_options(timeout=timeout_s).models.list()
+        except Exception as exc:
+            raise translate_error(exc, target) from exc
+        cards = {m.id: m.model_dump() for m in page.data}
+        card = cards.get(target.name) or {}
+        window = card.get("max_model_len") or (cards.get(card.get("parent") or "") or {}).get("max_model_len")
+        return int(window) if isinstance(window, int) and window > 0 else None
+
     def complete(self, targets: list[Target], messages: list[dict[str, str]], **params: Any) -> Reply:
         """A whole answer at once (same failure policy as :meth:`generate`)."""
         return self.generate(targets, messages, **params).collect()

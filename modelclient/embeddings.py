@@ -25,6 +25,7 @@ import httpx2
 import openai
 
 from config.errors import UpstreamError
+from config.settings import KnowledgeSettings
 from modelclient.chat import Target, retriable, translate_error
 
 
@@ -98,3 +99,14 @@ def _in_order(data, expected: int, target: Target) -> list[list[float]]:
     if any(not isinstance(v, list) or not v for v in vectors):
         raise UpstreamError(f"model {target.name!r} returned an empty or non-float embedding")
     return vectors
+
+
+def embeddings_from_settings(knowledge: KnowledgeSettings) -> EmbeddingsClient | None:
+    """The ``[knowledge] embeddings_*`` endpoint as the retriever's ``embed`` callable.
+
+    None when dense retrieval is off (``embeddings_model`` empty).
+    """
+    if not knowledge.embeddings_model:
+        return None
+    target = Target(knowledge.embeddings_model, knowledge.embeddings_base_url, knowledge.embeddings_api_key())
+    return EmbeddingsClient(target)

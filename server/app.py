@@ -18,7 +18,10 @@ from flask_cors import CORS
 
 from config.settings import Settings, load_settings
 from feedback.db import ConnectionPool, open_db
+from feedback.knowledge.live import LiveIndex
+from feedback.knowledge.seed import ensure_seeded
 from feedback.secrets import instance_secret
+from modelclient.embeddings import embeddings_from_settings
 from server import admin, metrics
 from server.auth import authenticate
 from server.context import EXTENSION, Gateway, close_db, get_db
@@ -52,11 +55,14 @@ def init_app(app: Flask, settings: Settings) -> None:
     db = open_db(settings.db_path, busy_timeout_ms=settings.database.busy_timeout_ms)
     pool = ConnectionPool(settings.db_path, busy_timeout_ms=settings.database.busy_timeout_ms)
     secret = settings.gateway.secret_key or instance_secret(db, "feedback_token")
+    ensure_seeded(db, settings.knowledge)  # first start only: the base file becomes the knowledge base
     router = ModelRouter(settings, pool.connection)
     router.prime(db)
     pool.release(db)  # the start-up connection stays open in the pool for the worker's life
-    chat = ChatService(settings=settings, router=router, secret=secret, connection=pool.connection)
-    gw = Gateway(settings=settings, secret=secret, pool=pool, router=router, chat=chat)
+    knowledge = LiveIndex(settings.knowledge, pool.connection, embed=embeddings_from_settings(settings.knowledge))
+    knowledge.load()
+    chat = ChatService(settings=settings, router=router, secret=secret, connection=pool.connection, knowledge=knowledge)
+    gw = Gateway(settings=settings, secret=secret, pool=pool, router=router, chat=chat, knowledge=knowledge)
     app.extensions[EXTENSION] = gw
     app.teardown_appcontext(close_db)
     register_error_handlers(app)

@@ -9,6 +9,7 @@ from sqlite_utils import Database
 
 from config.settings import Settings
 from feedback.db import ConnectionPool, open_db
+from feedback.knowledge.live import LiveIndex
 from server.serving import ChatService, ModelRouter
 
 EXTENSION = "tuneloop"  # the key of the Gateway in ``app.extensions``
@@ -23,6 +24,7 @@ class Gateway:
     pool: ConnectionPool
     router: ModelRouter
     chat: ChatService
+    knowledge: LiveIndex  # this worker's index of the knowledge base, kept current (feedback/knowledge/live.py)
 
     def connect(self) -> Database:
         """A new connection of the caller's own (tools, tests); requests use :attr:`pool`."""

@@ -20,6 +20,7 @@ from prometheus_client import (
 )
 
 from config.errors import UpstreamError
+from feedback.knowledge.grounding import Grounded
 from modelclient.chat import Reply
 
 REQUESTS = Counter("tuneloop_requests_total", "HTTP requests by route and status.", ["route", "method", "status"])
@@ -44,6 +45,15 @@ FIRST_TOKEN_SECONDS = Histogram(
 TOKENS = Counter("tuneloop_tokens_total", "Tokens in prompts and answers.", ["model", "direction"])
 UPSTREAM_ERRORS = Counter("tuneloop_upstream_errors_total", "Model server failures by kind.", ["code"])
 RATINGS = Counter("tuneloop_ratings_total", "Ratings received (a changed vote counts again).", ["rating"])
+GROUNDED = Counter(
+    "tuneloop_grounded_answers_total",
+    "Answers by how the knowledge base took part: sources (entries given), no_match (none scored min_score), "
+    "closed_book (off, or the request opted out).",
+    ["kind"],
+)
+TRIMMED_MESSAGES = Counter(
+    "tuneloop_history_trimmed_messages_total", "Earlier messages left out so a prompt fits the model's window."
+)
 
 
 def observe_answer(reply: Reply, error: str | None) -> None:
@@ -57,6 +67,14 @@ def observe_answer(reply: Reply, error: str | None) -> None:
     TOKENS.labels(model, "out").inc(reply.usage.get("completion_tokens", 0))
     if error:
         UPSTREAM_ERRORS.labels("mid_stream").inc()
+
+
+def observe_grounding(grounded: Grounded) -> None:
+    """Count how one prompt was grounded, and the history it had to leave out."""
+    kind = "closed_book" if grounded.closed_book else ("sources" if grounded.sources else "no_match")
+    GROUNDED.labels(kind).inc()
+    if grounded.history_dropped:
+        TRIMMED_MESSAGES.inc(grounded.history_dropped)
 
 
 def observe_upstream_failure(exc: UpstreamError) -> None:

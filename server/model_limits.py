@@ -7,8 +7,10 @@ context all answered 502 with ``model 'starter' at http://127.0.0.1:…/v1 answe
 model failure that inflated the weekly report's failure figures.
 
 - :func:`check_sampling` refuses, before the model is called, what the gateway knows the model refuses:
-  ``max_tokens`` over the built-in server's ``model_server.max_new_tokens``. (``stop`` and ``seed`` are
-  bounded by the wire model, ``server/protocol.py``.)
+  ``max_tokens`` over the built-in server's ``model_server.max_new_tokens``; :func:`check_answer_room`,
+  ``max_tokens`` that leaves no room for a prompt in the context window (``max_model_len``, as
+  ``server/prompt_budget.py`` learns it). (``stop`` and ``seed`` are bounded by the wire model,
+  ``server/protocol.py``.)
 - :func:`client_fault` turns the model server's own refusal (:class:`~config.errors.UpstreamRejected`) into
   the client's 4xx when it names something the client sent; a refusal of what the gateway itself added (its
   ``chat.max_tokens``, say) is a configuration problem and stays a 502.
@@ -19,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from config.errors import PayloadTooLarge, TuneloopError, UpstreamError, UpstreamRejected, ValidationFailed
+from config.errors import ConfigError, PayloadTooLarge, TuneloopError, UpstreamError, UpstreamRejected, ValidationFailed
 from config.settings import Settings
 
 # The chat-completion parameters a /v1 client may set, as the model server names them.
@@ -50,6 +52,29 @@ def check_sampling(params: Mapping[str, Any], settings: Settings, *, max_tokens_
             f"{max_tokens_field} is {asked}; model {settings.model.name!r} answers with at most {limit} tokens",
             field=max_tokens_field,
         )
+
+
+def check_answer_room(max_tokens: int, window: int | None, *, model: str, client_set: bool) -> None:
+    """Refuse an answer length that leaves no room for a prompt in the model's context window.
+
+    The prompt shares the window with the answer, so such a request can never be served; without this check
+    the prompt budget (``server/prompt_budget.py``) would blame the user's message for not fitting in what is
+    left. The client's ``max_tokens``: 422 on that field. The gateway's own ``chat.max_tokens``: a
+    configuration error (500 ``config_error``, naming the setting), not the client's to fix.
+    """
+    if window is None or max_tokens < window:
+        return
+    if client_set:
+        raise ValidationFailed(
+            f"max_tokens is {max_tokens}; model {model!r} has a context window of {window} tokens, which the "
+            "prompt shares with the answer: ask for fewer",
+            field="max_tokens",
+        )
+    raise ConfigError(
+        f"chat.max_tokens is {max_tokens}, but model {model!r} has a context window of only {window} tokens "
+        "for the prompt and the answer together; lower chat.max_tokens",
+        field="chat.max_tokens",
+    )
 
 
 def client_fault(exc: UpstreamError, *, params: Mapping[str, Any] | None, message_field: str) -> TuneloopError | None:

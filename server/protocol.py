@@ -50,10 +50,27 @@ class ChatRequest(Strict):
     metadata: dict[str, JsonValue] = Field(
         default_factory=dict, description="Free-form data kept with a new conversation."
     )
+    knowledge: bool = Field(
+        True,
+        description="Ground the answer in the knowledge base (default); false: the model answers alone, no sources.",
+    )
 
     def user_message(self, max_chars: int) -> str:
         """The message to answer (:func:`checked_message`)."""
         return checked_message(self.message, field="message", max_chars=max_chars)
+
+
+class Source(BaseModel):
+    """A knowledge-base entry the answer was given: its id, its (first) question, how well it matched (0..1)."""
+
+    id: str
+    question: str
+    score: float
+
+    @classmethod
+    def of(cls, snippets) -> list["Source"]:
+        """Sources of the snippets a prompt was grounded in, best first."""
+        return [cls(id=s.entry_id, question=s.question, score=s.score) for s in snippets]
 
 
 class Usage(BaseModel):
@@ -70,6 +87,9 @@ class ChatResponse(BaseModel):
     usage: Usage
     latency_ms: float
     finish_reason: str | None = None
+    sources: list[Source] = Field(
+        default_factory=list, description="The knowledge-base entries the answer was given, best first."
+    )
 
 
 class ChatStartEvent(BaseModel):
@@ -79,6 +99,9 @@ class ChatStartEvent(BaseModel):
     message_id: str
     model: str
     feedback_token: str = Field(description="Send back with POST /api/feedback to rate this answer.")
+    sources: list[Source] = Field(
+        default_factory=list, description="The knowledge-base entries the answer is given, best first."
+    )
 
 
 class ChatDeltaEvent(BaseModel):
@@ -93,6 +116,7 @@ class ChatDoneEvent(BaseModel):
     usage: Usage
     finish_reason: str | None = None
     latency_ms: float
+    sources: list[Source] = Field(default_factory=list, description="The same entries as in start.")
 
 
 class FeedbackRequest(Strict):
@@ -126,6 +150,7 @@ class ConversationMessage(BaseModel):
     latency_ms: float | None = None
     finish_reason: str | None = None
     error: str | None = None
+    sources: list[Source] | None = Field(None, description="An answer's knowledge-base entries, best first.")
 
 
 class ConversationResponse(BaseModel):
@@ -197,6 +222,9 @@ class OpenAIChatRequest(BaseModel):
     )
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     user: str | None = Field(None, max_length=256)
+    tuneloop: "TuneloopOptions | None" = Field(
+        None, description='tuneloop\'s own options, e.g. {"knowledge": false} to answer without the knowledge base.'
+    )
 
     @field_validator("temperature")
     @classmethod
@@ -234,12 +262,20 @@ class OpenAIChatRequest(BaseModel):
         }
 
 
+class TuneloopOptions(Strict):
+    """The ``tuneloop`` field of an OpenAI-protocol request (the SDKs send it with ``extra_body``)."""
+
+    knowledge: bool = True
+
+
 class OpenAIIds(BaseModel):
-    """The ``tuneloop`` field of a completion: what rating the answer through ``POST /api/feedback`` takes."""
+    """The ``tuneloop`` field of a completion: what rating the answer through ``POST /api/feedback`` takes,
+    and the knowledge-base entries the answer was given."""
 
     conversation_id: str
     message_id: str
     feedback_token: str
+    sources: list[Source] = Field(default_factory=list)
 
 
 class OpenAIUsage(BaseModel):
@@ -403,3 +439,6 @@ def _body_path(loc: tuple, data: Any, *, missing: bool) -> list:
             continue  # a union member's tag, not part of the body
         path.append(part)
     return path
+
+
+OpenAIChatRequest.model_rebuild()

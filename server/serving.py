@@ -1,9 +1,11 @@
 """Chat logic between the HTTP routes and the model: route, generate, record.
 
 ``ChatService.start()`` does everything up to the first token — checks the
-conversation, builds the prompt (system prompt + last N turns + the new message),
-picks the model version, and asks the model, with retries and fallbacks — so a
-failure there still becomes a proper 502/503/504 response. It returns a
+conversation, picks the model version, builds the prompt with
+:func:`~feedback.knowledge.grounding.ground` (system prompt + the knowledge-base
+entries for the question + as many recent turns as fit the model's context
+window + the new message), and asks the model, with retries and fallbacks — so a
+failure there still becomes a proper 413/502/503/504 response. It returns a
 :class:`PendingAnswer`, which the route either collects (JSON) or streams (SSE);
 both paths end in the same ``finish()``, which records the turn in one
 transaction. A failed turn is recorded on purpose, with its error.
@@ -23,10 +25,12 @@ from config.errors import TuneloopError, UpstreamError
 from config.settings import Settings, env_secret
 from feedback import turns, versions
 from feedback.access import check_visible
+from feedback.knowledge.grounding import Index, ground
 from feedback.tokens import feedback_token, pseudonym
 from modelclient.chat import ChatClient, ClientPolicy, Reply, Target
 from server import metrics
-from server.model_limits import client_fault
+from server.model_limits import check_answer_room, client_fault
+from server.prompt_budget import PromptBudgets
 
 log = logging.getLogger("tuneloop.gateway")
 
@@ -213,7 +217,9 @@ class ChatService:
     router: ModelRouter
     secret: str
     connection: Callable[[], ContextManager[Database]]
+    knowledge: Index | None = None  # the worker's live index; None: answers are closed book
     client: ChatClient = field(default=None)  # type: ignore[assignment]
+    budgets: PromptBudgets = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self):
         if self.client is None:
@@ -226,6 +232,8 @@ class ChatService:
                     retries=m.retries,
                 )
             )
+        if self.budgets is None:
+            self.budgets = PromptBudgets(self.settings, self.client)
 
     def user_ref(self, api_key_id: str | None, user: str | None) -> str | None:
         return pseudonym(self.secret, "user", f"{api_key_id}:{user}") if user else None
@@ -241,14 +249,18 @@ class ChatService:
         metadata: dict[str, Any] | None = None,
         source: str = "api",
         params: dict[str, Any] | None = None,
+        use_knowledge: bool = True,
         message_field: str = "message",
     ) -> PendingAnswer:
         """Everything up to the first token. Raises :class:`UpstreamError` if no model answered.
 
         ``prior`` replaces the stored history (the OpenAI-compatible route, where
-        the client sends the whole conversation). A model's refusal of what the
-        client sent is the client's 4xx (naming ``message_field`` or the parameter)
-        and is not recorded: it is not a model failure.
+        the client sends the whole conversation). ``use_knowledge=False`` is a
+        request's opt-out of the knowledge base (closed book). A message that cannot
+        fit the model's context window even alone is :class:`PayloadTooLarge` naming
+        ``message_field``. A model's refusal of what the client sent is the client's
+        4xx (naming ``message_field`` or the parameter) and is not recorded: it is not
+        a model failure.
         """
         if conversation_id:
             check_visible(db, caller.api_key_id, conversation_id=conversation_id)
@@ -259,11 +271,23 @@ class ChatService:
         if prior is not None:
             earlier = prior
         chat = self.settings.chat
-        prompt: list[dict[str, str]] = []
-        if chat.system_prompt and not any(m["role"] == "system" for m in earlier):
-            prompt.append({"role": "system", "content": chat.system_prompt})
-        prompt += earlier + [{"role": "user", "content": message}]
         targets = self.router.targets(conversation_id)
+        call = {"max_tokens": chat.max_tokens, "temperature": chat.temperature}
+        call.update({k: v for k, v in (params or {}).items() if v is not None})
+        if targets:
+            client_set = (params or {}).get("max_tokens") is not None
+            window = self.budgets.window(targets[0])
+            check_answer_room(call["max_tokens"], window, model=targets[0].name, client_set=client_set)
+        grounded = ground(
+            self.knowledge,
+            self.settings,
+            message,
+            earlier,
+            use_knowledge=use_knowledge,
+            budget=self.budgets.budget(targets[0], call["max_tokens"]) if targets else None,
+            field=message_field,
+        )
+        metrics.observe_grounding(grounded)
         turn = turns.Turn(
             conversation_id=conversation_id,
             question=message,
@@ -273,11 +297,10 @@ class ChatService:
             user_ref=caller.user_ref,
             source=source,
             metadata=metadata or {},
+            sources=grounded.sources,
         )
-        call = {"max_tokens": chat.max_tokens, "temperature": chat.temperature}
-        call.update({k: v for k, v in (params or {}).items() if v is not None})
         try:
-            reply = self.client.generate(targets, prompt, **call)
+            reply = self.client.generate(targets, grounded.messages, **call)
         except UpstreamError as exc:
             fault = client_fault(exc, params=params, message_field=message_field)
             if fault is not None:

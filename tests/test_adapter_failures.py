@@ -198,8 +198,12 @@ def traffic(tmp_path, server, tiny_model_rows, tiny_lora):
     expected = {"starter": dict(pairs), "live-lora": {q: tiny_lora.answers[q] for q, _ in pairs}}
     clients = {}
     for model in expected:
+        # Closed book (no knowledge block), so the gateway sends what a direct call sends and the tiny model's
+        # memorised answers are the expected ones; grounding is tested in tests/test_knowledge_*.py.
         settings = gateway_settings(
-            tmp_path / model, server.base_url, **{"model.name": model, "chat.system_prompt": "", "chat.temperature": 0}
+            tmp_path / model,
+            server.base_url,
+            **{"model.name": model, "chat.system_prompt": "", "chat.temperature": 0, "knowledge.enabled": False},
         )
         clients[model] = create_app(settings=settings).test_client()
     return Traffic(expected, clients)
@@ -330,8 +334,10 @@ def test_the_incident_a_peft_that_fails_every_switch_costs_one_request_not_the_b
 def test_a_canary_whose_adapter_fails_at_request_time_falls_back_to_live(
     server, fault_file, tmp_path, tiny_model_rows, peft_mismatch_lora
 ):
-    settings = gateway_settings(
-        tmp_path / "gw", server.base_url, **{"gateway.model_cache_s": 0, "model.retries": 0, "chat.temperature": 0}
+    settings = gateway_settings(  # closed book: the answers are compared with direct calls (see ``traffic``)
+        tmp_path / "gw",
+        server.base_url,
+        **{"gateway.model_cache_s": 0, "model.retries": 0, "chat.temperature": 0, "knowledge.enabled": False},
     )
     client = create_app(settings=settings).test_client()
     db = open_db(settings.db_path)

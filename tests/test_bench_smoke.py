@@ -1,5 +1,5 @@
-"""The benchmarks run end to end: `bench/gateway.py`, `bench/retrieval.py`, `bench/write_lock.py` and
-`bench/rate_limits.py` with `--quick`, each in a subprocess."""
+"""The benchmarks run end to end: `bench/gateway.py`, `bench/retrieval.py`, `bench/write_lock.py`,
+`bench/knowledge.py` (its gateway sections) and `bench/rate_limits.py` with `--quick`, each in a subprocess."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_quick(script: str, tmp_path: Path, timeout: int) -> tuple[str, dict]:
-    """Run ``bench/<script> --quick --json FILE``; assert it exited 0; return its output and its figures."""
+def run_quick(script: str, tmp_path: Path, timeout: int, *extra: str) -> tuple[str, dict]:
+    """Run ``bench/<script> --quick [extra…] --json FILE``; assert it exited 0; return its output and figures."""
     figures_path = tmp_path / "figures.json"
     proc = subprocess.run(
-        [sys.executable, f"bench/{script}", "--quick", "--json", str(figures_path)],
+        [sys.executable, f"bench/{script}", "--quick", *extra, "--json", str(figures_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -56,6 +56,18 @@ def test_quick_retrieval_benchmark_prints_recall_threshold_and_latency(tmp_path)
     assert default["golden"]["all"]["at1"] == default["golden"]["all"]["n"] == 40
     assert default["rewordings test"]["all"]["n"] == 61
     assert figures["sizes"]["2000"]["search_p50_ms"] > 0
+
+
+@pytest.mark.slow
+def test_quick_knowledge_benchmark_times_corrections_and_retrieval(tmp_path):
+    out, figures = run_quick("knowledge.py", tmp_path, 300, "--only", "freshness", "--only", "latency")
+    for heading in ("Approval → corrected answer served", "Retrieval's added latency per chat", "added p50 ms"):
+        assert heading in out
+    samples = figures["freshness"]["samples"]
+    assert len(samples) == 2 and all(s["first_s"] is not None for s in samples)
+    assert figures["freshness"]["stale_after_1s"] == 0  # nobody asking a second after an approval got the old answer
+    size = figures["latency"]["200"]
+    assert size["entries"] == 200 and size["requests"] == 60 and size["on_p50_ms"] > 0 and size["off_p50_ms"] > 0
 
 
 @pytest.mark.slow

@@ -38,7 +38,9 @@ def test_history_and_system_prompt_are_sent_upstream(make_gateway, fake_upstream
     c = make_gateway(**{"chat.system_prompt": "Be brief.", "chat.history_turns": 1}).test_client()
     first = c.post("/api/chat", json={"message": "one"}).get_json()
     c.post("/api/chat", json={"message": "two", "conversation_id": first["conversation_id"]})
-    c.post("/api/chat", json={"message": "three", "conversation_id": first["conversation_id"]})
+    # Opted out of the knowledge base, so the prompt is exactly prompt + history + question
+    # (tests/test_knowledge_gateway.py checks the grounded prompt).
+    c.post("/api/chat", json={"message": "three", "conversation_id": first["conversation_id"], "knowledge": False})
     sent = fake_upstream.log.requests[-1]["messages"]
     assert sent == [
         {"role": "system", "content": "Be brief."},
@@ -54,7 +56,7 @@ def test_streaming_events_in_order(client, gateway_db):
     evs = events(r)
     assert [e for e, _ in evs] == ["start", "delta", "delta", "delta", "done"]
     start = evs[0][1]
-    assert set(start) == {"conversation_id", "message_id", "model", "feedback_token"}
+    assert set(start) == {"conversation_id", "message_id", "model", "feedback_token", "sources"}
     assert "".join(d["text"] for e, d in evs if e == "delta") == "echo: hello"
     assert evs[-1][1]["usage"]["completion_tokens"] == 3
     stored = gateway_db.execute("SELECT content FROM messages WHERE id = ?", [start["message_id"]]).fetchone()
@@ -209,6 +211,7 @@ def test_openai_completion_has_the_documented_shape(client):
             "conversation_id": r.headers["X-Tuneloop-Conversation-Id"],
             "message_id": r.headers["X-Tuneloop-Message-Id"],
             "feedback_token": ids["feedback_token"],
+            "sources": [],  # "hi" matches no knowledge-base entry
         },
     }
     assert isinstance(body["created"], int) and ids["feedback_token"]

@@ -84,7 +84,8 @@ def test_the_gateways_own_bad_setting_stays_a_502_without_the_address(
     gateway_on_model, gateway_db, model_server, caplog
 ):
     # chat.max_tokens is the operator's, not the client's: a model failure, recorded, but still no URL out.
-    c = gateway_on_model(**{"model.provider": "vllm", "chat.max_tokens": 4096})
+    # (The operator also claims a bigger window than the model's, so the prompt budget lets it through.)
+    c = gateway_on_model(**{"model.provider": "vllm", "chat.max_tokens": 4096, "chat.context_window": 8192})
     with caplog.at_level(logging.WARNING, logger="tuneloop.gateway"):
         r = c.post("/api/chat", json={"message": "How long does delivery take?"})
     assert r.status_code == 502 and r.get_json()["error"]["code"] == "upstream_error"
@@ -118,3 +119,16 @@ def test_a_vanishing_temperature_is_greedy_not_a_502(gateway_on_model, model_ser
     greedy = c.post("/v1/chat/completions", json=ask_v1(temperature=0, max_tokens=8))
     assert r.status_code == greedy.status_code == 200, r.get_data(as_text=True)
     assert r.get_json()["choices"][0]["message"] == greedy.get_json()["choices"][0]["message"]
+
+
+def test_a_chat_max_tokens_as_long_as_the_window_is_named_as_the_operators_setting(
+    gateway_on_model, gateway_db, model_server
+):
+    # The window (512) comes from the model server's max_model_len; the answer would leave the prompt no room.
+    r = gateway_on_model(**{"model.provider": "vllm", "chat.max_tokens": 4096}).post(
+        "/api/chat", json={"message": "hi"}
+    )
+    assert r.status_code == 500
+    assert r.get_json()["error"]["code"] == "config_error" and "chat.max_tokens" in r.get_json()["error"]["message"]
+    assert_no_address(r, model_server)
+    assert_nothing_stored(gateway_db)

@@ -19,6 +19,9 @@ from config.settings import load_settings
 from feedback import turns
 from feedback.db import write_transaction
 from feedback.demo import has_demo, remove_demo, seed_demo
+from feedback.knowledge import lineage
+from feedback.knowledge import store as kb
+from feedback.knowledge.prompt import Snippet
 from feedback.report import build_report, generate_report, list_reports, render_html, render_markdown
 from feedback.report.deliver import deliver_report, webhook_payload
 from feedback.report.weeks import iso_week_window, last_complete_week, shift_week
@@ -313,6 +316,30 @@ def test_analytics_benchmark_runs_on_a_small_store(tmp_path, capsys):
     assert 0.25 < row["feedback"] / row["turns"] < 0.35
     assert row["one_week"]["rated"] > 0 and row["all"]["groups"] > 0
     assert json.loads(capsys.readouterr().out.strip()) == row
+
+
+def test_the_report_names_the_entries_behind_the_rated_down_answers(db, tmp_path):
+    live = make_version(db, "starter", "live")
+    fee = kb.add_entry(db, questions="How much is the shipping fee?", answer="2,500 won.", actor="ana")
+    hours = kb.add_entry(db, questions=HOSTILE, answer="9 to 6.", actor="ana")
+    built = {fee: ["postage?", "shipping cost?", "postage?"], hours: ["open when?"]}
+    for entry, questions in built.items():
+        for question in questions:
+            message_id = ask(db, live, question, at=THIS, down=1)
+            with write_transaction(db):
+                lineage.record_sources(db, message_id, [Snippet(entry.id, entry.question, entry.answer, 0.6, 1)])
+    ask(db, live, "old week", at=LAST, down=1)
+    report = build_report(db, report_settings(tmp_path, **{"report.min_votes": 2}), week=W47, now=NOW)
+    entries = report["knowledge"]["entries"]
+    assert [(e["id"], e["down"], e["answers"]) for e in entries] == [(fee.id, 3, 3), (hours.id, 1, 1)]
+    assert report["worst"]["ranking"]["groups"][0]["evidence"]["entries"] == [
+        {"id": fee.id, "question": "How much is the shipping fee?", "down": 2}
+    ]
+    html, md = render_html(report), render_markdown(report)
+    assert "Knowledge behind the rated-down answers" in html and fee.id in html
+    assert "<script>alert" not in html and "&lt;script&gt;" in html
+    assert f"| How much is the shipping fee? `{fee.id}` | 3 | 0 | 3 |" in md
+    assert "answers built on entry “How much is the shipping fee?”, 👎 2" in md
 
 
 # Each runs script when a Markdown viewer passes it through as HTML (issue 14 counted 7 dialogs).

@@ -24,6 +24,7 @@ from sqlite_utils import Database
 
 from config.settings import Settings
 from feedback.db import utc_now
+from feedback.knowledge import lineage
 from feedback.pii import PiiMasker
 from feedback.ranking import RankingOptions, rank_worst
 from feedback.report import lifecycle
@@ -88,6 +89,8 @@ def build_report(db: Database, settings: Settings, *, week: str | None = None, n
             "previous": dict(last_week["reasons"].most_common()),
         },
         "comments": _comments(db, since, until, versions),
+        # Entries whose answers this week were rated down most: what a reviewer fixes in the knowledge base.
+        "knowledge": {"entries": lineage.rated_entries(db, since=since, until=until, limit=cfg.top_n)},
         **lifecycle.lifecycle(db, since, until),
     }
     report["warnings"] = _warnings(report, versions, week_versions, answers, cfg, now)

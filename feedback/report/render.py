@@ -206,10 +206,25 @@ def render_markdown(report: dict) -> str:
         for i, g in enumerate(ranking["groups"], 1):
             reasons = (g.get("evidence") or {}).get("reasons") or {}
             top = next((r for r in reasons if r != "no reason given"), "")
+            built = ((g.get("evidence") or {}).get("entries") or [])[:1]
+            on = f" (answers built on entry “{_md(built[0]['question'])}”, 👎 {built[0]['down']})" if built else ""
             lines.append(
-                f"| {i} | {_md(g['question'])} | {g['down']} / {g['votes']} | {pct(g['down_share'], 0)} "
+                f"| {i} | {_md(g['question'])}{on} | {g['down']} / {g['votes']} | {pct(g['down_share'], 0)} "
                 f"| {g['score']:.2f} | {num(g['asked'])} | {_md(top)} |"
             )
+    lines += ["", "## Knowledge behind the rated-down answers", ""]
+    entries = report.get("knowledge", {}).get("entries") or []
+    if not entries:
+        lines.append("No answer built on a knowledge-base entry was rated down this week.")
+    else:
+        lines += ["| entry | 👎 | 👍 | answers rated |", "|---|---:|---:|---:|"]
+        for e in entries:
+            retired = " (retired)" if e["state"] != "active" else ""
+            lines.append(f"| {_md(e['question'])}{retired} `{e['id']}` | {e['down']} | {e['up']} | {e['answers']} |")
+        lines += [
+            "",
+            "Fix an entry in /admin/knowledge or with `tuneloop kb edit ID`: every answer built on it changes.",
+        ]
     lines += ["", "## Reasons and comments", ""]
     if report["reasons"]["this"]:
         previous = report["reasons"]["previous"]

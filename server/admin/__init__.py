@@ -6,6 +6,7 @@ blueprint's ``before_request`` already guards it (see ``auth.py``).
 """
 
 from server.admin import (
+    knowledge,  # noqa: F401  (the knowledge base's views)
     pages,  # noqa: F401  (its views register on the blueprint)
     review,  # noqa: F401  (the review queue's views)
 )

@@ -26,6 +26,7 @@ NAV = [
     ("admin.reports", "Weekly reports"),
     ("admin.worst", "Worst answered"),
     ("admin.review_list", "Review queue"),
+    ("admin.knowledge_list", "Knowledge base"),
 ]
 
 

@@ -16,6 +16,7 @@ from flask import jsonify, redirect, request, url_for
 
 from config.errors import Conflict, ValidationFailed
 from feedback import review
+from feedback.knowledge import corrections, store
 from feedback.ranking import RankingOptions, version_to_rank
 from feedback.report.weeks import utc_text
 from server.admin.blueprint import bp, page
@@ -95,6 +96,7 @@ def review_item(item_id: str):
 
 
 def _item_page(item, *, error: str = "", message: str = "", answer: str | None = None, status: int = 200):
+    db = get_db()
     return page(
         "review_item.html",
         item=item,
@@ -102,7 +104,17 @@ def _item_page(item, *, error: str = "", message: str = "", answer: str | None =
         message=message,
         answer=item.suggested_answer if answer is None else answer,
         reviewer=request.form.get("reviewer", DEFAULT_REVIEWER),
+        kb_target=_target_or_none(db, item),
+        kb_entry=store.find_entry(db, item.kb_entry_id) if item.kb_entry_id else None,
+        phrasings=corrections.phrasings(item),
     ), status
+
+
+def _target_or_none(db, item):
+    try:
+        return corrections.approval_target(db, item)
+    except ValidationFailed:
+        return None
 
 
 def _reviewer() -> str:
@@ -111,14 +123,18 @@ def _reviewer() -> str:
 
 @bp.post("/review/<item_id>/approve")
 def review_approve(item_id: str):
-    """Approve the answer in the form (also edits an approved item's answer)."""
+    """Approve the answer in the form (also edits an approved item's answer); it goes live in the knowledge base.
+
+    ``kb_entry`` (optional): the entry to put it in, or ``new``; empty: the automatic choice the page shows.
+    """
     db = get_db()
     answer = request.form.get("answer", "")
+    target = request.form.get("kb_entry", "").strip() or None
     try:
-        item = review.approve(db, item_id, answer=answer, reviewer=_reviewer())
+        item = review.approve(db, item_id, answer=answer, reviewer=_reviewer(), kb_entry=target)
     except (ValidationFailed, Conflict) as exc:
         return _item_page(review.get_item(db, item_id), error=exc.message, answer=answer, status=exc.status)
-    return redirect(_next_after(item.id, f"Approved: {item.question}"))
+    return redirect(_next_after(item.id, f"Approved: {item.question} — live now in entry {item.kb_entry_id}."))
 
 
 @bp.post("/review/<item_id>/edit")

@@ -27,6 +27,7 @@ from server.protocol import (
     ErrorResponse,
     FeedbackRequest,
     FeedbackResponse,
+    Source,
     parse_body,
 )
 from server.serving import Caller, PendingAnswer
@@ -62,6 +63,7 @@ def chat():
         conversation_id=body.conversation_id,
         metadata=body.metadata,
         source="widget" if request.headers.get("X-Tuneloop-Client") == "widget" else "api",
+        use_knowledge=body.knowledge,
     )
     if body.stream:
         return Response(
@@ -83,6 +85,7 @@ def _chat_response(pending: PendingAnswer, turn: turns.Turn) -> dict:
         usage=_usage(pending),
         latency_ms=round(turn.latency_ms or 0.0, 2),
         finish_reason=turn.finish_reason,
+        sources=Source.of(turn.sources),
     ).model_dump()
 
 
@@ -96,6 +99,7 @@ def _event_stream(pending: PendingAnswer) -> Iterator[str]:
             message_id=turn.assistant_message_id,
             model=pending.model,
             feedback_token=pending.feedback_token,
+            sources=Source.of(turn.sources),
         ).model_dump(),
     )
     for kind, value in pending.events():
@@ -105,7 +109,10 @@ def _event_stream(pending: PendingAnswer) -> Iterator[str]:
             yield sse("error", ErrorResponse.model_validate(value).model_dump(exclude_none=True))
         else:
             done = ChatDoneEvent(
-                usage=_usage(pending), finish_reason=value.finish_reason, latency_ms=round(value.latency_ms or 0.0, 2)
+                usage=_usage(pending),
+                finish_reason=value.finish_reason,
+                latency_ms=round(value.latency_ms or 0.0, 2),
+                sources=Source.of(value.sources),
             )
             yield sse("done", done.model_dump())
 

@@ -3,7 +3,9 @@
 The client sends the whole conversation each time (that is the protocol); the
 gateway logs the last user message and the answer as a turn, and returns the
 assistant message id as the completion ``id`` plus a ``tuneloop`` object with the
-ids and the feedback token, so the answer can be rated through ``/api/feedback``.
+ids, the feedback token (so the answer can be rated through ``/api/feedback``) and
+the knowledge-base entries the answer was given (``sources``). A request opts out of
+the knowledge base with ``"tuneloop": {"knowledge": false}`` (the SDKs' ``extra_body``).
 Continue a logged conversation with the ``X-Tuneloop-Conversation-Id`` header.
 """
 
@@ -33,6 +35,7 @@ from server.protocol import (
     OpenAIModelCard,
     OpenAIModelList,
     OpenAIUsage,
+    Source,
     parse_body,
 )
 from server.serving import Caller, PendingAnswer
@@ -68,6 +71,7 @@ def chat_completions():
         prior=body.prior_messages(),
         source="openai",
         params=params,
+        use_knowledge=body.tuneloop.knowledge if body.tuneloop else True,
         message_field="messages",
     )
     created = int(time.time())
@@ -97,6 +101,7 @@ def _ids(pending: PendingAnswer) -> OpenAIIds:
         conversation_id=pending.turn.conversation_id,
         message_id=pending.turn.assistant_message_id,
         feedback_token=pending.feedback_token,
+        sources=Source.of(pending.turn.sources),
     )
 
 

@@ -46,6 +46,13 @@ def readyz():
     if listed is not None:
         checks["serving"] = _serving_check(gw, target.base_url, listed)
     checks["database"] = database_check(get_db())  # no write lock while a recent commit proves it
+    index = gw.knowledge  # informational: how current this worker's knowledge index is
+    checks["knowledge"] = {
+        "ok": True,
+        "enabled": gw.settings.knowledge.enabled,
+        "entries": len(index),
+        "seq": index.seq,
+    }
     if all(c["ok"] for c in checks.values()):
         degraded = any(c.get("degraded") for c in checks.values())
         return jsonify({"status": "degraded" if degraded else "ready", "checks": checks})
