@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from cli.context import CliContext, current_user, pass_cli
+from cli.context import CliContext, pass_cli
 from config.settings import EVALUATION_SUITES
 from trainer import gate
 from trainer.evaluation.metrics import METRIC_LABELS, METRICS
@@ -112,9 +112,10 @@ def eval_command(ctx: CliContext, candidate, against, suites, apply_gate, worst,
         against,
         suites=list(suites) or None,
         progress=not as_json,
-        actor=current_user(),
+        actor=ctx.actor("admin"),
     )
-    outcome = gate.apply(ctx.db, ctx.settings, evaluation, actor="gate") if apply_gate else None
+    # With --gate a person chose to act on the verdict: the promotion or rejection is theirs.
+    outcome = gate.apply(ctx.db, ctx.settings, evaluation, actor=ctx.actor("admin")) if apply_gate else None
     if as_json:
         body = {k: v for k, v in evaluation.__dict__.items() if k != "rows"}
         if outcome:

@@ -26,6 +26,7 @@ from cli import (
     starter,
     train,
     up,
+    users,
 )
 from config.errors import ConfigError, InvalidRequest, TuneloopError
 
@@ -50,11 +51,18 @@ class _Group(click.Group):
     envvar="TUNELOOP_CONFIG",
     help="TOML file with your settings (defaults: config/default.toml).",
 )
+@click.option(
+    "--as",
+    "acting_as",
+    metavar="EMAIL",
+    envvar="TUNELOOP_AS",
+    help="Record the changes this command makes as this account (default: your operating-system user).",
+)
 @click.version_option(package_name="tuneloop")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None) -> None:
+def cli(ctx: click.Context, config_path: str | None, acting_as: str | None) -> None:
     """tuneloop: serve a chat model, collect thumbs, retrain, gate and promote."""
-    ctx.obj = context.CliContext(config_path)
+    ctx.obj = context.CliContext(config_path, acting_as)
 
 
 for _command in (
@@ -72,6 +80,7 @@ for _command in (
     *train.COMMANDS,
     *pipeline.COMMANDS,
     *scheduler.COMMANDS,
+    *users.COMMANDS,
 ):
     cli.add_command(_command)
 

@@ -19,7 +19,9 @@ enough. A rejected question may come back in a later week.
 suggested correction taken as is), ``teacher`` (a teacher model's draft taken as
 is), or ``reviewer`` (anything a person wrote or changed). Every function takes
 the database first, so the CLI, the admin pages, the scheduler and the tests
-share them; writes go through ``write_transaction``.
+share them; writes go through ``write_transaction``. Each decision writes an
+audit entry (:mod:`feedback.audit`) in the same transaction, as the ``reviewer``
+given — an :class:`feedback.audit.Actor` from the pages and the CLI.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from sqlite_utils import Database
 
 from config.errors import Conflict, NotFound, ValidationFailed
+from feedback import audit
 from feedback.db import new_id, utc_now, write_transaction
 from feedback.ranking import RankingOptions, rank_worst
 from feedback.text import fold_numbers, question_key, similarity
@@ -208,7 +211,13 @@ def matching_item(items: list[ReviewItem], keys: set[str], threshold: float) -> 
 
 
 def collect_worst(
-    db: Database, *, model_version_id: str, since: str, until: str, options: RankingOptions | None = None
+    db: Database,
+    *,
+    model_version_id: str,
+    since: str,
+    until: str,
+    options: RankingOptions | None = None,
+    actor: str = "scheduler",
 ) -> CollectResult:
     """Queue the top ``options.top_n`` worst-answered groups of a version in ``[since, until)``.
 
@@ -254,6 +263,13 @@ def collect_worst(
             _insert(db, item)
             existing.append(item)
             result.added.append(item)
+        if result.added:
+            details = {
+                "added": [i.id for i in result.added],
+                "skipped": len(result.skipped),
+                "version": model_version_id,
+            }
+            audit.record(db, actor, "review.collect", None, details)
     return result
 
 
@@ -354,6 +370,8 @@ def create_item(
             raise ValidationFailed(f"answer_source must be one of {', '.join(ANSWER_SOURCES)}", field="answer_source")
     with write_transaction(db):
         _insert(db, item)
+        details = {"question": item.question, "origin": origin, "status": item.status}
+        audit.record(db, reviewer if reviewer else "unknown", "review.create", item.id, details)
     return item
 
 
@@ -375,13 +393,13 @@ def approve(db: Database, item_id: str, *, answer: str, reviewer: str, answer_so
     rejected item whose question has meanwhile been queued again.
     """
     answer = _clean_text(answer, "answer", MAX_ANSWER_CHARS)
-    reviewer = _reviewer(reviewer)
+    actor, reviewer = reviewer, _reviewer(reviewer)
     if answer_source is not None and answer_source not in ANSWER_SOURCES:
         raise ValidationFailed(f"answer_source must be one of {', '.join(ANSWER_SOURCES)}", field="answer_source")
     with write_transaction(db):
         item = get_item(db, item_id)
         now = utc_now()
-        return _update(
+        approved = _update(
             db,
             item_id,
             {
@@ -392,20 +410,26 @@ def approve(db: Database, item_id: str, *, answer: str, reviewer: str, answer_so
                 "decided_at": now,
             },
         )
+        details = {"question": item.question, "from": item.status, "answer_source": approved.answer_source}
+        audit.record(db, actor, "review.approve", item_id, details)
+        return approved
 
 
 def reject(db: Database, item_id: str, *, reviewer: str, note: str | None = None) -> ReviewItem:
     """Reject an item (nothing from it is trained on); ``note`` says why."""
-    reviewer = _reviewer(reviewer)
+    actor, reviewer = reviewer, _reviewer(reviewer)
     with write_transaction(db):
         item = get_item(db, item_id)
         if item.status == "rejected":
             raise Conflict(f"review item {item_id} is already rejected")
-        return _update(
+        rejected = _update(
             db,
             item_id,
             {"status": "rejected", "reviewer": reviewer, "decided_at": utc_now(), "note": (note or "").strip() or None},
         )
+        details = {"question": item.question, "from": item.status, "note": rejected.note}
+        audit.record(db, actor, "review.reject", item_id, details)
+        return rejected
 
 
 def edit_item(
@@ -417,7 +441,7 @@ def edit_item(
     one is refused. Changing the question re-keys it (:class:`Conflict` when that
     question is already open elsewhere).
     """
-    reviewer = _reviewer(reviewer)
+    actor, reviewer = reviewer, _reviewer(reviewer)
     with write_transaction(db):
         item = get_item(db, item_id)
         changes: dict = {}
@@ -436,7 +460,10 @@ def edit_item(
         if not changes:
             return item
         changes["reviewer"] = reviewer
-        return _update(db, item_id, changes)
+        edited = _update(db, item_id, changes)
+        details = {"question": edited.question, "changed": sorted(k for k in changes if k in ("question", "answer"))}
+        audit.record(db, actor, "review.edit", item_id, details)
+        return edited
 
 
 def set_draft(db: Database, item_id: str, *, draft: str, model: str) -> ReviewItem:
