@@ -9,4 +9,6 @@ pytest_plugins = [
     "tests.plugins.browser",
     "tests.plugins.evaluation",
     "tests.plugins.smtp",
+    "tests.plugins.accounts",
+    "tests.plugins.oidc",
 ]
