@@ -3,9 +3,10 @@
 The report travels further than the admin pages — mailed, posted to a chat
 channel, attached as JSON — so the sections that quote users (the worst-answered
 questions with their answers, comments and suggested corrections, and the week's
-comments, and the reviewed questions quoted under "What changed") go through the same masker as training data (:mod:`feedback.pii`, with
-``dataset.pii_allowlist``). HTML, Markdown, JSON, the e-mail and the webhook are
-all rendered from the masked dict, so none of them can carry what it removed.
+comments, and the reviewed questions quoted under "What changed") go through the
+same masker as training data (:mod:`feedback.pii`, with ``dataset.pii_allowlist``).
+HTML, Markdown, JSON, the e-mail and the webhook are all rendered from the masked dict,
+so none of them can carry what it removed.
 """
 
 from __future__ import annotations
