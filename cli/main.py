@@ -32,7 +32,27 @@ from config.errors import ConfigError, InvalidRequest, TuneloopError
 
 
 class _Group(click.Group):
-    """Translates tuneloop's errors into ``error: …`` and an exit code."""
+    """Translates tuneloop's errors into ``error: …`` and an exit code; takes ``--as`` anywhere on the line."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # `tuneloop review approve X --as ana@example.com` reads naturally; the option belongs to the
+        # top group, so it is moved there (never past a "--", after which everything is an argument).
+        moved, rest, i = [], [], 0
+        while i < len(args):
+            arg = args[i]
+            if arg == "--":
+                rest += args[i:]
+                break
+            if arg == "--as" and i + 1 < len(args):
+                moved += args[i : i + 2]
+                i += 2
+                continue
+            if arg.startswith("--as="):
+                moved.append(arg)
+            else:
+                rest.append(arg)
+            i += 1
+        return super().parse_args(ctx, moved + rest)
 
     def invoke(self, ctx: click.Context):
         try:
