@@ -32,8 +32,10 @@ def _deployed(result: deploy.DeployResult) -> str:
         "loaded": "adapter loaded",
         "already_loaded": "adapter already loaded",
         "nothing_to_load": "served by name, nothing to load",
+        "rejected": "refused, so the version is rejected,",
     }
-    return f"{result.name}: {words.get(result.action, result.action)} on {result.server}"
+    detail = f" ({result.detail})" if result.detail else ""
+    return f"{result.name}: {words.get(result.action, result.action)} on {result.server}{detail}"
 
 
 @click.group("models")

@@ -232,9 +232,15 @@ class ModelServerSettings:
     threads: int = 8
     max_new_tokens: int = 512
     torch_threads: int = 1
+    adapter_check: str = "scratch"
 
     def __post_init__(self):
         _check(1 <= self.port <= 65535, "model_server.port", f"must be 1..65535, got {self.port}")
+        _check(
+            self.adapter_check in ("scratch", "in_place"),
+            "model_server.adapter_check",
+            f"must be scratch or in_place, got {self.adapter_check!r}",
+        )
         _check(self.device in ("auto", "cpu", "cuda"), "model_server.device", "must be auto, cpu or cuda")
         _check(self.threads >= 1, "model_server.threads", "must be >= 1")
         _check(self.max_new_tokens >= 1, "model_server.max_new_tokens", "must be >= 1")

@@ -14,7 +14,9 @@ Failure policy, decided here once:
 - once a token has been handed to the caller nothing is retried or switched —
   the user has already seen part of an answer — and the failure surfaces as
   :class:`UpstreamError` for the caller to report in-band;
-- any other 4xx (bad request, unknown model) fails at once: retrying cannot help.
+- 404 (the server does not serve that model, e.g. a canary's adapter it lost)
+  goes to the next target at once: retrying cannot help, another model can;
+- any other 4xx (bad request) fails at once: retrying cannot help.
 
 Timeouts: ``connect_timeout_s`` for the TCP connection, ``first_token_timeout_s``
 as the socket read timeout (so it bounds the wait for the first chunk and every
@@ -188,6 +190,8 @@ class ChatClient:
                 except UpstreamError as exc:
                     attempts.append(f"{target.name}: {exc.message}")
                     last_error = exc
+                    if getattr(exc, "next_target", False):
+                        break
                     if not retriable(exc):
                         raise exc
                     continue
@@ -312,6 +316,7 @@ def translate_error(exc: Exception, target: Target) -> UpstreamError:
             return UpstreamUnavailable(f"{where} is overloaded or unavailable ({exc.status_code}): {detail}")
         err = UpstreamError(f"{where} answered {exc.status_code}: {detail}")
         err.retriable = exc.status_code >= 500  # type: ignore[attr-defined]
+        err.next_target = exc.status_code == 404  # type: ignore[attr-defined]
         return err
     if isinstance(exc, (httpx2.TimeoutException,)):
         return UpstreamTimeout(f"{where} did not answer in time")

@@ -37,7 +37,9 @@ class ModelRouter:
     ``gateway.model_cache_s`` seconds, so a promotion reaches every gateway
     process without a restart. A canary takes the conversations whose id hashes
     below its traffic weight: the same conversation always lands on the same
-    version (sticky).
+    version (sticky). A canary conversation lists the live version right after the
+    canary, so when the canary's model fails before its first token (an adapter
+    that broke at request time) the live model answers that request.
     """
 
     def __init__(self, settings: Settings, connection: Callable[[], ContextManager[Database]]):
@@ -77,11 +79,15 @@ class ModelRouter:
         return live.name if live else self.settings.model.name
 
     def served_names(self) -> list[str]:
+        return [v.name for v in self.serving()]
+
+    def serving(self) -> list[versions.ModelVersion]:
+        """The versions taking traffic now: the live one first, then the canaries."""
         live, canaries = self._current()
-        return [v.name for v in ([live] if live else []) + canaries]
+        return ([live] if live else []) + canaries
 
     def targets(self, conversation_id: str) -> list[Target]:
-        """The version for this conversation first, then the configured fallbacks."""
+        """The version for this conversation first (for a canary: then the live one), then the fallbacks."""
         live, canaries = self._current()
         chosen = live
         bucket = int(hashlib.sha256(conversation_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
@@ -91,12 +97,11 @@ class ModelRouter:
             if bucket < edge:
                 chosen = canary
                 break
-        primary = []
-        if chosen is not None:
-            primary.append(self._target(chosen))
+        primary = [self.target(v) for v in dict.fromkeys([chosen, live]) if v is not None]
         return primary + self._fallbacks
 
-    def _target(self, version: versions.ModelVersion) -> Target:
+    def target(self, version: versions.ModelVersion) -> Target:
+        """Where and as what ``version`` is asked."""
         model = self.settings.model
         return Target(version.name, version.base_url or model.base_url, model.api_key(), version.id)
 

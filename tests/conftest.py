@@ -9,6 +9,7 @@ pytest_plugins = [
     "tests.plugins.browser",
     "tests.plugins.evaluation",
     "tests.plugins.smtp",
+    "tests.plugins.vllm",
     "tests.plugins.accounts",
     "tests.plugins.oidc",
 ]

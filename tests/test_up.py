@@ -119,7 +119,14 @@ def test_a_killed_model_server_is_restarted_while_the_gateway_answers_503(platfo
     assert model_check["ok"] is False and down_readyz["error"]["code"] == "not_ready"
     assert model_check["process"]["last_exit"] == "killed by SIGKILL"
     assert model_check["process"]["state"] in ("restarting", "starting")
-    ready = httpx2.get(url + "/readyz", timeout=10).json()
+    # The supervisor marks the child running after its own health check, which can come a moment after the
+    # gateway already reaches the model again.
+    deadline = time.monotonic() + 30
+    while True:
+        ready = httpx2.get(url + "/readyz", timeout=10).json()
+        if ready["checks"]["model_server"]["process"]["state"] == "running" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert ready["checks"]["model_server"]["process"] == {
         "state": "running",
         "pid": _children(process)["model-server"],

@@ -118,6 +118,7 @@ class RunContext:
     training_run_id: str | None = None  # train: stored as soon as the job is submitted
     candidate_id: str | None = None  # train: the model version the run registered
     evaluation_id: str | None = None  # evaluate
+    load_error: str | None = None  # evaluate: why the candidate's adapter did not load (the gate rejects it)
     gate: GateVerdict | None = None  # gate
 
     @classmethod
@@ -332,7 +333,13 @@ def step_evaluate(db: Database, settings: Settings, run: PipelineRun, now: datet
     candidate = _needs(run.context.candidate_id, "evaluate", "a candidate")
     live = live_version(db)
     earlier = [e for e in list_evaluations(db, candidate, limit=1) if live and e.incumbent_id == live.id]
-    evaluation = earlier[0] if earlier else evaluate(db, settings, candidate, "live", actor=ACTOR)
+    try:
+        evaluation = earlier[0] if earlier else evaluate(db, settings, candidate, "live", actor=ACTOR)
+    except deploy.AdapterRefused as exc:
+        if exc.version_id != candidate:
+            raise  # the live version's adapter was refused: not the candidate's fault, fail visibly
+        run.context = replace(run.context, load_error=exc.reason)  # the gate step rejects it
+        raise Skip(f"skipped: candidate {candidate} cannot be evaluated: {exc.message}") from exc
     run.context = replace(run.context, evaluation_id=evaluation.id)
     return StepResult(
         f"evaluation {evaluation.id}: {'passed' if evaluation.passed else 'failed'} the gate",
@@ -343,6 +350,16 @@ def step_evaluate(db: Database, settings: Settings, run: PipelineRun, now: datet
 
 def step_gate(db: Database, settings: Settings, run: PipelineRun, now: datetime) -> StepResult:
     """Act on the verdict: promote (or canary) a passing candidate, mark a failing one rejected."""
+    if run.context.load_error:  # its adapter did not load: nothing to evaluate, never serve it
+        candidate_id = _needs(run.context.candidate_id, "gate", "a candidate")
+        outcome = gate.reject_unloadable(db, settings, candidate_id, run.context.load_error, actor=ACTOR)
+        reasons = tuple(outcome.reasons)
+        run.context = replace(run.context, gate=GateVerdict(outcome.action, False, reasons))
+        return StepResult(
+            f"candidate {outcome.version.id} rejected; live model unchanged: {reasons[0]}",
+            action=outcome.action,
+            reasons=reasons,
+        )
     evaluation = get_evaluation(db, _needs(run.context.evaluation_id, "gate", "an evaluation"))
     candidate = get_version(db, evaluation.candidate_id)
     if candidate.status == "candidate":
