@@ -26,7 +26,7 @@ import logging
 import requests
 from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.flask_client import OAuth
-from flask import Flask, current_app, redirect, request, session, url_for
+from flask import Flask, current_app, make_response, request, session, url_for
 from joserfc.errors import JoseError
 from sqlite_utils import Database
 
@@ -36,7 +36,7 @@ from feedback import accounts
 from feedback.accounts import RANK, SsoIdentity
 from feedback.secrets import instance_secret
 from server.admin.auth import public, safe_next, start_session
-from server.admin.blueprint import bp
+from server.admin.blueprint import bp, page
 from server.admin.signin import login_page
 from server.context import gateway, get_db
 
@@ -185,7 +185,11 @@ def sso_callback():
     except (AuthlibBaseError, JoseError, requests.RequestException, ValueError) as exc:
         log.warning("single sign-on failed: %r", exc)
         return login_page(status=401, error=f"Single sign-on failed: {_why(exc)}. Try again.")
-    return start_session(redirect(safe_next(target)), account=account, method="sso")
+    # The browser arrives here from the provider's site, and for the rest of that redirect chain it
+    # withholds SameSite=Strict cookies: a redirect to the target would look signed out. A page of our
+    # own that moves on by itself starts a same-site navigation, which carries the new session cookie.
+    onward = make_response(page("continue.html", target=safe_next(target)))
+    return start_session(onward, account=account, method="sso")
 
 
 def _why(exc: Exception) -> str:

@@ -6,6 +6,7 @@ import re
 from typing import Callable
 
 import pytest
+from flask import Flask
 
 from feedback import accounts
 from feedback.db import open_db
@@ -18,9 +19,9 @@ def csrf_field(html: str) -> str:
     return re.search(r'name="csrf" value="([0-9a-f]+)"', html).group(1)
 
 
-def add_person(app, role: str, email: str | None = None, *, name: str | None = None, password: str = PASSWORD):
-    """An account with ``role`` and ``password`` in ``app``'s store (made as the CLI would)."""
-    db = open_db(app.extensions["tuneloop"].settings.db_path)
+def add_person(where, role: str, email: str | None = None, *, name: str | None = None, password: str = PASSWORD):
+    """An account with ``role`` and ``password`` (made as the CLI would) in ``where``: an app's store or a database."""
+    db = open_db(where.extensions["tuneloop"].settings.db_path) if isinstance(where, Flask) else where
     try:
         email = email or f"{role}@example.com"
         account = accounts.add_user(db, email, role=role, name=name or role.capitalize(), actor="test")
@@ -28,7 +29,8 @@ def add_person(app, role: str, email: str | None = None, *, name: str | None = N
             accounts.set_password(db, account.id, password, actor="test")
         return accounts.get_user(db, account.id)
     finally:
-        db.close()
+        if db is not where:
+            db.close()
 
 
 def password_login(client, email: str, password: str = PASSWORD, next_path: str = "/admin/"):
