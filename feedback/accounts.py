@@ -231,14 +231,17 @@ def check_password_rules(password: str, min_length: int) -> str:
     return password
 
 
-def set_password(db: Database, ref: str, password: str, *, actor: str, min_length: int = 12) -> Account:
-    """Set (or replace) an account's password; its other sessions are not ended (see the docs' note)."""
+def set_password(
+    db: Database, ref: str, password: str, *, actor: str, min_length: int = 12, keep_session: str | None = None
+) -> Account:
+    """Set (or replace) an account's password; its open sessions end, but ``keep_session`` (the one changing it)."""
     check_password_rules(password, min_length)
     hashed = _HASHER.hash(password)
     with write_transaction(db):
         account = get_user(db, ref)
         db.execute("UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?", [hashed, utc_now(), account.id])
-        audit.record(db, actor, "user.password", account.id, {"email": account.email})
+        ended = sessions.end_user_sessions(db, account.id, keep=keep_session)
+        audit.record(db, actor, "user.password", account.id, {"email": account.email, "sessions_ended": ended})
     return get_user(db, account.id)
 
 

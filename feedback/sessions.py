@@ -90,11 +90,12 @@ def end_session(db: Database, secret: str) -> bool:
     return cursor.rowcount == 1
 
 
-def end_user_sessions(db: Database, user_id: str) -> int:
-    """End every open session of one account (disabled, or its role changed); returns how many."""
+def end_user_sessions(db: Database, user_id: str, *, keep: str | None = None) -> int:
+    """End every open session of one account (disabled, role or password changed), but ``keep``'s; returns how many."""
     with write_transaction(db):
         cursor = db.execute(
-            "UPDATE admin_sessions SET ended_at = ? WHERE user_id = ? AND ended_at IS NULL", [utc_now(), user_id]
+            "UPDATE admin_sessions SET ended_at = ? WHERE user_id = ? AND ended_at IS NULL AND id != ?",
+            [utc_now(), user_id, _row_id(keep) if keep else ""],
         )
     return cursor.rowcount
 

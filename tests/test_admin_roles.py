@@ -301,3 +301,22 @@ def test_people_page_adds_changes_and_disables(app):
     listed = client.get("/admin/api/users").get_json()["users"]
     assert {u["email"] for u in listed} == {"admin@example.com", "ana@example.com"}
     assert all("password_hash" not in u for u in listed)
+
+
+def test_changing_your_password_ends_your_other_sessions(app):
+    here, csrf = _session(app, "reviewer")
+    elsewhere = app.test_client()
+    assert password_login(elsewhere, "reviewer@example.com").status_code == 302
+    wrong = here.post(
+        "/admin/account/password", data={"current": "nope", "password": "x" * 12, "confirm": "x" * 12, "csrf": csrf}
+    )
+    assert wrong.status_code == 422 and "current password is not right" in wrong.get_data(as_text=True)
+    new = "a brand new passphrase"
+    done = here.post(
+        "/admin/account/password", data={"current": PASSWORD, "password": new, "confirm": new, "csrf": csrf}
+    )
+    assert done.status_code == 302
+    assert here.get("/admin/api/review").status_code == 200
+    assert elsewhere.get("/admin/api/review").status_code == 401
+    assert password_login(app.test_client(), "reviewer@example.com", PASSWORD).status_code == 401
+    assert password_login(app.test_client(), "reviewer@example.com", new).status_code == 302

@@ -178,9 +178,11 @@ def account_password():
         )
         if not checked:
             raise ValidationFailed("the current password is not right", field="current")
-        accounts.set_password(db, who.account.id, new, actor=who.actor, min_length=settings.password_min_length)
+        accounts.set_password(
+            db, who.account.id, new, actor=who.actor, min_length=settings.password_min_length, keep_session=who.session
+        )
     except Throttled as exc:
         return page("account.html", message="", error=exc.message), 429
     except ValidationFailed as exc:
         return page("account.html", message="", error=exc.message), exc.status
-    return redirect(url_for("admin.account", message="Password changed."))
+    return redirect(url_for("admin.account", message="Password changed; your other sessions ended."))
