@@ -370,7 +370,7 @@ def create_item(
             raise ValidationFailed(f"answer_source must be one of {', '.join(ANSWER_SOURCES)}", field="answer_source")
     with write_transaction(db):
         _insert(db, item)
-        details = {"question": item.question, "origin": origin, "status": item.status}
+        details = {"question": item.question[:200], "origin": origin, "status": item.status}
         audit.record(db, reviewer if reviewer else "unknown", "review.create", item.id, details)
     return item
 
@@ -410,7 +410,7 @@ def approve(db: Database, item_id: str, *, answer: str, reviewer: str, answer_so
                 "decided_at": now,
             },
         )
-        details = {"question": item.question, "from": item.status, "answer_source": approved.answer_source}
+        details = {"question": item.question[:200], "from": item.status, "answer_source": approved.answer_source}
         audit.record(db, actor, "review.approve", item_id, details)
         return approved
 
@@ -427,7 +427,7 @@ def reject(db: Database, item_id: str, *, reviewer: str, note: str | None = None
             item_id,
             {"status": "rejected", "reviewer": reviewer, "decided_at": utc_now(), "note": (note or "").strip() or None},
         )
-        details = {"question": item.question, "from": item.status, "note": rejected.note}
+        details = {"question": item.question[:200], "from": item.status, "note": rejected.note}
         audit.record(db, actor, "review.reject", item_id, details)
         return rejected
 
@@ -461,7 +461,10 @@ def edit_item(
             return item
         changes["reviewer"] = reviewer
         edited = _update(db, item_id, changes)
-        details = {"question": edited.question, "changed": sorted(k for k in changes if k in ("question", "answer"))}
+        details = {
+            "question": edited.question[:200],
+            "changed": sorted(k for k in changes if k in ("question", "answer")),
+        }
         audit.record(db, actor, "review.edit", item_id, details)
         return edited
 
