@@ -128,10 +128,8 @@ def welcome_submit(secret: str):
     """Use the link: set the password and sign in."""
     settings = _password_settings()
     db = get_db()
-    password = request.form.get("password", "")
     try:
-        if password != request.form.get("confirm", ""):
-            raise ValidationFailed("the two passwords differ", field="confirm")
+        password = _new_password()
         account = throttled_attempt(
             LINK_ACCOUNT,
             lambda: _redeem(db, secret, password, settings.password_min_length),
@@ -143,6 +141,14 @@ def welcome_submit(secret: str):
     if not account:
         return page("welcome.html", account=None, secret="", error=""), 403
     return start_session(redirect(url_for("admin.index")), account=account, method="password")
+
+
+def _new_password() -> str:
+    """The form's new password, typed the same twice (else :class:`ValidationFailed`)."""
+    password = request.form.get("password", "")
+    if password != request.form.get("confirm", ""):
+        raise ValidationFailed("the two passwords differ", field="confirm")
+    return password
 
 
 def _redeem(db, secret: str, password: str, min_length: int):
@@ -168,10 +174,8 @@ def account_password():
     if who.account is None:
         raise Forbidden("the admin token has no password; sign in with an account", code="token_has_no_password")
     db = get_db()
-    new = request.form.get("password", "")
     try:
-        if new != request.form.get("confirm", ""):
-            raise ValidationFailed("the two new passwords differ", field="confirm")
+        new = _new_password()
         checked = throttled_attempt(
             who.account.email,
             lambda: accounts.verify_password(db, who.account.email, request.form.get("current", "")),
