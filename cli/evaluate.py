@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from cli.context import CliContext, current_user, pass_cli
+from cli.context import CliContext, pass_cli
 from config.settings import EVALUATION_SUITES
 from trainer import deploy, gate
 from trainer.evaluation.metrics import METRIC_LABELS, METRICS
@@ -107,6 +107,8 @@ def eval_command(ctx: CliContext, candidate, against, suites, apply_gate, worst,
     The candidate is deployed first (never made live). Exit code 1 when it fails the gate. When the model
     server refuses its adapter, --gate marks it rejected ("adapter did not load: …").
     """
+    # With --gate a person chose to act on the verdict: the promotion or rejection is theirs.
+    actor = ctx.actor("admin")
     try:
         evaluation = evaluate(
             ctx.db,
@@ -115,15 +117,15 @@ def eval_command(ctx: CliContext, candidate, against, suites, apply_gate, worst,
             against,
             suites=list(suites) or None,
             progress=not as_json,
-            actor=current_user(),
+            actor=actor,
         )
     except deploy.AdapterRefused as exc:
         if not apply_gate or exc.version_id != resolve_version(ctx.db, candidate).id:
             raise
-        outcome = gate.reject_unloadable(ctx.db, ctx.settings, exc.version_id, exc.reason, actor="gate")
+        outcome = gate.reject_unloadable(ctx.db, ctx.settings, exc.version_id, exc.reason, actor=actor)
         click.echo(f"gate: {outcome.version.name} ({outcome.version.id}) is marked rejected: {outcome.reasons[0]}")
         sys.exit(1)
-    outcome = gate.apply(ctx.db, ctx.settings, evaluation, actor="gate") if apply_gate else None
+    outcome = gate.apply(ctx.db, ctx.settings, evaluation, actor=actor) if apply_gate else None
     if as_json:
         body = {k: v for k, v in evaluation.__dict__.items() if k != "rows"}
         if outcome:

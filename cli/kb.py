@@ -1,7 +1,8 @@
 """``tuneloop kb``: the knowledge base answers are grounded in — list, search, add, edit, retire, import, export.
 
-Every change is recorded with who (``--actor``, default ``$USER``) and why (``--reason``), and every gateway
-worker serves it within ``knowledge.refresh_ms``. ``search`` ranks entries exactly as the gateway does.
+Every change is recorded with who (``--actor`` or ``--as``: an account, checked for the reviewer role; else
+``$USER``) and why (``--reason``) in the entry's history and the audit log, and every gateway worker serves it
+within ``knowledge.refresh_ms``. ``search`` ranks entries exactly as the gateway does.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ import sys
 
 import click
 
-from cli.context import CliContext, current_user, pass_cli
+from cli.context import CliContext, pass_cli
 from config.errors import ValidationFailed
 from feedback.knowledge import io, lineage, store
 from feedback.knowledge.live import LiveIndex
 from feedback.review_io import FORMATS
 from modelclient.embeddings import embeddings_from_settings
 
-_ACTOR = click.option("--actor", default=current_user, show_default="$USER", help="Who makes the change (history).")
+_ACTOR = click.option(
+    "--actor", default=None, help="The account that makes the change (same as --as; default: --as, else $USER)."
+)
 _REASON = click.option("--reason", help="Why (kept in the entry's history).")
 
 
@@ -121,6 +124,7 @@ def search(ctx: CliContext, question, top, as_json) -> None:
 @pass_cli
 def add(ctx: CliContext, questions, answer, lang, actor, reason) -> None:
     """Add an entry; it is served within knowledge.refresh_ms."""
+    actor = ctx.actor("reviewer", actor)
     entry = store.add_entry(ctx.db, questions=questions, answer=answer, lang=lang, actor=actor, reason=reason)
     click.echo(f"added {entry.id}: {_short(entry.question)}")
 
@@ -136,6 +140,7 @@ def add(ctx: CliContext, questions, answer, lang, actor, reason) -> None:
 @pass_cli
 def edit(ctx: CliContext, entry_id, questions, extra, answer, lang, actor, reason) -> None:
     """Change an entry's questions, answer or language (a new version)."""
+    actor = ctx.actor("reviewer", actor)
     if not (questions or extra or answer is not None or lang):
         raise ValidationFailed("give --question, --add-question, --answer and/or --lang")
     current = store.get_entry(ctx.db, entry_id)
@@ -155,6 +160,7 @@ def edit(ctx: CliContext, entry_id, questions, extra, answer, lang, actor, reaso
 @pass_cli
 def retire(ctx: CliContext, entry_id, actor, reason) -> None:
     """Stop serving an entry (kept with its history; `kb restore` brings it back)."""
+    actor = ctx.actor("reviewer", actor)
     entry = store.retire_entry(ctx.db, entry_id, actor=actor, reason=reason)
     click.echo(f"retired {entry.id} (version {entry.version})")
 
@@ -169,6 +175,7 @@ def retire(ctx: CliContext, entry_id, actor, reason) -> None:
 @pass_cli
 def restore(ctx: CliContext, entry_id, version, actor, reason) -> None:
     """Serve a retired entry again, or make an earlier version current."""
+    actor = ctx.actor("reviewer", actor)
     if version:
         entry = store.revert_entry(
             ctx.db, entry_id, version, actor=actor, reason=reason or f"restored version {version}"
@@ -187,6 +194,7 @@ def restore(ctx: CliContext, entry_id, version, actor, reason) -> None:
 @pass_cli
 def import_command(ctx: CliContext, path, fmt, dry_run, actor, reason) -> None:
     """Add or update entries from a CSV/JSONL file (all rows or none; problems listed by line and field)."""
+    actor = ctx.actor("reviewer", actor)
     summary = io.import_file(ctx.db, path, actor=actor, fmt=fmt, dry_run=dry_run, reason=reason)
     verb = "would import" if dry_run else "imported"
     click.echo(

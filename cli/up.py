@@ -22,6 +22,7 @@ from cli.serve import port_is_free
 from cli.supervisor import Child, ChildFailed, Supervisor, tuneloop_argv
 from config.errors import ConfigError, TuneloopError
 from config.settings import Settings
+from feedback import accounts
 from feedback.db import open_db
 from feedback.process_status import write_status
 from server.admin.auth import admin_token
@@ -77,6 +78,7 @@ def up(ctx: CliContext, rebuild: bool) -> None:
     builtin = _uses_builtin_model(settings)
     _check_ports(settings, builtin)
     token = admin_token(settings, ctx.db)
+    has_admin = accounts.admin_exists(ctx.db)  # then the token is for scripts; people use their accounts
     supervisor = Supervisor(
         echo=lambda line: click.echo(line), on_change=lambda children: write_status(settings.data_dir, children)
     )
@@ -121,7 +123,8 @@ def up(ctx: CliContext, rebuild: bool) -> None:
                 "tuneloop is up.",
                 f"  chat page      {base}/",
                 f"  API            {base}/api/chat   (OpenAI-compatible: {base}/v1)",
-                f"  admin          {base}/admin/     token: {token}",
+                f"  admin          {base}/admin/     "
+                + (f"sign in with your account (API token: {token})" if has_admin else f"token: {token}"),
                 f"  try            curl -s {base}/api/chat -H 'content-type: application/json'"
                 ' -d \'{"message": "How long does standard delivery take?"}\'',
                 "A process that dies is restarted; Ctrl-C stops everything.",

@@ -25,6 +25,7 @@ import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from config.errors import ConfigError
 
@@ -386,13 +387,16 @@ class ReportSettings:
 
 @dataclass(frozen=True)
 class AdminSettings:
-    """Access to the ``/admin`` pages."""
+    """Access to the ``/admin`` pages: accounts with roles, the admin token for scripts (docs/accounts.md)."""
 
     token: str = ""
     session_hours: float = 12.0
     signin_attempts_per_address: int = 10
     signin_attempts_per_account: int = 100
     signin_window_s: float = 900.0
+    password_signin: bool = True
+    password_min_length: int = 12
+    signin_link_hours: float = 24.0
 
     def __post_init__(self):
         _check(not self.token or len(self.token) >= 16, "admin.token", "must be at least 16 characters (or empty)")
@@ -400,6 +404,64 @@ class AdminSettings:
         for key in ("signin_attempts_per_address", "signin_attempts_per_account"):
             _check(getattr(self, key) >= 1, f"admin.{key}", "must be >= 1")
         _check(self.signin_window_s > 0, "admin.signin_window_s", "must be > 0")
+        _check(8 <= self.password_min_length <= 128, "admin.password_min_length", "must be 8..128")
+        _check(self.signin_link_hours > 0, "admin.signin_link_hours", "must be > 0")
+
+
+ROLES = ("viewer", "reviewer", "admin")
+
+
+def _is_loopback_http(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return url.startswith("http://") and (host in ("localhost", "::1") or host.startswith("127."))
+
+
+@dataclass(frozen=True)
+class SsoSettings:
+    """Single sign-on to ``/admin`` with an OpenID Connect identity provider (docs/accounts.md)."""
+
+    enabled: bool = False
+    issuer: str = ""
+    client_id: str = ""
+    client_secret_env: str = "TUNELOOP_SSO_CLIENT_SECRET"
+    scopes: list[str] = field(default_factory=lambda: ["openid", "email", "profile"])
+    redirect_uri: str = ""
+    allowed_domains: list[str] = field(default_factory=list)
+    email_claim: str = "email"
+    role_claim: str = ""
+    role_map: dict[str, str] = field(default_factory=dict)
+    button_label: str = "Sign in with single sign-on"
+
+    def __post_init__(self):
+        if self.enabled:
+            _check(bool(self.issuer), "sso.issuer", "must be set when sso.enabled is true")
+            _check(bool(self.client_id), "sso.client_id", "must be set when sso.enabled is true")
+        _check(
+            not self.issuer or self.issuer.startswith("https://") or _is_loopback_http(self.issuer),
+            "sso.issuer",
+            f"must be an https:// URL (plain http only on loopback, for tests); got {self.issuer!r}",
+        )
+        _check(
+            not self.redirect_uri or self.redirect_uri.startswith(("https://", "http://")),
+            "sso.redirect_uri",
+            "must be an http(s) URL ending in /admin/sso/callback, or empty",
+        )
+        _check(
+            not self.redirect_uri or self.redirect_uri.rstrip("/").endswith("/admin/sso/callback"),
+            "sso.redirect_uri",
+            "must end in /admin/sso/callback",
+        )
+        _check("openid" in self.scopes, "sso.scopes", 'must include "openid"')
+        _check(bool(self.email_claim), "sso.email_claim", "must not be empty")
+        domains = [d.strip().lower().lstrip("@") for d in self.allowed_domains]
+        _check(all(domains), "sso.allowed_domains", "must not contain empty names")
+        object.__setattr__(self, "allowed_domains", domains)
+        wrong = {value: role for value, role in self.role_map.items() if role not in ROLES}
+        _check(not wrong, "sso.role_map", f"roles must be one of {', '.join(ROLES)}; got {wrong}")
+
+    def client_secret(self) -> str:
+        """The client secret, read from the named environment variable at call time."""
+        return env_secret(self.client_secret_env)
 
 
 @dataclass(frozen=True)
@@ -649,6 +711,7 @@ class Settings:
     starter: StarterSettings = field(default_factory=StarterSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    sso: SsoSettings = field(default_factory=SsoSettings)
     review: ReviewSettings = field(default_factory=ReviewSettings)
     dataset: DatasetSettings = field(default_factory=DatasetSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)

@@ -502,7 +502,73 @@ def m008_knowledge_base(db: Database) -> None:
 
 
 @MIGRATIONS()
-def m009_rate_limit_counters(db: Database) -> None:
+def m009_accounts_and_audit_log(db: Database) -> None:
+    # Named people instead of one shared token (issue 23). An account is matched by its e-mail address
+    # (stored lowercased, so one person cannot hold two accounts by case); `sso_subject` binds it to one
+    # identity at the provider ("<issuer> <sub>"), so an address reassigned there cannot take it over.
+    # `password_hash` is an argon2id hash, NULL for single-sign-on-only accounts.
+    db.execute(
+        """
+        CREATE TABLE users (
+            id TEXT PRIMARY KEY,
+            email TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('viewer', 'reviewer', 'admin')),
+            password_hash TEXT,
+            sso_subject TEXT UNIQUE,
+            source TEXT NOT NULL DEFAULT 'cli' CHECK (source IN ('cli', 'admin', 'sso')),
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            disabled_at TEXT,
+            last_signin_at TEXT,
+            CHECK (email = lower(email))
+        )
+        """
+    )
+    # A session now belongs to an account (NULL: signed in with the admin token before any admin account
+    # existed). Disabling the account or changing its role ends its open sessions in the same transaction.
+    db.execute("ALTER TABLE admin_sessions ADD COLUMN user_id TEXT REFERENCES users(id)")
+    db.execute("ALTER TABLE admin_sessions ADD COLUMN method TEXT NOT NULL DEFAULT 'token'")
+    db.execute("CREATE INDEX admin_sessions_user ON admin_sessions(user_id, ended_at)")
+    # One-time sign-in links (set a first password): the row keeps the SHA-256 of the link's secret only.
+    db.execute(
+        """
+        CREATE TABLE signin_links (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            used_at TEXT
+        )
+        """
+    )
+    # Who changed what, when: review decisions, knowledge-base edits and imports, promotions and rollbacks,
+    # API keys, accounts. Append-only; `details` is JSON and never holds a secret (feedback/audit.py).
+    db.execute(
+        """
+        CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            actor_name TEXT NOT NULL,
+            actor_id TEXT,
+            via TEXT NOT NULL CHECK (via IN ('web', 'api', 'cli', 'system')),
+            action TEXT NOT NULL,
+            target TEXT,
+            details TEXT NOT NULL DEFAULT '{}'
+        )
+        """
+    )
+    db.execute("CREATE INDEX audit_log_at ON audit_log(at)")
+    db.execute("CREATE INDEX audit_log_actor ON audit_log(actor, at)")
+    db.execute("CREATE INDEX audit_log_action ON audit_log(action, at)")
+    db.execute("CREATE INDEX audit_log_target ON audit_log(target, at)")
+
+
+@MIGRATIONS()
+def m010_rate_limit_counters(db: Database) -> None:
     # Rate-limit counters in the store, so every gunicorn worker and every gateway sharing the
     # database counts against one limit: per-worker counters accepted 119 of 200 requests against
     # 60/minute with 2 workers (issue 14). One row per limit and caller (fixed window): the count

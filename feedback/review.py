@@ -19,7 +19,9 @@ enough. A rejected question may come back in a later week.
 suggested correction taken as is), ``teacher`` (a teacher model's draft taken as
 is), or ``reviewer`` (anything a person wrote or changed). Every function takes
 the database first, so the CLI, the admin pages, the scheduler and the tests
-share them; writes go through ``write_transaction``.
+share them; writes go through ``write_transaction``. Each decision writes an
+audit entry (:mod:`feedback.audit`) in the same transaction, as the ``reviewer``
+given — an :class:`feedback.audit.Actor` from the pages and the CLI.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from sqlite_utils import Database
 
 from config.errors import Conflict, NotFound, ValidationFailed
+from feedback import audit
 from feedback.db import new_id, utc_now, write_transaction
 from feedback.knowledge import corrections
 from feedback.ranking import RankingOptions, rank_worst
@@ -214,7 +217,13 @@ def matching_item(items: list[ReviewItem], keys: set[str], threshold: float) -> 
 
 
 def collect_worst(
-    db: Database, *, model_version_id: str, since: str, until: str, options: RankingOptions | None = None
+    db: Database,
+    *,
+    model_version_id: str,
+    since: str,
+    until: str,
+    options: RankingOptions | None = None,
+    actor: str = "scheduler",
 ) -> CollectResult:
     """Queue the top ``options.top_n`` worst-answered groups of a version in ``[since, until)``.
 
@@ -260,6 +269,13 @@ def collect_worst(
             _insert(db, item)
             existing.append(item)
             result.added.append(item)
+        if result.added:
+            details = {
+                "added": [i.id for i in result.added],
+                "skipped": len(result.skipped),
+                "version": model_version_id,
+            }
+            audit.record(db, actor, "review.collect", None, details)
     return result
 
 
@@ -365,6 +381,8 @@ def create_item(
         _insert(db, item)
         if item.status == "approved":
             item = _go_live(db, item, item.reviewer, kb_entry)
+        details = {"question": item.question[:200], "origin": origin, "status": item.status}
+        audit.record(db, reviewer if reviewer else "unknown", "review.create", item.id, details)
     return item
 
 
@@ -397,13 +415,13 @@ def approve(
     rejected item whose question has meanwhile been queued again.
     """
     answer = _clean_text(answer, "answer", MAX_ANSWER_CHARS)
-    reviewer = _reviewer(reviewer)
+    actor, reviewer = reviewer, _reviewer(reviewer)
     if answer_source is not None and answer_source not in ANSWER_SOURCES:
         raise ValidationFailed(f"answer_source must be one of {', '.join(ANSWER_SOURCES)}", field="answer_source")
     with write_transaction(db):
         item = get_item(db, item_id)
         now = utc_now()
-        item = _update(
+        approved = _update(
             db,
             item_id,
             {
@@ -414,7 +432,10 @@ def approve(
                 "decided_at": now,
             },
         )
-        return _go_live(db, item, reviewer, kb_entry)
+        approved = _go_live(db, approved, actor, kb_entry)
+        details = {"question": item.question[:200], "from": item.status, "answer_source": approved.answer_source}
+        audit.record(db, actor, "review.approve", item_id, details)
+        return approved
 
 
 def _go_live(db: Database, item: ReviewItem, reviewer: str, kb_entry: str | None) -> ReviewItem:
@@ -453,18 +474,21 @@ def _withdraw(db: Database, item: ReviewItem, reviewer: str, why: str) -> None:
 
 def reject(db: Database, item_id: str, *, reviewer: str, note: str | None = None) -> ReviewItem:
     """Reject an item (nothing from it is trained on); ``note`` says why."""
-    reviewer = _reviewer(reviewer)
+    actor, reviewer = reviewer, _reviewer(reviewer)
     with write_transaction(db):
         item = get_item(db, item_id)
         if item.status == "rejected":
             raise Conflict(f"review item {item_id} is already rejected")
         if item.status == "approved":
-            _withdraw(db, item, reviewer, f"rejected review item {item_id} (it was approved)")
-        return _update(
+            _withdraw(db, item, actor, f"rejected review item {item_id} (it was approved)")
+        rejected = _update(
             db,
             item_id,
             {"status": "rejected", "reviewer": reviewer, "decided_at": utc_now(), "note": (note or "").strip() or None},
         )
+        details = {"question": item.question[:200], "from": item.status, "note": rejected.note}
+        audit.record(db, actor, "review.reject", item_id, details)
+        return rejected
 
 
 def edit_item(
@@ -476,7 +500,7 @@ def edit_item(
     one is refused. Changing the question re-keys it (:class:`Conflict` when that
     question is already open elsewhere).
     """
-    reviewer = _reviewer(reviewer)
+    actor, reviewer = reviewer, _reviewer(reviewer)
     with write_transaction(db):
         item = get_item(db, item_id)
         changes: dict = {}
@@ -495,10 +519,15 @@ def edit_item(
         if not changes:
             return item
         changes["reviewer"] = reviewer
-        item = _update(db, item_id, changes)
-        if item.status == "approved":  # the live entry follows the approved answer and question
-            item = _go_live(db, item, reviewer, None)
-        return item
+        edited = _update(db, item_id, changes)
+        if edited.status == "approved":  # the live entry follows the approved answer and question
+            edited = _go_live(db, edited, actor, None)
+        details = {
+            "question": edited.question[:200],
+            "changed": sorted(k for k in changes if k in ("question", "answer")),
+        }
+        audit.record(db, actor, "review.edit", item_id, details)
+        return edited
 
 
 def set_draft(db: Database, item_id: str, *, draft: str, model: str) -> ReviewItem:

@@ -117,6 +117,22 @@ TABLE_NOTES = {
         "training run, candidate, evaluation, gate action, report path) and `steps` JSON each step's outcome in "
         "order, so a restarted scheduler resumes at the step it stopped without submitting a second training job."
     ),
+    "users": (
+        "Named accounts of the admin pages (`tuneloop users`, /admin/users): `email` (lowercased, unique), display "
+        "`name`, `role` viewer / reviewer / admin, an argon2id `password_hash` (NULL: single sign-on only), "
+        "`sso_subject` (the identity provider's issuer and subject it is bound to), how it was made (`source`), and "
+        "`disabled_at` (a disabled account cannot sign in and its sessions ended)."
+    ),
+    "signin_links": (
+        "One-time sign-in links (to set a first password): the SHA-256 of the link's secret, whose account it is, "
+        "when it expires and when it was used (once)."
+    ),
+    "audit_log": (
+        "Every change users can see, attributed to a person: `actor` (an account's e-mail, an operating-system user "
+        "for the CLI, `admin token`, or `gate` / `pipeline` for the loop's own moves), their display `actor_name`, "
+        "`via` web / api / cli / system, `action` (`review.approve`, `model.promoted`, `key.create`, `user.role`, "
+        "...), its `target` id and `details` JSON — never a secret."
+    ),
     "training_events": (
         "The run log: progress, losses and evaluation results of the local worker, and OpenAI's job events "
         "(`external_id` is OpenAI's event id, unique per run, so events polled twice are stored once). `data` is the "

@@ -10,4 +10,6 @@ pytest_plugins = [
     "tests.plugins.evaluation",
     "tests.plugins.smtp",
     "tests.plugins.vllm",
+    "tests.plugins.accounts",
+    "tests.plugins.oidc",
 ]

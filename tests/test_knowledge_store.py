@@ -12,7 +12,7 @@ import sqlite_utils
 
 from config.errors import ConfigError, Conflict, NotFound, ValidationFailed
 from config.settings import load_settings
-from feedback import review
+from feedback import accounts, audit, review
 from feedback.db import open_db
 from feedback.knowledge import io, seed, store
 from feedback.migrations import MIGRATIONS
@@ -289,3 +289,22 @@ def test_a_base_row_whose_question_an_entry_already_has_is_left_to_that_entry(db
     entry = store.entry_for_question(db, SHIPPING)
     assert (entry.answer, entry.source_kind) == ("Ask us.", "review")
     assert store.state_counts(db)["active"] == len(faq_rows())  # the other 183 rows and the correction
+
+
+def test_every_change_is_in_the_audit_log_with_the_person_and_an_import_is_one_row(db, tmp_path):
+    minji = accounts.add_user(db, "minji@example.com", role="reviewer", name="Min-ji Kim", actor="root")
+    who = minji.actor("web")
+    entry = store.add_entry(db, questions=["Do you gift-wrap?"], answer="Yes, for 2,000 won.", actor=who)
+    store.update_entry(db, entry.id, actor=who, answer="Yes, for free.")
+    store.retire_entry(db, entry.id, actor=who)
+    store.restore_entry(db, entry.id, actor=who)
+    path = tmp_path / "more.jsonl"
+    rows = [{"questions": [f"Question number {n}?"], "answer": f"Answer {n}."} for n in range(3)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    io.import_file(db, path, actor=who)
+    logged = [(e.action, e.target, e.actor_name) for e in audit.entries(db) if e.target == entry.id]
+    assert sorted(logged) == sorted(
+        (action, entry.id, "Min-ji Kim") for action in ("kb.add", "kb.edit", "kb.retire", "kb.restore")
+    )
+    (imported,) = [e for e in audit.entries(db) if e.action == "kb.import"]
+    assert imported.actor_name == "Min-ji Kim" and imported.details["entries"] == 3

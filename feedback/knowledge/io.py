@@ -271,7 +271,7 @@ def import_file(
 
     :class:`ImportRejected` (nothing written) on any problem, naming each line and field.
     """
-    actor = store.clean_actor(actor)
+    store.clean_actor(actor)  # checked before anything is read; the actor itself goes on to the audit log
     name = Path(path).name
     rows, errors = read_rows(path, fmt)
     with write_transaction(db):  # planned and written on one snapshot: no change slips in between
@@ -286,7 +286,7 @@ def import_file(
             return summary
         changed = [entry for _, entry, action in planned if action not in ("unchanged", "kept")]
         try:
-            store.save_entries(db, changed, actor=actor, reason=reason or f"imported {name}")
+            store.save_entries(db, changed, actor=actor, reason=reason or f"imported {name}", audit_action="kb.import")
         except TuneloopError as exc:  # a rule only the database checks: still say which file
             raise ImportRejected(name, [LineError(0, exc.message, getattr(exc, "field", None))]) from exc
     return summary

@@ -31,6 +31,7 @@ from typing import Iterable, Sequence
 from sqlite_utils import Database
 
 from config.errors import Conflict, NotFound, ValidationFailed
+from feedback import audit
 from feedback.db import new_id, utc_now, write_transaction
 from feedback.knowledge.analysis import language_of
 from feedback.text import question_key
@@ -358,7 +359,7 @@ def update_entry(
     state: str | None = None,
 ) -> KBEntry:
     """Change an entry's questions, answer, language and/or state; what is None stays. Unchanged: nothing written."""
-    actor = clean_actor(actor)
+    clean_actor(actor)  # checked before anything is read; the actor itself (an account's, perhaps) goes on
     with write_transaction(db):
         entry = get_entry(db, entry_id)
         changed = changed_entry(entry, questions=questions, answer=answer, lang=lang, state=state)
@@ -408,16 +409,19 @@ def revert_entry(db: Database, entry_id: str, version: int, *, actor: str, reaso
         changed = replace(entry, questions=old.questions, answer=old.answer, lang=old.lang, state=old.state)
         if changed == entry:
             return entry
-        return save_entries(db, [changed], actor=clean_actor(actor), reason=reason)[0]
+        return save_entries(db, [changed], actor=actor, reason=reason)[0]
 
 
-def save_entries(db: Database, entries: Sequence[KBEntry], *, actor: str, reason: str) -> list[KBEntry]:
+def save_entries(
+    db: Database, entries: Sequence[KBEntry], *, actor: str, reason: str, audit_action: str | None = None
+) -> list[KBEntry]:
     """Write new (``version`` 0) and changed entries in one transaction, under one raise of the change counter.
 
-    Each gets version + 1, a history row and its question keys. :class:`Conflict` (nothing written) when two
-    active entries would share a question.
+    Each gets version + 1, a history row and its question keys, and the audit log says who did what
+    (``kb.add``/``kb.edit``/``kb.retire``/``kb.restore`` per entry, or one ``audit_action`` row for the whole
+    batch, as an import writes). :class:`Conflict` (nothing written) when two active entries would share a question.
     """
-    actor = clean_actor(actor)
+    who, actor = actor, clean_actor(actor)
     if not entries:
         return []
     now = utc_now()
@@ -425,6 +429,10 @@ def save_entries(db: Database, entries: Sequence[KBEntry], *, actor: str, reason
     with write_transaction(db):
         (seq,) = db.execute("UPDATE kb_state SET seq = seq + 1 WHERE id = 1 RETURNING seq").fetchone()
         for entry in entries:
+            was = _state_of(db, entry.id) if entry.version else None
+            if audit_action is None:
+                details = {"version": entry.version + 1, "reason": reason, "question": entry.questions[0][:200]}
+                audit.record(db, who, _audit_action(was, entry.state), entry.id, details)
             entry = replace(
                 entry,
                 version=entry.version + 1,
@@ -435,7 +443,24 @@ def save_entries(db: Database, entries: Sequence[KBEntry], *, actor: str, reason
             )
             _write(db, entry, actor, reason)
             saved.append(entry)
+        if audit_action is not None:
+            details = {"entries": len(saved), "ids": [e.id for e in saved[:20]], "reason": reason}
+            audit.record(db, who, audit_action, None, details)
     return saved
+
+
+def _state_of(db: Database, entry_id: str) -> str | None:
+    row = db.execute("SELECT state FROM kb_entries WHERE id = ?", [entry_id]).fetchone()
+    return row[0] if row else None
+
+
+def _audit_action(was: str | None, now: str) -> str:
+    """What a change did, as the audit log names it."""
+    if was is None:
+        return "kb.add"
+    if was != now:
+        return "kb.retire" if now == "retired" else "kb.restore"
+    return "kb.edit"
 
 
 def _write(db: Database, entry: KBEntry, actor: str, reason: str) -> None:

@@ -28,6 +28,7 @@ from feedback.knowledge import lineage
 from feedback.pii import PiiMasker
 from feedback.ranking import RankingOptions, rank_worst
 from feedback.report import lifecycle
+from feedback.report.changes import changes
 from feedback.report.privacy import mask_report
 from feedback.report.weeks import iso_week_window, last_complete_week, local_date, shift_week, week_monday
 from feedback.text import question_key
@@ -92,6 +93,7 @@ def build_report(db: Database, settings: Settings, *, week: str | None = None, n
         # Entries whose answers this week were rated down most: what a reviewer fixes in the knowledge base.
         "knowledge": {"entries": lineage.rated_entries(db, since=since, until=until, limit=cfg.top_n)},
         **lifecycle.lifecycle(db, since, until),
+        "changes": changes(db, since, until),
     }
     report["warnings"] = _warnings(report, versions, week_versions, answers, cfg, now)
     report["personal_data_masked"] = dict(mask_report(report, PiiMasker(settings.dataset.pii_allowlist)))

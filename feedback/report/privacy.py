@@ -3,9 +3,10 @@
 The report travels further than the admin pages — mailed, posted to a chat
 channel, attached as JSON — so the sections that quote users (the worst-answered
 questions with their answers, comments and suggested corrections, and the week's
-comments) go through the same masker as training data (:mod:`feedback.pii`, with
-``dataset.pii_allowlist``). HTML, Markdown, JSON, the e-mail and the webhook are
-all rendered from the masked dict, so none of them can carry what it removed.
+comments, and the reviewed questions quoted under "What changed") go through the
+same masker as training data (:mod:`feedback.pii`, with ``dataset.pii_allowlist``).
+HTML, Markdown, JSON, the e-mail and the webhook are all rendered from the masked dict,
+so none of them can carry what it removed.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from collections import Counter
 
 from feedback.pii import PiiMasker
 
-USER_TEXT_SECTIONS = ("worst", "comments")
+USER_TEXT_SECTIONS = ("worst", "comments", "changes")
 # Inside those sections these are ids, times, settings or model names, never user text (and a random id
 # can hold a digit run that a number rule would take for an account).
 _NOT_USER_TEXT = frozenset(
     {"message_ids", "model_version", "model_version_id", "id", "since", "until", "at", "options", "model", "reason"}
+    # "What changed": the people who changed things and what they changed are staff-facing, not user text.
+    | {"who", "via", "action", "description", "subject", "counts", "people", "total", "listed"}
 )
 # Question keys are user text normalized for grouping: punctuation gone, so "203.0.113.45" is "203011345"
 # and no rule can recognise it. The report only needs to tell keys apart, so each becomes a label (q1, q2, …).

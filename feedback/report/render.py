@@ -254,8 +254,30 @@ def render_markdown(report: dict) -> str:
     lines += ["", "## Training, evaluation and promotion", ""]
     events = _events(report)
     lines += [f"- {e['at'][:16].replace('T', ' ')} {_md(e['text'])}" for e in events] or ["Nothing yet this week."]
+    lines += ["", "## What changed, and who", ""]
+    lines += changes_markdown(report.get("changes"))
     lines += ["", f"_Generated {report['generated_at']} by tuneloop._", ""]
     return "\n".join(lines)
+
+
+def changes_markdown(changes: dict | None) -> list[str]:
+    """The "What changed, and who" section as Markdown lines."""
+    if not changes or not changes["total"]:
+        return ["Nobody changed anything this week."]
+    lines = []
+    for person in changes["people"]:
+        what = ", ".join(f"{n} × {_md(d)}" for d, n in person["counts"].items())
+        lines.append(f"- **{_md(person['who'])}**: {what}")
+    lines.append("")
+    for e in changes["entries"]:
+        detail = " — ".join(_md(part) for part in (e["subject"], e["text"]) if part)
+        lines.append(
+            f"- {e['at'][:16].replace('T', ' ')} {_md(e['who'])} {_md(e['description'])}"
+            + (f": {detail}" if detail else "")
+        )
+    if changes["listed"] < changes["total"]:
+        lines.append(f"- … and {changes['total'] - changes['listed']} earlier changes (the audit log has them all)")
+    return lines
 
 
 def _events(report: dict) -> list[dict]:

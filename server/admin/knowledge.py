@@ -1,7 +1,8 @@
 """Admin pages of the knowledge base (``/admin/knowledge``): list and search, try a question, add, edit, retire.
 
-Behind the admin blueprint's authentication and CSRF check like every admin page. Every change is a POST that
-names who made it (the ``actor`` field, "admin" when left empty) and may say why; it becomes a new version in
+Behind the admin blueprint's authentication and CSRF check like every admin page: viewers read, reviewers change.
+Every change is a POST made as the signed-in person (with the admin token, the typed ``actor``, "admin" when left
+empty, marked as the token's) and may say why; it becomes a new version in
 the entry's history, and every gateway worker serves it within ``knowledge.refresh_ms``. A refused change (an
 empty answer, a question another entry has) re-renders the form with the message and what was typed. All text
 is rendered through Jinja's autoescaping: questions and answers are never markup.
@@ -13,6 +14,7 @@ from flask import jsonify, redirect, request, url_for
 
 from config.errors import Conflict, NotFound, ValidationFailed
 from feedback.knowledge import lineage, store
+from server.admin.auth import acting_person, principal, requires
 from server.admin.blueprint import bp, page
 from server.context import gateway, get_db
 
@@ -33,6 +35,7 @@ def _list_args() -> tuple[str | None, str, int]:
 
 
 @bp.get("/knowledge")
+@requires("viewer")
 def knowledge_list():
     """Entries by state (active by default) and text, with how their answers were rated; and a question to try."""
     state, search, number = _list_args()
@@ -58,6 +61,7 @@ def knowledge_list():
 
 
 @bp.get("/api/knowledge")
+@requires("viewer")
 def knowledge_list_json():
     """The same list as JSON (``state``, ``q``, ``page`` as on the page)."""
     state, search, number = _list_args()
@@ -69,12 +73,14 @@ def knowledge_list_json():
 
 
 @bp.get("/knowledge/new")
+@requires("reviewer")
 def knowledge_new():
     """The form for a new entry."""
     return _form_page(None, questions="", answer="")
 
 
 @bp.post("/knowledge")
+@requires("reviewer")
 def knowledge_create():
     """Add an entry from the form."""
     form = _form()
@@ -93,6 +99,7 @@ def knowledge_create():
 
 
 @bp.get("/knowledge/<entry_id>")
+@requires("viewer")
 def knowledge_entry(entry_id: str):
     """One entry: the edit form, its state, the answers built on it and how they were rated, its history."""
     entry = store.get_entry(get_db(), entry_id)
@@ -100,6 +107,7 @@ def knowledge_entry(entry_id: str):
 
 
 @bp.get("/api/knowledge/<entry_id>")
+@requires("viewer")
 def knowledge_entry_json(entry_id: str):
     """One entry with its ratings and history, as JSON."""
     db = get_db()
@@ -114,6 +122,7 @@ def knowledge_entry_json(entry_id: str):
 
 
 @bp.post("/knowledge/<entry_id>/edit")
+@requires("reviewer")
 def knowledge_edit(entry_id: str):
     """Save the form as the entry's next version."""
     db = get_db()
@@ -134,6 +143,7 @@ def knowledge_edit(entry_id: str):
 
 
 @bp.post("/knowledge/<entry_id>/retire")
+@requires("reviewer")
 def knowledge_retire(entry_id: str):
     """Stop serving the entry."""
     form = _form()
@@ -142,6 +152,7 @@ def knowledge_retire(entry_id: str):
 
 
 @bp.post("/knowledge/<entry_id>/restore")
+@requires("reviewer")
 def knowledge_restore(entry_id: str):
     """Serve a retired entry again, or (with ``version``) make an earlier version current."""
     db = get_db()
@@ -166,7 +177,7 @@ def _form() -> dict:
         "questions": [line for line in request.form.get("questions", "").splitlines() if line.strip()],
         "answer": request.form.get("answer", ""),
         "lang": request.form.get("lang", "").strip(),
-        "actor": request.form.get("actor", "").strip() or DEFAULT_ACTOR,
+        "actor": acting_person("actor", DEFAULT_ACTOR),
         "reason": request.form.get("reason", "").strip(),
     }
 
@@ -184,6 +195,7 @@ def _form_page(entry, *, questions=None, answer=None, actor=None, error="", mess
         questions="\n".join(entry.questions) if questions is None and entry else questions or "",
         answer=entry.answer if answer is None and entry else answer or "",
         actor=actor or request.form.get("actor", DEFAULT_ACTOR),
+        typed_actor=principal().account is None,
         history=store.history(db, entry.id) if entry else [],
         ratings=lineage.entry_ratings(db, entry.id) if entry else None,
         rated_down=lineage.rated_down_answers(db, entry.id) if entry else [],

@@ -1,69 +1,26 @@
-"""Admin pages: log in and out, dashboard, weekly reports, worst-answered questions."""
+"""Admin pages: dashboard, weekly reports, worst-answered questions (viewers read them; reviewers build reports)."""
 
 from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
 
-from flask import abort, g, jsonify, make_response, redirect, request, send_file, url_for
+from flask import abort, jsonify, make_response, redirect, request, send_file, url_for
 
 from config.errors import NotFound, ValidationFailed
-from feedback import sessions, versions
+from feedback import versions
 from feedback.ranking import RankingOptions, rank_worst, version_to_rank
 from feedback.report import generate_report, list_reports
 from feedback.report.weeks import last_complete_week, parse_week, utc_text
-from feedback.throttle import Throttled
-from server.admin.auth import COOKIE, check_token, current_token, safe_next, session_value
+from server.admin.auth import requires
 from server.admin.blueprint import bp, page
 from server.context import gateway, get_db
 
 REPORT_TYPES = {"html": "text/html; charset=utf-8", "md": "text/markdown; charset=utf-8", "json": "application/json"}
 
 
-@bp.get("/login")
-def login():
-    """The login form."""
-    return page("login.html", next=safe_next(request.args.get("next")), failed=False, throttled=None)
-
-
-@bp.post("/login")
-def login_submit():
-    """Check the token (throttled); on success start a session and go where the admin was headed."""
-    target = safe_next(request.form.get("next"))
-    try:
-        valid = check_token(request.form.get("token", "").strip())
-    except Throttled as exc:
-        response = make_response(page("login.html", next=target, failed=False, throttled=exc.message), 429)
-        response.headers["Retry-After"] = str(exc.retry_after)
-        return response
-    if not valid:
-        return page("login.html", next=target, failed=True), 401
-    settings = gateway().settings.admin
-    secret = sessions.create_session(get_db(), hours=settings.session_hours, client=request.remote_addr)
-    response = redirect(target)
-    response.set_cookie(
-        COOKIE,
-        session_value(current_token(), secret),
-        max_age=int(settings.session_hours * 3600),
-        path="/admin",
-        httponly=True,
-        samesite="Strict",
-        secure=request.is_secure,
-    )
-    return response
-
-
-@bp.post("/logout")
-def logout():
-    """End the session in the store (a kept copy of the cookie stops working too) and drop the cookie."""
-    if "admin_session" in g:
-        sessions.end_session(get_db(), g.admin_session)
-    response = redirect(url_for("admin.login"))
-    response.delete_cookie(COOKIE, path="/admin", httponly=True, samesite="Strict", secure=request.is_secure)
-    return response
-
-
 @bp.get("/")
+@requires("viewer")
 def index():
     """Dashboard: the latest report's headline and where to go next."""
     settings = gateway().settings
@@ -77,6 +34,7 @@ def index():
 
 
 @bp.get("/reports")
+@requires("viewer")
 def reports():
     """Every weekly report in the reports folder, newest first."""
     settings = gateway().settings
@@ -89,12 +47,14 @@ def reports():
 
 
 @bp.get("/api/reports")
+@requires("viewer")
 def reports_json():
     """The list of reports as JSON."""
     return jsonify({"reports": list_reports(gateway().settings.reports_dir)})
 
 
 @bp.post("/reports")
+@requires("reviewer")
 def reports_generate():
     """Build (or rebuild) the report of a week now; no delivery."""
     settings = gateway().settings
@@ -105,6 +65,7 @@ def reports_generate():
 
 
 @bp.get("/reports/<name>")
+@requires("viewer")
 def report_file(name: str):
     """One report: ``2026-W47`` (HTML), ``2026-W47.md`` or ``2026-W47.json``."""
     week, _, ext = name.partition(".")
@@ -139,6 +100,7 @@ def _ranking_from_args():
 
 
 @bp.get("/worst")
+@requires("viewer")
 def worst():
     """The worst-answered questions of a version over the last N days (default: live, 7)."""
     version, days, ranking = _ranking_from_args()
@@ -147,6 +109,7 @@ def worst():
 
 
 @bp.get("/api/worst")
+@requires("viewer")
 def worst_json():
     """The same ranking as JSON."""
     _, _, ranking = _ranking_from_args()
