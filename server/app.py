@@ -109,6 +109,7 @@ def _install_limits(app: Flask, settings: Settings) -> None:
         "api.chat": limits.chat,
         "openai.chat_completions": limits.chat,
         "api.feedback": limits.feedback,
+        "api.delete_conversation": limits.feedback,
     }
     for endpoint, limit in per_endpoint.items():
         app.view_functions[endpoint] = limiter.limit(limit)(app.view_functions[endpoint])

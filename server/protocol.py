@@ -109,6 +109,19 @@ class ConversationResponse(BaseModel):
     messages: list[ConversationMessage]
 
 
+class ConversationDeleteRequest(Strict):
+    message_id: str = Field(description="Any answer of the conversation.")
+    feedback_token: str = Field(
+        min_length=1, description="That answer's token: proves the caller was served this conversation."
+    )
+
+
+class ConversationDeleteResponse(BaseModel):
+    conversation_id: str
+    deleted: bool
+    erased: dict[str, int] = Field(description="How many rows of each kind went (counts only).")
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str
