@@ -49,6 +49,7 @@ from feedback.privacy.texts import Texts
 from feedback.review import ReviewItem, list_items
 
 BATCH = 500  # conversations deleted per transaction
+REQUESTED_BY = "the retention period (privacy.retention_days)"
 STRIPPED = "retention"  # evidence key marking an approved item already stripped of personal data
 _KEPT_EVIDENCE = ("votes", "down", "up", "asked", "score", "reasons", "entries", "window")
 
@@ -75,10 +76,6 @@ class Purge:
     def to_dict(self) -> dict:
         """JSON-ready form."""
         return asdict(self)
-
-    @property
-    def deletes_anything(self) -> bool:
-        return any(v for k, v in self.counts.items() if k != "review_items_kept")
 
 
 @dataclass(frozen=True)
@@ -180,6 +177,29 @@ def _weeks(hours: set[str], tz: str) -> set[str]:
     return {week_of(hour + ":00:00.000Z", tz) for hour in hours}
 
 
+@dataclass
+class _Run:
+    """A purge's row in the erasure log, written with its first deletion and kept current with every batch, so a
+    purge stopped half-way leaves the weeks and items its files must still follow (``erase.finish_unfinished``)."""
+
+    db: Database
+    actor: object
+    scope: str
+    id: str | None = None
+    totals: dict = field(default_factory=dict)
+    weeks: set[str] = field(default_factory=set)
+    items: list[str] = field(default_factory=list)
+
+    def note(self, counts: dict) -> None:
+        """Add ``counts`` (inside the transaction that deleted them)."""
+        if self.id is None:
+            self.id = log.start(
+                self.db, kind="retention", subject=None, scope=self.scope, requested_by=REQUESTED_BY, actor=self.actor
+            )
+        _add(self.totals, counts)
+        log.update(self.db, self.id, counts=self.totals, pending={"items": self.items, "weeks": sorted(self.weeks)})
+
+
 def _item_weeks(items: list[ReviewItem], tz: str) -> set[str]:
     return {week_of(t, tz) for item in items for t in (item.created_at, item.decided_at) if t}
 
@@ -223,54 +243,42 @@ def purge(
         )
         return result
 
-    problems = finish_unfinished(db, settings)
-    erasure_id = log.new_erasure_id()
-    mask = masker(settings)
-    totals: dict = {}
-    weeks: set[str] = set()
-    while True:
-        batch = expired_conversations(db, before, limit=BATCH)
-        if not batch:
-            break
+    result.problems = finish_unfinished(db, settings)
+    run = _Run(db, actor, f"idle since {before} ({days} days)")
+    while batch := expired_conversations(db, before, limit=BATCH):
         with write_transaction(db):
             counts = row_counts(db, Rows(batch))
             del counts["votes_on_other_conversations"]
-            weeks |= _weeks(active_hours(db, batch), tz)
+            run.weeks |= _weeks(active_hours(db, batch), tz)
             roll_up(db, conversation_ids=batch)
             db.execute("DELETE FROM conversations WHERE id IN (SELECT value FROM json_each(?))", [json.dumps(batch)])
-        _add(totals, counts)
+            run.note(counts)
     stamp = utc_now()
     with write_transaction(db):
-        quotes = _strip_items(db, strip_items, mask, stamp)
-        for item in doomed_items:
-            db.execute("DELETE FROM review_items WHERE id = ?", [item.id])
-            quotes[item.id] = ERASED
-        weeks |= _item_weeks(doomed_items, tz)
-        totals.update(
-            review_items_deleted=len(doomed_items),
-            review_items_stripped=len(strip_items),
-            audit_quotes=redact_quotes(db, Texts(), quotes),
-        )
         db.execute("UPDATE privacy_state SET last_purge_at = ?, last_purge_cutoff = ? WHERE id = 1", [stamp, before])
-        log.start(
-            db,
-            kind="retention",
-            subject=None,
-            scope=f"idle since {before} ({days} days)",
-            requested_by="privacy.retention_days",
-            actor=actor,
-            erasure_id=erasure_id,
-        )
-        log.update(
-            db, erasure_id, counts=totals, pending={"items": sorted(i.id for i in doomed_items), "weeks": sorted(weeks)}
-        )
-        audit.record(db, actor, "privacy.purge", erasure_id, {"retention_days": days, "cutoff": before, **totals})
-    result.id, result.counts, result.problems = erasure_id, totals, problems
-    _follow_in_files(db, settings, result, Gone(items={i.id for i in doomed_items}), weeks, erasure_id)
-    log.update(db, erasure_id, counts=result.counts)
-    log.finish(db, erasure_id)
+        if doomed_items or strip_items:
+            quotes = _strip_items(db, strip_items, masker(settings), stamp)
+            for item in doomed_items:
+                db.execute("DELETE FROM review_items WHERE id = ?", [item.id])
+                quotes[item.id] = ERASED
+            run.items = [i.id for i in doomed_items]
+            run.weeks |= _item_weeks(doomed_items, tz)
+            run.note(
+                {
+                    "review_items_deleted": len(doomed_items),
+                    "review_items_stripped": len(strip_items),
+                    "audit_quotes": redact_quotes(db, Texts(), quotes),
+                }
+            )
+        if run.id is None:
+            return result  # nothing had expired: nothing to log, no file to follow
+        audit.record(db, actor, "privacy.purge", run.id, {"retention_days": days, "cutoff": before, **run.totals})
+    result.id, result.counts = run.id, run.totals
+    _follow_in_files(db, settings, result, Gone(items=set(run.items)), run.weeks, run.id)
+    log.update(db, run.id, counts=result.counts)
+    log.finish(db, run.id)
     result.disk = wipe_sqlite_free_space(db, wait_s=wipe_wait_s)
-    log.update(db, erasure_id, disk=result.disk)
+    log.update(db, run.id, disk=result.disk)
     return result
 
 
