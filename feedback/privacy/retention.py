@@ -256,7 +256,7 @@ def purge(
     stamp = utc_now()
     with write_transaction(db):
         db.execute("UPDATE privacy_state SET last_purge_at = ?, last_purge_cutoff = ? WHERE id = 1", [stamp, before])
-        if doomed_items or strip_items:
+        if doomed_items or strip_items or run.id is not None:
             quotes = _strip_items(db, strip_items, masker(settings), stamp)
             for item in doomed_items:
                 db.execute("DELETE FROM review_items WHERE id = ?", [item.id])
