@@ -166,7 +166,7 @@ def test_dataset_rows_of_purged_answers_are_removed_and_the_manifest_says_so(set
 def _upgraded_database(tmp_path, settings):
     """A database made by the release before retention, with an old conversation in it, then upgraded."""
     raw = sqlite_utils.Database(sqlite3.connect(settings.db_path))
-    MIGRATIONS.apply(raw, stop_before="m010_privacy_lifecycle")
+    MIGRATIONS.apply(raw, stop_before="m011_privacy_lifecycle")
     raw.execute(
         "INSERT INTO conversations (id, created_at) VALUES ('conv_old', ?)", [utc_text(NOW - timedelta(days=400))]
     )

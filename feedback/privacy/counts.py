@@ -1,7 +1,7 @@
 """The numbers that outlive the words: answers, failures, ratings and thumbs-down per model version and hour.
 
 Before a purge or an erasure deletes messages and votes, :func:`roll_up` adds them to ``activity_counts``
-(migration m010), so the weekly report's trends (``feedback/report/build.py``) still count them: a customer's
+(migration m011), so the weekly report's trends (``feedback/report/build.py``) still count them: a customer's
 words leave, the week's volume and satisfaction do not change. UTC hours, not weeks, so any report time zone
 adds them into its own weeks; a vote counts in the hour its answer was written, as the report counts it.
 """

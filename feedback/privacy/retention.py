@@ -20,7 +20,7 @@ in the erasure log.
 a dry run (:func:`mark_seen`: ``tuneloop privacy purge --dry-run``, or "Allow the purge" on ``/admin/privacy``)
 for the configured retention or a shorter one; until then the job logs, every time it runs, what it would
 delete and how to allow it. A database created by a release that already had retention starts allowed
-(migration m010): it held nothing to lose.
+(migration m011): it held nothing to lose.
 """
 
 from __future__ import annotations
