@@ -279,6 +279,17 @@ def test_the_admin_export_is_a_download_and_the_api_does_the_same_as_the_page(ap
     assert preview["dry_run"] and preview["counts"]["conversations"] == 5
     refused = c.post("/admin/api/privacy/erase", json={"actor": "script"}, headers=token)
     assert refused.status_code == 422 and refused.get_json()["error"]["field"] == "user"
+    for wrong, field in (
+        ({**body, "dry_run": "yes"}, "dry_run"),  # a string is not a yes: nothing is erased by accident
+        ({**body, "user": 7}, "user"),
+        ({**body, "users": "bob"}, "users"),
+        ({"user": ""}, "user"),
+    ):
+        answer = c.post("/admin/api/privacy/erase", json=wrong, headers=token)
+        assert answer.status_code == 422 and answer.get_json()["error"]["field"] == field, (wrong, answer.get_json())
+    assert c.post("/admin/api/privacy/export", data="[", headers=token).status_code == 400
+    assert c.post("/admin/api/privacy/purge", json={"allow": 1}, headers=token).status_code == 422
+    assert marker_rows(db, "Kmark12") > 0, "no refused request erased anything"
     done = c.post("/admin/api/privacy/erase", json={**body, "requested_by": "ticket 12"}, headers=token).get_json()
     assert done["counts"] == {**preview["counts"]} and marker_rows(db, "Kmark12") == 0
     (run,) = c.get("/admin/api/privacy/log", headers=token).get_json()["runs"]

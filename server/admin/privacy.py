@@ -23,6 +23,8 @@ from feedback.privacy.subjects import Subject
 from server.admin.auth import acting_person, requires
 from server.admin.blueprint import bp, page
 from server.context import gateway, get_db
+from server.openapi import documented
+from server.protocol import PrivacyEraseRequest, PrivacyPurgeRequest, PrivacySubjectRequest, parse_body
 
 DEFAULT_ACTOR = "admin"
 
@@ -120,40 +122,54 @@ def _json_download(data: dict) -> Response:
     )
 
 
-def _json_body() -> dict:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ValidationFailed("send a JSON object", field="body")
-    return body
+def _fields(body) -> dict:
+    """A parsed request as the ``values`` :func:`_subject` and :func:`_actor` read (unset fields left out)."""
+    return body.model_dump(exclude_none=True)
 
 
 @bp.post("/api/privacy/erase")
 @requires("admin")
+@documented(
+    "Erase one person's data (`user`, under every API key unless `key`) or one conversation everywhere it was "
+    "copied; `dry_run` counts only. The result has counts per kind (never content) and what already left the "
+    "machine.",
+    request=PrivacyEraseRequest,
+    errors=(404, 409),
+    tag="admin: privacy",
+)
 def privacy_erase_json():
     """Erase ``{"user": REF, "key"?: KEY}`` or ``{"conversation": ID}``, with ``requested_by``; ``dry_run`` counts
     only. ``actor`` names who runs it when the admin token is used."""
-    body = _json_body()
+    body = parse_body(request, PrivacyEraseRequest)
+    values = _fields(body)
     result = erase(
         get_db(),
         gateway().settings,
-        _subject(body),
-        requested_by=str(body.get("requested_by") or ""),
-        actor=_actor(body),
-        dry_run=bool(body.get("dry_run")),
+        _subject(values),
+        requested_by=body.requested_by,
+        actor=_actor(values),
+        dry_run=body.dry_run,
     )
     return jsonify(result.to_dict())
 
 
 @bp.post("/api/privacy/export")
 @requires("admin")
+@documented(
+    "Everything stored about one person or one conversation, as JSON (docs/privacy.md).",
+    request=PrivacySubjectRequest,
+    errors=(404,),
+    tag="admin: privacy",
+)
 def privacy_export_json():
     """Everything stored about ``{"user": REF, "key"?: KEY}`` or ``{"conversation": ID}``."""
-    body = _json_body()
-    return jsonify(export(get_db(), gateway().settings, _subject(body), actor=_actor(body)))
+    values = _fields(parse_body(request, PrivacySubjectRequest))
+    return jsonify(export(get_db(), gateway().settings, _subject(values), actor=_actor(values)))
 
 
 @bp.get("/api/privacy/log")
 @requires("admin")
+@documented("The erasure log, newest first: counts, never content.", tag="admin: privacy")
 def privacy_log_json():
     """The erasure log, newest first (counts, never content)."""
     return jsonify({"runs": [r.to_dict() for r in log.recent(get_db(), limit=200)]})
@@ -161,6 +177,7 @@ def privacy_log_json():
 
 @bp.get("/api/privacy/status")
 @requires("admin")
+@documented("Retention settings, and whether the retention purge may delete.", tag="admin: privacy")
 def privacy_status_json():
     """Retention settings, and whether the purge may delete."""
     return jsonify(retention.status(get_db(), gateway().settings).to_dict())
@@ -168,13 +185,21 @@ def privacy_status_json():
 
 @bp.post("/api/privacy/purge")
 @requires("admin")
+@documented(
+    "The retention purge: `dry_run` previews it, `allow` records that the preview was seen, `{}` purges "
+    "(409 purge_not_seen until allowed).",
+    request=PrivacyPurgeRequest,
+    errors=(409,),
+    tag="admin: privacy",
+)
 def privacy_purge_json():
     """``{"dry_run": true}`` previews the purge; ``{"allow": true}`` records that it was seen; ``{}`` purges (409
     ``purge_not_seen`` until allowed)."""
-    body = _json_body()
+    body = parse_body(request, PrivacyPurgeRequest)
+    values = _fields(body)
     db, settings = get_db(), gateway().settings
-    if body.get("allow"):
-        retention.mark_seen(db, settings, actor=_actor(body))
+    if body.allow:
+        retention.mark_seen(db, settings, actor=_actor(values))
         return jsonify(retention.status(db, settings).to_dict())
-    result = retention.purge(db, settings, actor=_actor(body), dry_run=bool(body.get("dry_run")))
+    result = retention.purge(db, settings, actor=_actor(values), dry_run=body.dry_run)
     return jsonify(result.to_dict())
