@@ -18,10 +18,15 @@ from feedback.privacy.export import export
 from feedback.privacy.knowledge_base import ERASED
 from feedback.privacy.subjects import Subject, find_rows, reference_secret
 from feedback.privacy.texts import Texts, own_texts
-from feedback.versions import live_version
+from feedback.report import generate_report
+from feedback.report.weeks import last_complete_week, shift_week
+from feedback.versions import create_candidate, live_version
 from server.admin import admin_token
 from server.routes.api import CONVERSATION_OWNER
 from tests.plugins.accounts import csrf_field
+from trainer.dataset.build import build_dataset
+from trainer.providers.runs import create_run
+from trainer.providers.runs import log as log_event
 
 OPS = Actor("ops@example.com", via="cli")
 FOREVER = {"since": "2000-01-01T00:00:00.000Z", "until": "2100-01-01T00:00:00.000Z"}
@@ -294,3 +299,41 @@ def test_the_admin_export_is_a_download_and_the_api_does_the_same_as_the_page(ap
     assert done["counts"] == {**preview["counts"]} and marker_rows(db, "Kmark12") == 0
     (run,) = c.get("/admin/api/privacy/log", headers=token).get_json()["runs"]
     assert run["id"] == done["id"] and run["run_by_name"] == "script (admin token)" and run["state"] == "done"
+
+
+def test_the_erasure_lists_what_already_left_the_machine(make_gateway, tmp_path):
+    app = make_gateway(**{"dataset.include_upvoted_min": 1, "report.webhook_url": "https://hooks.example.com/t"})
+    c, settings = app.test_client(), app.extensions["tuneloop"].settings
+    db = open_db(settings.db_path)
+    vote(c, "alice", say(c, "alice", "Can I pay with points at the Lmark14 branch?"), "up", reason=None)
+    built = build_dataset(db, settings)
+    week = shift_week(last_complete_week(settings.report.timezone), 1)  # this week, where the chat is
+    generate_report(db, settings, week=week)
+    hosted = create_run(
+        db, dataset_id=built.dataset_id, provider="openai", base_model="gpt-x", hyperparameters={}, work_root=tmp_path
+    )
+    log_event(db, hosted.id, "uploaded train.jsonl as file-abc123", file_id="file-abc123")
+    local = create_run(
+        db, dataset_id=built.dataset_id, provider="local", base_model="tiny", hyperparameters={}, work_root=tmp_path
+    )
+    candidate = create_candidate(db, name="tiny-ft-1", provider="builtin", base_model="tiny")
+    sent = {"step": "report", "state": "succeeded", "delivered": ["webhook"], "finished_at": "2026-12-01T09:00:00Z"}
+    with db.conn:
+        db.execute("UPDATE training_runs SET state = 'succeeded', output = 'ft:gpt-x:acme' WHERE id = ?", [hosted.id])
+        db.execute("UPDATE training_runs SET candidate_version_id = ? WHERE id = ?", [candidate.id, local.id])
+        db.execute(
+            "INSERT INTO pipeline_runs (id, kind, step, state, started_at, context, steps) VALUES "
+            "('pipe_1', 'weekly', 'report', 'succeeded', '2026-12-01T09:00:00Z', ?, ?)",
+            [json.dumps({"report": {"week": week, "paths": {}}}), json.dumps([sent])],
+        )
+
+    result = erase(db, settings, Subject.of(user="alice"), requested_by="ticket 14", actor=OPS)
+    assert result.counts["dataset_rows"] == 1 and result.reports == [week]
+    left = {copy["kind"]: copy for copy in result.left_machine}
+    assert set(left) == {"report", "training_file", "hosted_model", "model", "backups"}
+    assert left["report"]["where"] == "webhook" and week in left["report"]["what"]
+    assert "file-abc123" in left["training_file"]["what"] and "file-abc123" in left["training_file"]["action"]
+    assert "ft:gpt-x:acme" in left["hosted_model"]["what"] and "tiny-ft-1" in left["model"]["what"]
+    (logged,) = db.execute("SELECT left_machine FROM erasures WHERE id = ?", [result.id]).fetchone()
+    assert json.loads(logged) == result.left_machine and "lmark14" not in logged.lower()
+    db.close()
