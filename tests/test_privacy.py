@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from click.testing import CliRunner
 
+from cli.main import cli
 from feedback import apikeys, audit, review
 from feedback.audit import Actor
 from feedback.db import open_db
@@ -24,6 +26,7 @@ from feedback.versions import create_candidate, live_version
 from server.admin import admin_token
 from server.routes.api import CONVERSATION_OWNER
 from tests.plugins.accounts import csrf_field
+from tests.plugins.gateway import write_config
 from trainer.dataset.build import build_dataset
 from trainer.providers.runs import create_run
 from trainer.providers.runs import log as log_event
@@ -337,3 +340,34 @@ def test_the_erasure_lists_what_already_left_the_machine(make_gateway, tmp_path)
     (logged,) = db.execute("SELECT left_machine FROM erasures WHERE id = ?", [result.id]).fetchone()
     assert json.loads(logged) == result.left_machine and "lmark14" not in logged.lower()
     db.close()
+
+
+def test_the_cli_erases_only_when_told_who_asked_and_logs_counts_never_content(c, db, settings, tmp_path):
+    asks_five_times(c, "alice", "Cmark15")
+    asks_five_times(c, "bob", "Dmark15", comment=False)
+    config = write_config(tmp_path / "t.toml", {"paths": {"data_dir": str(settings.data_dir)}})
+    run = lambda *args: CliRunner().invoke(cli, ["--config", str(config), "privacy", *args], env={"USER": "lee"})  # noqa: E731
+
+    status = run("status")
+    assert status.exit_code == 0 and "retention: 180 days" in status.output and "purge: allowed" in status.output
+    unasked = run("erase", "--user", "alice", "--yes")
+    assert unasked.exit_code != 0 and "--requested-by" in unasked.output and marker_rows(db, "Cmark15") > 0
+    dry = run("erase", "--user", "alice", "--dry-run")
+    assert dry.exit_code == 0 and "would erase" in dry.output and "conversations: 5" in dry.output
+    assert marker_rows(db, "Cmark15") > 0, "a dry run erases nothing"
+    out = tmp_path / "alice.json"
+    exported = run("export", "--user", "alice", "-o", str(out))
+    assert exported.exit_code == 0 and len(json.loads(out.read_text())["conversations"]) == 5
+    assert "dmark15" not in out.read_text().lower()
+
+    done = run("erase", "--user", "alice", "--requested-by", "the customer, ticket 15", "--yes")
+    assert done.exit_code == 0, done.output
+    assert "erased" in done.output and "already outside this machine" in done.output
+    assert marker_rows(db, "Cmark15") == 0 and marker_rows(db, "Dmark15") > 0
+    logged = run("log")
+    assert logged.exit_code == 0 and "user" in logged.output and "the customer, ticket 15" in logged.output
+    assert "cmark15" not in logged.output.lower() and "alice" not in logged.output
+    (entry,) = json.loads(run("log", "--json").output)
+    assert entry["run_by_name"] == "lee" and entry["counts"]["conversations"] == 5 and entry["state"] == "done"
+    gone = run("export", "--user", "alice")
+    assert gone.exit_code == 0 and json.loads(gone.output)["conversations"] == []
