@@ -20,6 +20,7 @@ from cli import (
     model_server,
     models,
     pipeline,
+    privacy,
     report,
     review,
     scheduler,
@@ -104,6 +105,7 @@ for _command in (
     *pipeline.COMMANDS,
     *scheduler.COMMANDS,
     *users.COMMANDS,
+    *privacy.COMMANDS,
 ):
     cli.add_command(_command)
 

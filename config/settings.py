@@ -658,7 +658,7 @@ class TrainingSettings:
         return env_secret(self.openai_api_key_env)
 
 
-SCHEDULER_JOBS = ("weekly", "monthly", "threshold")
+SCHEDULER_JOBS = ("weekly", "monthly", "threshold", "retention")
 
 
 @dataclass(frozen=True)
@@ -670,7 +670,7 @@ class SchedulerSettings:
     monthly_cron: str = "0 3 1 * *"
     retrain_threshold: int = 0
     threshold_check_minutes: float = 10.0
-    jobs: list[str] = field(default_factory=lambda: ["weekly", "monthly", "threshold"])
+    jobs: list[str] = field(default_factory=lambda: ["weekly", "monthly", "threshold", "retention"])
     misfire_grace_s: int = 86400
     poll_interval_s: float = 10.0
 
@@ -696,6 +696,22 @@ class SchedulerSettings:
 
 
 @dataclass(frozen=True)
+class PrivacySettings:
+    """How long personal data is kept and when the purge runs; see docs/privacy.md."""
+
+    retention_days: int = 180
+    purge_cron: str = "30 4 * * *"
+
+    def __post_init__(self):
+        _check(self.retention_days >= 0, "privacy.retention_days", "must be >= 0 (0 = keep forever)")
+        _check(
+            len(self.purge_cron.split()) == 5,
+            "privacy.purge_cron",
+            f'must be five crontab fields like "30 4 * * *"; got {self.purge_cron!r}',
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every section of ``default.toml``, typed and checked."""
 
@@ -718,6 +734,7 @@ class Settings:
     gate: GateSettings = field(default_factory=GateSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
 
     @property
     def data_dir(self) -> Path:

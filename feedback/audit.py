@@ -59,6 +59,10 @@ ACTIONS = {
     "user.password": "set a password",
     "user.link": "issued a sign-in link",
     "admin_token.rotate": "rotated the admin token",
+    "privacy.erase": "erased a person's data on request",
+    "privacy.export": "exported a person's data on request",
+    "privacy.purge": "deleted data past the retention period",
+    "privacy.purge_seen": "saw what the retention purge deletes",
 }
 _SECRET_KEY = re.compile(r"password|secret|token|hash|(^|_)key$", re.IGNORECASE)
 _KEEP_KEYS = frozenset({"key_id", "kind", "prefix_shown"})  # ids and kinds, not secrets

@@ -104,7 +104,7 @@ def test_a_week_and_a_month_with_no_command_typed(tmp_path, server, starter_mode
     app = create_app(settings=settings)
     scheduler = build_scheduler(settings, clock=lambda: start)
     try:
-        assert {job.id for job in scheduler.get_jobs()} == {"weekly", "monthly", "threshold"}
+        assert {job.id for job in scheduler.get_jobs()} == {"weekly", "monthly", "threshold", "retention"}
         rate_down_with_corrections(app)
 
         # The next Monday 09:00 Seoul (within 7 days of the ratings): the weekly report is written and the
