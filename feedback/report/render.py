@@ -294,12 +294,12 @@ def _events(report: dict) -> list[dict]:
             }
         )
     for e in report["evaluations"]["events"]:
-        verdict = {1: "passed", 0: "failed"}.get(e.get("passed"), "done")  # True == 1 and False == 0 as keys
+        verdict = e.get("outcome") or {1: "passed", 0: "failed"}.get(e.get("passed"), "done")  # True == 1, False == 0
         candidate = e.get("candidate_name") or e.get("candidate_id") or "?"
         against = f" against {e['incumbent_name']}" if e.get("incumbent_name") else ""
         detail = f" — {e['summary']}" if e.get("summary") else ""
         reasons = e.get("reasons") if isinstance(e.get("reasons"), list) else []
-        why = f" ({'; '.join(map(str, reasons))})" if reasons and verdict == "failed" else ""
+        why = f" ({'; '.join(map(str, reasons))})" if reasons and verdict in ("failed", "inconclusive") else ""
         events.append(
             {"at": e["at"], "kind": "evaluation", "text": f"evaluation of {candidate}{against}: {verdict}{detail}{why}"}
         )
