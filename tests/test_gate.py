@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
 from config.errors import Conflict
 from config.settings import load_settings
-from feedback.report import lifecycle
+from feedback.report import generate_report, lifecycle
 from feedback.versions import canary_versions, create_candidate, get_version, live_version
 from tests.plugins.evaluation import CORRECTIONS, GOLDEN, REWORDED, TEST_SPLIT, fill, make_setup
 from tests.plugins.gateway import write_config
@@ -61,15 +63,17 @@ def test_an_interval_across_the_bar_is_too_close_to_tell_and_neither_passes_nor_
     assert (verdict.passed, verdict.outcome) == (False, "inconclusive")
     assert verdict.reasons == [
         "corrections (closed book): candidate chrF 0.620 vs live 0.600 (+0.020; 95% interval -0.010 to +0.060 "
-        "over 3 questions); too close to tell whether it is better by at least 0.020"
+        "over 3 questions); too few questions to tell whether it is better by at least 0.020"
     ]
     # The whole interval above the margin passes; the whole interval below fails, even with a wide interval.
     assert gate.decide(_metrics((0.9, 0.6, 0.2, 0.4), (0.95, 0.95, -0.005, 0.0)), settings).outcome == "passed"
     assert gate.decide(_metrics((0.6, 0.6, -0.2, 0.015), (0.95, 0.95, 0.0, 0.0)), settings).outcome == "failed"
-    # Not worse: an interval reaching below the tolerance is too close to tell; wholly below it fails.
-    unclear = gate.decide(_metrics((0.9, 0.6, 0.2, 0.4), (0.94, 0.95, -0.03, 0.005)), settings)
+    # Not worse: within the tolerance passes, however wide the interval (nothing says it is worse); a drop beyond
+    # it whose interval reaches zero is too close to tell; one whose whole interval is below zero fails.
+    assert gate.decide(_metrics((0.9, 0.6, 0.2, 0.4), (0.944, 0.95, -0.05, 0.04)), settings).outcome == "passed"
+    unclear = gate.decide(_metrics((0.9, 0.6, 0.2, 0.4), (0.935, 0.95, -0.03, 0.005)), settings)
     assert unclear.outcome == "inconclusive" and unclear.reasons[0].endswith(
-        "too close to tell whether it dropped more than 0.010"
+        "too few questions to tell whether it dropped more than 0.010"
     )
     assert gate.decide(_metrics((0.9, 0.6, 0.2, 0.4), (0.9, 0.95, -0.08, -0.02)), settings).outcome == "failed"
     # A failed check wins over an unclear one.
@@ -113,6 +117,16 @@ def test_better_on_corrections_and_equal_on_golden_is_promoted(better_candidate)
         s.live.id,
         "gate",
     )
+    # The weekly report says what the retrain changed: the corrections, now answered closed book; as served the
+    # live model answered them already (their knowledge-base entries were corrected on approval).
+    report, paths = generate_report(s.db, s.settings, now=datetime.now(timezone.utc) + timedelta(days=7))
+    markdown = paths["md"].read_text(encoding="utf-8")
+    assert "**What tuned answers differently** (passed):" in markdown
+    assert "| corrections | closed book | 0/2 → 2/2 | chrf " in markdown
+    assert "| corrections | as served | 2/2 → 2/2 | chrf 1.000 → 1.000 |" in markdown
+    assert "| reworded | as served | 2/2 → 2/2 |" in markdown
+    html = paths["html"].read_text(encoding="utf-8")
+    assert "What tuned answers differently" in html and "<td>corrections</td><td>closed book</td>" in html
 
 
 def test_worse_on_golden_beyond_tolerance_is_rejected_and_live_is_untouched(tmp_path, table_upstream):
@@ -150,19 +164,24 @@ def test_worse_on_golden_beyond_tolerance_is_rejected_and_live_is_untouched(tmp_
 
 def test_a_difference_too_small_to_tell_holds_the_candidate_neither_promoted_nor_rejected(tmp_path, table_upstream):
     s = make_setup(tmp_path, table_upstream)
-    # The candidate learned one correction and lost another: +0.5 on average, but over two questions that
-    # moved in opposite directions.
+    # The candidate learned one correction and lost another: about no change on average, over two questions that
+    # moved in opposite directions — it may be better by the margin, it may be worse.
     fill(table_upstream, "starter", GOLDEN + REWORDED + CORRECTIONS, wrong={CORRECTIONS[0][0]})
     fill(table_upstream, "tuned", GOLDEN + REWORDED + CORRECTIONS, wrong={CORRECTIONS[1][0]})
     ev = evaluate(s.db, s.settings, s.candidate, suites=["corrections", "golden", "reworded"])
     assert (ev.passed, ev.gate["outcome"]) == (False, "inconclusive")
     (reason,) = ev.reasons
-    assert reason.startswith("corrections (closed book)") and "too close to tell" in reason
+    assert reason.startswith("corrections (closed book)") and reason.endswith(
+        "too few questions to tell whether it is better by at least 0.020"
+    )
+    result = CliRunner().invoke(cli, ["--config", str(_config(tmp_path, s)), "eval", "tuned"], env={})
+    assert result.exit_code == 2, result.output  # 1 is a failed gate; 2 says it cannot tell
+    assert "verdict: INCONCLUSIVE (chrF)" in result.output and f"  - {reason}" in result.output
     outcome = gate.apply(s.db, s.settings, ev)
     assert (outcome.action, outcome.version.status, outcome.reasons) == ("held", "candidate", [reason])
     assert live_version(s.db).id == s.live.id and registry.events(s.db, s.candidate.id) == []
-    (reported,) = lifecycle.evaluation_events(s.db, "2000-01-01T00:00:00Z", "2999-01-01T00:00:00Z")["events"]
-    assert reported["outcome"] == "inconclusive"
+    reported = lifecycle.evaluation_events(s.db, "2000-01-01T00:00:00Z", "2999-01-01T00:00:00Z")["events"]
+    assert [r["outcome"] for r in reported] == ["inconclusive", "inconclusive"]  # this one and the CLI's
 
 
 def _same(settings) -> dict:
@@ -171,6 +190,22 @@ def _same(settings) -> dict:
         "model.base_url": settings.model.base_url,
         "evaluation.golden_file": settings.evaluation.golden_file,
     }
+
+
+def _config(tmp_path, s):
+    """A config file with the settings of ``make_setup``'s ``s``, for the CLI."""
+    return write_config(
+        tmp_path / "t.toml",
+        {
+            "paths": {"data_dir": s.settings.paths.data_dir},
+            "model": {"base_url": s.upstream.base_url, "retries": 0},
+            "evaluation": {
+                "golden_file": s.settings.evaluation.golden_file,
+                "reworded_file": s.settings.evaluation.reworded_file,
+            },
+            "knowledge": {"base_file": s.settings.knowledge.base_file},
+        },
+    )
 
 
 def test_a_passing_candidate_becomes_a_canary_when_configured(tmp_path, table_upstream):
@@ -198,18 +233,7 @@ def test_cli_eval_prints_the_table_and_verdict_and_gates(tmp_path, table_upstrea
     s = make_setup(tmp_path, table_upstream)
     fill(table_upstream, "starter", GOLDEN + REWORDED + TEST_SPLIT + CORRECTIONS)
     fill(table_upstream, "tuned", GOLDEN + REWORDED + TEST_SPLIT + CORRECTIONS, wrong={GOLDEN[0][0], GOLDEN[2][0]})
-    config = write_config(
-        tmp_path / "t.toml",
-        {
-            "paths": {"data_dir": s.settings.paths.data_dir},
-            "model": {"base_url": table_upstream.base_url, "retries": 0},
-            "evaluation": {
-                "golden_file": s.settings.evaluation.golden_file,
-                "reworded_file": s.settings.evaluation.reworded_file,
-            },
-            "knowledge": {"base_file": s.settings.knowledge.base_file},
-        },
-    )
+    config = _config(tmp_path, s)
     result = CliRunner().invoke(cli, ["--config", str(config), "eval", "tuned", "--gate", "--worst", "1"], env={})
     assert result.exit_code == 1, result.output
     out = result.output

@@ -61,6 +61,9 @@ def loop(tmp_path, model_server, tiny_model_dir, tiny_model_rows):
             "evaluation.max_tokens": 120,
             "evaluation.concurrency": 2,
             "scheduler.poll_interval_s": 0.5,
+            # The tiny model memorizes and reads no context: served closed book, and never asked the bundled rewordings.
+            "knowledge.enabled": False,
+            "evaluation.suites": ["test", "corrections", "golden"],
             "scheduler.retrain_threshold": 2,
             **TRAINING,
         },

@@ -12,12 +12,17 @@ consolidated them. The rule (``[gate]`` settings, metric ``gate.metric``, all on
    score below the live model by more than ``tolerance``: the fixes must not cost answers users get today, in
    the FAQ's words or in their own.
 
-Each check looks at the paired bootstrap interval of the candidate-minus-live difference (``gate.confidence``,
-95 % by default; ``metrics.paired_interval``) and compares it with its bar (``+correction_margin``, or
-``-tolerance``): the whole interval at or above the bar **passes**, the whole interval below it **fails**, and
-an interval across the bar is **too close to tell** — a difference of 0.02 over three questions is noise, and
-the gate says so rather than act on it. The verdict is *passed* when every check passes, *failed* when any
-fails, else *inconclusive*. A suite without rows fails its check (nothing was shown). A check takes its
+Each check also looks at the paired bootstrap interval of the candidate-minus-live difference
+(``gate.confidence``, 95 % by default; ``metrics.paired_interval``), so that a difference the questions cannot
+tell from noise decides nothing — a difference of 0.02 over three questions is noise:
+
+- *learned*: **passes** when the difference is at least the margin and the whole interval is above zero;
+  **fails** when even the interval's top is below the margin; otherwise it is **too close to tell**;
+- *not worse*: **passes** when the difference is within the tolerance; **fails** when it drops more than the
+  tolerance and the whole interval is below zero (the drop is real); otherwise it is **too close to tell**.
+
+The verdict is *passed* when every check passes, *failed* when any fails, else *inconclusive*. A suite without
+rows fails its check (nothing was shown). A check takes its
 preferred view when the evaluation has it (the other one otherwise: an evaluation run with one view, or stored
 before there were views, which was closed book); an evaluation stored without intervals counts its difference
 as exact. The test split and ``corrections_reworded`` are reported, not gated. The default metric is chrF:
@@ -25,12 +30,11 @@ exact match is all-or-nothing and punishes a correct answer in other words as ha
 7-billion-parameter model seldom repeats a reference word for word; chrF moves with every character that is
 right, needs no tokenizer for Korean and ignores spacing.
 
-Example with the defaults (chrF, margin 0.02, tolerance 0.01): corrections closed book, live 0.612 and
-candidate 0.901, interval +0.190 to +0.380 (at or above +0.02: passes); golden as served, live 0.954 and
-candidate 0.950, interval −0.008 to +0.000 (at or above −0.01: passes); reworded as served, live 0.801 and
-candidate 0.812, interval −0.005 to +0.027 (passes) → passed. Had reworded's interval been −0.031 to +0.009,
-the verdict would be inconclusive: "reworded (as served): … too close to tell whether it dropped more than
-0.010".
+Example with the defaults (chrF, margin 0.02, tolerance 0.01): corrections closed book, live 0.728 and
+candidate 1.000 (+0.272, interval +0.133 to +0.404: passes); golden as served, live 0.550 and candidate 0.564
+(+0.014: passes); reworded as served, live 0.160 and candidate 0.156 (−0.004, within 0.01: passes) → passed.
+Had reworded dropped to 0.140 (−0.020) with an interval of −0.066 to +0.025, the verdict would be inconclusive:
+"reworded (as served): … too few questions to tell whether it dropped more than 0.010".
 
 :func:`decide` is pure; :func:`apply` acts on the verdict: a failed candidate is
 marked ``rejected`` with the reasons (and its adapter unloaded when
@@ -107,8 +111,7 @@ def _check(suite: str, entry: dict | None, prefer: tuple[str, ...], metric: str,
     cand, inc = data["candidate"][metric], data["incumbent"][metric]
     delta = cand - inc
     low, high = (data.get("interval") or {}).get(metric) or (delta, delta)
-    threshold = bar if rule == "better" else -bar
-    result = "passed" if low >= threshold - _EPSILON else "failed" if high < threshold - _EPSILON else "unclear"
+    result = _result(rule, bar, delta, low, high)
     check.update(
         candidate=cand,
         incumbent=inc,
@@ -129,7 +132,18 @@ def _check(suite: str, entry: dict | None, prefer: tuple[str, ...], metric: str,
         need = f"it must be better by at least {bar:.3f}" if rule == "better" else f"it may drop at most {bar:.3f}"
         return check, f"{where}: {numbers}; {need}"
     doubt = f"is better by at least {bar:.3f}" if rule == "better" else f"dropped more than {bar:.3f}"
-    return check, f"{where}: {numbers}; too close to tell whether it {doubt}"
+    return check, f"{where}: {numbers}; too few questions to tell whether it {doubt}"
+
+
+def _result(rule: str, bar: float, delta: float, low: float, high: float) -> str:
+    """passed, failed or unclear: the difference decides the direction, its interval whether that may be noise."""
+    if rule == "better":
+        if delta >= bar - _EPSILON and low > _EPSILON:
+            return "passed"  # better by the margin, and the interval excludes no improvement at all
+        return "failed" if high < bar - _EPSILON else "unclear"
+    if delta >= -bar - _EPSILON:
+        return "passed"  # within the tolerance
+    return "failed" if high < -_EPSILON else "unclear"  # a drop beyond it: real only if the interval excludes 0
 
 
 def decide(evaluation: Any, settings: Settings) -> Verdict:

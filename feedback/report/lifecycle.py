@@ -101,7 +101,33 @@ def evaluation_events(db: Database, since: str, until: str) -> dict:
             for suite, entry in metrics.items()
             if (parts := [_view_summary(view, m, metric) for view, m in _views(entry).items() if m.get("rows")])
         )
+        row["changes"] = _changes(metrics, metric)
     return result
+
+
+def _changes(metrics: dict, metric: str) -> list[dict]:
+    """What the candidate answers differently, one line per suite and view: questions answered word for word
+    (live, candidate) and the gate metric's means — the report's "what the retrain changed" table."""
+    lines = []
+    for suite, entry in metrics.items():
+        for view, m in _views(entry).items():
+            if not m.get("rows"):
+                continue
+            n = m["rows"]
+            lines.append(
+                {
+                    "suite": suite,
+                    "view": view,
+                    "view_words": _VIEW_WORDS.get(view, view),
+                    "rows": n,
+                    "live_right": round(m["incumbent"].get("exact_match", 0) * n),
+                    "candidate_right": round(m["candidate"].get("exact_match", 0) * n),
+                    "metric": metric,
+                    "live": m["incumbent"].get(metric, 0),
+                    "candidate": m["candidate"].get(metric, 0),
+                }
+            )
+    return lines
 
 
 _VIEW_WORDS = {"closed_book": "closed book", "as_served": "as served"}

@@ -14,13 +14,14 @@ from pathlib import Path
 from config.profile import write_profile
 
 ABOUT = (
-    "The starter model memorizes its FAQ and generalizes little: held-out rows teach it nothing, so every row "
-    "trains (no validation or test split; with no validation rows every epoch runs and the last one is kept), "
-    "at twice the default learning rate, for 20 epochs, without dropout."
+    "The starter model is tiny and trained from scratch: held-out rows teach it nothing, so every row trains (no "
+    "validation or test split; with no validation rows every epoch runs and the last one is kept), at a learning "
+    "rate fifty times a pretrained model's, for 10 epochs (each row comes closed book and as served), without "
+    "dropout."
 )
 PROFILE = {
     "dataset": {"val_fraction": 0.0, "test_fraction": 0.0},
-    "training": {"learning_rate": 0.01, "epochs": 20, "lora_dropout": 0.0},
+    "training": {"learning_rate": 0.01, "epochs": 10, "lora_dropout": 0.0},
 }
 
 
