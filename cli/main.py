@@ -59,7 +59,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except TuneloopError as exc:
-            click.secho(f"error: {exc.message}", fg="red", err=True)
+            where = f" ({exc.where})" if getattr(exc, "where", None) else ""  # a model server's address
+            click.secho(f"error: {exc.message}{where}", fg="red", err=True)
             code = 2 if isinstance(exc, (ConfigError, InvalidRequest)) else 1
             sys.exit(code)
 

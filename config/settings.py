@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import ipaddress
 import json
 import os
 import tomllib
@@ -59,6 +60,14 @@ def _check_views(views: list[str], key: str) -> None:
     _check(bool(views) and len(set(views)) == len(views), key, "name each view at most once, and at least one")
 
 
+def _is_network(entry: str) -> bool:
+    try:
+        ipaddress.ip_network(entry.strip(), strict=False)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class PathsSettings:
     data_dir: str = "var"
@@ -91,6 +100,7 @@ class GatewaySettings:
     request_header_timeout_s: float = 10.0
     request_body_timeout_s: float = 30.0
     max_waiting_connections_per_client: int = 100
+    trusted_proxies: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         _check(1 <= self.port <= 65535, "gateway.port", f"must be 1..65535, got {self.port}")
@@ -101,6 +111,8 @@ class GatewaySettings:
             "gateway.max_waiting_connections_per_client",
             "must be >= 0 (0: no limit)",
         )
+        for entry in self.trusted_proxies:
+            _check(_is_network(entry), "gateway.trusted_proxies", f"{entry!r} is not an IP address or network (CIDR)")
         _check(self.workers >= 1, "gateway.workers", f"must be >= 1, got {self.workers}")
         _check(self.worker_connections >= 1, "gateway.worker_connections", "must be >= 1")
         _check(
@@ -245,7 +257,10 @@ class LimitsSettings:
     enabled: bool = True
     chat: str = "60/minute"
     feedback: str = "120/minute"
-    storage_uri: str = "memory://"
+    storage_uri: str = "database://"
+
+    def __post_init__(self):
+        _check("://" in self.storage_uri, "limits.storage_uri", "must be database://, memory:// or redis://HOST:PORT")
 
 
 @dataclass(frozen=True)

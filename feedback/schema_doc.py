@@ -29,6 +29,12 @@ TABLE_NOTES = {
         "A conversation, with the API key that started it (others cannot read it) and a keyed hash of the caller's "
         "user id."
     ),
+    "rate_limit_counters": (
+        'Rate-limit counts (`limits.storage_uri = "database://"`, the default), shared by every gateway '
+        "worker on the database: one row per limit and caller (`key`: flask-limiter's, naming the route, the "
+        "limit and the API key and/or client address), the `hits` of its fixed window and when that window "
+        "ends. Rows of ended windows are deleted about once a minute."
+    ),
     "messages": (
         "User and assistant messages in order (`seq`). Every assistant message records the `model_version_id` that "
         "wrote it, its latency, token counts and finish reason; a failed answer keeps its `error`."

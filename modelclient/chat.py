@@ -16,7 +16,12 @@ Failure policy, decided here once:
   :class:`UpstreamError` for the caller to report in-band;
 - 404 (the server does not serve that model, e.g. a canary's adapter it lost)
   goes to the next target at once: retrying cannot help, another model can;
-- any other 4xx (bad request) fails at once: retrying cannot help.
+- any other 4xx (bad request) fails at once: retrying cannot help; 400/413/422
+  become :class:`UpstreamRejected`, naming the parameter the server found wrong,
+  so the gateway can tell a client's mistake from a model failure.
+
+Messages name the model, never the server's address (they reach clients); the
+address is on the error's ``where``.
 
 Timeouts: ``connect_timeout_s`` for the TCP connection, ``first_token_timeout_s``
 as the socket read timeout (so it bounds the wait for the first chunk and every
@@ -34,7 +39,7 @@ from typing import Any, Callable, Generator, Iterator
 import httpx2
 import openai
 
-from config.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from config.errors import UpstreamError, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,9 @@ class Reply:
             err = translate_error(exc, self.target)
             if isinstance(err, UpstreamUnavailable):
                 err = UpstreamError(f"model {self.target.name!r} dropped the connection mid-answer")
-            raise type(err)(f"the answer broke off: {err.message}") from exc
+            broke = type(err)(f"the answer broke off: {err.message}")
+            broke.where = self.target.base_url
+            raise broke from exc
         if not self.usage:
             self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
         self.latency_ms = self.elapsed_ms()
@@ -319,34 +326,70 @@ def retriable(exc: UpstreamError) -> bool:
 
 
 def translate_error(exc: Exception, target: Target) -> UpstreamError:
-    where = f"model {target.name!r} at {target.base_url}"
+    """The :class:`UpstreamError` for a failed call to ``target``; its address goes in ``where``, not the message."""
     if isinstance(exc, UpstreamError):
         return exc
+    err = _translate(exc, f"model {target.name!r}")
+    err.where = target.base_url
+    return err
+
+
+def _translate(exc: Exception, model: str) -> UpstreamError:
     if isinstance(exc, openai.APITimeoutError):
-        return UpstreamTimeout(f"{where} did not answer in time")
+        return UpstreamTimeout(f"{model} did not answer in time")
     if isinstance(exc, openai.APIConnectionError):
-        return UpstreamUnavailable(f"cannot reach {where}")
+        return UpstreamUnavailable(f"cannot reach {model}")
     if isinstance(exc, openai.APIStatusError):
         detail = _status_detail(exc)
         if exc.status_code in (429, 503):
-            return UpstreamUnavailable(f"{where} is overloaded or unavailable ({exc.status_code}): {detail}")
-        err = UpstreamError(f"{where} answered {exc.status_code}: {detail}")
+            return UpstreamUnavailable(f"{model} is overloaded or unavailable ({exc.status_code}): {detail}")
+        if exc.status_code in (400, 413, 422):
+            field, code = _status_field(exc, detail)
+            rejected = UpstreamRejected(f"{model} refused the request ({exc.status_code}): {detail}", field=field)
+            rejected.upstream_code = code
+            return rejected
+        err = UpstreamError(f"{model} answered {exc.status_code}: {detail}")
         err.retriable = exc.status_code >= 500  # type: ignore[attr-defined]
         err.next_target = exc.status_code == 404  # type: ignore[attr-defined]
         return err
     if isinstance(exc, (httpx2.TimeoutException,)):
-        return UpstreamTimeout(f"{where} did not answer in time")
+        return UpstreamTimeout(f"{model} did not answer in time")
     if isinstance(exc, (httpx2.TransportError,)):
-        return UpstreamUnavailable(f"connection to {where} broke: {exc}")
-    return UpstreamError(f"{where} failed: {type(exc).__name__}: {exc}")
+        return UpstreamUnavailable(f"the connection to {model} broke: {exc}")
+    return UpstreamError(f"{model} failed: {type(exc).__name__}: {exc}")
 
 
-def _status_detail(exc: openai.APIStatusError) -> str:
+def _error_object(exc: openai.APIStatusError) -> dict:
     body = exc.body
     if isinstance(body, dict):
         inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])[:300]
-        if isinstance(inner, str):
-            return inner[:300]
+        if isinstance(inner, dict):
+            return inner
+    return {}
+
+
+def _status_detail(exc: openai.APIStatusError) -> str:
+    inner = _error_object(exc)
+    if inner.get("message"):
+        return str(inner["message"])[:300]
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return body["error"][:300]
     return str(exc.message)[:300]
+
+
+def _status_field(exc: openai.APIStatusError, detail: str) -> tuple[str | None, str | None]:
+    """(the parameter a 4xx names, the server's error code).
+
+    OpenAI names it in ``param``, the built-in server in ``field``; vLLM names none, so its
+    message is read: it says "'max_tokens' … is too large" or "maximum context length".
+    """
+    inner = _error_object(exc)
+    code = inner.get("code")
+    field = inner.get("field") or inner.get("param")
+    if not field:
+        if "max_tokens" in detail or "max_completion_tokens" in detail:
+            field = "max_tokens"
+        elif "context length" in detail.lower() or code == "context_length_exceeded":
+            field = "messages"
+    return (str(field) if field else None), (str(code) if isinstance(code, str) else None)

@@ -74,9 +74,3 @@ def origin_allowed(origin: str) -> bool:
 def caller_key_id() -> str | None:
     key = getattr(g, "api_key", None)
     return key.id if key else None
-
-
-def rate_limit_key() -> str:
-    """Rate limits count per API key, or per client address without one."""
-    key = getattr(g, "api_key", None)
-    return f"key:{key.id}" if key else f"ip:{request.remote_addr}"

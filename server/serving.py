@@ -29,6 +29,7 @@ from feedback.knowledge.grounding import Index, ground
 from feedback.tokens import feedback_token, pseudonym
 from modelclient.chat import ChatClient, ClientPolicy, Reply, Target
 from server import metrics
+from server.model_limits import check_answer_room, client_fault
 from server.prompt_budget import PromptBudgets
 
 log = logging.getLogger("tuneloop.gateway")
@@ -157,21 +158,15 @@ class PendingAnswer:
         except GeneratorExit:
             self._finish_quietly("client disconnected")
             raise
-        except Exception as exc:  # after the first byte, errors travel in-band
-            if not isinstance(exc, TuneloopError):
-                log.exception("stream failed")
-            body = (
-                exc.to_dict()
-                if isinstance(exc, TuneloopError)
-                else {"error": {"code": "internal_error", "message": "internal error"}}
-            )
+        except Exception as exc:  # noqa: BLE001 - logged by _in_band; after the first byte, errors travel in-band
+            body = _in_band(exc, "stream failed")
             self._finish_quietly(_message(exc))
             yield "error", body
             return
         try:
             turn = self.finish()
-        except TuneloopError as exc:
-            yield "error", exc.to_dict()
+        except Exception as exc:  # noqa: BLE001 - logged by _in_band; the stream still ends with an event
+            yield "error", _in_band(exc, "could not record a streamed turn")
             return
         yield "done", turn
 
@@ -200,6 +195,14 @@ class PendingAnswer:
         self.service.record(t)
         metrics.observe_answer(reply, error)
         return t
+
+
+def _in_band(exc: Exception, what: str) -> dict:
+    """The error event's body: a domain error as it is, anything else logged and told as an internal error."""
+    if isinstance(exc, TuneloopError):
+        return exc.to_dict()
+    log.exception(what)
+    return {"error": {"code": "internal_error", "message": "internal error; the event was logged"}}
 
 
 def _message(exc: BaseException) -> str:
@@ -255,7 +258,9 @@ class ChatService:
         the client sends the whole conversation). ``use_knowledge=False`` is a
         request's opt-out of the knowledge base (closed book). A message that cannot
         fit the model's context window even alone is :class:`PayloadTooLarge` naming
-        ``message_field``.
+        ``message_field``. A model's refusal of what the client sent is the client's
+        4xx (naming ``message_field`` or the parameter) and is not recorded: it is not
+        a model failure.
         """
         if conversation_id:
             check_visible(db, caller.api_key_id, conversation_id=conversation_id)
@@ -269,6 +274,10 @@ class ChatService:
         targets = self.router.targets(conversation_id)
         call = {"max_tokens": chat.max_tokens, "temperature": chat.temperature}
         call.update({k: v for k, v in (params or {}).items() if v is not None})
+        if targets:
+            client_set = (params or {}).get("max_tokens") is not None
+            window = self.budgets.window(targets[0])
+            check_answer_room(call["max_tokens"], window, model=targets[0].name, client_set=client_set)
         grounded = ground(
             self.knowledge,
             self.settings,
@@ -293,6 +302,10 @@ class ChatService:
         try:
             reply = self.client.generate(targets, grounded.messages, **call)
         except UpstreamError as exc:
+            fault = client_fault(exc, params=params, message_field=message_field)
+            if fault is not None:
+                log.info("model refused a client's request: %s (%s)", exc.message, exc.where)
+                raise fault from exc
             turn.error = exc.message
             turn.finish_reason = "error"
             self.record(turn)

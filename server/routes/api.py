@@ -16,9 +16,15 @@ from server.auth import caller_key_id, publishable
 from server.context import gateway, get_db
 from server.openapi import documented
 from server.protocol import (
+    CHAT_EVENTS,
+    ChatDeltaEvent,
+    ChatDoneEvent,
     ChatRequest,
     ChatResponse,
+    ChatStartEvent,
+    ClientConfig,
     ConversationResponse,
+    ErrorResponse,
     FeedbackRequest,
     FeedbackResponse,
     Source,
@@ -40,8 +46,9 @@ def sse(event: str, data: dict) -> str:
     "Send a message and get the answer (JSON, or text/event-stream with stream: true).",
     request=ChatRequest,
     response=ChatResponse,
-    stream=True,
-    errors=(400, 401, 404, 413, 422, 429, 502, 503, 504),
+    events=CHAT_EVENTS,
+    headers={"X-Tuneloop-Client": "'widget' when the bundled widget asks (recorded as the turn's source)."},
+    errors=(404, 429, 502, 503, 504),
 )
 def chat():
     gw = gateway()
@@ -83,36 +90,31 @@ def _chat_response(pending: PendingAnswer, turn: turns.Turn) -> dict:
 
 
 def _event_stream(pending: PendingAnswer) -> Iterator[str]:
+    # Each event is built from its documented model (CHAT_EVENTS), so /openapi.json says what is sent.
     turn = pending.turn
     yield sse(
         "start",
-        {
-            "conversation_id": turn.conversation_id,
-            "message_id": turn.assistant_message_id,
-            "model": pending.model,
-            "feedback_token": pending.feedback_token,
-            "sources": _sources(turn),
-        },
+        ChatStartEvent(
+            conversation_id=turn.conversation_id,
+            message_id=turn.assistant_message_id,
+            model=pending.model,
+            feedback_token=pending.feedback_token,
+            sources=Source.of(turn.sources),
+        ).model_dump(),
     )
     for kind, value in pending.events():
         if kind == "delta":
-            yield sse("delta", {"text": value})
+            yield sse("delta", ChatDeltaEvent(text=value).model_dump())
         elif kind == "error":
-            yield sse("error", value)
+            yield sse("error", ErrorResponse.model_validate(value).model_dump(exclude_none=True))
         else:
-            yield sse(
-                "done",
-                {
-                    "usage": _usage(pending),
-                    "finish_reason": value.finish_reason,
-                    "latency_ms": round(value.latency_ms or 0.0, 2),
-                    "sources": _sources(value),
-                },
+            done = ChatDoneEvent(
+                usage=_usage(pending),
+                finish_reason=value.finish_reason,
+                latency_ms=round(value.latency_ms or 0.0, 2),
+                sources=Source.of(value.sources),
             )
-
-
-def _sources(turn: turns.Turn) -> list[dict]:
-    return [source.model_dump() for source in Source.of(turn.sources)]
+            yield sse("done", done.model_dump())
 
 
 def _usage(pending: PendingAnswer) -> dict:
@@ -126,7 +128,7 @@ def _usage(pending: PendingAnswer) -> dict:
     "Rate an answer: thumbs up or down, with an optional reason, comment and correction.",
     request=FeedbackRequest,
     response=FeedbackResponse,
-    errors=(400, 401, 403, 404, 409, 413, 422, 429),
+    errors=(404, 409, 429),
     tag="feedback",
 )
 def feedback():
@@ -168,7 +170,7 @@ def _blank_to_none(value: str | None) -> str | None:
 @documented(
     "A conversation with its messages, as recorded.",
     response=ConversationResponse,
-    errors=(401, 403, 404),
+    errors=(404,),
 )
 def conversation(conversation_id: str):
     conv = turns.get_conversation(get_db(), conversation_id, api_key_id=caller_key_id())
@@ -177,14 +179,14 @@ def conversation(conversation_id: str):
 
 @bp.get("/config")
 @publishable
-@documented("What a client needs to render the rating UI: reasons and limits.", tag="feedback")
+@documented("What a client needs to render the rating UI: reasons and limits.", response=ClientConfig, tag="feedback")
 def client_config():
     s = gateway().settings
     return jsonify(
-        {
-            "reasons": s.feedback.reasons,
-            "max_message_chars": s.gateway.max_message_chars,
-            "max_comment_chars": s.feedback.max_comment_chars,
-            "max_correction_chars": s.feedback.max_correction_chars,
-        }
+        ClientConfig(
+            reasons=s.feedback.reasons,
+            max_message_chars=s.gateway.max_message_chars,
+            max_comment_chars=s.feedback.max_comment_chars,
+            max_correction_chars=s.feedback.max_correction_chars,
+        ).model_dump()
     )

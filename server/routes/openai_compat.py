@@ -19,13 +19,21 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context
 
 from server.auth import caller_key_id, publishable
 from server.context import gateway, get_db
+from server.model_limits import check_sampling
 from server.openapi import documented
 from server.protocol import (
+    OPENAI_STREAM_EVENTS,
+    ErrorResponse,
     OpenAIAnswer,
+    OpenAIChatChunk,
     OpenAIChatRequest,
     OpenAIChatResponse,
     OpenAIChoice,
+    OpenAIChunkChoice,
+    OpenAIDelta,
     OpenAIIds,
+    OpenAIModelCard,
+    OpenAIModelList,
     OpenAIUsage,
     Source,
     parse_body,
@@ -41,14 +49,19 @@ bp = Blueprint("openai", __name__, url_prefix="/v1")
     "OpenAI-compatible chat completion (streaming with stream: true).",
     request=OpenAIChatRequest,
     response=OpenAIChatResponse,
-    stream=True,
-    errors=(400, 401, 404, 413, 422, 429, 502, 503, 504),
+    events=OPENAI_STREAM_EVENTS,
+    headers={
+        "X-Tuneloop-Conversation-Id": "Log this turn in that conversation (one this key started); else a new one."
+    },
+    errors=(404, 429, 502, 503, 504),
     tag="openai",
 )
 def chat_completions():
     gw = gateway()
     body = parse_body(request, OpenAIChatRequest)
     question = body.user_message(gw.settings.gateway.max_message_chars)
+    params = body.sampling()
+    check_sampling(params, gw.settings, max_tokens_field=body.max_tokens_field)
     key_id = caller_key_id()
     pending = gw.chat.start(
         get_db(),
@@ -57,7 +70,7 @@ def chat_completions():
         conversation_id=request.headers.get("X-Tuneloop-Conversation-Id") or None,
         prior=body.prior_messages(),
         source="openai",
-        params=body.sampling(),
+        params=params,
         use_knowledge=body.tuneloop.knowledge if body.tuneloop else True,
         message_field="messages",
     )
@@ -93,41 +106,32 @@ def _ids(pending: PendingAnswer) -> OpenAIIds:
 
 
 def _chunks(pending: PendingAnswer, created: int) -> Iterator[str]:
-    base = {
-        "id": pending.turn.assistant_message_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": pending.model,
-    }
+    # Each line is built from its documented model (OPENAI_STREAM_EVENTS), so /openapi.json says what is sent.
+    def chunk(choices: list[OpenAIChunkChoice], **extra) -> str:
+        body = OpenAIChatChunk(
+            id=pending.turn.assistant_message_id, created=created, model=pending.model, choices=choices, **extra
+        )
+        return line(body.model_dump())
 
     def line(payload: dict) -> str:
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
-    first = dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-    first["tuneloop"] = _ids(pending).model_dump()
-    yield line(first)
+    yield chunk([OpenAIChunkChoice(delta=OpenAIDelta(role="assistant", content=""))], tuneloop=_ids(pending))
     for kind, value in pending.events():
         if kind == "delta":
-            yield line(dict(base, choices=[{"index": 0, "delta": {"content": value}, "finish_reason": None}]))
+            yield chunk([OpenAIChunkChoice(delta=OpenAIDelta(content=value))])
         elif kind == "error":
-            yield line(value)  # in-band, as OpenAI does; the SDK raises it
+            yield line(ErrorResponse.model_validate(value).model_dump(exclude_none=True))  # in-band; the SDK raises it
         else:
-            yield line(dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": value.finish_reason or "stop"}]))
-            yield line(dict(base, choices=[], usage=OpenAIUsage.of(pending.reply.usage).model_dump()))
+            yield chunk([OpenAIChunkChoice(delta=OpenAIDelta(), finish_reason=value.finish_reason or "stop")])
+            yield chunk([], usage=OpenAIUsage.of(pending.reply.usage))
             yield "data: [DONE]\n\n"
 
 
 @bp.get("/models")
-@documented("The models this gateway serves (OpenAI list shape).", tag="openai")
+@documented("The models this gateway serves (OpenAI list shape).", response=OpenAIModelList, tag="openai")
 def models():
     router = gateway().router
     created = int(time.time())
-    return jsonify(
-        {
-            "object": "list",
-            "data": [
-                {"id": name, "object": "model", "created": created, "owned_by": "tuneloop"}
-                for name in router.served_names()
-            ],
-        }
-    )
+    cards = [OpenAIModelCard(id=name, created=created, owned_by="tuneloop") for name in router.served_names()]
+    return jsonify(OpenAIModelList(data=cards).model_dump())
