@@ -13,7 +13,7 @@ import click
 
 from cli.context import CliContext, pass_cli
 from feedback.versions import live_version
-from trainer import deploy, registry
+from trainer import deploy, gate, registry
 from trainer.evaluation.run import list_evaluations
 
 _ACTOR = click.option(
@@ -100,7 +100,7 @@ def show(ctx: CliContext, version, as_json) -> None:
             + (f": {e.reason}" if e.reason else "")
         )
     for e in evaluations:
-        verdict = "passed" if e.passed else "failed"
+        verdict = gate.outcome_of(e)
         click.echo(f"evaluation {e.id} ({e.created_at[:16].replace('T', ' ')}) against {e.incumbent_id}: {verdict}")
         for reason in e.reasons:
             click.echo(f"  - {reason}")

@@ -57,6 +57,7 @@ from filelock import FileLock, Timeout
 from config.errors import Conflict
 from config.settings import Settings
 from feedback.db import open_db
+from feedback.knowledge.seed import ensure_seeded
 from feedback.privacy import retention
 from trainer.pipeline import PipelineRun, retrain_due, run_pipeline
 
@@ -198,6 +199,9 @@ def _run(kind: str, now: datetime | None) -> PipelineRun:
     settings = _SETTINGS["settings"]
     db = open_db(settings.db_path, busy_timeout_ms=settings.database.busy_timeout_ms)
     try:
+        # A scheduler started alone on a fresh data folder seeds the knowledge base, as any process working on
+        # the database does: the retrain's dataset and evaluation read it.
+        ensure_seeded(db, settings.knowledge)
         clock = (lambda: now) if now else None
         run = run_pipeline(db, settings, kind, **({"clock": clock} if clock else {}))
         log.info("%s pipeline %s: %s%s", kind, run.id, run.state, f" ({run.error})" if run.error else "")

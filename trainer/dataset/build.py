@@ -17,6 +17,10 @@ The pipeline, in order:
 4. **Deduplicate** (:func:`deduplicate`, ``dedupe.py``), corrections first, then base rows, then up-voted answers.
 5. **Split** (:func:`split`, ``split.py``) by near-duplicate group, seeded; groups holding a
    correction go to train.
+5b. **As served** (:func:`add_as_served`, ``as_served.py``): with ``"as_served"`` in ``dataset.views``, each
+   train and validation row also comes with the knowledge block the gateway would send for its question, from
+   the current knowledge base (its change counter is in the manifest); with ``"closed_book"`` not in the views,
+   the twin replaces its row. The test split stays closed book: the evaluation asks it both ways.
 6. **Validate** (``validate.py``) against OpenAI's format rules; any problem stops
    the build with every problem listed by split and row (and the row's lineage).
 7. **Estimate cost** (``cost.py``) per OpenAI base model in ``dataset.prices``.
@@ -56,8 +60,13 @@ from config.errors import ValidationFailed
 from config.settings import Settings
 from feedback import review
 from feedback.db import new_id, utc_now, write_transaction
+from feedback.knowledge import store
+from feedback.knowledge.live import LiveIndex
 from feedback.pii import TYPES, PiiMasker
 from feedback.review_io import ImportRejected
+from feedback.text import question_key
+from modelclient.embeddings import embeddings_from_settings
+from trainer.dataset.as_served import served_twins
 from trainer.dataset.clean import clean_messages
 from trainer.dataset.cost import estimate_costs
 from trainer.dataset.dedupe import answer_key, connected_groups, find_duplicates, prompt_key
@@ -164,6 +173,7 @@ def build_dataset(
     kept, replaced, superseded = replace_corrected(prepared, inputs.approved, review.open_items(db), threshold)
     rows, duplicates, conflicts = deduplicate(kept, threshold)
     by_split = split(rows, threshold, val_fraction=ds.val_fraction, test_fraction=ds.test_fraction, seed=seed)
+    served = add_as_served(db, settings, by_split, masker)
     split_rows = {name: [{"messages": ex.messages} for ex in by_split[name]] for name in SPLITS}
     lineage = {name: [_row_lineage(ex) for ex in by_split[name]] for name in SPLITS}
     report = validate_splits(
@@ -188,6 +198,7 @@ def build_dataset(
         report=report,
         costs=costs,
         pii=pii,
+        served=served,
         params={
             "seed": seed,
             "val_fraction": ds.val_fraction,
@@ -198,6 +209,8 @@ def build_dataset(
             "min_examples": ds.min_examples,
             "system_prompt": system_prompt or None,
             "pii_allowlist_entries": len(ds.pii_allowlist),
+            "views": served["views"],
+            "knowledge_seq": served["knowledge_seq"],
         },
     )
     files["manifest.json"] = (json.dumps(manifest, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
@@ -328,6 +341,28 @@ def split(
     return by_split
 
 
+def add_as_served(db: Database, settings: Settings, by_split: dict[str, list[Example]], masker: PiiMasker) -> dict:
+    """Phase 5b: the as-served twins of the train and validation rows (see the module docstring), in place.
+
+    Returns what the manifest says about them: the views written, the knowledge base's change counter they were
+    made from, twins per split and why rows got none."""
+    views = list(settings.dataset.views)
+    if "as_served" not in views or not settings.knowledge.enabled:  # without a knowledge base, served = closed book
+        return {"views": ["closed_book"], "knowledge_seq": None, "rows": {}, "skipped": {}}
+    index = LiveIndex.over(db, settings.knowledge, embed=embeddings_from_settings(settings.knowledge))
+    known = {question_key(q) for entry in store.all_entries(db, state="active") for q in entry.questions}
+    made, skipped = {}, Counter()
+    for name in ("train", "val"):
+        twins = served_twins(by_split[name], index, settings, masker, known)
+        if "closed_book" in views:
+            by_split[name] = by_split[name] + twins.rows
+        else:
+            by_split[name] = [twin or ex for ex, twin in zip(by_split[name], twins.of, strict=True)]
+        made[name] = len(twins.rows)
+        skipped.update(twins.skipped)
+    return {"views": views, "knowledge_seq": index.seq, "rows": made, "skipped": dict(sorted(skipped.items()))}
+
+
 def describe(
     inputs: Inputs,
     files: dict[str, bytes],
@@ -342,6 +377,7 @@ def describe(
     report: ValidationReport,
     costs: list[dict],
     pii: dict,
+    served: dict,
     params: dict,
 ) -> dict:
     """The manifest: what went in (``params``, inputs), what came out (counts, each file's sha256, tokens,
@@ -359,6 +395,7 @@ def describe(
         "replaced": len(replaced),
         "dropped": len(dropped),
         "conflicts": len(conflicts),
+        "as_served": sum(served["rows"].values()),
     }
     return {
         "format": "OpenAI chat fine-tuning JSONL (train/val/test); preferences.jsonl: OpenAI DPO format",
@@ -378,6 +415,7 @@ def describe(
         "tokens": {**report.tokens, "max_example": report.max_example_tokens, "counting": TOKEN_COUNTING},
         "cost_estimate": {"note": COST_NOTE, "models": costs},
         "pii": pii,
+        "as_served": served,
         "replaced": replaced,
         "dropped": dropped,
         "conflicts": conflicts,

@@ -79,6 +79,10 @@ class OpenAIProvider(Provider):
             "seed": t.seed,
         }
 
+    def setting_keys(self) -> tuple[str, ...]:
+        keys = ("base_model", "epochs", "batch_size", "lr_multiplier", "suffix", "base_url", "cutoff_date")
+        return (*(f"training.openai_{key}" for key in keys), "training.seed")
+
     def check_submit(self) -> None:
         cutoff = datetime.date.fromisoformat(self.settings.training.openai_cutoff_date)
         today = self.today()
