@@ -565,3 +565,12 @@ def m009_accounts_and_audit_log(db: Database) -> None:
     db.execute("CREATE INDEX audit_log_actor ON audit_log(actor, at)")
     db.execute("CREATE INDEX audit_log_action ON audit_log(action, at)")
     db.execute("CREATE INDEX audit_log_target ON audit_log(target, at)")
+
+
+@MIGRATIONS()
+def m013_model_version_server_key_and_fallback(db: Database) -> None:
+    # A version served somewhere else than model.base_url may need another key: after `tuneloop migrate`
+    # the open model's server must never be sent the hosted model's key, nor the other way round. And the
+    # hosted model it replaced keeps answering as a fallback until its shutdown date.
+    db.execute("ALTER TABLE model_versions ADD COLUMN api_key_env TEXT")
+    db.execute("ALTER TABLE model_versions ADD COLUMN fallback_until TEXT")

@@ -154,10 +154,13 @@ def build_dataset(
     dry_run: bool = False,
     progress: bool = False,
     count_tokens: Callable[[str], int] = estimate_tokens,
+    teacher: list[Example] | None = None,
 ) -> BuildResult:
     """Build the next dataset version (see the module docstring); :class:`DatasetInvalid` when rows break the rules.
 
-    ``include_upvoted`` and ``seed`` default to ``dataset.include_upvoted_min`` and ``dataset.seed``.
+    ``include_upvoted`` and ``seed`` default to ``dataset.include_upvoted_min`` and ``dataset.seed``. ``teacher``
+    rows (a hosted model's answers, ``tuneloop migrate harvest``; lineage source ``teacher``) rank after the
+    corrections and before the base file: they are what users were served.
     """
     ds = settings.dataset
     seed = ds.seed if seed is None else seed
@@ -169,6 +172,7 @@ def build_dataset(
     masker = PiiMasker(ds.pii_allowlist)
 
     inputs = gather(db, settings, min_up)
+    inputs.teacher = list(teacher or [])
     prepared, unusable = clean_and_mask(inputs.in_trust_order(), system_prompt, masker, progress=progress)
     kept, replaced, superseded = replace_corrected(prepared, inputs.approved, review.open_items(db), threshold)
     rows, duplicates, conflicts = deduplicate(kept, threshold)
@@ -242,10 +246,12 @@ class Inputs:
     approved: list[review.ReviewItem]
     corrections: list[Example]
     upvoted: list[Example]
+    teacher: list[Example] = field(default_factory=list)
 
     def in_trust_order(self) -> list[Example]:
-        """Corrections, then base rows, then up-voted answers: the order in which duplicates are kept."""
-        return self.corrections + self.base + self.upvoted
+        """Corrections, then a teacher's answers, then base rows, then up-voted answers: the order in which
+        duplicates are kept."""
+        return self.corrections + self.teacher + self.base + self.upvoted
 
 
 def gather(db: Database, settings: Settings, min_upvotes: int) -> Inputs:
@@ -392,6 +398,7 @@ def describe(
         "base_rows": len(inputs.base),
         "approved_corrections": len(inputs.approved),
         "upvoted_answers": len(inputs.upvoted),
+        **({"teacher_answers": len(inputs.teacher)} if inputs.teacher else {}),
         "replaced": len(replaced),
         "dropped": len(dropped),
         "conflicts": len(conflicts),
