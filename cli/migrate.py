@@ -24,7 +24,9 @@ def migrate_group() -> None:
 
 
 def _money(value) -> str:
-    return "unknown" if value is None else f"${value:,.2f}"
+    if value is None:
+        return "unknown"
+    return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.4f}"
 
 
 def _duration(seconds) -> str:
@@ -70,7 +72,7 @@ def plan_command(ctx: CliContext, as_json) -> None:
     click.echo(f"open base     {o['name']} from {o['folder']}{exists}, served at {o['server']}")
     click.echo(f"{'step':<13} {'cost':>9} {'time':>9}  what")
     for step in plan.steps:
-        basis = f" [time from {step['basis']}]" if step.get("basis") else ""
+        basis = f" [time: {step['basis']}]" if step.get("basis") else ""
         click.echo(
             f"{step['step']:<13} {_money(step['cost_usd']):>9} {_duration(step['seconds']):>9}  {step['what']}{basis}"
         )
@@ -177,7 +179,7 @@ def evaluate_command(ctx: CliContext, candidate, do_switch, worst) -> None:
     report = closeness(evaluation, count)
     for check in report:
         if not check.get("rows"):
-            click.echo(f"{check['suite']:<21} {VIEW_WORDS[check['view']]:<11} {0:>4}  (no rows)  failed")
+            click.echo(f"{check['suite']:<21} {VIEW_WORDS[check['view']]:<11} {0:>4}  (no rows)")
             continue
         low, high = check["interval"]
         click.echo(

@@ -4,7 +4,8 @@
 ``evaluation.suites``, closed book and as served) with the hosted model as the incumbent, then judges it by the
 migration's rule instead of the retrain's: the retrain gate asks a candidate to *beat* the live model on the
 corrections, but a replacement only has to be **not worse than the model it replaces beyond
-``migrate.tolerance``, on every suite, in every view** — with the same paired bootstrap interval deciding
+``migrate.tolerance``** on every suite as served, and closed book on what the replaced model was taught
+(:func:`migration_checks`) — with the same paired bootstrap interval deciding
 whether a drop is real or noise (``trainer.gate``'s *not worse* rule). The verdict is stored on the evaluation
 (``gate.kind = "migration"``), so ``tuneloop eval`` history and the weekly report show it like any other.
 
@@ -30,12 +31,13 @@ from feedback.db import write_transaction
 from feedback.shutdown import shutdown_date
 from feedback.versions import ModelVersion
 from trainer import gate
+from trainer.evaluation.metrics import view_metrics
 from trainer.evaluation.run import Evaluation, evaluate, read_rows
 from trainer.migration import serving
 from trainer.migration import teacher as teaching
 from trainer.registry import resolve_version
 
-VIEWS_CHECKED = ("as_served", "closed_book")
+CLOSED_BOOK_SUITES = ("test", "corrections")
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,20 @@ class SwitchOutcome:
     fallback_until: str | None
 
 
-def migration_checks(suites: list[str], tolerance: float) -> tuple:
-    """Every suite in both views: not worse than the replaced model by more than ``tolerance``."""
-    return tuple((suite, (view,), "not_worse", tolerance) for suite in suites for view in VIEWS_CHECKED)
+def migration_checks(evaluation: Evaluation, tolerance: float) -> tuple:
+    """What a replacement must not be worse on: every suite that has rows as served (what users get), and
+    closed book the suites the replaced model was taught (``CLOSED_BOOK_SUITES``: the harvest's test split, the
+    approved corrections), where the candidate must know as much by itself. A suite without rows is reported,
+    not gated: there is nothing to lose on it."""
+    checks = []
+    for suite in evaluation.suites:
+        views = view_metrics(evaluation.metrics.get(suite))
+        if not any(entry.get("rows") for entry in views.values()):
+            continue
+        checks.append((suite, ("as_served", "closed_book"), "not_worse", tolerance))
+        if suite in CLOSED_BOOK_SUITES and "as_served" in views and "closed_book" in views:
+            checks.append((suite, ("closed_book",), "not_worse", tolerance))
+    return tuple(checks)
 
 
 def evaluate_replacement(
@@ -68,9 +81,7 @@ def evaluate_replacement(
     if candidate.adapter_path and candidate.provider != "openai" and not candidate.base_url:
         candidate = serving.pin_candidate(db, settings, candidate, actor=actor)
     evaluation = evaluate(db, settings, candidate, teacher, progress=progress, actor=actor)
-    views = [v for v in VIEWS_CHECKED if v in evaluation.params.get("views", VIEWS_CHECKED)]
-    checks = tuple(c for c in migration_checks(evaluation.suites, settings.migrate.tolerance) if c[1][0] in views)
-    verdict = gate.decide(evaluation, settings, checks)
+    verdict = gate.decide(evaluation, settings, migration_checks(evaluation, settings.migrate.tolerance))
     evaluation.passed, evaluation.reasons = verdict.passed, verdict.reasons
     evaluation.gate = {**verdict.to_dict(), "kind": "migration", "tolerance": settings.migrate.tolerance}
     with write_transaction(db):
@@ -87,33 +98,41 @@ def evaluate_replacement(
 
 
 def closeness(evaluation: Evaluation, worst: int) -> list[dict]:
-    """Per gate check: suite, view, both scores, the difference and interval, its result, and the ``worst``
-    answers the candidate lost by the most (question, both answers, both scores)."""
+    """Per suite and view: rows, both scores, the difference and its interval, what the gate said (``result``:
+    passed, failed, unclear, or ``reported`` when not gated), and the ``worst`` answers the candidate lost by
+    the most (question, both answers, both scores)."""
     metric = evaluation.gate.get("metric", "chrf")
+    gated = {(c["suite"], c["view"]): c for c in evaluation.gate.get("checks", [])}
     rows = read_rows(evaluation)
     out = []
-    for check in evaluation.gate.get("checks", []):
-        mine = [r for r in rows if r["suite"] == check["suite"] and r.get("view") == check["view"]]
+    for suite in evaluation.suites:
+        for view, entry in view_metrics(evaluation.metrics.get(suite)).items():
+            line = {"suite": suite, "view": view, "rows": entry.get("rows", 0), "result": "reported", "lost": []}
+            if entry.get("rows"):
+                line |= {
+                    "candidate": entry["candidate"][metric],
+                    "incumbent": entry["incumbent"][metric],
+                    "delta": entry["delta"][metric],
+                    "interval": (entry.get("interval") or {}).get(metric) or [entry["delta"][metric]] * 2,
+                }
+            if (suite, view) in gated:
+                line["result"] = gated[(suite, view)]["result"]
+            mine = [r for r in rows if r["suite"] == suite and r.get("view") == view]
 
-        def loss(row: dict) -> float:
-            return row["candidate"]["scores"][metric] - row["incumbent"]["scores"][metric]
+            def loss(row: dict) -> float:
+                return row["candidate"]["scores"][metric] - row["incumbent"]["scores"][metric]
 
-        lost = sorted((r for r in mine if loss(r) < 0), key=loss)[:worst]
-        out.append(
-            {
-                **check,
-                "lost": [
-                    {
-                        "question": r["question"],
-                        "teacher": r["incumbent"]["answer"],
-                        "candidate": r["candidate"]["answer"],
-                        "teacher_score": r["incumbent"]["scores"][metric],
-                        "candidate_score": r["candidate"]["scores"][metric],
-                    }
-                    for r in lost
-                ],
-            }
-        )
+            line["lost"] = [
+                {
+                    "question": r["question"],
+                    "teacher": r["incumbent"]["answer"],
+                    "candidate": r["candidate"]["answer"],
+                    "teacher_score": r["incumbent"]["scores"][metric],
+                    "candidate_score": r["candidate"]["scores"][metric],
+                }
+                for r in sorted((r for r in mine if loss(r) < 0), key=loss)[:worst]
+            ]
+            out.append(line)
     return out
 
 

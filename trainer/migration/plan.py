@@ -144,7 +144,7 @@ def make_plan(db: Database, settings: Settings, *, today: datetime.date | None =
             f"base file, {epochs} epochs",
             "cost_usd": 0.0,
             "seconds": round(last["seconds_per_row_epoch"] * train_rows * epochs) if last else None,
-            "basis": f"run {last['run_id']}" if last else "no local run yet",
+            "basis": f"measured on run {last['run_id']}" if last else "no local run here yet to measure",
         }
     )
     asks = (data["golden_questions"] + data["reworded_held_out"] + data["approved_corrections"]) * len(
