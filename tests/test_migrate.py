@@ -31,7 +31,8 @@ from tests.plugins.model import tuneloop_exe
 from tests.plugins.openai_teacher import FT_MODEL, TEACHER_KEY, UNSURE
 from trainer.evaluation.suites import reworded_cases
 from trainer.migration import harvest as harvesting
-from trainer.migration import serving, teacher as teaching
+from trainer.migration import serving
+from trainer.migration import teacher as teaching
 from trainer.starter import load_pairs
 
 KEY_ENV = "TUNELOOP_TEST_TEACHER_KEY"
