@@ -14,6 +14,7 @@ import click
 from cli.context import CliContext, pass_cli
 from cli.dataset import _print_summary
 from cli.train import _follow
+from config.settings import EVALUATION_SUITES
 from trainer.evaluation.metrics import METRIC_LABELS
 from trainer.gate import VIEW_WORDS
 
@@ -64,8 +65,9 @@ def plan_command(ctx: CliContext, as_json) -> None:
     ask = d["to_ask"]
     click.echo(
         f"              to ask the hosted model: {ask['user']} user questions, {ask['golden']} golden, "
-        f"{ask['reworded']} rewordings ({d['already_harvested']} already answered; {d['kept_corrections']} kept "
-        f"as their approved correction; {d['masked_questions']} masked)"
+        f"{ask['reworded']} rewordings, {' and '.join(VIEW_WORDS[v] for v in d['views'])} "
+        f"({d['already_harvested']} prompts already answered; {d['kept_corrections']} kept as their approved "
+        f"correction; {d['masked_questions']} masked)"
     )
     click.echo(f"              held out for the evaluation: {d['reworded_held_out']} reworded questions")
     exists = "" if o["folder_exists"] else " — folder missing"
@@ -97,8 +99,9 @@ def harvest_command(ctx: CliContext, no_build, quiet) -> None:
     result = harvesting.harvest(ctx.db, ctx.settings, progress=not quiet)
     origins = ", ".join(f"{n} {origin}" for origin, n in sorted(result.by_origin.items()))
     click.echo(
-        f"harvested {result.teacher}: {result.asked} asked now, {result.resumed} already in the journal "
-        f"({origins}); {result.corrected} kept as approved corrections; {result.masked} questions masked; "
+        f"harvested {result.teacher}: {sum(result.by_origin.values())} questions ({origins}); {result.asked} "
+        f"prompts asked now, {result.resumed} already in the journal; {result.corrected} kept as approved "
+        f"corrections; {result.masked} questions masked; "
         f"{result.waits} waits on rate limits"
     )
     click.echo(f"journal: {result.journal}")
@@ -112,6 +115,9 @@ def harvest_command(ctx: CliContext, no_build, quiet) -> None:
         return
     built = harvesting.build(ctx.db, ctx.settings, teacher_version(ctx.db, ctx.settings), progress=not quiet)
     _print_summary(built, as_json=False)
+    served = built.manifest["as_served"].get("teacher_rows")
+    if served:
+        click.echo(f"  the teacher's answers as served: {served} train rows for questions with no entry of their own")
 
 
 @migrate_group.command("train")
@@ -155,8 +161,15 @@ def train_command(ctx: CliContext, dataset, quiet) -> None:
     default=None,
     help="Lost answers per suite (default: migrate.worst_answers).",
 )
+@click.option(
+    "--suite",
+    "suites",
+    multiple=True,
+    type=click.Choice(EVALUATION_SUITES),
+    help="Run only this suite (repeatable; default: evaluation.suites). Only the suites run are gated.",
+)
 @pass_cli
-def evaluate_command(ctx: CliContext, candidate, do_switch, worst) -> None:
+def evaluate_command(ctx: CliContext, candidate, do_switch, worst, suites) -> None:
     """Evaluate CANDIDATE against the hosted model it replaces, every suite, closed book and as served.
 
     Exit code 1 when it is worse beyond migrate.tolerance somewhere, 2 when too close to tell (held).
@@ -165,7 +178,9 @@ def evaluate_command(ctx: CliContext, candidate, do_switch, worst) -> None:
     from trainer.migration.gate import closeness, evaluate_replacement, switch
 
     actor = ctx.actor("admin")
-    evaluation = evaluate_replacement(ctx.db, ctx.settings, candidate, progress=True, actor=actor)
+    evaluation = evaluate_replacement(
+        ctx.db, ctx.settings, candidate, suites=list(suites) or None, progress=True, actor=actor
+    )
     p, g = evaluation.params, evaluation.gate
     label = METRIC_LABELS[g["metric"]]
     click.echo(

@@ -127,21 +127,25 @@ def test_harvest_masks_skips_corrections_and_never_asks_twice(platform, fake_tea
     golden = {q for q, _ in load_pairs(PROJECT_ROOT / "data" / "golden.jsonl")}
     assert result.failed == [] and result.corrected == 1 and result.masked == 1 and waited == [0.0]
     assert CORRECTED not in asked  # its approved correction is the training row
-    assert not [q for q in asked if "kim.minji" in q or "1234" in q]  # nothing personal left the platform
+    sent = [q for q, _ in fake_teacher.answered]  # both views
+    assert not [q for q in sent if "kim.minji" in q or "1234" in q]  # nothing personal left the platform
     assert "my email is [EMAIL] and phone [PHONE], where is my order?" in asked
     assert golden <= set(asked) and max(asked.values()) == 1
-    assert result.asked == len(asked) == sum(result.by_origin.values())
+    assert len(asked) == sum(result.by_origin.values()) and result.asked == 2 * len(asked)  # closed book, as served
+    assert max(fake_teacher.answered.values()) == 1
     assert result.by_origin["user"] == len(ASKED) - 1
     # Again: everything is in the journal, nothing is asked.
     again = harvesting.harvest(db, settings)
-    assert again.asked == 0 and again.resumed == result.asked and fake_teacher.closed_book_asks() == asked
+    assert again.asked == 0 and again.resumed == result.asked and max(fake_teacher.answered.values()) == 1
 
     built = harvesting.build(db, settings, teaching.teacher_version(db, settings))
     manifest = built.manifest
-    assert manifest["counts"]["teacher_answers"] == result.asked
+    assert manifest["counts"]["teacher_answers"] == len(asked)
+    assert manifest["as_served"]["teacher_rows"] > 0  # questions with no knowledge-base entry of their own
     teacher_rows = [r for r in manifest["rows"]["train"] if r["source"] == "teacher"]
     assert teacher_rows and {r["model"] for r in teacher_rows} == {FT_MODEL}
     assert {r["asked"] for r in teacher_rows} >= {"user", "golden"}
+    assert {r["view"] for r in teacher_rows} == {"closed_book", "as_served"}
     train = [json.loads(line) for line in (Path(built.path) / "train.jsonl").read_text().splitlines()]
     answers = {r["messages"][-2]["content"]: r["messages"][-1]["content"] for r in train}
     assert answers[CORRECTED] == NEW_ANSWER  # the correction, not the teacher's (never asked) answer
@@ -191,10 +195,10 @@ def test_a_killed_harvest_resumes_without_asking_twice(platform, fake_teacher, t
     fake_teacher.delay_s = 0.0
     result = CliRunner().invoke(cli, ["--config", str(config), "migrate", "harvest"], env={"TUNELOOP_CONFIG": None})
     assert result.exit_code == 0, result.output
-    asked = fake_teacher.closed_book_asks()
-    # Each question answered once over both processes; whatever was in flight at the kill may be asked again,
+    asked = fake_teacher.answered
+    # Each prompt answered once over both processes; whatever was in flight at the kill may be asked again,
     # at most concurrency (2) of them.
-    assert result.output.count("already in the journal") == 1 and f"{before} already in the journal" in result.output
+    assert f"{before} already in the journal" in result.output
     assert sum(asked.values()) - len(asked) <= 2
     assert len(harvesting.read_journal(journal)) == len(asked)
     assert "rows by source:" in result.output and "teacher" in result.output
@@ -214,7 +218,7 @@ def test_the_plan_shows_the_shutdown_the_data_and_the_costs(platform, fake_teach
     golden |= {question_key(q) for q, _ in load_pairs(PROJECT_ROOT / "data" / "golden-rewordings.jsonl")}
     also_asked = len(golden & {question_key(q) for q in ASKED})  # asked once, as the users' question
     assert f"{len(ASKED) - 1} user questions, {len(golden) - also_asked} golden" in out
-    assert "1 kept as their approved correction; 1 masked" in out
+    assert "closed book and as served" in out and "1 kept as their approved correction; 1 masked" in out
     assert "harvest" in out and "$" in out and "train" in out and "evaluate" in out
     plan = json.loads(
         CliRunner()

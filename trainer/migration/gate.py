@@ -72,15 +72,17 @@ def evaluate_replacement(
     settings: Settings,
     candidate: ModelVersion | str,
     *,
+    suites: list[str] | None = None,
     progress: bool = False,
     actor: str = "migrate",
 ) -> Evaluation:
-    """Evaluate ``candidate`` against the teacher and store the migration verdict (module docstring)."""
+    """Evaluate ``candidate`` against the teacher on ``suites`` (default ``evaluation.suites``) and store the
+    migration verdict (module docstring)."""
     teacher = serving.pin_teacher(db, settings, teaching.teacher_version(db, settings), actor=actor)
     candidate = candidate if isinstance(candidate, ModelVersion) else resolve_version(db, candidate)
     if candidate.adapter_path and candidate.provider != "openai" and not candidate.base_url:
         candidate = serving.pin_candidate(db, settings, candidate, actor=actor)
-    evaluation = evaluate(db, settings, candidate, teacher, progress=progress, actor=actor)
+    evaluation = evaluate(db, settings, candidate, teacher, suites=suites, progress=progress, actor=actor)
     verdict = gate.decide(evaluation, settings, migration_checks(evaluation, settings.migrate.tolerance))
     evaluation.passed, evaluation.reasons = verdict.passed, verdict.reasons
     evaluation.gate = {**verdict.to_dict(), "kind": "migration", "tolerance": settings.migrate.tolerance}

@@ -11,15 +11,18 @@
 A question whose answer users rated down and a reviewer corrected is **not** asked: the approved correction is
 the training row (the dataset build adds every approved correction and drops other rows for that question).
 
-**How**: closed book (``chat.system_prompt`` and the question, as the evaluation's closed-book view asks), at
-temperature 0, ``migrate.concurrency`` at a time, with retries that honour ``Retry-After`` (``teacher.py``) and a
-progress bar. Every answer is appended to a journal, ``<data_dir>/migrate/<teacher>.jsonl``, and flushed to disk
-before the next is counted, keyed by the exact prompt: an interrupted harvest (Ctrl-C, a crash, a kill)
-resumes where it stopped and never pays for the same answer twice. A line cut short by a crash is ignored.
+**How**: in each view the dataset trains on (``dataset.views``) — closed book (``chat.system_prompt`` and the
+question) and as served (with the knowledge block the gateway retrieves for it), the prompts the evaluation's two
+views send — at temperature 0, ``migrate.concurrency`` at a time, with retries that honour ``Retry-After``
+(``teacher.py``) and a progress bar. Every answer is appended to a journal, ``<data_dir>/migrate/<teacher>.jsonl``,
+and flushed to disk before the next is counted, keyed by the exact prompt: an interrupted harvest (Ctrl-C, a crash,
+a kill) resumes where it stopped and never pays for the same answer twice. A line cut short by a crash is ignored.
 
 **Then** (:func:`build`) the journal's answers go to ``trainer.dataset.build_dataset`` as teacher rows: cleaned,
 masked again, deduplicated against the base file (the teacher's answer wins: it is what users were served),
-split, validated; each row's lineage in the manifest is ``{"source": "teacher", "model", "asked", …}``.
+split, validated; the as-served answers train the rows that got no as-served twin
+(``trainer.dataset.build.add_teacher_served``); each row's lineage in the manifest is
+``{"source": "teacher", "model", "asked", "view", …}``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from modelclient.chat import ChatClient
 from trainer.dataset import build_dataset
 from trainer.dataset.build import BuildResult
 from trainer.dataset.sources import Example, read_base
+from trainer.evaluation.run import knowledge_index
 from trainer.evaluation.suites import golden_cases, reworded_path
 from trainer.migration import teacher as teaching
 
@@ -62,6 +66,7 @@ class Question:
     ref: dict
     messages: tuple[dict, ...]
     key: str
+    view: str = "closed_book"
 
 
 @dataclass
@@ -112,9 +117,11 @@ def _prompt_key(teacher: str, messages: list[dict]) -> str:
 
 
 def questions(db: Database, settings: Settings, teacher: ModelVersion) -> tuple[list[Question], int, int]:
-    """The questions to ask (see the module docstring), the number left out for an approved correction, and
-    the number that held personal data (masked)."""
+    """The questions to ask (see the module docstring), each in every view the dataset trains on; the number left
+    out for an approved correction, and the number that held personal data (masked)."""
     masker = PiiMasker(settings.dataset.pii_allowlist)
+    index = knowledge_index(db, settings) if "as_served" in settings.dataset.views else None
+    views = ["closed_book"] + (["as_served"] if index is not None else [])
     corrected = {question_key(item.question) for item in review.approved_items(db)}
     seen: set[str] = set()
     found: list[Question] = []
@@ -131,8 +138,10 @@ def questions(db: Database, settings: Settings, teacher: ModelVersion) -> tuple[
             skipped += 1
             return
         masked += bool(result.counts)
-        messages = ground(None, settings, result.text, (), use_knowledge=False).messages
-        found.append(Question(result.text, asked, ref, tuple(messages), _prompt_key(teacher.name, messages)))
+        for view in views:
+            messages = ground(index, settings, result.text, (), use_knowledge=view == "as_served").messages
+            key = _prompt_key(teacher.name, messages)
+            found.append(Question(result.text, asked, ref, tuple(messages), key, view))
 
     for row in user_questions(db):
         add(row["question"], "user", {"message_id": row["message_id"], "times": row["times"]})
@@ -211,7 +220,7 @@ def harvest(
     done = read_journal(path)
     todo, corrected, masked = questions(db, settings, teacher)
     result = HarvestResult(teacher.name, path, corrected=corrected, masked=masked)
-    result.by_origin = Counter(q.asked for q in todo)
+    result.by_origin = Counter(q.asked for q in todo if q.view == "closed_book")
     pending = [q for q in todo if q.key not in done]
     result.resumed = len(todo) - len(pending)
     journal = _Journal(path)
@@ -245,6 +254,7 @@ def harvest(
                         "key": question.key,
                         "teacher": teacher.name,
                         "asked": question.asked,
+                        "view": question.view,
                         "ref": question.ref,
                         "messages": list(question.messages),
                         "answer": answer,
@@ -261,19 +271,25 @@ def harvest(
     return result
 
 
-def teacher_examples(settings: Settings, teacher: ModelVersion) -> list[Example]:
-    """The journal's answers as training rows with their lineage (empty answers left out)."""
+def teacher_examples(settings: Settings, teacher: ModelVersion, view: str = "closed_book") -> list[Example]:
+    """The journal's answers in ``view`` as training rows with their lineage (empty answers left out)."""
     rows = []
     for record in read_journal(journal_path(settings, teacher)).values():
-        if not record["answer"].strip():
+        if not record["answer"].strip() or record.get("view", "closed_book") != view:
             continue
         messages = [*record["messages"], {"role": "assistant", "content": record["answer"]}]
         origin = {k: v for k, v in record["ref"].items() if k != "source"}  # e.g. the golden file and line
-        lineage = {"source": "teacher", "model": record["teacher"], "asked": record["asked"], **origin}
+        lineage = {"source": "teacher", "model": record["teacher"], "asked": record["asked"], "view": view, **origin}
         rows.append(Example(messages=messages, lineage=lineage))
     return rows
 
 
 def build(db: Database, settings: Settings, teacher: ModelVersion, *, progress: bool = False) -> BuildResult:
     """The next dataset version: the base file, approved corrections and the teacher's answers."""
-    return build_dataset(db, settings, progress=progress, teacher=teacher_examples(settings, teacher))
+    return build_dataset(
+        db,
+        settings,
+        progress=progress,
+        teacher=teacher_examples(settings, teacher),
+        teacher_served=teacher_examples(settings, teacher, "as_served"),
+    )

@@ -112,7 +112,11 @@ def make_plan(db: Database, settings: Settings, *, today: datetime.date | None =
         "approved_corrections": len(review.approved_items(db)),
         "golden_questions": len(golden_cases(settings)),
         "reworded_held_out": len(reworded_cases(settings)),
-        "to_ask": {origin: sum(1 for q in todo if q.asked == origin) for origin in ("user", "golden", "reworded")},
+        "to_ask": {
+            origin: sum(1 for q in todo if q.asked == origin and q.view == "closed_book")
+            for origin in ("user", "golden", "reworded")
+        },
+        "views": [v for v in ("closed_book", "as_served") if any(q.view == v for q in todo)],
         "kept_corrections": corrected,
         "masked_questions": masked,
         "already_harvested": len(todo) - len(pending),
@@ -129,12 +133,12 @@ def make_plan(db: Database, settings: Settings, *, today: datetime.date | None =
     steps = [
         {
             "step": "harvest",
-            "what": f"ask {teacher.name} {len(pending)} question(s) ({len(todo) - len(pending)} already answered)",
+            "what": f"ask {teacher.name} {len(pending)} prompt(s) ({len(todo) - len(pending)} already answered)",
             "cost_usd": _cost(price, tokens_in, tokens_out),
             "seconds": round(len(pending) * m.seconds_per_answer / m.concurrency),
         }
     ]
-    train_rows = len(todo) + data["approved_corrections"]
+    train_rows = len(todo) + data["approved_corrections"]  # a question's rows closed book and as served
     epochs = settings.training.epochs
     last = _last_local_run(db)
     steps.append(
