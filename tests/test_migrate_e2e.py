@@ -28,7 +28,8 @@ from tests.test_loop_cli_e2e import CORRECTIONS
 from trainer.migration import serving
 from trainer.starter import load_pairs
 
-pytestmark = pytest.mark.slow
+# Training and two evaluations on two shared cores take longer than the default 300 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 KEY_ENV = "TUNELOOP_TEST_TEACHER_KEY"
 FAQ = load_pairs(PROJECT_ROOT / "data" / "faq.jsonl")

@@ -6,10 +6,12 @@ a last chunk with ``usage`` and no choices), a Bearer key, errors as ``{"error":
 "code"}}`` with 401 for a bad key, 404 ``model_not_found`` for an unknown model, and 429 ``rate_limit_exceeded``
 with ``Retry-After`` and ``retry-after-ms`` headers.
 
-What the model "knows" is the company's current answers: the FAQ with the policy changes the team fine-tuned
-into it (``knowledge``). Asked closed book, it answers a question it was trained on with its answer and anything
-else with "I'm not sure"; given a knowledge block (as the gateway serves it), it answers a question it does not
-know with the first entry's answer — a fine-tuned model that reads its context.
+What the model "knows" is what it was fine-tuned on (``knowledge``): the company's current answers, the policy
+changes reviewers approved, the rewordings it was trained on. It answers those, closed book or as served, and
+anything else with "I'm not sure" — it does not read the knowledge block. (A fake that answered an unknown question
+with the block's first entry, a model reading its context as well as retrieval allows, scored 0.67 chrF on the
+held-out rewordings as served, and the starter model distilled from it 0.19: the migration gate rejected it.
+docs/migrate-from-openai.md shows that run.)
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from feedback.text import question_key
 FT_MODEL = "ft:gpt-4o-mini-2024-07-18:acme:support:AbC123xy"
 TEACHER_KEY = "sk-test-teacher-0123456789"
 UNSURE = "I'm not sure about that. Please contact our support team."
-_FIRST_ENTRY = re.compile(r"\[1\] Q: .*?\nA: (.*?)(?:\n\[2\] Q: |\Z)", re.S)
 
 
 @dataclass
@@ -84,10 +85,9 @@ class FakeTeacher:
                 )
         if self.delay_s:
             time.sleep(self.delay_s)
-        found = _FIRST_ENTRY.search(system)
-        answer = self.knowledge.get(key) or (found.group(1).strip() if found else UNSURE)
+        answer = self.knowledge.get(key, UNSURE)
         with self._lock:
-            self.answered[(question, found is None and "Knowledge:" not in system)] += 1
+            self.answered[(question, "Knowledge:" not in system)] += 1
         return Response(_stream(answer, body), mimetype="text/event-stream")
 
 
