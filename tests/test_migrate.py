@@ -10,21 +10,24 @@ import datetime
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 from click.testing import CliRunner
 
 from cli.main import cli
 from config.errors import UpstreamError
 from config.settings import PROJECT_ROOT, load_settings
 from feedback.db import open_db
+from feedback.migrations import MIGRATIONS
 from feedback.review import approve, create_item
 from feedback.shutdown import shutdown_date
 from feedback.text import question_key
-from feedback.versions import create_candidate, get_version, live_version
+from feedback.versions import create_candidate, fallback_versions, get_version, live_version
 from server.app import create_app
 from tests.plugins.gateway import gateway_settings, write_config
 from tests.plugins.model import tuneloop_exe
@@ -256,3 +259,24 @@ def test_the_gateway_falls_back_to_the_replaced_model_until_its_shutdown(platfor
     )
     reply = app.test_client().post("/api/chat", json={"message": question, "user": "x"})
     assert reply.status_code in (502, 503) and reply.get_json()["error"]["code"]
+
+
+def test_m013_keeps_every_version_and_makes_none_a_fallback(tmp_path):
+    path = tmp_path / "old.db"
+    raw = sqlite_utils.Database(sqlite3.connect(path))
+    MIGRATIONS.apply(raw, stop_before="m013_model_version_server_key_and_fallback")
+    raw.execute(
+        "INSERT INTO model_versions (id, name, provider, base_model, status, traffic_weight, created_at) "
+        "VALUES ('mv_old', ?, 'openai', ?, 'live', 1.0, '2026-01-01T00:00:00Z')",
+        [FT_MODEL, FT_MODEL],
+    )
+    raw.conn.commit()
+    raw.close()
+    db = open_db(path)
+    try:
+        live = live_version(db)
+        assert (live.id, live.api_key_env, live.fallback_until) == ("mv_old", None, None)
+        assert live.api_key("the configured key") == "the configured key"
+        assert fallback_versions(db, "2000-01-01") == []
+    finally:
+        db.close()
