@@ -234,7 +234,7 @@ def test_the_plan_shows_the_shutdown_the_data_and_the_costs(platform, fake_teach
 
 
 def test_the_gateway_falls_back_to_the_replaced_model_until_its_shutdown(platform, fake_teacher, httpserver):
-    settings, db, _ = platform
+    settings, db, config = platform
     teacher = serving.pin_teacher(db, settings, live_version(db), actor="test")
     assert teacher.base_url == httpserver.url_for("/v1") and teacher.api_key_env == KEY_ENV
     # The open model's server is down (nothing listens on port 9), and it holds no key of the teacher's.
@@ -247,6 +247,8 @@ def test_the_gateway_falls_back_to_the_replaced_model_until_its_shutdown(platfor
     serving.keep_as_fallback(
         db, get_version(db, teacher.id), (today + datetime.timedelta(days=3)).isoformat(), actor="t"
     )
+    listed = CliRunner().invoke(cli, ["--config", str(config), "models", "list"], env={"TUNELOOP_CONFIG": None})
+    assert f"{FT_MODEL}  (fallback through {today + datetime.timedelta(days=3)})" in listed.output
     app = create_app(settings=load_settings(env={}, overrides={**_flat(settings), "gateway.model_cache_s": 0.0}))
     question = FAQ[0][0]
     reply = app.test_client().post("/api/chat", json={"message": question, "user": "x"})
