@@ -224,10 +224,12 @@ def harvest(
     pending = [q for q in todo if q.key not in done]
     result.resumed = len(todo) - len(pending)
     journal = _Journal(path)
-    waits = Counter()
+    counts = Counter()
+    lock = threading.Lock()  # the workers count into one result
 
     def waited(_seconds: float, _exc: UpstreamError) -> None:
-        waits["n"] += 1
+        with lock:
+            counts["waits"] += 1
 
     try:
         with (
@@ -247,7 +249,8 @@ def harvest(
                 try:
                     answer = teaching.ask(client, target, list(question.messages), settings, on_wait=waited, **extra)
                 except UpstreamError as exc:
-                    result.failed.append((question.text, exc.message))
+                    with lock:
+                        result.failed.append((question.text, exc.message))
                     return
                 journal.append(
                     {
@@ -261,13 +264,14 @@ def harvest(
                         "at": utc_now(),
                     }
                 )
-                result.asked += 1
+                with lock:
+                    counts["asked"] += 1
                 bar.update(1)
 
             list(pool.map(one, pending))
     finally:
         journal.close()
-    result.waits = waits["n"]
+    result.asked, result.waits = counts["asked"], counts["waits"]
     return result
 
 
