@@ -56,7 +56,8 @@ def list_command(ctx: CliContext, active, as_json) -> None:
     for row in rows:
         weight = f"{row['traffic_weight']:.0%}" if row["status"] in ("live", "canary") else ""
         when = (row["promoted_at"] or row["created_at"] or "")[:16].replace("T", " ")
-        click.echo(f"{row['id']}  {row['status']:<9} {weight:>4}  {row['provider']:<8} {when}  {row['name']}")
+        kept = f"  (fallback through {row['fallback_until']})" if row.get("fallback_until") else ""
+        click.echo(f"{row['id']}  {row['status']:<9} {weight:>4}  {row['provider']:<8} {when}  {row['name']}{kept}")
     if not rows:
         click.echo("no model versions yet (the gateway registers the configured model when it starts)")
 

@@ -678,6 +678,49 @@ class TrainingSettings:
         return env_secret(self.openai_api_key_env)
 
 
+@dataclass(frozen=True)
+class MigrateSettings:
+    """Moving off a hosted model onto an open one (``tuneloop migrate``); see docs/migrate-from-openai.md."""
+
+    teacher: str = ""
+    open_base_url: str = ""
+    open_api_key_env: str = ""
+    concurrency: int = 4
+    retries: int = 6
+    max_retry_wait_s: float = 60.0
+    max_tokens: int = 512
+    harvest_golden: bool = True
+    harvest_reworded: bool = True
+    tolerance: float = 0.02
+    worst_answers: int = 5
+    teacher_prices: dict[str, list[float]] = field(default_factory=dict)
+    seconds_per_answer: float = 2.0
+
+    def __post_init__(self):
+        _check(
+            not self.open_base_url or self.open_base_url.startswith(("http://", "https://")),
+            "migrate.open_base_url",
+            f"must be an http(s) URL or empty, got {self.open_base_url!r}",
+        )
+        _check(1 <= self.concurrency <= 64, "migrate.concurrency", f"must be 1..64, got {self.concurrency}")
+        _check(0 <= self.retries <= 20, "migrate.retries", f"must be 0..20, got {self.retries}")
+        _check(self.max_retry_wait_s > 0, "migrate.max_retry_wait_s", "must be > 0")
+        _check(self.max_tokens >= 1, "migrate.max_tokens", "must be >= 1")
+        _check(0 <= self.tolerance <= 1, "migrate.tolerance", "must be 0..1 (metrics are on a 0..1 scale)")
+        _check(self.worst_answers >= 0, "migrate.worst_answers", "must be >= 0")
+        _check(self.seconds_per_answer > 0, "migrate.seconds_per_answer", "must be > 0")
+        for base, price in self.teacher_prices.items():
+            _check(
+                isinstance(price, list) and len(price) == 2 and all(isinstance(p, (int, float)) for p in price),
+                "migrate.teacher_prices",
+                f"{base}: expected [input, output] USD per million tokens, got {price!r}",
+            )
+
+    def open_api_key(self) -> str:
+        """The open model server's key, read from the named environment variable at call time."""
+        return env_secret(self.open_api_key_env)
+
+
 SCHEDULER_JOBS = ("weekly", "monthly", "threshold", "retention")
 
 
@@ -753,6 +796,7 @@ class Settings:
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     gate: GateSettings = field(default_factory=GateSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
+    migrate: MigrateSettings = field(default_factory=MigrateSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     # Where each key's value came from when it is not the default ("section.key" → "config file mine.toml",

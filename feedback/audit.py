@@ -50,6 +50,8 @@ ACTIONS = {
     "model.rejected": "rejected a model version",
     "model.deployed": "loaded a model version",
     "model.undeployed": "unloaded a model version",
+    "model.pinned": "pinned a model version to its server",
+    "model.kept_as_fallback": "kept a replaced model as a fallback",
     "key.create": "created an API key",
     "key.revoke": "revoked an API key",
     "user.add": "added an account",

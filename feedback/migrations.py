@@ -659,3 +659,12 @@ def m011_privacy_lifecycle(db: Database) -> None:
         )
         """
     )
+
+
+@MIGRATIONS()
+def m013_model_version_server_key_and_fallback(db: Database) -> None:
+    # A version served somewhere else than model.base_url may need another key: after `tuneloop migrate`
+    # the open model's server must never be sent the hosted model's key, nor the other way round. And the
+    # hosted model it replaced keeps answering as a fallback until its shutdown date.
+    db.execute("ALTER TABLE model_versions ADD COLUMN api_key_env TEXT")
+    db.execute("ALTER TABLE model_versions ADD COLUMN fallback_until TEXT")

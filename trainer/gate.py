@@ -146,16 +146,21 @@ def _result(rule: str, bar: float, delta: float, low: float, high: float) -> str
     return "failed" if high < -_EPSILON else "unclear"  # a drop beyond it: real only if the interval excludes 0
 
 
-def decide(evaluation: Any, settings: Settings) -> Verdict:
-    """The verdict for an evaluation (anything with ``.metrics`` per suite and ``.suites``, or that dict itself)."""
+def decide(evaluation: Any, settings: Settings, checks_to_run: tuple = CHECKS) -> Verdict:
+    """The verdict for an evaluation (anything with ``.metrics`` per suite and ``.suites``, or that dict itself).
+
+    ``checks_to_run`` are (suite, views by preference, rule, bar) like :data:`CHECKS`; a bar is the name of a
+    ``[gate]`` setting or the number itself (``tuneloop migrate`` gates every suite against the model it
+    replaces with ``migrate.tolerance``)."""
     metrics = evaluation if isinstance(evaluation, dict) else evaluation.metrics
     run = list(metrics) if isinstance(evaluation, dict) else list(evaluation.suites)
     g = settings.gate
     checks, reasons = [], []
-    for suite, prefer, rule, key in CHECKS:
+    for suite, prefer, rule, key in checks_to_run:
         if suite == "reworded" and suite not in run:
             continue  # an optional suite: gated when it is run
-        check, reason = _check(suite, metrics.get(suite), prefer, g.metric, rule, getattr(g, key), g)
+        bar = key if isinstance(key, (int, float)) else getattr(g, key)
+        check, reason = _check(suite, metrics.get(suite), prefer, g.metric, rule, bar, g)
         checks.append(check)
         if reason:
             reasons.append(reason)

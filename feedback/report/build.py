@@ -34,6 +34,7 @@ from feedback.report import lifecycle
 from feedback.report.changes import changes
 from feedback.report.privacy import mask_report
 from feedback.report.weeks import iso_week_window, last_complete_week, local_date, shift_week, week_monday
+from feedback.shutdown import shutdown_date
 from feedback.text import question_key
 
 FAILED_ANSWERS_WARNING = 0.02  # share of failed answers in a week that earns a warning
@@ -376,10 +377,11 @@ def _shutdown_warnings(versions: dict, week_versions: list[str], answers: dict, 
     for v in dict.fromkeys(week_versions + live):
         row = versions[v]
         for model in dict.fromkeys((row["name"], row["base_model"])):
-            day = cfg.shutdown_dates.get(model)
-            if not day:
+            shuts = shutdown_date(model, cfg.shutdown_dates)
+            if not shuts:
                 continue
-            left = (date.fromisoformat(day) - today).days
+            day = shuts.isoformat()
+            left = (shuts - today).days
             if left > cfg.shutdown_warning_days:
                 continue
             share = answers[v]["answers"][-1] / week_total

@@ -154,10 +154,15 @@ def build_dataset(
     dry_run: bool = False,
     progress: bool = False,
     count_tokens: Callable[[str], int] = estimate_tokens,
+    teacher: list[Example] | None = None,
+    teacher_served: list[Example] | None = None,
 ) -> BuildResult:
     """Build the next dataset version (see the module docstring); :class:`DatasetInvalid` when rows break the rules.
 
-    ``include_upvoted`` and ``seed`` default to ``dataset.include_upvoted_min`` and ``dataset.seed``.
+    ``include_upvoted`` and ``seed`` default to ``dataset.include_upvoted_min`` and ``dataset.seed``. ``teacher``
+    rows (a hosted model's answers, ``tuneloop migrate harvest``; lineage source ``teacher``) rank after the
+    corrections and before the base file: they are what users were served. ``teacher_served`` are the same
+    model's answers asked as served (:func:`add_teacher_served`).
     """
     ds = settings.dataset
     seed = ds.seed if seed is None else seed
@@ -169,11 +174,14 @@ def build_dataset(
     masker = PiiMasker(ds.pii_allowlist)
 
     inputs = gather(db, settings, min_up)
+    inputs.teacher = list(teacher or [])
     prepared, unusable = clean_and_mask(inputs.in_trust_order(), system_prompt, masker, progress=progress)
     kept, replaced, superseded = replace_corrected(prepared, inputs.approved, review.open_items(db), threshold)
     rows, duplicates, conflicts = deduplicate(kept, threshold)
     by_split = split(rows, threshold, val_fraction=ds.val_fraction, test_fraction=ds.test_fraction, seed=seed)
     served = add_as_served(db, settings, by_split, masker)
+    if teacher_served and "as_served" in served["views"]:
+        served["teacher_rows"] = add_teacher_served(by_split, teacher_served, settings, system_prompt, masker)
     split_rows = {name: [{"messages": ex.messages} for ex in by_split[name]] for name in SPLITS}
     lineage = {name: [_row_lineage(ex) for ex in by_split[name]] for name in SPLITS}
     report = validate_splits(
@@ -242,10 +250,12 @@ class Inputs:
     approved: list[review.ReviewItem]
     corrections: list[Example]
     upvoted: list[Example]
+    teacher: list[Example] = field(default_factory=list)
 
     def in_trust_order(self) -> list[Example]:
-        """Corrections, then base rows, then up-voted answers: the order in which duplicates are kept."""
-        return self.corrections + self.base + self.upvoted
+        """Corrections, then a teacher's answers, then base rows, then up-voted answers: the order in which
+        duplicates are kept."""
+        return self.corrections + self.teacher + self.base + self.upvoted
 
 
 def gather(db: Database, settings: Settings, min_upvotes: int) -> Inputs:
@@ -363,6 +373,31 @@ def add_as_served(db: Database, settings: Settings, by_split: dict[str, list[Exa
     return {"views": views, "knowledge_seq": index.seq, "rows": made, "skipped": dict(sorted(skipped.items()))}
 
 
+def add_teacher_served(
+    by_split: dict[str, list[Example]], rows: list[Example], settings: Settings, system_prompt: str, masker: PiiMasker
+) -> int:
+    """Phase 5c: a teacher's answers asked as served, for the train rows that got no as-served twin, in place.
+
+    A twin needs a knowledge-base entry that holds the row's very question (``as_served.py``), so a question users
+    word their own way only ever trains closed book, and a small model trained on many of those stops reading its
+    context block (measured on the starter model after distilling 212 closed-book teacher answers: golden as served
+    0.80 chrF against the teacher's 1.00, reworded as served 0.17 against 0.67). A teacher asked with the block the
+    gateway retrieves shows the model how to answer with one. Only rows whose closed-book question is in the train
+    split are added (a question replaced by a correction, deduplicated away or split off stays out). Returns how
+    many."""
+    header = settings.knowledge.header
+
+    def served(example: Example) -> bool:
+        return any(m["role"] == "system" and header in m.get("content", "") for m in example.messages)
+
+    closed = {prompt_key(ex.messages) for ex in by_split["train"] if not served(ex)}
+    twinned = {prompt_key(ex.messages) for ex in by_split["train"] if served(ex)}
+    wanted = [ex for ex in rows if prompt_key(ex.messages) in closed - twinned]
+    prepared, _ = clean_and_mask(wanted, system_prompt, masker)
+    by_split["train"] = by_split["train"] + prepared
+    return len(prepared)
+
+
 def describe(
     inputs: Inputs,
     files: dict[str, bytes],
@@ -392,6 +427,7 @@ def describe(
         "base_rows": len(inputs.base),
         "approved_corrections": len(inputs.approved),
         "upvoted_answers": len(inputs.upvoted),
+        **({"teacher_answers": len(inputs.teacher)} if inputs.teacher else {}),
         "replaced": len(replaced),
         "dropped": len(dropped),
         "conflicts": len(conflicts),
