@@ -560,7 +560,10 @@ def run(
         extra = {
             # Production defaults where the test helper tightens them for speed.
             "model": {"retries": 2, "first_token_timeout_s": 30.0, "name": "bench-model"},
-            "gateway": {"workers": workers},
+            # Every bench connection comes from 127.0.0.1: the per-address cap on connections still sending
+            # their request (a defence against one slow client, server/gevent_worker.py) would answer 429 to
+            # the bench's own 2,000 streams whenever the busy machine is slow to read them.
+            "gateway": {"workers": workers, "max_waiting_connections_per_client": 100_000},
             "limits": {"enabled": False},
         }
         gateway = start_gunicorn_gateway(gw_dir, upstream.base_url, extra=extra, timeout_s=60)
