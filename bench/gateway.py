@@ -47,6 +47,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):
@@ -56,6 +57,7 @@ if __package__ in (None, ""):
 import psutil  # noqa: E402
 
 from bench import raise_fd_limit  # noqa: E402
+from bench.peers import Peer, start_peers  # noqa: E402
 from bench.report import SECTIONS, report  # noqa: E402
 from feedback import ratings, turns  # noqa: E402
 from feedback.db import open_db, write_transaction  # noqa: E402
@@ -64,6 +66,7 @@ from feedback.tokens import feedback_token  # noqa: E402
 from tests.plugins.gateway import RunningGateway, start_gunicorn_gateway, stop_gateway  # noqa: E402
 
 CHAT_MESSAGE = "hello, how do refunds work?"
+STREAM_TOKENS = 20  # tokens per stream in the comparison with other gateways (the issue's "20-token stream")
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,10 @@ class Plan:
     ratings: int
     ratings_concurrency: int
     direct_ratings: int
+    # Beside other gateways: closed-book chats at each client count (clients → requests), and
+    # 20-token streams with no gap between tokens at 1 client (requests).
+    peer_counts: dict[int, int]
+    peer_streams: int
 
 
 FULL = Plan(
@@ -92,6 +99,8 @@ FULL = Plan(
     ratings=5000,
     ratings_concurrency=32,
     direct_ratings=5000,
+    peer_counts={1: 1000, 32: 3000},
+    peer_streams=300,
 )
 QUICK = Plan(
     latency_counts={1: 100, 64: 320},
@@ -102,6 +111,8 @@ QUICK = Plan(
     ratings=300,
     ratings_concurrency=16,
     direct_ratings=200,
+    peer_counts={1: 30, 32: 96},
+    peer_streams=20,
 )
 
 
@@ -144,8 +155,10 @@ class Upstream:
             self.process.kill()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its live children."""
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU of a process and its live children (0 for no process)."""
+    if pid is None:
+        return 0.0
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
@@ -161,8 +174,10 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def open_fds(pid: int) -> int:
+def open_fds(pid: int | None) -> int:
     """Open descriptors of a process and its live children."""
+    if pid is None:
+        return 0
     try:
         root = psutil.Process(pid)
         return sum(p.num_fds() for p in [root, *root.children(recursive=True)])
@@ -191,7 +206,7 @@ class Measured:
     other_cores: float
 
 
-def run_load(spec: dict, gateway_pid: int, upstream_pid: int, workdir: Path) -> Measured:
+def run_load(spec: dict, gateway_pid: int | None, upstream_pid: int, workdir: Path) -> Measured:
     """Run one workload in a fresh load-generator process; sample the servers while it runs."""
     spec_path = workdir / "spec.json"
     spec_path.write_text(json.dumps(spec))
@@ -235,13 +250,17 @@ class Context:
     gateway_port: int
     upstream: Upstream
     workdir: Path
+    baseline: RunningGateway | None = None  # tuneloop from another source tree (--baseline), for before/after
 
     def load(self, spec: dict) -> Measured:
         return run_load(spec, self.gateway.process.pid, self.upstream.process.pid, self.workdir)
 
 
-def closed_spec(port: int, path: str, bodies: list, concurrency: int, count: int, method: str = "POST") -> dict:
+def closed_spec(
+    port: int, path: str, bodies: list, concurrency: int, count: int, method: str = "POST", headers: dict | None = None
+) -> dict:
     return {
+        "headers": headers or {},
         "kind": "closed",
         "host": "127.0.0.1",
         "port": port,
@@ -355,6 +374,74 @@ def streams(ctx: Context) -> list[dict]:
     return out
 
 
+@dataclass(frozen=True)
+class ChatTarget:
+    """Something that answers chat completions in the comparison: the upstream itself, tuneloop, or a peer."""
+
+    name: str
+    port: int
+    path: str
+    pid: int | None  # the process whose CPU is the target's (None: the upstream, counted as upstream)
+    body: Callable[[str, bool], dict]  # (message, stream) → request body
+    headers: dict = dataclasses.field(default_factory=dict)
+
+
+def openai_body(message: str, stream: bool, **extra) -> dict:
+    body = {"model": "bench-model", "messages": [{"role": "user", "content": message}], **extra}
+    if stream:
+        body.update(stream=True, stream_options={"include_usage": True})
+    return body
+
+
+def tuneloop_targets(name: str, port: int, pid: int) -> list[ChatTarget]:
+    """A tuneloop gateway's two chat routes, closed book."""
+    return [
+        ChatTarget(
+            f"{name} /v1",
+            port,
+            "/v1/chat/completions",
+            pid,
+            lambda m, s: openai_body(m, s, tuneloop={"knowledge": False}),
+        ),
+        ChatTarget(
+            f"{name} /api/chat", port, "/api/chat", pid, lambda m, s: {"message": m, "stream": s, "knowledge": False}
+        ),
+    ]
+
+
+def chat_targets(ctx: Context, peers: list[Peer]) -> list[ChatTarget]:
+    """The upstream directly (the baseline), tuneloop's two chat routes, and each running peer.
+
+    tuneloop's requests opt out of the knowledge base (closed book): the peers retrieve nothing, and
+    retrieval has its own benchmark (bench/knowledge.py). Every tuneloop turn is still stored in SQLite.
+    """
+    baseline = []
+    if ctx.baseline is not None:
+        port = int(ctx.baseline.url.rsplit(":", 1)[1])
+        baseline = tuneloop_targets("baseline", port, ctx.baseline.process.pid)
+    return [
+        ChatTarget("direct (upstream)", ctx.upstream.port, "/v1/chat/completions", None, openai_body),
+        *tuneloop_targets("tuneloop", ctx.gateway_port, ctx.gateway.process.pid),
+        *baseline,
+        *(ChatTarget(p.name, p.port, p.path, p.process.pid, openai_body, p.headers) for p in peers),
+    ]
+
+
+def beside_peers(ctx: Context, peers: list[Peer], skipped: list[str]) -> dict:
+    """Every target in turn, same client: closed-book chats at each client count, then 20-token streams."""
+    targets = chat_targets(ctx, peers)
+    rows = []
+    script = f"!tokens {STREAM_TOKENS} 0"
+    runs = [("chat", clients, count, CHAT_MESSAGE, False) for clients, count in ctx.plan.peer_counts.items()]
+    runs.append(("stream", 1, ctx.plan.peer_streams, script, True))
+    for kind, clients, count, message, stream in runs:
+        for t in targets:
+            spec = closed_spec(t.port, t.path, [t.body(message, stream)], clients, count, headers=t.headers)
+            m = run_load(spec, t.pid, ctx.upstream.process.pid, ctx.workdir)
+            rows.append({"target": t.name, "kind": kind, "clients": clients, **summarize_closed(m, count)})
+    return {"rows": rows, "skipped": skipped, "stream_tokens": STREAM_TOKENS}
+
+
 def seed_answers(db_path: Path, count: int, source: str) -> list[dict]:
     """Record ``count`` answered turns straight into the store; one rating request body each."""
     db = open_db(db_path)
@@ -438,11 +525,25 @@ def ratings_workload(ctx: Context, http_bodies: list[dict], direct_bodies: list[
 # --- main --------------------------------------------------------------------
 
 
-def run(plan: Plan, mode: str, workdir: Path, *, only: list[str], hold_db: bool = False, workers: int = 2) -> dict:
+def run(
+    plan: Plan,
+    mode: str,
+    workdir: Path,
+    *,
+    only: list[str],
+    hold_db: bool = False,
+    workers: int = 2,
+    with_peers: bool = True,
+    baseline_src: Path | None = None,
+) -> dict:
     """Start the upstream and the gateway, run the three workloads, stop everything.
 
     ``hold_db`` keeps one extra connection to the database open in this process
-    for the whole run (see ``--hold-db``).
+    for the whole run (see ``--hold-db``). ``with_peers`` starts the other gateways
+    (:mod:`bench.peers`) for the ``peers`` workload; without it that workload
+    compares tuneloop with the upstream alone. ``baseline_src`` is another tuneloop
+    source tree (say main's, from ``git archive``) run as a second gateway beside
+    this one in the ``peers`` workload: before/after in the same run.
     """
     nofile = raise_fd_limit()  # inherited by the upstream, gunicorn and the load generators
     started = time.monotonic()
@@ -459,13 +560,23 @@ def run(plan: Plan, mode: str, workdir: Path, *, only: list[str], hold_db: bool 
         extra = {
             # Production defaults where the test helper tightens them for speed.
             "model": {"retries": 2, "first_token_timeout_s": 30.0, "name": "bench-model"},
-            "gateway": {"workers": workers},
+            # Every bench connection comes from 127.0.0.1: the per-address cap on connections still sending
+            # their request (a defence against one slow client, server/gevent_worker.py) would answer 429 to
+            # the bench's own 2,000 streams whenever the busy machine is slow to read them.
+            "gateway": {"workers": workers, "max_waiting_connections_per_client": 100_000},
             "limits": {"enabled": False},
         }
         gateway = start_gunicorn_gateway(gw_dir, upstream.base_url, extra=extra, timeout_s=60)
+        peers: list[Peer] = []
+        skipped = ["other gateways not started (--quick without --peers, or --no-peers)"]
+        baseline = None
         try:
+            if "peers" in only and baseline_src is not None:
+                baseline = start_baseline(baseline_src, workdir, upstream.base_url, extra)
+            if "peers" in only and with_peers:
+                peers, skipped = start_peers(upstream.base_url, workdir, "bench-model")
             port = int(gateway.url.rsplit(":", 1)[1])
-            ctx = Context(plan, gateway, port, upstream, workdir)
+            ctx = Context(plan, gateway, port, upstream, workdir, baseline)
             figures = {
                 "mode": mode + (", --hold-db" if hold_db else ""),
                 "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -481,6 +592,7 @@ def run(plan: Plan, mode: str, workdir: Path, *, only: list[str], hold_db: bool 
                 "latency": lambda: latency(ctx),
                 "streams": lambda: streams(ctx),
                 "ratings": lambda: ratings_workload(ctx, http_bodies, direct_bodies, db_path),
+                "peers": lambda: beside_peers(ctx, peers, skipped),
             }
             for name, workload in workloads.items():
                 if name in only:
@@ -491,12 +603,31 @@ def run(plan: Plan, mode: str, workdir: Path, *, only: list[str], hold_db: bool 
             print(gateway.log()[-3000:], file=sys.stderr)
             raise
         finally:
+            for peer in peers:
+                peer.stop()
+            if baseline is not None:
+                stop_gateway(baseline)
             stop_gateway(gateway)
             if held is not None:
                 held.close()
     finally:
         upstream.stop()
     return figures
+
+
+def start_baseline(src: Path, workdir: Path, upstream_url: str, extra: dict) -> RunningGateway:
+    """``tuneloop serve`` from the source tree ``src`` (its modules first on PYTHONPATH), own data folder."""
+    base_dir = workdir / "baseline"
+    base_dir.mkdir()
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(src.resolve()) + (os.pathsep + previous if previous else "")
+    try:
+        return start_gunicorn_gateway(base_dir, upstream_url, extra=extra, timeout_s=60)
+    finally:
+        if previous is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = previous
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -522,6 +653,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (gateway.workers; default 2)")
     parser.add_argument("--only", action="append", choices=list(SECTIONS), help="run only this workload (repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (gateway log, database)")
+    peers = parser.add_mutually_exclusive_group()
+    peers.add_argument("--peers", action="store_true", help="run the other gateways with --quick too")
+    peers.add_argument("--no-peers", action="store_true", help="compare tuneloop with the upstream alone")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="SRC",
+        help="also run tuneloop from this source tree (e.g. `git archive main | tar -x -C SRC`) in the peers "
+        "workload: before and after in the same run",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     changes = (
@@ -535,7 +676,16 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="tuneloop-bench-"))
     try:
         mode = "quick" if args.quick else "full"
-        figures = run(plan, mode, workdir, only=args.only or list(SECTIONS), hold_db=args.hold_db, workers=args.workers)
+        figures = run(
+            plan,
+            mode,
+            workdir,
+            only=args.only or list(SECTIONS),
+            hold_db=args.hold_db,
+            workers=args.workers,
+            with_peers=not args.no_peers and (args.peers or not args.quick),
+            baseline_src=args.baseline,
+        )
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -9,8 +9,8 @@ cost more CPU than the gateway under test.
 Two workloads, each described by a JSON spec (``python -m bench.loadgen SPEC.json``
 prints the result as JSON on stdout):
 
-- ``closed``: ``concurrency`` keep-alive connections, each sending its next
-  request as soon as the last one answered, ``count`` requests in all (bodies
+- ``closed``: ``concurrency`` keep-alive connections (with ``headers``, if given,
+  on every request), each sending its next request as soon as the last one answered, ``count`` requests in all (bodies
   cycled), after ``warmup`` unrecorded ones. Result: per-request latencies in
   ms, status counts, errors, wall time.
 - ``streams``: ``n`` concurrent SSE requests, started evenly over ``ramp_s``.
@@ -39,8 +39,9 @@ class HttpError(Exception):
 class Connection:
     """One keep-alive HTTP/1.1 connection."""
 
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int, headers: dict[str, str] | None = None):
         self.host, self.port = host, port
+        self.extra_head = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -58,7 +59,7 @@ class Connection:
         await self._ensure_open()
         head = (
             f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{self.extra_head}\r\n"
         )
         self.writer.write(head.encode() + body)
         try:
@@ -116,7 +117,7 @@ async def closed_loop(spec: dict) -> dict:
 
     async def client() -> None:
         nonlocal next_index
-        conn = Connection(spec["host"], spec["port"])
+        conn = Connection(spec["host"], spec["port"], spec.get("headers"))
         while next_index < warmup + count:
             index = next_index
             next_index += 1

@@ -225,7 +225,70 @@ def report_ratings(figures: dict) -> tuple[list[str], bool]:
     ], ok
 
 
-SECTIONS = {"latency": report_latency, "streams": report_streams, "ratings": report_ratings}
+def report_peers(figures: dict) -> tuple[list[str], bool]:
+    """Section 4: tuneloop beside other gateways, and whether every tuneloop request was answered.
+
+    A peer's failures are shown, not failed on: the check is about tuneloop.
+    """
+    data = figures["peers"]
+    rows = data["rows"]
+    by = {(r["target"], r["kind"], r["clients"]): r for r in rows}
+    names = list(dict.fromkeys(r["target"] for r in rows))
+    direct = names[0]
+    counts = sorted({r["clients"] for r in rows if r["kind"] == "chat"})
+    low, high = counts[0], counts[-1]
+    portkey = next((n for n in names if n.startswith("Portkey")), None)
+    table_rows, ok = [], True
+    for name in names:
+        one, many, stream = by[(name, "chat", low)], by[(name, "chat", high)], by[(name, "stream", 1)]
+        added = one["p50_ms"] - by[(direct, "chat", low)]["p50_ms"]
+        added_stream = stream["p50_ms"] - by[(direct, "stream", 1)]["p50_ms"]
+        stream_failed = stream["statuses"].get("200", 0) == 0
+        cells = [
+            name,
+            _f(one["p50_ms"]),
+            "" if name == direct else f"+{_f(added)}",
+            _f(many["per_s"], 0),
+            _f(many["gateway_cpu_ms"]) if name != direct else _f(many["upstream_cpu_ms"]),
+            "all failed" if stream_failed else "" if name == direct else f"+{_f(added_stream)}",
+            "" if stream_failed else _f(stream["gateway_cpu_ms"]) if name != direct else _f(stream["upstream_cpu_ms"]),
+            one["failed"] + many["failed"] + stream["failed"],
+        ]
+        if portkey and name != direct:
+            pk_added = by[(portkey, "chat", low)]["p50_ms"] - by[(direct, "chat", low)]["p50_ms"]
+            pk_rate = by[(portkey, "chat", high)]["per_s"]
+            cells += [
+                f"x{_f(added / pk_added)}" if pk_added > 0 else "n/a",
+                f"x{_f(many['per_s'] / pk_rate)}" if pk_rate else "n/a",
+            ]
+        elif portkey:
+            cells += ["", ""]
+        table_rows.append(cells)
+        if name.startswith(("tuneloop", "baseline")):
+            ok &= one["failed"] + many["failed"] + stream["failed"] == 0
+    header = [
+        "target",
+        f"p50 ms, {low} client",
+        "added p50",
+        f"req/s, {high} clients",
+        "CPU ms/chat",
+        f"added p50, {data['stream_tokens']}-token stream",
+        "CPU ms/stream",
+        "failed",
+    ]
+    if portkey:
+        header += ["added p50 ÷ Portkey", "req/s ÷ Portkey"]
+    lines = [
+        "4. Beside other gateways: the same client, the same instant upstream, one target after another",
+        "   (tuneloop closed book, every turn stored; CPU: the target's processes, per request, at the",
+        f"   {high}-client run; the direct row's CPU is the upstream's own)",
+        table(table_rows, header),
+        *("   " + line for line in data["skipped"]),
+    ]
+    return lines, ok
+
+
+SECTIONS = {"latency": report_latency, "streams": report_streams, "ratings": report_ratings, "peers": report_peers}
 
 
 def report(figures: dict) -> tuple[str, bool]:

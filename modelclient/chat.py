@@ -42,6 +42,8 @@ import httpx2
 import openai
 
 from config.errors import UpstreamError, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+from modelclient import wire
+from modelclient.wire import ChatWire, uses_proxy
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,8 @@ class ChatClient:
 
     def __init__(self, policy: ClientPolicy | None = None):
         self.policy = policy or ClientPolicy()
-        self._clients: dict[tuple[str, str], openai.OpenAI] = {}
+        self._clients: dict[tuple[str, str], openai.OpenAI] = {}  # listing models; the SDK stream path
+        self._wires: dict[str, ChatWire | None] = {}  # base URL → its lean chat client (modelclient/wire.py)
         self._lock = threading.Lock()
 
     def _client(self, target: Target) -> openai.OpenAI:
@@ -266,8 +269,38 @@ class ChatClient:
         return _replay(buffered, stream)
 
     def _stream(self, target: Target, messages, params) -> Generator[dict, None, None]:
-        """The upstream's chunk payloads; closing the generator closes the response."""
+        """The upstream's chunk payloads; closing the generator closes (or pools) the connection."""
         clean = {k: v for k, v in params.items() if v is not None}
+        wire = self._wire(target)
+        if wire is None:
+            yield from self._sdk_stream(target, messages, clean)
+            return
+        payload = {
+            "model": target.name,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **clean,
+        }
+        yield from _sse_payloads(wire.stream(payload, target.api_key or "not-needed"), target)
+
+    def _wire(self, target: Target) -> ChatWire | None:
+        """The pooled lean client for the target's server; None when a proxy is configured for it (SDK path)."""
+        with self._lock:
+            if target.base_url not in self._wires:
+                p = self.policy
+                self._wires[target.base_url] = (
+                    None
+                    if uses_proxy(target.base_url)
+                    else ChatWire(
+                        target.base_url, connect_timeout_s=p.connect_timeout_s, read_timeout_s=p.first_token_timeout_s
+                    )
+                )
+            return self._wires[target.base_url]
+
+    def _sdk_stream(self, target: Target, messages, clean: dict) -> Generator[dict, None, None]:
+        """The same stream through the SDK (for servers behind an HTTP proxy, which :mod:`modelclient.wire` does
+        not speak)."""
         # The raw streaming response, parsed here rather than by the SDK's Stream: the SDK stops reading at
         # [DONE] and closes the response before the body ends, so every answer cost a new TCP connection
         # (openai-python #3440, measured 1.0 connect per chat); reading to the end lets the pool reuse it
@@ -291,13 +324,13 @@ def _replay(first: list[dict], rest: Generator[dict, None, None]) -> Generator[d
         rest.close()
 
 
-def _sse_payloads(lines: Iterator[str], target: Target) -> Iterator[dict]:
-    """The JSON payloads of an SSE chat-completions stream, read to the very end."""
+def _sse_payloads(lines: Iterator[str] | Iterator[bytes], target: Target) -> Iterator[dict]:
+    """The JSON payloads of an SSE chat-completions stream (lines as text or bytes), read to the very end."""
     for line in lines:
-        if not line.startswith("data:"):
+        if line[:5] not in ("data:", b"data:"):
             continue
         data = line[5:].strip()
-        if data == "[DONE]":
+        if data in ("[DONE]", b"[DONE]"):
             continue  # keep reading: the body must end for the connection to be reused
         payload = json.loads(data)
         if isinstance(payload, dict) and payload.get("error"):
@@ -337,28 +370,17 @@ def translate_error(exc: Exception, target: Target) -> UpstreamError:
 
 
 def _translate(exc: Exception, model: str) -> UpstreamError:
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, (openai.APITimeoutError, wire.ReadTimedOut)):
         return UpstreamTimeout(f"{model} did not answer in time")
-    if isinstance(exc, openai.APIConnectionError):
+    if isinstance(exc, (openai.APIConnectionError, wire.ConnectFailed)):
         return UpstreamUnavailable(f"cannot reach {model}")
     if isinstance(exc, openai.APIStatusError):
-        detail = _status_detail(exc)
-        if exc.status_code in (429, 503):
-            busy = UpstreamUnavailable(f"{model} is overloaded or unavailable ({exc.status_code}): {detail}")
-            busy.retry_after_s = retry_after_s(exc.response.headers)  # type: ignore[attr-defined]
-            return busy
-        if exc.status_code in (400, 413, 422):
-            field, code = _status_field(exc, detail)
-            rejected = UpstreamRejected(f"{model} refused the request ({exc.status_code}): {detail}", field=field)
-            rejected.upstream_code = code
-            return rejected
-        err = UpstreamError(f"{model} answered {exc.status_code}: {detail}")
-        err.retriable = exc.status_code >= 500  # type: ignore[attr-defined]
-        err.next_target = exc.status_code == 404  # type: ignore[attr-defined]
-        return err
+        return _translate_status(exc.status_code, exc.body, str(exc.message), model, exc.response.headers)
+    if isinstance(exc, wire.StatusError):
+        return _translate_status(exc.status, exc.body, str(exc), model, exc.headers)
     if isinstance(exc, (httpx2.TimeoutException,)):
         return UpstreamTimeout(f"{model} did not answer in time")
-    if isinstance(exc, (httpx2.TransportError,)):
+    if isinstance(exc, (httpx2.TransportError, wire.ConnectionBroke)):
         return UpstreamUnavailable(f"the connection to {model} broke: {exc}")
     return UpstreamError(f"{model} failed: {type(exc).__name__}: {exc}")
 
@@ -388,8 +410,26 @@ def retry_after_s(headers: Any) -> float | None:
     return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
 
 
-def _error_object(exc: openai.APIStatusError) -> dict:
-    body = exc.body
+def _translate_status(status: int, body: Any, message: str, model: str, headers: Any) -> UpstreamError:
+    """A non-2xx answer as an error: ``body`` is the server's error (object or text), ``message`` the fallback,
+    ``headers`` the answer's (a 429/503's ``Retry-After`` is kept on the error as ``retry_after_s``)."""
+    detail = _status_detail(body, message)
+    if status in (429, 503):
+        busy = UpstreamUnavailable(f"{model} is overloaded or unavailable ({status}): {detail}")
+        busy.retry_after_s = retry_after_s(headers)  # type: ignore[attr-defined]
+        return busy
+    if status in (400, 413, 422):
+        field, code = _status_field(body, detail)
+        rejected = UpstreamRejected(f"{model} refused the request ({status}): {detail}", field=field)
+        rejected.upstream_code = code
+        return rejected
+    err = UpstreamError(f"{model} answered {status}: {detail}")
+    err.retriable = status >= 500  # type: ignore[attr-defined]
+    err.next_target = status == 404  # type: ignore[attr-defined]
+    return err
+
+
+def _error_object(body: Any) -> dict:
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict):
@@ -397,23 +437,22 @@ def _error_object(exc: openai.APIStatusError) -> dict:
     return {}
 
 
-def _status_detail(exc: openai.APIStatusError) -> str:
-    inner = _error_object(exc)
+def _status_detail(body: Any, message: str) -> str:
+    inner = _error_object(body)
     if inner.get("message"):
         return str(inner["message"])[:300]
-    body = exc.body
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         return body["error"][:300]
-    return str(exc.message)[:300]
+    return message[:300]
 
 
-def _status_field(exc: openai.APIStatusError, detail: str) -> tuple[str | None, str | None]:
+def _status_field(body: Any, detail: str) -> tuple[str | None, str | None]:
     """(the parameter a 4xx names, the server's error code).
 
     OpenAI names it in ``param``, the built-in server in ``field``; vLLM names none, so its
     message is read: it says "'max_tokens' … is too large" or "maximum context length".
     """
-    inner = _error_object(exc)
+    inner = _error_object(body)
     code = inner.get("code")
     field = inner.get("field") or inner.get("param")
     if not field:

@@ -36,6 +36,7 @@ from server.protocol import (
     parse_body,
 )
 from server.serving import Caller, PendingAnswer
+from server.sse import TextLines
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 # Who asks for, and runs, a conversation's deletion through the API: whoever holds one of its feedback tokens.
@@ -109,9 +110,10 @@ def _event_stream(pending: PendingAnswer) -> Iterator[str]:
             sources=Source.of(turn.sources),
         ).model_dump(),
     )
+    delta = TextLines(lambda text: sse("delta", ChatDeltaEvent(text=text).model_dump()))
     for kind, value in pending.events():
         if kind == "delta":
-            yield sse("delta", ChatDeltaEvent(text=value).model_dump())
+            yield delta(value)
         elif kind == "error":
             yield sse("error", ErrorResponse.model_validate(value).model_dump(exclude_none=True))
         else:

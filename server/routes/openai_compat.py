@@ -39,6 +39,7 @@ from server.protocol import (
     parse_body,
 )
 from server.serving import Caller, PendingAnswer
+from server.sse import TextLines
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 
@@ -116,10 +117,11 @@ def _chunks(pending: PendingAnswer, created: int) -> Iterator[str]:
     def line(payload: dict) -> str:
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
+    delta = TextLines(lambda text: chunk([OpenAIChunkChoice(delta=OpenAIDelta(content=text))]))
     yield chunk([OpenAIChunkChoice(delta=OpenAIDelta(role="assistant", content=""))], tuneloop=_ids(pending))
     for kind, value in pending.events():
         if kind == "delta":
-            yield chunk([OpenAIChunkChoice(delta=OpenAIDelta(content=value))])
+            yield delta(value)
         elif kind == "error":
             yield line(ErrorResponse.model_validate(value).model_dump(exclude_none=True))  # in-band; the SDK raises it
         else:
