@@ -26,21 +26,25 @@ from config.settings import PROJECT_ROOT, StarterSettings
 from tests.plugins.common import free_port, wait_until_healthy
 from trainer.starter import build_starter
 
-# Small enough to train in a few seconds on one core, big enough to memorize 8 rows
-# alone and after one or two earlier turns.
+# Small enough to train in seconds on one core, big enough to memorize 8 rows alone and after one or
+# two earlier turns, and to read its context (the copy circuit needs 6 heads; see trainer/starter/circuit.py).
 TINY_PARAMS = StarterSettings(
     seed=0,
     vocab_size=400,
-    hidden_size=64,
+    hidden_size=120,
     layers=2,
-    heads=2,
+    heads=6,
+    head_dim=24,
     mlp_size=128,
-    context_length=512,
+    token_dims=40,
+    context_length=1024,
     history_turns=2,
     batch_size=2,
+    reading_batch=4,
+    steps=200,
+    finish_steps=200,
     learning_rate=0.005,
-    warmup_steps=5,
-    epochs=80,
+    warmup_steps=10,
     threads=1,
     time_limit_s=120,
 )
@@ -101,7 +105,7 @@ def tiny_lora(tmp_path_factory, tiny_model_dir, tiny_model_rows) -> LoraAdapter:
     pairs = [qa(r) for r in tiny_model_rows]
     shifted = [(q, pairs[(i + 1) % len(pairs)][1]) for i, (q, _) in enumerate(pairs)]
     out = tmp_path_factory.mktemp("tiny-lora") / "adapter"
-    params = dataclasses.replace(TINY_PARAMS, history_turns=0, epochs=100, seed=1)
+    params = dataclasses.replace(TINY_PARAMS, history_turns=0, steps=150, seed=1)
     with deterministic(params.seed, params.threads), warnings.catch_warnings():
         # PEFT calls a transformers method that transformers 5 deprecated; nothing to act on here.
         warnings.simplefilter("ignore", FutureWarning)
