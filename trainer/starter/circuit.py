@@ -55,7 +55,7 @@ class CircuitScales:
     first_entry_bonus: float = 5.0  # extra induction logit inside the first entry's answer
     sink_logit: float = 20.0  # induction logit on <|system|>/<|user|>: where a head with no match looks
     copy_ratio: float = 6.0  # what one induction head writes, relative to a token embedding's norm
-    positional_norm: float = 12.0  # per-plane size of the previous-token heads' query and key
+    positional_margin: float = 12.0  # a previous-token head's logit on its token over any other within REACH
     marker_logit: float = 32.0  # a counter's attention logit on <|system|> and its marker (0 elsewhere)
     language_ratio: float = 3.0  # a token's script sign, relative to one token dimension
     recency_logit: float = 300.0  # the language head's positional logit (falls ~0.15·d² over d tokens back)
@@ -110,7 +110,7 @@ def layout_for(hidden: int, heads: int, head_dim: int, theta: float, token_dims:
     freqs = inverse_frequencies(theta, head_dim)
     half = head_dim // 2
     low = [p for p in range(half) if float(freqs[p]) * REACH <= MAX_TURN]
-    high = [p for p in range(half) if float(freqs[p]) * REACH > MAX_TURN and float(freqs[p]) > 1e-2]
+    high = [p for p in range(half) if float(freqs[p]) * REACH > MAX_TURN]
     if len(low) < 4 or not high:
         raise ValueError(f"rope_theta={theta:g} with head_dim={head_dim} leaves {len(low)} low-frequency planes")
     dims = [p for p in low] + [p + half for p in low]
@@ -123,11 +123,11 @@ def layout_for(hidden: int, heads: int, head_dim: int, theta: float, token_dims:
     return layout
 
 
-def positional_pair(layout: Layout, theta: float, offset: int, norm: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """A constant query and key whose RoPE scores peak when the key is ``offset`` tokens back.
+def positional_pair(layout: Layout, theta: float, offset: int, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A constant query and key whose RoPE scores peak, ``margin`` above any other, ``offset`` tokens back.
 
     In plane p, q = (a, 0) and k = a·(cos wθ, sin wθ) with θ = offset give q·R(-w·d)·k = a²·cos(w·(d - offset)):
-    every high-frequency plane peaks at d = offset, and their sum nowhere else.
+    every high-frequency plane peaks at d = offset, and their sum nowhere else within REACH (checked).
     """
     freqs = inverse_frequencies(theta, layout.head_dim)
     half = layout.head_dim // 2
@@ -135,9 +135,15 @@ def positional_pair(layout: Layout, theta: float, offset: int, norm: float) -> t
     k = torch.zeros(layout.head_dim, dtype=torch.float64)
     for p in layout.high:
         angle = float(freqs[p]) * offset
-        q[p] = norm
-        k[p], k[p + half] = norm * math.cos(angle), norm * math.sin(angle)
-    return q.float(), k.float()
+        q[p] = 1.0
+        k[p], k[p + half] = math.cos(angle), math.sin(angle)
+    scores = positional_scores(layout, theta, q.float(), k.float())
+    others = torch.cat([scores[:offset], scores[offset + 1 :]])
+    gap = float(scores[offset] - others.max())
+    if gap < 1e-3:
+        raise ValueError(f"rope_theta={theta:g}, head_dim={layout.head_dim}: no plane tells {offset} tokens back apart")
+    size = math.sqrt(margin / gap)
+    return (q * size).float(), (k * size).float()
 
 
 def positional_scores(layout: Layout, theta: float, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -233,7 +239,7 @@ def wire(
     # Layer 0, heads 0-3: the code of the token k back, into P_k (the same size as in the token dimensions).
     for k in range(1, PREVIOUS + 1):
         h = k - 1
-        q, key = positional_pair(layout, theta, k, scales.positional_norm)
+        q, key = positional_pair(layout, theta, k, scales.positional_margin)
         first.q_proj.bias[rows(h)] = q
         first.k_proj.bias[rows(h)] = key
         first.v_proj.weight[h * hd : h * hd + width, T] = codes

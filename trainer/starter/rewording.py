@@ -15,11 +15,15 @@ _PUNCTUATION = re.compile(r"[?.!,]+")
 
 
 def reword(question: str, rng: random.Random) -> str:
-    """``question`` with one to three random surface edits."""
-    text = question
-    for _ in range(rng.randint(1, 3)):
-        text = rng.choice(_EDITS)(text, rng)
-    return text.strip() or question
+    """``question`` with one to three random surface edits (another text, unless no edit can change it)."""
+    for _ in range(10):
+        text = question
+        for _ in range(rng.randint(1, 3)):
+            text = rng.choice(_EDITS)(text, rng)
+        text = text.strip()
+        if text and text != question:
+            return text
+    return question
 
 
 def _lower(text: str, rng: random.Random) -> str:
