@@ -107,7 +107,8 @@ def build_store(path: Path, turns: int, *, seed: int = 7) -> None:
     )
     with conn:
         conn.execute(
-            """INSERT INTO model_versions (id, name, provider, base_model, status, traffic_weight, created_at, promoted_at)
+            """INSERT INTO model_versions
+                   (id, name, provider, base_model, status, traffic_weight, created_at, promoted_at)
                VALUES ('mv_old', 'starter', 'builtin', 'starter', 'retired', 0, ?, ?),
                       ('mv_live', 'starter-ft-1', 'builtin', 'starter', 'live', 1, ?, ?)""",
             [_iso(start), _iso(start), _iso(start + (END - start) / 4), _iso(start + (END - start) / 4)],
@@ -154,11 +155,13 @@ def build_store(path: Path, turns: int, *, seed: int = 7) -> None:
                FROM temp.turns LEFT JOIN temp.pool p USING (pid) JOIN temp.tail tl USING (tid)"""
         )
         conn.execute(
-            """INSERT INTO feedback (id, message_id, voter_ref, rating, reason, comment, correction, created_at, updated_at)
+            """INSERT INTO feedback
+                   (id, message_id, voter_ref, rating, reason, comment, correction, created_at, updated_at)
                SELECT 'fb_' || lower(hex(randomblob(9))), aid, printf('voter_%d', c),
                       CASE WHEN draw < COALESCE(p.p_down, 0.2) * 1000 THEN -1 ELSE 1 END,
                       NULL, NULL, NULL,
-                      strftime('%Y-%m-%dT%H:%M:%fZ', ts + 30, 'unixepoch'), strftime('%Y-%m-%dT%H:%M:%fZ', ts + 30, 'unixepoch')
+                      strftime('%Y-%m-%dT%H:%M:%fZ', ts + 30, 'unixepoch'),
+                      strftime('%Y-%m-%dT%H:%M:%fZ', ts + 30, 'unixepoch')
                FROM temp.turns LEFT JOIN temp.pool p USING (pid)
                WHERE rated AND NOT failed"""
         )

@@ -120,11 +120,11 @@ def pct(values: list[float], q: float) -> float:
 
 
 class Upstream:
-    """The bench upstream in its own process."""
+    """The bench upstream in its own process (``args``: more of its command-line options)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.upstream", "--port", "0"],
+            [sys.executable, "-m", "bench.upstream", "--port", "0", *args],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
@@ -325,7 +325,8 @@ def summarize_streams(m: Measured, gap_ms: float) -> dict:
 
 
 def streams(ctx: Context) -> list[dict]:
-    """For each count N: N concurrent SSE streams, tokens ``stream_gap_s`` apart, upstream directly then via the gateway."""
+    """For each count N: N concurrent SSE streams, tokens ``stream_gap_s`` apart, upstream directly, then via the
+    gateway."""
     plan = ctx.plan
     script = f"!tokens {plan.stream_tokens} {plan.stream_gap_s}"
     direct_body = {

@@ -85,7 +85,8 @@ def report_latency(figures: dict) -> tuple[list[str], bool]:
             f"(target <= {TARGETS['added_p99_ms']:g}) {_verdict(add99 <= TARGETS['added_p99_ms'])}"
         )
     out = [
-        "1. Added latency (closed loop, keep-alive): POST /api/chat via gateway vs POST /v1/chat/completions on the upstream",
+        "1. Added latency (closed loop, keep-alive): POST /api/chat via gateway vs POST /v1/chat/completions "
+        "on the upstream",
         table(
             rows,
             [
@@ -115,8 +116,8 @@ def report_streams(figures: dict) -> tuple[list[str], bool]:
         f"{plan['stream_starts_per_s']:g} starts/s" if plan["stream_starts_per_s"] else f"evenly over {length_s:g} s"
     )
     out = [
-        f"2. Concurrent SSE streams of {plan['stream_tokens']} tokens {plan['stream_gap_s'] * 1000:g} ms apart, started "
-        f"{starts}: upstream directly vs /api/chat stream:true via gateway"
+        f"2. Concurrent SSE streams of {plan['stream_tokens']} tokens {plan['stream_gap_s'] * 1000:g} ms apart, "
+        f"started {starts}: upstream directly vs /api/chat stream:true via gateway"
     ]
     rows, verdicts, failures, ok = [], [], [], True
     for s in figures["streams"]:
@@ -149,7 +150,8 @@ def report_streams(figures: dict) -> tuple[list[str], bool]:
         held = gw["peak_streaming"] >= TARGETS["streams"] and gw["ok"] == gw["n"]
         verdicts.append(
             f"   {s['n']} streams: completed {gw['ok']}, at most {gw['peak_streaming']} mid-answer at once "
-            f"(target >= {TARGETS['streams']}) {_verdict(held)}; added inter-token p99 {_f(gw['added_gap_p99_ms'], 1)} ms "
+            f"(target >= {TARGETS['streams']}) {_verdict(held)}; "
+            f"added inter-token p99 {_f(gw['added_gap_p99_ms'], 1)} ms "
             f"(direct: {_f(s['upstream']['added_gap_p99_ms'], 1)}; target <= {TARGETS['added_gap_p99_ms']:g}) "
             f"{_verdict(gw['added_gap_p99_ms'] <= TARGETS['added_gap_p99_ms'])}"
         )
@@ -213,8 +215,8 @@ def report_ratings(figures: dict) -> tuple[list[str], bool]:
     ]
     ok = fb["lost"] == 0 and fb["server_errors"] == 0 and fb["failed"] == 0 and floor["failed"] == 0
     return [
-        f"3. Ratings over HTTP: {fb['requests']} x POST /api/feedback, {plan['ratings_concurrency']} keep-alive clients, "
-        "each on a distinct answer",
+        f"3. Ratings over HTTP: {fb['requests']} x POST /api/feedback, {plan['ratings_concurrency']} keep-alive "
+        "clients, each on a distinct answer",
         table(rows, ["what", "per s", "p50 ms", "p99 ms", "gw cpu ms/req", "others' cores", "5xx", "lost"]),
         f"   {_f(fb['per_s'], 0)} ratings/s = x{_f(fb['per_s'] / floor['per_s'])} of the /healthz floor, "
         f"x{_f(fb['per_s'] / r['direct_per_s'])} of the in-process store (target >= {TARGETS['ratings_per_s']:,.0f}/s) "
@@ -230,8 +232,9 @@ def report(figures: dict) -> tuple[str, bool]:
     """The printed report, and whether every correctness check passed."""
     load = figures["loadavg"]
     out = [
-        f"Gateway benchmark ({figures['mode']}) — {figures['date']}, {figures['cpus']} CPUs, gunicorn {figures['workers']} "
-        f"gevent workers, Python {figures['python']}, load average at start {load[0]:.1f}",
+        f"Gateway benchmark ({figures['mode']}) — {figures['date']}, {figures['cpus']} CPUs, "
+        f"gunicorn {figures['workers']} gevent workers, Python {figures['python']}, "
+        f"load average at start {load[0]:.1f}",
     ]
     ok = True
     for name, section in SECTIONS.items():

@@ -12,6 +12,11 @@ The last message scripts the answer, as in the test double:
     "!tokens 20 0.25"   stream 20 tokens, 250 ms apart (the first after 250 ms)
     anything else       "echo: <message>" in three chunks, at once
 
+With ``--read-context`` it answers every message instead with the answer of the first entry of the
+knowledge block in the system message (``[1] Q: …\nA: <answer>``, the default ``[knowledge]
+entry_format``), or "I don't know." when there is none: a perfect reader of its context, so
+``bench/knowledge.py`` can time how soon a corrected entry reaches answers apart from any model.
+
 Run ``python -m bench.upstream [--port 0]``; it prints ``listening on PORT``
 once it accepts connections.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 import time
 
@@ -42,6 +48,16 @@ def script(text: str) -> tuple[list[str], float]:
     return [answer[:third], answer[third : 2 * third], answer[2 * third :]], 0.0
 
 
+FIRST_ENTRY = re.compile(r"^\[1\] Q: [^\n]*\nA: (.*?)(?=\n\[2\] Q: |\Z)", re.S | re.M)
+
+
+def read_context(messages: list[dict]) -> str:
+    """The answer of the first knowledge-base entry in the system message, or "I don't know."."""
+    system = next((m.get("content") or "" for m in messages if m.get("role") == "system"), "")
+    found = FIRST_ENTRY.search(system)
+    return found.group(1) if found else "I don't know."
+
+
 def _event(choices: list, usage: dict | None = None) -> bytes:
     """One ``data:`` event carrying a chat.completion.chunk."""
     body = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": int(time.time()), "model": MODEL}
@@ -61,6 +77,9 @@ def _usage_chunk(tokens: int) -> bytes:
 
 class Upstream:
     """The connection handler; one instance serves every connection of the process."""
+
+    def __init__(self, read_context: bool = False):
+        self.read_context = read_context
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -101,7 +120,10 @@ class Upstream:
         await writer.drain()
 
     async def _chat(self, writer: asyncio.StreamWriter, payload: dict) -> None:
-        pieces, gap = script(payload["messages"][-1]["content"])
+        if self.read_context:
+            pieces, gap = [read_context(payload["messages"])], 0.0
+        else:
+            pieces, gap = script(payload["messages"][-1]["content"])
         if not payload.get("stream"):
             if gap:
                 await asyncio.sleep(gap * len(pieces))
@@ -130,9 +152,10 @@ def _chunked(writer: asyncio.StreamWriter):
     return send
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, read_context: bool = False) -> None:
     """Serve until killed; prints ``listening on PORT`` when ready."""
-    server = await asyncio.start_server(Upstream().handle, host, port, backlog=4096, reuse_address=True)
+    handler = Upstream(read_context).handle
+    server = await asyncio.start_server(handler, host, port, backlog=4096, reuse_address=True)
     print(f"listening on {server.sockets[0].getsockname()[1]}", flush=True)
     async with server:
         await server.serve_forever()
@@ -143,10 +166,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--read-context", action="store_true", help="Answer from the prompt's knowledge block.")
     args = parser.parse_args(argv)
     raise_fd_limit()
     try:
-        asyncio.run(serve(args.host, args.port))
+        asyncio.run(serve(args.host, args.port, args.read_context))
     except KeyboardInterrupt:
         sys.exit(0)
 

@@ -1,4 +1,11 @@
-"""What every CLI command shares: settings, loaded once, and the database."""
+"""What every CLI command shares: settings, loaded once, the database, and who is acting.
+
+Changes made from the command line are attributed like changes made on the pages
+(the audit log, review decisions, the model history): to the account named by the
+global ``--as EMAIL`` option (or ``$TUNELOOP_AS``), which must exist, be enabled and
+hold the role the command needs; without it, to the operating-system user, as
+before accounts existed. :meth:`CliContext.actor` is that one resolver.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +15,20 @@ from functools import cached_property
 import click
 from sqlite_utils import Database
 
+from config.errors import Forbidden
 from config.settings import Settings, load_settings
+from feedback import accounts
+from feedback.audit import Actor
 from feedback.db import open_db
+from feedback.knowledge.seed import ensure_seeded
 
 
 class CliContext:
-    """Lazily loaded settings and database for one CLI invocation."""
+    """Lazily loaded settings and database for one CLI invocation, and the ``--as`` account."""
 
-    def __init__(self, config_path: str | None):
+    def __init__(self, config_path: str | None, acting_as: str | None = None):
         self.config_path = config_path
+        self.acting_as = acting_as
 
     @cached_property
     def settings(self) -> Settings:
@@ -24,12 +36,34 @@ class CliContext:
 
     @cached_property
     def db(self) -> Database:
-        return open_db(self.settings.db_path, busy_timeout_ms=self.settings.database.busy_timeout_ms)
+        """The migrated database; on the very first open, the knowledge base is seeded (knowledge.base_file)."""
+        db = open_db(self.settings.db_path, busy_timeout_ms=self.settings.database.busy_timeout_ms)
+        ensure_seeded(db, self.settings.knowledge)
+        return db
+
+    def actor(self, role: str, named: str | None = None) -> Actor:
+        """Who this command acts as, checked against ``role`` when it is an account.
+
+        ``named`` is a command's own (older) ``--reviewer`` / ``--actor`` value; it means the
+        same as ``--as``.
+        """
+        ref = named or self.acting_as
+        if not ref:
+            user = current_user()
+            return Actor(user, name=user, via="cli")
+        account = accounts.get_user(self.db, ref)
+        if not account.active:
+            raise Forbidden(f"the account {account.email} is disabled", code="account_disabled")
+        if not account.can(role):
+            raise Forbidden(
+                f"{account.email} is a {account.role}; this command needs the {role} role", code="role_required"
+            )
+        return account.actor("cli")
 
 
 pass_cli = click.make_pass_decorator(CliContext)
 
 
 def current_user() -> str:
-    """Who runs this command, as recorded in histories (reviewer, actor): ``$USER``, else "cli"."""
+    """The operating-system user running this command: ``$USER``, else "cli"."""
     return os.environ.get("USER") or "cli"

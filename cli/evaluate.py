@@ -7,11 +7,12 @@ import sys
 
 import click
 
-from cli.context import CliContext, current_user, pass_cli
+from cli.context import CliContext, pass_cli
 from config.settings import EVALUATION_SUITES
-from trainer import gate
+from trainer import deploy, gate
 from trainer.evaluation.metrics import METRIC_LABELS, METRICS
 from trainer.evaluation.run import Evaluation, evaluate, read_rows
+from trainer.registry import resolve_version
 
 
 def print_evaluation(evaluation: Evaluation, *, worst: int = 0) -> None:
@@ -103,18 +104,28 @@ def _print_worst(evaluation: Evaluation, count: int) -> None:
 def eval_command(ctx: CliContext, candidate, against, suites, apply_gate, worst, as_json) -> None:
     """Evaluate CANDIDATE (id or name) against the live model on the test split, corrections and golden set.
 
-    The candidate is deployed first (never made live). Exit code 1 when it fails the gate.
+    The candidate is deployed first (never made live). Exit code 1 when it fails the gate. When the model
+    server refuses its adapter, --gate marks it rejected ("adapter did not load: …").
     """
-    evaluation = evaluate(
-        ctx.db,
-        ctx.settings,
-        candidate,
-        against,
-        suites=list(suites) or None,
-        progress=not as_json,
-        actor=current_user(),
-    )
-    outcome = gate.apply(ctx.db, ctx.settings, evaluation, actor="gate") if apply_gate else None
+    # With --gate a person chose to act on the verdict: the promotion or rejection is theirs.
+    actor = ctx.actor("admin")
+    try:
+        evaluation = evaluate(
+            ctx.db,
+            ctx.settings,
+            candidate,
+            against,
+            suites=list(suites) or None,
+            progress=not as_json,
+            actor=actor,
+        )
+    except deploy.AdapterRefused as exc:
+        if not apply_gate or exc.version_id != resolve_version(ctx.db, candidate).id:
+            raise
+        outcome = gate.reject_unloadable(ctx.db, ctx.settings, exc.version_id, exc.reason, actor=actor)
+        click.echo(f"gate: {outcome.version.name} ({outcome.version.id}) is marked rejected: {outcome.reasons[0]}")
+        sys.exit(1)
+    outcome = gate.apply(ctx.db, ctx.settings, evaluation, actor=actor) if apply_gate else None
     if as_json:
         body = {k: v for k, v in evaluation.__dict__.items() if k != "rows"}
         if outcome:

@@ -25,7 +25,9 @@ def keys() -> None:
 @pass_cli
 def create(ctx: CliContext, name: str, publishable: bool) -> None:
     """Create a key called NAME and print it once."""
-    key, raw = apikeys.create_key(ctx.db, name, kind="publishable" if publishable else "secret")
+    key, raw = apikeys.create_key(
+        ctx.db, name, kind="publishable" if publishable else "secret", actor=ctx.actor("admin")
+    )
     click.echo(f"created {key.kind} key {key.id} ({key.name})")
     click.echo("store it now; it cannot be shown again:")
     click.echo(raw)
@@ -53,7 +55,7 @@ def list_(ctx: CliContext, as_json: bool) -> None:
 @pass_cli
 def revoke(ctx: CliContext, key: str) -> None:
     """Revoke KEY (its id or its prefix)."""
-    row = apikeys.revoke_key(ctx.db, key)
+    row = apikeys.revoke_key(ctx.db, key, actor=ctx.actor("admin"))
     click.echo(f"revoked {row.id} ({row.name}) at {row.revoked_at}")
 
 

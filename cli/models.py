@@ -11,12 +11,14 @@ import json
 
 import click
 
-from cli.context import CliContext, current_user, pass_cli
+from cli.context import CliContext, pass_cli
 from feedback.versions import live_version
 from trainer import deploy, registry
 from trainer.evaluation.run import list_evaluations
 
-_ACTOR = click.option("--actor", default=current_user, show_default="$USER", help="Name recorded in the model history.")
+_ACTOR = click.option(
+    "--actor", metavar="EMAIL", help="The account recorded in the model history (same as the global --as)."
+)
 _REASON = click.option("--reason", help="Why; kept in the model history and shown in the weekly report.")
 _FORCE = click.option("--force", is_flag=True, help="Also serve a version the gate rejected.")
 
@@ -30,8 +32,10 @@ def _deployed(result: deploy.DeployResult) -> str:
         "loaded": "adapter loaded",
         "already_loaded": "adapter already loaded",
         "nothing_to_load": "served by name, nothing to load",
+        "rejected": "refused, so the version is rejected,",
     }
-    return f"{result.name}: {words.get(result.action, result.action)} on {result.server}"
+    detail = f" ({result.detail})" if result.detail else ""
+    return f"{result.name}: {words.get(result.action, result.action)} on {result.server}{detail}"
 
 
 @click.group("models")
@@ -110,9 +114,13 @@ def deploy_command(ctx: CliContext, version, actor) -> None:
     """Make VERSION servable (load its adapter) without making it live; with no VERSION, the live one and
     the canary (after the model server restarted)."""
     if version:
-        results = [deploy.deploy(ctx.db, ctx.settings, registry.resolve_version(ctx.db, version), actor=actor)]
+        results = [
+            deploy.deploy(
+                ctx.db, ctx.settings, registry.resolve_version(ctx.db, version), actor=ctx.actor("admin", actor)
+            )
+        ]
     else:
-        results = deploy.deploy_serving(ctx.db, ctx.settings, actor=actor)
+        results = deploy.deploy_serving(ctx.db, ctx.settings, actor=ctx.actor("admin", actor))
     for result in results:
         click.echo(_deployed(result))
 
@@ -127,7 +135,7 @@ def promote(ctx: CliContext, version, reason, force, actor) -> None:
     """Make VERSION live; the current live version is retired (and stays loaded, for rollback)."""
     target = registry.resolve_version(ctx.db, version)
     before = live_version(ctx.db)
-    live = deploy.promote(ctx.db, ctx.settings, target, actor=actor, reason=reason, force=force)
+    live = deploy.promote(ctx.db, ctx.settings, target, actor=ctx.actor("admin", actor), reason=reason, force=force)
     click.echo(f"{live.name} ({live.id}) is live" + (f"; {before.name} ({before.id}) retired" if before else ""))
     click.echo(_pickup(ctx) + ".  Undo: tuneloop models rollback")
 
@@ -142,7 +150,9 @@ def promote(ctx: CliContext, version, reason, force, actor) -> None:
 def canary(ctx: CliContext, version, weight, reason, force, actor) -> None:
     """Let VERSION answer WEIGHT (0 < WEIGHT < 1, e.g. 0.1) of conversations, sticky per conversation."""
     target = registry.resolve_version(ctx.db, version)
-    result = deploy.start_canary(ctx.db, ctx.settings, target, weight, actor=actor, reason=reason, force=force)
+    result = deploy.start_canary(
+        ctx.db, ctx.settings, target, weight, actor=ctx.actor("admin", actor), reason=reason, force=force
+    )
     click.echo(
         f"{result.name} ({result.id}) is the canary for {result.traffic_weight:.0%} of conversations; {_pickup(ctx)}"
     )
@@ -155,7 +165,7 @@ def canary(ctx: CliContext, version, weight, reason, force, actor) -> None:
 @pass_cli
 def rollback(ctx: CliContext, reason, actor) -> None:
     """Make the version that was live before the current one live again (the current one is retired)."""
-    restored, withdrawn = deploy.rollback(ctx.db, ctx.settings, actor=actor, reason=reason)
+    restored, withdrawn = deploy.rollback(ctx.db, ctx.settings, actor=ctx.actor("admin", actor), reason=reason)
     click.echo(f"{restored.name} ({restored.id}) is live again; {withdrawn.name} ({withdrawn.id}) retired")
     click.echo(_pickup(ctx) + ".")
 
@@ -168,7 +178,7 @@ def rollback(ctx: CliContext, reason, actor) -> None:
 def retire(ctx: CliContext, version, reason, actor) -> None:
     """Take a candidate, canary or standby version out of service (unloading its adapter if gate.unload_retired)."""
     target = registry.resolve_version(ctx.db, version)
-    retired, unloaded = deploy.retire(ctx.db, ctx.settings, target, actor=actor, reason=reason)
+    retired, unloaded = deploy.retire(ctx.db, ctx.settings, target, actor=ctx.actor("admin", actor), reason=reason)
     click.echo(f"{retired.name} ({retired.id}) is retired")
     if unloaded and unloaded.action == "unloaded":
         click.echo(f"adapter unloaded from {unloaded.server}")

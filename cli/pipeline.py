@@ -65,7 +65,7 @@ def _print(run) -> None:
     color = {"failed": "red", "succeeded": "green"}.get(run.state)
     click.secho(f"{run.id}  {run.kind:<9} {run.state:<9} step {run.step or '-':<8} {run.started_at[:19]}", fg=color)
     for outcome in run.steps:
-        click.echo(f"  {outcome['step']:<8} {outcome['state']:<9} {outcome.get('detail', '')}")
+        click.echo(f"  {outcome.step:<8} {outcome.state:<9} {outcome.detail}")
     if run.error:
         click.secho(f"  error: {run.error}", fg="red")
 

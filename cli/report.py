@@ -1,4 +1,4 @@
-"""``tuneloop report``, ``tuneloop worst`` and ``tuneloop admin token``."""
+"""``tuneloop report`` and ``tuneloop worst``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from feedback.report import generate_report
 from feedback.report.deliver import deliver_report
 from feedback.report.render import pct
 from feedback.report.weeks import utc_text
-from server.admin import admin_token
 
 
 @click.command()
@@ -103,16 +102,4 @@ def worst(ctx: CliContext, version_id, since, until, top, min_votes, as_json) ->
         )
 
 
-@click.group()
-def admin() -> None:
-    """Admin pages (/admin)."""
-
-
-@admin.command("token")
-@pass_cli
-def token(ctx: CliContext) -> None:
-    """Print the admin token (generated and stored on first use unless admin.token is set)."""
-    click.echo(admin_token(ctx.settings, ctx.db))
-
-
-COMMANDS = [report, worst, admin]
+COMMANDS = [report, worst]

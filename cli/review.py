@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import click
 
-from cli.context import CliContext, current_user, pass_cli
+from cli.context import CliContext, pass_cli
 from config.errors import ValidationFailed
 from feedback import review
 from feedback.ranking import RankingOptions, version_to_rank
@@ -16,7 +16,7 @@ from feedback.review_io import FORMATS, export_items, import_items, write_items
 from trainer.review_drafts import draft_answers
 
 _REVIEWER = click.option(
-    "--reviewer", default=current_user, show_default="$USER", help="Name recorded as the reviewer."
+    "--reviewer", metavar="EMAIL", help="The account recorded as the reviewer (same as the global --as)."
 )
 
 
@@ -54,6 +54,7 @@ def collect(ctx: CliContext, days, top, version_id, draft) -> None:
         since=utc_text(now - timedelta(days=days)),
         until=utc_text(now),
         options=options,
+        actor=ctx.actor("reviewer"),
     )
     click.echo(f"{version.name}, last {days} days: added {len(result.added)}, skipped {len(result.skipped)}")
     for item in result.added:
@@ -127,10 +128,15 @@ def show(ctx: CliContext, item_id, as_json) -> None:
 @click.option("--answer", help="The corrected answer.")
 @click.option("--use-suggestion", is_flag=True, help="Approve the users' most suggested correction as is.")
 @click.option("--use-draft", is_flag=True, help="Approve the teacher's draft as is.")
+@click.option(
+    "--kb-entry",
+    help="Knowledge-base entry to put the answer in, or 'new' (default: the entry of the same question, else the "
+    "one most thumbs-down answers were built on, else a new one).",
+)
 @_REVIEWER
 @pass_cli
-def approve(ctx: CliContext, item_id, answer, use_suggestion, use_draft, reviewer) -> None:
-    """Approve a corrected answer (again on an approved item: replace its answer)."""
+def approve(ctx: CliContext, item_id, answer, use_suggestion, use_draft, kb_entry, reviewer) -> None:
+    """Approve a corrected answer; it is served at once from the knowledge base (again: replace its answer)."""
     if sum(bool(x) for x in (answer, use_suggestion, use_draft)) != 1:
         raise ValidationFailed("give exactly one of --answer, --use-suggestion, --use-draft", field="answer")
     item = review.get_item(ctx.db, item_id)
@@ -144,8 +150,9 @@ def approve(ctx: CliContext, item_id, answer, use_suggestion, use_draft, reviewe
                 f"{item_id} has no teacher draft; run 'tuneloop review draft' or give --answer", field="answer"
             )
         answer = item.draft
-    item = review.approve(ctx.db, item_id, answer=answer, reviewer=reviewer)
+    item = review.approve(ctx.db, item_id, answer=answer, reviewer=ctx.actor("reviewer", reviewer), kb_entry=kb_entry)
     click.echo(f"approved {item.id} ({item.answer_source}): {_short(item.answer, 100)}")
+    click.echo(f"live now in knowledge-base entry {item.kb_entry_id} (tuneloop kb show {item.kb_entry_id})")
 
 
 @review_group.command("reject")
@@ -155,7 +162,7 @@ def approve(ctx: CliContext, item_id, answer, use_suggestion, use_draft, reviewe
 @pass_cli
 def reject(ctx: CliContext, item_id, note, reviewer) -> None:
     """Reject an item: nothing from it is trained on."""
-    item = review.reject(ctx.db, item_id, reviewer=reviewer, note=note)
+    item = review.reject(ctx.db, item_id, reviewer=ctx.actor("reviewer", reviewer), note=note)
     click.echo(f"rejected {item.id}")
 
 
@@ -169,7 +176,7 @@ def edit(ctx: CliContext, item_id, question, answer, reviewer) -> None:
     """Change an item's question, or an approved item's answer."""
     if question is None and answer is None:
         raise ValidationFailed("give --question and/or --answer")
-    item = review.edit_item(ctx.db, item_id, reviewer=reviewer, question=question, answer=answer)
+    item = review.edit_item(ctx.db, item_id, reviewer=ctx.actor("reviewer", reviewer), question=question, answer=answer)
     click.echo(f"edited {item.id} [{item.status}]: {_short(item.question)}")
 
 
@@ -216,7 +223,7 @@ def export(ctx: CliContext, fmt, status, output) -> None:
 @pass_cli
 def import_command(ctx: CliContext, path, fmt, dry_run, reviewer) -> None:
     """Apply a CSV/JSONL file of decisions (all rows or none; problems are listed by line)."""
-    summary = import_items(ctx.db, path, reviewer=reviewer, fmt=fmt, dry_run=dry_run)
+    summary = import_items(ctx.db, path, reviewer=ctx.actor("reviewer", reviewer), fmt=fmt, dry_run=dry_run)
     verb = "would import" if dry_run else "imported"
     click.echo(
         f"{verb}: {summary.created} new, {summary.approved} approved, {summary.rejected} rejected, "

@@ -223,7 +223,8 @@ def _print_run(run, *, detail: bool) -> None:
             click.echo("  " + ", ".join(facts))
     if run.candidate_version_id:
         click.echo(
-            f"  candidate model version {run.candidate_version_id}: evaluate it with `tuneloop eval {run.candidate_version_id}`"
+            f"  candidate model version {run.candidate_version_id}: "
+            f"evaluate it with `tuneloop eval {run.candidate_version_id}`"
         )
     if run.error:
         click.secho(f"  error: {run.error}", fg="red")

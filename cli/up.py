@@ -3,8 +3,12 @@
 Builds the starter model if it is missing (or its data changed), then starts, in
 order and each only once the previous one is healthy: the built-in model server
 (unless ``model.provider`` points elsewhere), the gateway, and the scheduler.
-Prints the URLs and the admin token, then watches: Ctrl-C/SIGTERM stops all, a
-child that dies stops the rest and makes ``up`` exit non-zero naming it.
+Prints the URLs and the admin token, then watches: Ctrl-C/SIGTERM stops all; a
+child that dies is restarted with backoff while the others keep running
+(:mod:`cli.supervisor`), and its state goes to ``<data_dir>/run/processes.json``
+for ``/readyz``. Each time the built-in model server is up — at start and after
+a restart, which empties it — the live and canary adapters are loaded into it
+again. A child that fails while the platform is starting stops it all.
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ import click
 from cli.context import CliContext, pass_cli
 from cli.serve import port_is_free
 from cli.supervisor import Child, ChildFailed, Supervisor, tuneloop_argv
-from config.errors import ConfigError
+from config.errors import ConfigError, TuneloopError
 from config.settings import Settings
+from feedback import accounts
+from feedback.db import open_db
+from feedback.process_status import write_status
 from server.admin.auth import admin_token
+from trainer.deploy import deploy_serving
 from trainer.starter.build import build_from_settings
 
 
@@ -47,6 +55,20 @@ def _uses_builtin_model(settings: Settings) -> bool:
     return settings.model.provider == "builtin"
 
 
+def _redeploy(settings: Settings) -> None:
+    """Load the live and canary adapters into the (re)started model server; a failure is logged, not fatal."""
+    db = open_db(settings.db_path, busy_timeout_ms=settings.database.busy_timeout_ms, migrate=False)
+    try:
+        loaded = [r for r in deploy_serving(db, settings, actor="tuneloop up") if r.action == "loaded"]
+    except TuneloopError as exc:
+        click.echo(f"warning: could not load the serving adapters into the model server: {exc.message}")
+        return
+    finally:
+        db.close()
+    for result in loaded:
+        click.echo(f"loaded {result.name} into the model server")
+
+
 @click.command()
 @click.option("--rebuild", is_flag=True, help="Rebuild the starter model even when it is up to date.")
 @pass_cli
@@ -56,7 +78,10 @@ def up(ctx: CliContext, rebuild: bool) -> None:
     builtin = _uses_builtin_model(settings)
     _check_ports(settings, builtin)
     token = admin_token(settings, ctx.db)
-    supervisor = Supervisor(echo=lambda line: click.echo(line))
+    has_admin = accounts.admin_exists(ctx.db)  # then the token is for scripts; people use their accounts
+    supervisor = Supervisor(
+        echo=lambda line: click.echo(line), on_change=lambda children: write_status(settings.data_dir, children)
+    )
     gw = settings.gateway
     try:
         if builtin:
@@ -70,6 +95,7 @@ def up(ctx: CliContext, rebuild: bool) -> None:
                     tuneloop_argv(ctx.config_path, "model-server"),
                     health_url=f"http://{ms.host}:{ms.port}/health",
                     startup_timeout_s=300,
+                    on_ready=lambda: _redeploy(settings),
                 )
             )
         # With the built-in model we know the model is up, so wait for full readiness;
@@ -97,9 +123,11 @@ def up(ctx: CliContext, rebuild: bool) -> None:
                 "tuneloop is up.",
                 f"  chat page      {base}/",
                 f"  API            {base}/api/chat   (OpenAI-compatible: {base}/v1)",
-                f"  admin          {base}/admin/     token: {token}",
-                f"  try            curl -s {base}/api/chat -H 'content-type: application/json' -d '{{\"message\": \"How long does standard delivery take?\"}}'",
-                "Ctrl-C stops everything.",
+                f"  admin          {base}/admin/     "
+                + (f"sign in with your account (API token: {token})" if has_admin else f"token: {token}"),
+                f"  try            curl -s {base}/api/chat -H 'content-type: application/json'"
+                ' -d \'{"message": "How long does standard delivery take?"}\'',
+                "A process that dies is restarted; Ctrl-C stops everything.",
                 "",
             ]
         ),

@@ -8,7 +8,8 @@ carries its HTTP status so the mapping lives in exactly one place::
     TuneloopError
     ├── ConfigError                 bad setting; stops start-up          (500)
     ├── InvalidRequest              malformed JSON, bad field             (400)
-    │   └── ValidationFailed        well-formed but wrong type/value      (422)
+    │   ├── ValidationFailed        well-formed but wrong type/value      (422)
+    │   └── RequestTimeout          the client sent its body too slowly   (408)
     ├── Unauthorized                missing or bad API key / admin token  (401)
     ├── Forbidden                   key may not do this; bad feedback token (403)
     ├── NotFound                    unknown or foreign id                 (404)
@@ -17,8 +18,12 @@ carries its HTTP status so the mapping lives in exactly one place::
     ├── RateLimited                 too many requests                     (429)
     ├── StorageError                database full / not writable          (503)
     └── UpstreamError               the model server failed               (502)
+        ├── UpstreamRejected        it refused the request as invalid     (502; 4xx when the client's)
         ├── UpstreamUnavailable     could not connect / overloaded        (503)
         └── UpstreamTimeout         no answer in time                     (504)
+
+An :class:`UpstreamError`'s message never holds the model server's address (clients see
+messages; an internal URL is not theirs to know); ``where`` keeps it for logs and the CLI.
 """
 
 from __future__ import annotations
@@ -59,6 +64,11 @@ class ValidationFailed(InvalidRequest):
     code = "validation_failed"
 
 
+class RequestTimeout(InvalidRequest):
+    status = 408
+    code = "request_timeout"
+
+
 class Unauthorized(TuneloopError):
     status = 401
     code = "unauthorized"
@@ -97,6 +107,19 @@ class StorageError(TuneloopError):
 class UpstreamError(TuneloopError):
     status = 502
     code = "upstream_error"
+    where: str | None = None  # the model server's URL: for logs and the CLI, never for clients
+
+
+class UpstreamRejected(UpstreamError):
+    """The model server answered 400/413/422: it found the request invalid.
+
+    ``field`` is the parameter it named (``max_tokens``, ``messages``…) and ``upstream_code``
+    its error code. The gateway turns this into the client's 4xx when the client set that
+    parameter (``server/model_limits.py``); otherwise the gateway itself sent something the
+    model cannot take — a configuration problem, so it stays a 502.
+    """
+
+    upstream_code: str | None = None
 
 
 class UpstreamUnavailable(UpstreamError):

@@ -1,7 +1,9 @@
 """gunicorn settings for the gateway (``tuneloop serve`` passes this file with ``-c``).
 
 gevent workers: each holds thousands of concurrent streams (measured while
-designing: 2,000 concurrent 5-second streams on 2 cores; a sync worker holds one).
+designing: 2,000 concurrent 5-second streams on 2 cores; a sync worker holds one),
+and none can be held by a client that sends its request slowly or opens too many
+connections (``server/gevent_worker.py``).
 The scheduler is never started here: inside every worker an APScheduler job ran
 17 times in 6 s. Values come from the same settings as everything else.
 """
@@ -16,14 +18,18 @@ _settings = load_settings()
 
 bind = f"{_settings.gateway.host}:{_settings.gateway.port}"
 workers = _settings.gateway.workers
-worker_class = "gevent"
+# gunicorn's gevent worker plus bounds on slow clients: request head and body deadlines and a cap on
+# connections per client address still sending a request (server/gevent_worker.py).
+worker_class = "server.gevent_worker.GatewayWorker"
 worker_connections = _settings.gateway.worker_connections
 # Long streams are normal; the model's own timeouts bound them, not gunicorn's.
 timeout = max(60, int(_settings.model.timeout_s) + 30)
 graceful_timeout = 20
+# Non-zero turns keep-alive on; how long a kept-alive connection may idle is gateway.request_header_timeout_s.
 keepalive = 5
 accesslog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+# %(p)s is the worker's pid ("<1234>"): which worker served a request (tests/test_knowledge_e2e.py reads it).
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms %(p)s'
 errorlog = "-"
 proc_name = "tuneloop-gateway"
 

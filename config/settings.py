@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import ipaddress
 import json
 import os
 import tomllib
@@ -24,6 +25,7 @@ import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from config.errors import ConfigError
 
@@ -44,6 +46,14 @@ def env_secret(variable: str) -> str:
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}", field=key)
+
+
+def _is_network(entry: str) -> bool:
+    try:
+        ipaddress.ip_network(entry.strip(), strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -75,9 +85,22 @@ class GatewaySettings:
     cors_origins: list[str] = field(default_factory=list)
     model_cache_s: float = 2.0
     secret_key: str = ""
+    request_header_timeout_s: float = 10.0
+    request_body_timeout_s: float = 30.0
+    max_waiting_connections_per_client: int = 100
+    trusted_proxies: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         _check(1 <= self.port <= 65535, "gateway.port", f"must be 1..65535, got {self.port}")
+        _check(self.request_header_timeout_s > 0, "gateway.request_header_timeout_s", "must be > 0")
+        _check(self.request_body_timeout_s > 0, "gateway.request_body_timeout_s", "must be > 0")
+        _check(
+            self.max_waiting_connections_per_client >= 0,
+            "gateway.max_waiting_connections_per_client",
+            "must be >= 0 (0: no limit)",
+        )
+        for entry in self.trusted_proxies:
+            _check(_is_network(entry), "gateway.trusted_proxies", f"{entry!r} is not an IP address or network (CIDR)")
         _check(self.workers >= 1, "gateway.workers", f"must be >= 1, got {self.workers}")
         _check(self.worker_connections >= 1, "gateway.worker_connections", "must be >= 1")
         _check(
@@ -151,27 +174,60 @@ class ChatSettings:
     history_turns: int = 6
     max_tokens: int = 256
     temperature: float = 0.0
+    # Token budget of a prompt (feedback/knowledge/budget.py): 0 asks the model server (max_model_len).
+    context_window: int = 0
+    tokenizer: str = ""
 
     def __post_init__(self):
         _check(self.history_turns >= 0, "chat.history_turns", "must be >= 0")
         _check(self.max_tokens >= 1, "chat.max_tokens", "must be >= 1")
         _check(0 <= self.temperature <= 2, "chat.temperature", "must be 0..2")
+        _check(
+            self.context_window == 0 or self.context_window > self.max_tokens,
+            "chat.context_window",
+            f"must be 0 (ask the model server) or more than chat.max_tokens ({self.max_tokens}), "
+            f"got {self.context_window}",
+        )
 
 
 @dataclass(frozen=True)
 class KnowledgeSettings:
+    """Grounding answers in the knowledge base: how many entries, from what score, shown how, found how."""
+
     enabled: bool = True
     top_k: int = 3
-    min_score: float = 0.0
+    # Retrieval scores are in 0..1 (feedback/knowledge/retrieval.py); the default is measured in
+    # docs/benchmarks.md ("Retrieval": the score threshold).
+    min_score: float = 0.15
     header: str = "Knowledge:"
     entry_format: str = "[{n}] Q: {question}\nA: {answer}"
     empty_text: str = "(no matching entry)"
+    synonyms: str = ""
+    embeddings_model: str = ""
+    embeddings_base_url: str = ""
+    embeddings_api_key_env: str = ""
+    dense_weight: float = 0.5
+    # The live index (feedback/knowledge/live.py) and the first start (feedback/knowledge/seed.py).
+    refresh_ms: int = 500
+    base_file: str = ""
+    seed: bool = True
 
     def __post_init__(self):
         _check(1 <= self.top_k <= 20, "knowledge.top_k", "must be 1..20")
-        _check(self.min_score >= 0, "knowledge.min_score", "must be >= 0")
+        _check(0 <= self.refresh_ms <= 60_000, "knowledge.refresh_ms", f"must be 0..60000 ms, got {self.refresh_ms}")
+        _check(0 <= self.min_score <= 1, "knowledge.min_score", f"must be within 0..1, got {self.min_score}")
         for name in ("{question}", "{answer}"):
             _check(name in self.entry_format, "knowledge.entry_format", f"must contain {name}")
+        _check(
+            not self.embeddings_model or self.embeddings_base_url.startswith(("http://", "https://")),
+            "knowledge.embeddings_base_url",
+            f"must be an http(s) URL when embeddings_model is set, got {self.embeddings_base_url!r}",
+        )
+        _check(0 <= self.dense_weight <= 1, "knowledge.dense_weight", f"must be within 0..1, got {self.dense_weight}")
+
+    def embeddings_api_key(self) -> str:
+        """The embeddings endpoint's API key, read from the named environment variable at call time."""
+        return env_secret(self.embeddings_api_key_env)
 
 
 @dataclass(frozen=True)
@@ -189,7 +245,10 @@ class LimitsSettings:
     enabled: bool = True
     chat: str = "60/minute"
     feedback: str = "120/minute"
-    storage_uri: str = "memory://"
+    storage_uri: str = "database://"
+
+    def __post_init__(self):
+        _check("://" in self.storage_uri, "limits.storage_uri", "must be database://, memory:// or redis://HOST:PORT")
 
 
 @dataclass(frozen=True)
@@ -202,9 +261,15 @@ class ModelServerSettings:
     threads: int = 8
     max_new_tokens: int = 512
     torch_threads: int = 1
+    adapter_check: str = "scratch"
 
     def __post_init__(self):
         _check(1 <= self.port <= 65535, "model_server.port", f"must be 1..65535, got {self.port}")
+        _check(
+            self.adapter_check in ("scratch", "in_place"),
+            "model_server.adapter_check",
+            f"must be scratch or in_place, got {self.adapter_check!r}",
+        )
         _check(self.device in ("auto", "cpu", "cuda"), "model_server.device", "must be auto, cpu or cuda")
         _check(self.threads >= 1, "model_server.threads", "must be >= 1")
         _check(self.max_new_tokens >= 1, "model_server.max_new_tokens", "must be >= 1")
@@ -354,14 +419,81 @@ class ReportSettings:
 
 @dataclass(frozen=True)
 class AdminSettings:
-    """Access to the ``/admin`` pages."""
+    """Access to the ``/admin`` pages: accounts with roles, the admin token for scripts (docs/accounts.md)."""
 
     token: str = ""
     session_hours: float = 12.0
+    signin_attempts_per_address: int = 10
+    signin_attempts_per_account: int = 100
+    signin_window_s: float = 900.0
+    password_signin: bool = True
+    password_min_length: int = 12
+    signin_link_hours: float = 24.0
 
     def __post_init__(self):
         _check(not self.token or len(self.token) >= 16, "admin.token", "must be at least 16 characters (or empty)")
         _check(self.session_hours > 0, "admin.session_hours", "must be > 0")
+        for key in ("signin_attempts_per_address", "signin_attempts_per_account"):
+            _check(getattr(self, key) >= 1, f"admin.{key}", "must be >= 1")
+        _check(self.signin_window_s > 0, "admin.signin_window_s", "must be > 0")
+        _check(8 <= self.password_min_length <= 128, "admin.password_min_length", "must be 8..128")
+        _check(self.signin_link_hours > 0, "admin.signin_link_hours", "must be > 0")
+
+
+ROLES = ("viewer", "reviewer", "admin")
+
+
+def _is_loopback_http(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return url.startswith("http://") and (host in ("localhost", "::1") or host.startswith("127."))
+
+
+@dataclass(frozen=True)
+class SsoSettings:
+    """Single sign-on to ``/admin`` with an OpenID Connect identity provider (docs/accounts.md)."""
+
+    enabled: bool = False
+    issuer: str = ""
+    client_id: str = ""
+    client_secret_env: str = "TUNELOOP_SSO_CLIENT_SECRET"
+    scopes: list[str] = field(default_factory=lambda: ["openid", "email", "profile"])
+    redirect_uri: str = ""
+    allowed_domains: list[str] = field(default_factory=list)
+    email_claim: str = "email"
+    role_claim: str = ""
+    role_map: dict[str, str] = field(default_factory=dict)
+    button_label: str = "Sign in with single sign-on"
+
+    def __post_init__(self):
+        if self.enabled:
+            _check(bool(self.issuer), "sso.issuer", "must be set when sso.enabled is true")
+            _check(bool(self.client_id), "sso.client_id", "must be set when sso.enabled is true")
+        _check(
+            not self.issuer or self.issuer.startswith("https://") or _is_loopback_http(self.issuer),
+            "sso.issuer",
+            f"must be an https:// URL (plain http only on loopback, for tests); got {self.issuer!r}",
+        )
+        _check(
+            not self.redirect_uri or self.redirect_uri.startswith(("https://", "http://")),
+            "sso.redirect_uri",
+            "must be an http(s) URL ending in /admin/sso/callback, or empty",
+        )
+        _check(
+            not self.redirect_uri or self.redirect_uri.rstrip("/").endswith("/admin/sso/callback"),
+            "sso.redirect_uri",
+            "must end in /admin/sso/callback",
+        )
+        _check("openid" in self.scopes, "sso.scopes", 'must include "openid"')
+        _check(bool(self.email_claim), "sso.email_claim", "must not be empty")
+        domains = [d.strip().lower().lstrip("@") for d in self.allowed_domains]
+        _check(all(domains), "sso.allowed_domains", "must not contain empty names")
+        object.__setattr__(self, "allowed_domains", domains)
+        wrong = {value: role for value, role in self.role_map.items() if role not in ROLES}
+        _check(not wrong, "sso.role_map", f"roles must be one of {', '.join(ROLES)}; got {wrong}")
+
+    def client_secret(self) -> str:
+        """The client secret, read from the named environment variable at call time."""
+        return env_secret(self.client_secret_env)
 
 
 @dataclass(frozen=True)
@@ -611,6 +743,7 @@ class Settings:
     starter: StarterSettings = field(default_factory=StarterSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    sso: SsoSettings = field(default_factory=SsoSettings)
     review: ReviewSettings = field(default_factory=ReviewSettings)
     dataset: DatasetSettings = field(default_factory=DatasetSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sqlite_utils import Database
 
 from config.errors import NotFound, ValidationFailed
+from feedback import audit
 from feedback.db import new_id, utc_now, write_transaction
 
 KINDS = {"secret": "tl_sk_", "publishable": "tl_pk_"}
@@ -35,8 +36,8 @@ def _hash(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
-def create_key(db: Database, name: str, *, kind: str = "secret") -> tuple[ApiKey, str]:
-    """Create a key; returns its row and the raw key, which is never stored or shown again."""
+def create_key(db: Database, name: str, *, kind: str = "secret", actor: str = "system") -> tuple[ApiKey, str]:
+    """Create a key; returns its row and the raw key, which is never stored or shown again (nor audited)."""
     if kind not in KINDS:
         raise ValidationFailed(f"kind must be one of {', '.join(KINDS)}", field="kind")
     if not name.strip():
@@ -48,6 +49,7 @@ def create_key(db: Database, name: str, *, kind: str = "secret") -> tuple[ApiKey
             "INSERT INTO api_keys (id, name, prefix, hash, kind, created_at) VALUES (?, ?, ?, ?, ?, ?)",
             [key.id, key.name, key.prefix, _hash(raw), key.kind, key.created_at],
         )
+        audit.record(db, actor, "key.create", key.id, {"name": key.name, "kind": key.kind})
     return key, raw
 
 
@@ -59,13 +61,17 @@ def list_keys(db: Database) -> list[ApiKey]:
     return [ApiKey(*row) for row in rows]
 
 
-def revoke_key(db: Database, key_id: str) -> ApiKey:
+def revoke_key(db: Database, key_id: str, *, actor: str = "system") -> ApiKey:
     """Revoke a key by id or prefix; revoking twice keeps the first time."""
     with write_transaction(db):
-        row = db.execute("SELECT id FROM api_keys WHERE id = ? OR prefix = ?", [key_id, key_id]).fetchone()
+        row = db.execute(
+            "SELECT id, name, revoked_at FROM api_keys WHERE id = ? OR prefix = ?", [key_id, key_id]
+        ).fetchone()
         if row is None:
             raise NotFound(f"no API key {key_id!r}", field="key")
         db.execute("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?", [utc_now(), row[0]])
+        if row[2] is None:
+            audit.record(db, actor, "key.revoke", row[0], {"name": row[1]})
     return next(k for k in list_keys(db) if k.id == row[0])
 
 

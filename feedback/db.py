@@ -10,14 +10,28 @@ Read-then-write work goes through :func:`write_transaction`, which starts with
 ``BEGIN IMMEDIATE``: with deferred transactions, 4 concurrent writers failed with
 "database is locked" 5,422 times out of 8,000 (measured while designing this),
 because a reader that later wants to write cannot wait its way out of a deadlock.
+
+Waiting for the write lock happens in Python, not in SQLite: its busy handler
+sleeps inside C, where a gevent worker cannot switch greenlets, so one request
+waiting for another process's lock froze every stream of its worker for up to
+the busy timeout (issue 14; ``bench/write_lock.py`` measured +958 ms at
+inter-token p99). ``BEGIN IMMEDIATE`` is tried with no busy timeout and retried
+after ``time.sleep`` — a yield to the other greenlets under gevent's patching, a
+plain sleep elsewhere — on SQLite's own schedule, until the connection's busy
+timeout. Every commit is remembered per database file (:func:`last_write_age`),
+so ``/readyz`` can prove writability without taking the lock on every probe.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import secrets
 import sqlite3
 import threading
+import time
+import weakref
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -40,6 +54,7 @@ def open_db(path: str | Path, *, busy_timeout_ms: int = 5000, migrate: bool = Tr
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA synchronous = NORMAL")
     db = sqlite_utils.Database(conn)
+    _OPENED[db] = _Opened(str(path.resolve()), int(busy_timeout_ms))
     if migrate:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
@@ -63,6 +78,71 @@ def _apply_migrations(db: sqlite_utils.Database) -> None:
         raise
 
 
+@dataclass(frozen=True)
+class _Opened:
+    path: str  # the database file, resolved: the key of its last write
+    busy_timeout_ms: int
+
+
+# What open_db knows about each Database it made (sqlite3 connections take no weak reference).
+_OPENED: "weakref.WeakKeyDictionary[sqlite_utils.Database, _Opened]" = weakref.WeakKeyDictionary()
+_LAST_WRITE: dict[str, float] = {}  # database file → time.monotonic() of this process's last commit to it
+# SQLite's own busy-handler schedule (sqliteDefaultBusyCallback), in seconds; the last step repeats.
+_BUSY_STEPS_S = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.025, 0.025, 0.05, 0.05, 0.1)
+
+
+def is_busy(exc: sqlite3.OperationalError) -> bool:
+    """True when the error says another connection holds the lock (rather than the disk failing)."""
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def begin_immediate(db: sqlite_utils.Database, *, wait: bool = True) -> None:
+    """``BEGIN IMMEDIATE``, waiting for another writer in sleeps that other greenlets can run in.
+
+    Raises :class:`sqlite3.OperationalError` ("database is locked") when the lock is still
+    taken after the connection's busy timeout, like SQLite's own wait would — or at once
+    when ``wait`` is false.
+    """
+    conn = db.conn
+    opened = _OPENED.get(db)
+    timeout_ms = opened.busy_timeout_ms if opened else conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        deadline = time.monotonic() + (timeout_ms / 1000 if wait else 0)
+        for step in itertools.chain(_BUSY_STEPS_S, itertools.repeat(_BUSY_STEPS_S[-1])):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                left = deadline - time.monotonic()
+                if not is_busy(exc) or left <= 0:
+                    raise
+                time.sleep(min(step, left))
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
+
+
+def database_path(db: sqlite_utils.Database) -> str | None:
+    """The resolved file of a database :func:`open_db` opened; None for one opened elsewhere."""
+    opened = _OPENED.get(db)
+    return opened.path if opened else None
+
+
+def last_write_age(db: sqlite_utils.Database) -> float | None:
+    """Seconds since this process last committed a write to ``db``'s file; None if it has not."""
+    opened = _OPENED.get(db)
+    at = _LAST_WRITE.get(opened.path) if opened else None
+    return None if at is None else time.monotonic() - at
+
+
+def note_write(db: sqlite_utils.Database) -> None:
+    """Remember that a write to ``db``'s file just committed (proof that it takes writes)."""
+    opened = _OPENED.get(db)
+    if opened:
+        _LAST_WRITE[opened.path] = time.monotonic()
+
+
 @contextlib.contextmanager
 def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
     """A ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error.
@@ -76,7 +156,7 @@ def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Databa
             yield db
         return
     try:
-        conn.execute("BEGIN IMMEDIATE")
+        begin_immediate(db)
     except sqlite3.OperationalError as exc:
         raise StorageError(f"database is not writable: {exc}") from exc
     try:
@@ -94,6 +174,7 @@ def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Databa
     except sqlite3.Error as exc:
         conn.rollback()
         raise StorageError(f"could not commit to the database: {exc}") from exc
+    note_write(db)
 
 
 def _is_storage_failure(exc: sqlite3.OperationalError) -> bool:
@@ -106,7 +187,12 @@ def _is_storage_failure(exc: sqlite3.OperationalError) -> bool:
 
 def utc_now() -> str:
     """Current time as ISO-8601 UTC with milliseconds, e.g. ``2026-11-21T05:44:39.123Z``."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc_text(datetime.now(timezone.utc))
+
+
+def utc_text(moment: datetime) -> str:
+    """``moment`` as stored: ISO-8601 UTC with milliseconds and a ``Z`` (text order is time order)."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_id(prefix: str) -> str:

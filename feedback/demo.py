@@ -229,7 +229,8 @@ def seed_demo(
         # A live row registered moments ago (by this call, on a fresh store) gets the demo's
         # history: created before the canary week, promoted after it.
         db.execute(
-            "UPDATE model_versions SET promoted_at = ?, created_at = MIN(created_at, ?) WHERE id = ? AND promoted_at >= ?",
+            "UPDATE model_versions SET promoted_at = ?, created_at = MIN(created_at, ?) "
+            "WHERE id = ? AND promoted_at >= ?",
             [utc_text(promoted), utc_text(canary_start), live.id, utc_text(now - timedelta(minutes=10))],
         )
 

@@ -372,3 +372,214 @@ def m006_pipeline_runs(db: Database) -> None:
         """
     )
     db.execute("CREATE INDEX pipeline_runs_kind ON pipeline_runs(kind, started_at)")
+
+
+@MIGRATIONS()
+def m007_admin_sessions_and_signin_attempts(db: Database) -> None:
+    # Admin browser sessions live here, not only in a signed cookie: a signed cookie stays
+    # valid until it expires, so logging out could not end it (issue 14). The row holds a
+    # hash of the session secret the cookie carries; logout sets ended_at.
+    db.execute(
+        """
+        CREATE TABLE admin_sessions (
+            id TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            ended_at TEXT,
+            client TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX admin_sessions_expires ON admin_sessions(expires_at)")
+    # Sign-in attempts (login form, bearer token) reserved before the secret is checked and
+    # deleted when it was right, so the rows are the failures of the window. Counted per
+    # address and per account across every gateway process and host sharing the store.
+    db.execute(
+        """
+        CREATE TABLE signin_attempts (
+            id INTEGER PRIMARY KEY,
+            scope TEXT NOT NULL CHECK (scope IN ('address', 'account')),
+            key TEXT NOT NULL,
+            at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX signin_attempts_key ON signin_attempts(scope, key, at)")
+    db.execute("CREATE INDEX signin_attempts_at ON signin_attempts(at)")
+
+
+@MIGRATIONS()
+def m008_knowledge_base(db: Database) -> None:
+    # The knowledge base answers are grounded in (feedback/knowledge/store.py). An entry is never
+    # deleted, only retired, so every answer's lineage (message_sources) keeps pointing at it.
+    # `questions` is a JSON list: the first is the one shown as the source, the rest are phrasings
+    # learned from approved corrections or added by reviewers. `changed_seq` is the store's change
+    # counter when the entry last changed: a gateway worker asks for `changed_seq > <what it has>`.
+    db.execute(
+        """
+        CREATE TABLE kb_entries (
+            id TEXT PRIMARY KEY,
+            questions TEXT NOT NULL,
+            answer TEXT NOT NULL,
+            lang TEXT NOT NULL CHECK (lang IN ('ko', 'en')),
+            source_kind TEXT NOT NULL CHECK (source_kind IN ('base', 'review', 'import', 'manual')),
+            source_ref TEXT,
+            state TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'retired')),
+            version INTEGER NOT NULL DEFAULT 1,
+            changed_seq INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            updated_by TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX kb_entries_changed ON kb_entries(changed_seq)")
+    db.execute("CREATE INDEX kb_entries_state ON kb_entries(state, updated_at)")
+    # Every version of every entry, written in the same transaction as the change: who, when, why.
+    db.execute(
+        """
+        CREATE TABLE kb_history (
+            entry_id TEXT NOT NULL REFERENCES kb_entries(id),
+            version INTEGER NOT NULL,
+            questions TEXT NOT NULL,
+            answer TEXT NOT NULL,
+            lang TEXT NOT NULL,
+            state TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            reason TEXT,
+            at TEXT NOT NULL,
+            PRIMARY KEY (entry_id, version)
+        )
+        """
+    )
+    # The normalized keys (feedback/text.py question_key) of every active entry's questions. The
+    # primary key is the rule "one active entry per question", kept by the database itself, and the
+    # lookup an approval uses to find the entry of the same question.
+    db.execute(
+        """
+        CREATE TABLE kb_question_keys (
+            key TEXT PRIMARY KEY,
+            entry_id TEXT NOT NULL REFERENCES kb_entries(id)
+        )
+        """
+    )
+    db.execute("CREATE INDEX kb_question_keys_entry ON kb_question_keys(entry_id)")
+    # One row. `seq` is bumped in the same transaction as every entry change: the cheap number every
+    # gateway worker polls. The base file imported on first start is recorded, so it is imported once
+    # and never again over reviewers' edits.
+    db.execute(
+        """
+        CREATE TABLE kb_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            seq INTEGER NOT NULL DEFAULT 0,
+            base_path TEXT,
+            base_sha256 TEXT,
+            seeded_at TEXT
+        )
+        """
+    )
+    db.execute("INSERT INTO kb_state (id, seq) VALUES (1, 0)")
+    # Lineage: the entries each assistant message was given, best first, with their scores, written
+    # in the same transaction as the turn — so a thumbs-down can be traced to the knowledge behind it.
+    db.execute(
+        """
+        CREATE TABLE message_sources (
+            message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            rank INTEGER NOT NULL,
+            entry_id TEXT NOT NULL REFERENCES kb_entries(id),
+            entry_version INTEGER NOT NULL,
+            score REAL NOT NULL,
+            PRIMARY KEY (message_id, rank)
+        )
+        """
+    )
+    db.execute("CREATE INDEX message_sources_entry ON message_sources(entry_id, rank)")
+    # Which entry an approval upserted, and its version before (0: the approval created it), so
+    # rejecting the item afterwards puts the entry back as it was.
+    db.execute("ALTER TABLE review_items ADD COLUMN kb_entry_id TEXT REFERENCES kb_entries(id)")
+    db.execute("ALTER TABLE review_items ADD COLUMN kb_entry_version_before INTEGER")
+
+
+@MIGRATIONS()
+def m009_accounts_and_audit_log(db: Database) -> None:
+    # Named people instead of one shared token (issue 23). An account is matched by its e-mail address
+    # (stored lowercased, so one person cannot hold two accounts by case); `sso_subject` binds it to one
+    # identity at the provider ("<issuer> <sub>"), so an address reassigned there cannot take it over.
+    # `password_hash` is an argon2id hash, NULL for single-sign-on-only accounts.
+    db.execute(
+        """
+        CREATE TABLE users (
+            id TEXT PRIMARY KEY,
+            email TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('viewer', 'reviewer', 'admin')),
+            password_hash TEXT,
+            sso_subject TEXT UNIQUE,
+            source TEXT NOT NULL DEFAULT 'cli' CHECK (source IN ('cli', 'admin', 'sso')),
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            disabled_at TEXT,
+            last_signin_at TEXT,
+            CHECK (email = lower(email))
+        )
+        """
+    )
+    # A session now belongs to an account (NULL: signed in with the admin token before any admin account
+    # existed). Disabling the account or changing its role ends its open sessions in the same transaction.
+    db.execute("ALTER TABLE admin_sessions ADD COLUMN user_id TEXT REFERENCES users(id)")
+    db.execute("ALTER TABLE admin_sessions ADD COLUMN method TEXT NOT NULL DEFAULT 'token'")
+    db.execute("CREATE INDEX admin_sessions_user ON admin_sessions(user_id, ended_at)")
+    # One-time sign-in links (set a first password): the row keeps the SHA-256 of the link's secret only.
+    db.execute(
+        """
+        CREATE TABLE signin_links (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            used_at TEXT
+        )
+        """
+    )
+    # Who changed what, when: review decisions, knowledge-base edits and imports, promotions and rollbacks,
+    # API keys, accounts. Append-only; `details` is JSON and never holds a secret (feedback/audit.py).
+    db.execute(
+        """
+        CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            actor_name TEXT NOT NULL,
+            actor_id TEXT,
+            via TEXT NOT NULL CHECK (via IN ('web', 'api', 'cli', 'system')),
+            action TEXT NOT NULL,
+            target TEXT,
+            details TEXT NOT NULL DEFAULT '{}'
+        )
+        """
+    )
+    db.execute("CREATE INDEX audit_log_at ON audit_log(at)")
+    db.execute("CREATE INDEX audit_log_actor ON audit_log(actor, at)")
+    db.execute("CREATE INDEX audit_log_action ON audit_log(action, at)")
+    db.execute("CREATE INDEX audit_log_target ON audit_log(target, at)")
+
+
+@MIGRATIONS()
+def m010_rate_limit_counters(db: Database) -> None:
+    # Rate-limit counters in the store, so every gunicorn worker and every gateway sharing the
+    # database counts against one limit: per-worker counters accepted 119 of 200 requests against
+    # 60/minute with 2 workers (issue 14). One row per limit and caller (fixed window): the count
+    # and when its window ends; a row whose window ended starts over on its next hit.
+    db.execute(
+        """
+        CREATE TABLE rate_limit_counters (
+            key TEXT PRIMARY KEY,
+            hits INTEGER NOT NULL,
+            window_ends_at TEXT NOT NULL
+        ) WITHOUT ROWID
+        """
+    )
+    db.execute("CREATE INDEX rate_limit_counters_window ON rate_limit_counters(window_ends_at)")

@@ -45,6 +45,7 @@ from sqlite_utils import Database
 
 from config.errors import NotFound, ValidationFailed
 from feedback import versions
+from feedback.knowledge import lineage, store
 from feedback.text import fold_numbers, ngrams, question_key
 
 
@@ -95,6 +96,8 @@ class Evidence:
     corrections: list[dict] = field(default_factory=list)  # {"correction", "count"}, most suggested first
     variants: list[dict] = field(default_factory=list)  # {"question", "key", "votes"}: phrasings in the group
     message_ids: list[str] = field(default_factory=list)  # down-voted answers, newest first
+    # Knowledge-base entries the down-voted answers were built on (rank 1): {"id", "question", "down"}, most first.
+    entries: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -342,6 +345,7 @@ def _attach_evidence(db: Database, groups: list[QuestionGroup], version: str, si
             "corrections": Counter(),
             "variants": Counter(),
             "ids": [],
+            "down_ids": [],
         }
         for leader in by_leader
     }
@@ -351,6 +355,7 @@ def _attach_evidence(db: Database, groups: list[QuestionGroup], version: str, si
         tally = bucket["answers"].setdefault(answer, [0, 0])
         tally[0 if rating > 0 else 1] += 1
         if rating < 0:
+            bucket["down_ids"].append(msg_id)
             bucket["reasons"][reason or "no reason given"] += 1
             if len(bucket["ids"]) < 50:
                 bucket["ids"].append(msg_id)
@@ -375,10 +380,24 @@ def _attach_evidence(db: Database, groups: list[QuestionGroup], version: str, si
             corrections=[{"correction": c, "count": n} for c, n in bucket["corrections"].most_common(5)],
             variants=_variants(bucket["variants"]),
             message_ids=bucket["ids"],
+            entries=_entries(db, bucket["down_ids"]),
         )
         phrasings = [(n, q) for (key, q), n in bucket["variants"].items() if key == leader]
         if phrasings:
             group.question = max(phrasings)[1]
+
+
+def _entries(db: Database, down_ids: list[str], limit: int = 3) -> list[dict]:
+    """The knowledge-base entries these thumbs-down answers were built on, most first."""
+    counts = lineage.built_on(db, down_ids)
+    if not counts:
+        return []
+    top = list(counts.items())[:limit]
+    entries = store.get_entries(db, [entry_id for entry_id, _ in top])
+    return [
+        {"id": entry_id, "question": entries[entry_id].question if entry_id in entries else "", "down": n}
+        for entry_id, n in top
+    ]
 
 
 def _variants(phrasings: Counter) -> list[dict]:

@@ -53,7 +53,8 @@ def record_rating(
             return RatingResult(existing[0], rating, True)
         feedback_id = new_id("fb")
         db.execute(
-            """INSERT INTO feedback (id, message_id, voter_ref, rating, reason, comment, correction, created_at, updated_at)
+            """INSERT INTO feedback
+                   (id, message_id, voter_ref, rating, reason, comment, correction, created_at, updated_at)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             [feedback_id, message_id, voter_ref, value, reason, comment, correction, now, now],
         )

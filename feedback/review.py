@@ -19,7 +19,9 @@ enough. A rejected question may come back in a later week.
 suggested correction taken as is), ``teacher`` (a teacher model's draft taken as
 is), or ``reviewer`` (anything a person wrote or changed). Every function takes
 the database first, so the CLI, the admin pages, the scheduler and the tests
-share them; writes go through ``write_transaction``.
+share them; writes go through ``write_transaction``. Each decision writes an
+audit entry (:mod:`feedback.audit`) in the same transaction, as the ``reviewer``
+given — an :class:`feedback.audit.Actor` from the pages and the CLI.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from dataclasses import asdict, dataclass, field
 from sqlite_utils import Database
 
 from config.errors import Conflict, NotFound, ValidationFailed
+from feedback import audit
 from feedback.db import new_id, utc_now, write_transaction
+from feedback.knowledge import corrections
 from feedback.ranking import RankingOptions, rank_worst
 from feedback.text import fold_numbers, question_key, similarity
 
@@ -58,6 +62,8 @@ _COLUMNS = (
     "created_at",
     "updated_at",
     "decided_at",
+    "kb_entry_id",
+    "kb_entry_version_before",
 )
 
 
@@ -81,6 +87,9 @@ class ReviewItem:
     created_at: str
     updated_at: str
     decided_at: str | None
+    # The knowledge-base entry the approval upserted, and its version before (0: created by it).
+    kb_entry_id: str | None = None
+    kb_entry_version_before: int | None = None
 
     @property
     def suggestions(self) -> list[str]:
@@ -171,7 +180,8 @@ def _filters(status: str | None, search: str | None) -> tuple[str, list]:
 def list_items(
     db: Database, *, status: str | None = None, search: str | None = None, limit: int = 100, offset: int = 0
 ) -> list[ReviewItem]:
-    """Items filtered by status and a text search (question, answer or id): newest first, worst first within a collect."""
+    """Items filtered by status and a text search (question, answer or id): newest first, worst first within
+    a collect."""
     where, params = _filters(status, search)
     return _select(
         db,
@@ -207,7 +217,13 @@ def matching_item(items: list[ReviewItem], keys: set[str], threshold: float) -> 
 
 
 def collect_worst(
-    db: Database, *, model_version_id: str, since: str, until: str, options: RankingOptions | None = None
+    db: Database,
+    *,
+    model_version_id: str,
+    since: str,
+    until: str,
+    options: RankingOptions | None = None,
+    actor: str = "scheduler",
 ) -> CollectResult:
     """Queue the top ``options.top_n`` worst-answered groups of a version in ``[since, until)``.
 
@@ -253,6 +269,13 @@ def collect_worst(
             _insert(db, item)
             existing.append(item)
             result.added.append(item)
+        if result.added:
+            details = {
+                "added": [i.id for i in result.added],
+                "skipped": len(result.skipped),
+                "version": model_version_id,
+            }
+            audit.record(db, actor, "review.collect", None, details)
     return result
 
 
@@ -270,6 +293,7 @@ def _evidence(group, since: str, until: str, version: str) -> dict:
         "reasons": ev.reasons if ev else {},
         "corrections": ev.corrections if ev else [],
         "variants": ev.variants if ev else [],
+        "entries": ev.entries if ev else [],
         "message_ids": ev.message_ids if ev else [],
         "window": {"since": since, "until": until, "model_version_id": version},
     }
@@ -318,8 +342,10 @@ def create_item(
     reviewer: str | None = None,
     answer_source: str | None = None,
     evidence: dict | None = None,
+    kb_entry: str | None = None,
 ) -> ReviewItem:
-    """Queue a question by hand (or from an import); with an ``answer`` it is approved at once.
+    """Queue a question by hand (or from an import); with an ``answer`` it is approved at once (and goes live
+    in the knowledge base, see :func:`approve`).
 
     :class:`Conflict` when the same question is already pending or approved.
     """
@@ -353,6 +379,10 @@ def create_item(
             raise ValidationFailed(f"answer_source must be one of {', '.join(ANSWER_SOURCES)}", field="answer_source")
     with write_transaction(db):
         _insert(db, item)
+        if item.status == "approved":
+            item = _go_live(db, item, item.reviewer, kb_entry)
+        details = {"question": item.question[:200], "origin": origin, "status": item.status}
+        audit.record(db, reviewer if reviewer else "unknown", "review.create", item.id, details)
     return item
 
 
@@ -366,21 +396,32 @@ def _update(db: Database, item_id: str, changes: dict) -> ReviewItem:
     return get_item(db, item_id)
 
 
-def approve(db: Database, item_id: str, *, answer: str, reviewer: str, answer_source: str | None = None) -> ReviewItem:
+def approve(
+    db: Database,
+    item_id: str,
+    *,
+    answer: str,
+    reviewer: str,
+    answer_source: str | None = None,
+    kb_entry: str | None = None,
+) -> ReviewItem:
     """Approve ``answer`` as the corrected answer (also re-approves an approved or rejected item).
 
+    In the same transaction the answer goes live: the knowledge-base entry of the item's question is updated
+    (or created), so the next user asking it in any wording is answered from it
+    (``feedback/knowledge/corrections.py`` says which entry; ``kb_entry`` may name one, or ``"new"``).
     ``answer_source`` is inferred when not given (see :func:`answer_source_for`).
     :class:`ValidationFailed` for an empty answer, :class:`Conflict` when approving a
     rejected item whose question has meanwhile been queued again.
     """
     answer = _clean_text(answer, "answer", MAX_ANSWER_CHARS)
-    reviewer = _reviewer(reviewer)
+    actor, reviewer = reviewer, _reviewer(reviewer)
     if answer_source is not None and answer_source not in ANSWER_SOURCES:
         raise ValidationFailed(f"answer_source must be one of {', '.join(ANSWER_SOURCES)}", field="answer_source")
     with write_transaction(db):
         item = get_item(db, item_id)
         now = utc_now()
-        return _update(
+        approved = _update(
             db,
             item_id,
             {
@@ -391,20 +432,63 @@ def approve(db: Database, item_id: str, *, answer: str, reviewer: str, answer_so
                 "decided_at": now,
             },
         )
+        approved = _go_live(db, approved, actor, kb_entry)
+        details = {"question": item.question[:200], "from": item.status, "answer_source": approved.answer_source}
+        audit.record(db, actor, "review.approve", item_id, details)
+        return approved
+
+
+def _go_live(db: Database, item: ReviewItem, reviewer: str, kb_entry: str | None) -> ReviewItem:
+    """Upsert the item's knowledge-base entry (inside the caller's transaction) and remember which it was."""
+    entry, before = corrections.apply_approval(db, item, actor=reviewer, target=kb_entry)
+    if (item.kb_entry_id, item.kb_entry_version_before) == (entry.id, before):
+        return item
+    db.execute(
+        "UPDATE review_items SET kb_entry_id = ?, kb_entry_version_before = ? WHERE id = ?", [entry.id, before, item.id]
+    )
+    return get_item(db, item.id)
+
+
+def publish_approved(db: Database) -> tuple[int, list[str]]:
+    """Put every approved item that has no knowledge-base entry yet (approved before the knowledge base existed)
+    live, oldest decision first; returns how many, and the problems of those that could not be."""
+    published, problems = 0, []
+    with write_transaction(db):
+        for item in approved_items(db):
+            if item.kb_entry_id:
+                continue
+            try:
+                with write_transaction(db):  # a savepoint: one item's conflict leaves the others
+                    _go_live(db, item, item.reviewer or "system", None)
+                published += 1
+            except Conflict as exc:
+                problems.append(f"{item.id}: {exc.message}")
+    return published, problems
+
+
+def _withdraw(db: Database, item: ReviewItem, reviewer: str, why: str) -> None:
+    """Put the entry an approval changed back as it was (inside the caller's transaction)."""
+    corrections.revert_approval(db, item, actor=reviewer, reason=why)
+    db.execute("UPDATE review_items SET kb_entry_version_before = NULL WHERE id = ?", [item.id])
 
 
 def reject(db: Database, item_id: str, *, reviewer: str, note: str | None = None) -> ReviewItem:
     """Reject an item (nothing from it is trained on); ``note`` says why."""
-    reviewer = _reviewer(reviewer)
+    actor, reviewer = reviewer, _reviewer(reviewer)
     with write_transaction(db):
         item = get_item(db, item_id)
         if item.status == "rejected":
             raise Conflict(f"review item {item_id} is already rejected")
-        return _update(
+        if item.status == "approved":
+            _withdraw(db, item, actor, f"rejected review item {item_id} (it was approved)")
+        rejected = _update(
             db,
             item_id,
             {"status": "rejected", "reviewer": reviewer, "decided_at": utc_now(), "note": (note or "").strip() or None},
         )
+        details = {"question": item.question[:200], "from": item.status, "note": rejected.note}
+        audit.record(db, actor, "review.reject", item_id, details)
+        return rejected
 
 
 def edit_item(
@@ -416,7 +500,7 @@ def edit_item(
     one is refused. Changing the question re-keys it (:class:`Conflict` when that
     question is already open elsewhere).
     """
-    reviewer = _reviewer(reviewer)
+    actor, reviewer = reviewer, _reviewer(reviewer)
     with write_transaction(db):
         item = get_item(db, item_id)
         changes: dict = {}
@@ -435,7 +519,15 @@ def edit_item(
         if not changes:
             return item
         changes["reviewer"] = reviewer
-        return _update(db, item_id, changes)
+        edited = _update(db, item_id, changes)
+        if edited.status == "approved":  # the live entry follows the approved answer and question
+            edited = _go_live(db, edited, actor, None)
+        details = {
+            "question": edited.question[:200],
+            "changed": sorted(k for k in changes if k in ("question", "answer")),
+        }
+        audit.record(db, actor, "review.edit", item_id, details)
+        return edited
 
 
 def set_draft(db: Database, item_id: str, *, draft: str, model: str) -> ReviewItem:

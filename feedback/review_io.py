@@ -28,7 +28,7 @@ from typing import TextIO
 from sqlite_utils import Database
 
 from config.errors import NotFound, ValidationFailed
-from feedback import review
+from feedback import audit, review
 from feedback.db import write_transaction
 from feedback.text import question_key
 
@@ -52,13 +52,15 @@ CSV_COLUMNS = (
 
 @dataclass(frozen=True)
 class LineError:
-    """A problem with one line (record) of an imported file."""
+    """A problem with one line (record) of an imported file, and the field (column) it is in when known."""
 
     line: int
     message: str
+    field: str | None = None
 
     def __str__(self) -> str:
-        return f"line {self.line}: {self.message}"
+        where = f"line {self.line}, {self.field}" if self.field else f"line {self.line}"
+        return f"{where}: {self.message}"
 
 
 class ImportRejected(ValidationFailed):
@@ -328,7 +330,11 @@ def import_items(
             except Exception as exc:  # Conflict and friends: still name the line
                 message = getattr(exc, "message", str(exc))
                 raise ImportRejected(name, [LineError(plan.line, message)]) from exc
-    _count(summary, plans)
+        _count(summary, plans)
+        # Each decision has its own audit entry (review.approve, …); this one says which file brought them.
+        details = {"file": name, "created": summary.created, "approved": summary.approved}
+        details |= {"rejected": summary.rejected, "edited": summary.edited, "unchanged": summary.unchanged}
+        audit.record(db, reviewer, "review.import", None, details)
     return summary
 
 

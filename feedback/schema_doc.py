@@ -16,20 +16,128 @@ from feedback.migrations import MIGRATIONS
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "schema.md"
 
 TABLE_NOTES = {
-    "api_keys": "API keys, stored as SHA-256 hashes. `kind` is `secret` (server-to-server) or `publishable` (widget: chat and rate only).",
-    "model_versions": "Every model that ever answered or was trained: the configured model, fallbacks (`standby`), candidates, the one `live` version (a partial unique index allows only one), `canary` versions with a `traffic_weight`, `retired` and `rejected` ones.",
-    "conversations": "A conversation, with the API key that started it (others cannot read it) and a keyed hash of the caller's user id.",
-    "messages": "User and assistant messages in order (`seq`). Every assistant message records the `model_version_id` that wrote it, its latency, token counts and finish reason; a failed answer keeps its `error`.",
-    "feedback": "Ratings (+1/−1) with reason, comment and suggested correction; unique per (message, voter), so a voter changes a vote instead of adding one.",
+    "api_keys": (
+        "API keys, stored as SHA-256 hashes. `kind` is `secret` (server-to-server) or `publishable` (widget: chat and "
+        "rate only)."
+    ),
+    "model_versions": (
+        "Every model that ever answered or was trained: the configured model, fallbacks (`standby`), candidates, the "
+        "one `live` version (a partial unique index allows only one), `canary` versions with a `traffic_weight`, "
+        "`retired` and `rejected` ones."
+    ),
+    "conversations": (
+        "A conversation, with the API key that started it (others cannot read it) and a keyed hash of the caller's "
+        "user id."
+    ),
+    "rate_limit_counters": (
+        'Rate-limit counts (`limits.storage_uri = "database://"`, the default), shared by every gateway '
+        "worker on the database: one row per limit and caller (`key`: flask-limiter's, naming the route, the "
+        "limit and the API key and/or client address), the `hits` of its fixed window and when that window "
+        "ends. Rows of ended windows are deleted about once a minute."
+    ),
+    "messages": (
+        "User and assistant messages in order (`seq`). Every assistant message records the `model_version_id` that "
+        "wrote it, its latency, token counts and finish reason; a failed answer keeps its `error`."
+    ),
+    "feedback": (
+        "Ratings (+1/−1) with reason, comment and suggested correction; unique per (message, voter), so a voter "
+        "changes a vote instead of adding one."
+    ),
     "instance_secrets": "Secrets shared by every process on this database (the feedback-token signing key).",
-    "review_items": "The review queue: a worst-answered question (`origin` `ranking`, or an `import`ed / `manual` one) with its `evidence` as JSON (votes, answers given with their votes, comments, reasons, suggested corrections, phrasings, down-voted message ids). `status` pending → approved (with a non-empty `answer`; `answer_source` reviewer, teacher or user) or rejected (with a `note`); `draft` is a teacher model's suggestion. A partial unique index keeps one pending-or-approved item per `question_key`.",
-    "dataset_bases": "Company FAQ files imported with `tuneloop dataset import` (copied into `<data_dir>/base/`); the newest is the base dataset of the next build unless `dataset.base_file` is set.",
-    "evaluations": "Candidate-versus-incumbent evaluations (`tuneloop eval`): `metrics` per suite (`test`, `corrections`, `golden`: rows, each model's mean exact match / token F1 / ROUGE-L / chrF on a 0..1 scale, the delta, failed answers), the gate's verdict (`passed`, `reasons`, and in `gate` the settings and checks it used), the optional LLM `judge` summary, and `rows_path`: a JSONL file with every question, both answers and their scores.",
-    "model_events": "History of the model registry, one row per change: `promoted`, `canary`, `rolled_back`, `retired`, `rejected`, `deployed`, `undeployed`, with `actor`, `reason`, the `evaluation_id` behind it and `details` JSON. For `promoted` and `rolled_back`, `version_id` became live and `previous_live_id` is the version it replaced, which is what `tuneloop models rollback` follows.",
-    "datasets": "Built training sets: `version` n lives in `path` (`<data_dir>/datasets/vN/`: train/val/test JSONL, preference pairs, and `manifest_path` with per-row lineage); `sha256` fingerprints the files, `counts` and `params` say what went in.",
-    "training_runs": "Fine-tuning runs (`tuneloop train`): `provider` `local` or `openai`, the `hyperparameters` used and `config_key` (their fingerprint with provider and base model; a partial unique index allows one queued-or-running run per dataset and config). `external_job_id` is the OpenAI job id or the local worker's `pid:N`, so a restarted process resumes polling instead of submitting again. `state` queued → running → succeeded / failed / cancelled; `metrics` (losses, tokens/s, epochs) as JSON; `output` is the adapter or model folder, or the `ft:` model name; `work_dir` holds checkpoints and the worker log; `candidate_version_id` is the model version registered from the output.",
-    "pipeline_runs": "Runs of the loop (`tuneloop pipeline`, the scheduler): `kind` weekly (collect + report), monthly / threshold / manual (build → train → evaluate → gate → deploy → report); `step` is the step running or last run and `state` pending / running / succeeded / failed / skipped; `context` JSON holds what the steps made (dataset, training run, candidate, evaluation, gate action, report path) and `steps` JSON each step's outcome in order, so a restarted scheduler resumes at the step it stopped without submitting a second training job.",
-    "training_events": "The run log: progress, losses and evaluation results of the local worker, and OpenAI's job events (`external_id` is OpenAI's event id, unique per run, so events polled twice are stored once). `data` is the event's JSON payload (step, total_steps, loss, ...).",
+    "review_items": (
+        "The review queue: a worst-answered question (`origin` `ranking`, or an `import`ed / `manual` one) with its "
+        "`evidence` as JSON (votes, answers given with their votes, comments, reasons, suggested corrections, "
+        "phrasings, down-voted message ids). `status` pending → approved (with a non-empty `answer`; `answer_source` "
+        "reviewer, teacher or user) or rejected (with a `note`); `draft` is a teacher model's suggestion. A partial "
+        "unique index keeps one pending-or-approved item per `question_key`. `kb_entry_id` is the knowledge-base "
+        "entry its approval upserted and `kb_entry_version_before` that entry's version before (0: the approval "
+        "created it), which rejecting the item restores."
+    ),
+    "kb_entries": (
+        "The knowledge base answers are grounded in (`feedback/knowledge/store.py`): `questions` is a JSON list (the "
+        "first is shown as the source; the rest are phrasings learned from approved corrections or added by "
+        "reviewers), `answer`, `lang` (`ko`/`en`), where it came from (`source_kind` `base` / `review` / `import` / "
+        "`manual`, `source_ref` such as `data/faq.jsonl:12` or a review item id), `state` `active` or `retired` (never "
+        "deleted, so lineage keeps pointing at it), `version` (+1 per change) and `changed_seq`, the change counter "
+        "when it last changed (what gateway workers re-index by)."
+    ),
+    "kb_history": (
+        "Every version of every knowledge-base entry: its questions, answer, language and state, with `actor` (who) "
+        "and `reason` (why), written in the same transaction as the change."
+    ),
+    "kb_question_keys": (
+        "The normalized question keys of active entries; the primary key keeps a question to one active entry, and an "
+        "approval finds the entry of its question here."
+    ),
+    "kb_state": (
+        "One row: `seq`, the knowledge base's change counter (raised with every entry change; every gateway worker "
+        "polls it), and the base file imported on first start (`base_path`, `base_sha256`, `seeded_at`), so it is "
+        "imported once."
+    ),
+    "message_sources": (
+        "Lineage: the knowledge-base entries each assistant message was given (`rank` from 1, the entry's "
+        "`entry_version`, the retrieval `score`), written with the turn, so a thumbs-down can be traced to the entry "
+        "behind it."
+    ),
+    "dataset_bases": (
+        "Company FAQ files imported with `tuneloop dataset import` (copied into `<data_dir>/base/`); the newest is "
+        "the base dataset of the next build unless `dataset.base_file` is set."
+    ),
+    "evaluations": (
+        "Candidate-versus-incumbent evaluations (`tuneloop eval`): `metrics` per suite (`test`, `corrections`, "
+        "`golden`: rows, each model's mean exact match / token F1 / ROUGE-L / chrF on a 0..1 scale, the delta, failed "
+        "answers), the gate's verdict (`passed`, `reasons`, and in `gate` the settings and checks it used), the "
+        "optional LLM `judge` summary, and `rows_path`: a JSONL file with every question, both answers and their "
+        "scores."
+    ),
+    "model_events": (
+        "History of the model registry, one row per change: `promoted`, `canary`, `rolled_back`, `retired`, "
+        "`rejected`, `deployed`, `undeployed`, with `actor`, `reason`, the `evaluation_id` behind it and `details` "
+        "JSON. For `promoted` and `rolled_back`, `version_id` became live and `previous_live_id` is the version it "
+        "replaced, which is what `tuneloop models rollback` follows."
+    ),
+    "datasets": (
+        "Built training sets: `version` n lives in `path` (`<data_dir>/datasets/vN/`: train/val/test JSONL, "
+        "preference pairs, and `manifest_path` with per-row lineage); `sha256` fingerprints the files, `counts` and "
+        "`params` say what went in."
+    ),
+    "training_runs": (
+        "Fine-tuning runs (`tuneloop train`): `provider` `local` or `openai`, the `hyperparameters` used and "
+        "`config_key` (their fingerprint with provider and base model; a partial unique index allows one "
+        "queued-or-running run per dataset and config). `external_job_id` is the OpenAI job id or the local worker's "
+        "`pid:N`, so a restarted process resumes polling instead of submitting again. `state` queued → running → "
+        "succeeded / failed / cancelled; `metrics` (losses, tokens/s, epochs) as JSON; `output` is the adapter or "
+        "model folder, or the `ft:` model name; `work_dir` holds checkpoints and the worker log; "
+        "`candidate_version_id` is the model version registered from the output."
+    ),
+    "pipeline_runs": (
+        "Runs of the loop (`tuneloop pipeline`, the scheduler): `kind` weekly (collect + report), monthly / threshold "
+        "/ manual (build → train → evaluate → gate → deploy → report); `step` is the step running or last run and "
+        "`state` pending / running / succeeded / failed / skipped; `context` JSON holds what the steps made (dataset, "
+        "training run, candidate, evaluation, gate action, report path) and `steps` JSON each step's outcome in "
+        "order, so a restarted scheduler resumes at the step it stopped without submitting a second training job."
+    ),
+    "users": (
+        "Named accounts of the admin pages (`tuneloop users`, /admin/users): `email` (lowercased, unique), display "
+        "`name`, `role` viewer / reviewer / admin, an argon2id `password_hash` (NULL: single sign-on only), "
+        "`sso_subject` (the identity provider's issuer and subject it is bound to), how it was made (`source`), and "
+        "`disabled_at` (a disabled account cannot sign in and its sessions ended)."
+    ),
+    "signin_links": (
+        "One-time sign-in links (to set a first password): the SHA-256 of the link's secret, whose account it is, "
+        "when it expires and when it was used (once)."
+    ),
+    "audit_log": (
+        "Every change users can see, attributed to a person: `actor` (an account's e-mail, an operating-system user "
+        "for the CLI, `admin token`, or `gate` / `pipeline` for the loop's own moves), their display `actor_name`, "
+        "`via` web / api / cli / system, `action` (`review.approve`, `model.promoted`, `key.create`, `user.role`, "
+        "...), its `target` id and `details` JSON — never a secret."
+    ),
+    "training_events": (
+        "The run log: progress, losses and evaluation results of the local worker, and OpenAI's job events "
+        "(`external_id` is OpenAI's event id, unique per run, so events polled twice are stored once). `data` is the "
+        "event's JSON payload (step, total_steps, loss, ...)."
+    ),
 }
 
 

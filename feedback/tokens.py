@@ -25,7 +25,10 @@ def feedback_token(secret: str, message_id: str) -> str:
 
 def token_matches(secret: str, message_id: str, token: str) -> bool:
     """Constant-time check of a feedback token."""
-    return hmac.compare_digest(feedback_token(secret, message_id), token or "")
+    # Bytes, not str: compare_digest raises TypeError on a str with non-ASCII characters (issue 14: a
+    # feedback_token of "é" was a 500), and a token that is not ASCII is simply a wrong token.
+    expected = feedback_token(secret, message_id).encode()
+    return hmac.compare_digest(expected, (token or "").encode("utf-8", "surrogatepass"))
 
 
 def pseudonym(secret: str, kind: str, value: str) -> str:

@@ -2,7 +2,8 @@
 
 A turn is written whole, in one ``BEGIN IMMEDIATE`` transaction, after the model
 has answered: the conversation (if new), the user's message and the assistant's
-message with the model version that wrote it. Ids are chosen before the model is
+message with the model version that wrote it and the knowledge-base entries it
+was given (``message_sources``, feedback/knowledge/lineage.py). Ids are chosen before the model is
 called, so a streaming response can announce them in its first event. A turn the
 model failed to answer is recorded on purpose (``error`` set, empty content), so
 error rates per model version are visible and no user message is left without
@@ -18,7 +19,10 @@ from typing import Any
 from sqlite_utils import Database
 
 from config.errors import NotFound
+from feedback.access import check_visible
 from feedback.db import new_id, utc_now, write_transaction
+from feedback.knowledge.lineage import conversation_sources, record_sources
+from feedback.knowledge.prompt import Snippet
 from feedback.text import question_key
 
 
@@ -37,6 +41,8 @@ class Turn:
     tokens_out: int | None = None
     finish_reason: str | None = None
     error: str | None = None
+    # The knowledge-base entries the model was given, best first (lineage: message_sources).
+    sources: list[Snippet] = field(default_factory=list)
     # Used only when the conversation is new:
     api_key_id: str | None = None
     user_ref: str | None = None
@@ -56,7 +62,8 @@ def record_turn(db: Database, turn: Turn) -> None:
         exists = db.execute("SELECT 1 FROM conversations WHERE id = ?", [turn.conversation_id]).fetchone()
         if not exists:
             db.execute(
-                "INSERT INTO conversations (id, created_at, api_key_id, user_ref, source, metadata) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO conversations (id, created_at, api_key_id, user_ref, source, metadata) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 [
                     turn.conversation_id,
                     now,
@@ -70,7 +77,8 @@ def record_turn(db: Database, turn: Turn) -> None:
             "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?", [turn.conversation_id]
         ).fetchone()
         db.execute(
-            "INSERT INTO messages (id, conversation_id, seq, role, content, created_at, tokens_in) VALUES (?, ?, ?, 'user', ?, ?, ?)",
+            "INSERT INTO messages (id, conversation_id, seq, role, content, created_at, tokens_in) "
+            "VALUES (?, ?, ?, 'user', ?, ?, ?)",
             [turn.user_message_id, turn.conversation_id, last_seq + 1, turn.question, now, None],
         )
         db.execute(
@@ -92,10 +100,10 @@ def record_turn(db: Database, turn: Turn) -> None:
                 question_key(turn.question),  # what ranking groups answers by (feedback/text.py)
             ],
         )
+        record_sources(db, turn.assistant_message_id, turn.sources)
 
 
-def conversation_owner(db: Database, conversation_id: str) -> dict | None:
-    """The conversation row (without messages), or None."""
+def _conversation_row(db: Database, conversation_id: str) -> dict | None:
     row = db.execute(
         "SELECT id, created_at, api_key_id, user_ref, source, metadata FROM conversations WHERE id = ?",
         [conversation_id],
@@ -111,11 +119,13 @@ def get_conversation(
 ) -> dict:
     """The conversation with its messages in order.
 
-    A conversation started with another API key is reported as not found, so ids
-    cannot be probed across tenants; ``any_key=True`` is for admin tools.
+    Only for a caller that may see it (:func:`feedback.access.check_visible`); ``any_key=True`` is for
+    admin tools.
     """
-    conv = conversation_owner(db, conversation_id)
-    if conv is None or (not any_key and conv["api_key_id"] != api_key_id):
+    if not any_key:
+        check_visible(db, api_key_id, conversation_id=conversation_id)
+    conv = _conversation_row(db, conversation_id)
+    if conv is None:
         raise NotFound(f"no conversation {conversation_id!r}", field="conversation_id")
     rows = db.execute(
         """SELECT m.id, m.role, m.content, m.created_at, m.model_version_id, v.name, m.latency_ms,
@@ -137,11 +147,16 @@ def get_conversation(
         "finish_reason",
         "error",
     )
+    sources = conversation_sources(db, conversation_id)
+    messages = [dict(zip(keys, row, strict=False)) for row in rows]
+    for message in messages:
+        if message["role"] == "assistant":
+            message["sources"] = sources.get(message["id"], [])
     return {
         "id": conv["id"],
         "created_at": conv["created_at"],
         "metadata": json.loads(conv["metadata"] or "{}"),
-        "messages": [dict(zip(keys, row, strict=False)) for row in rows],
+        "messages": messages,
     }
 
 

@@ -3,7 +3,7 @@
 It talks to any chat-completions server — vLLM, OpenAI (``ft:`` models), the
 built-in model server — through the official ``openai`` SDK. Streaming and
 non-streaming answers share one path: upstream is always asked to stream (with
-``stream_options.include_usage``), and :class:`Generation` owns timing, usage and
+``stream_options.include_usage``), and :class:`Reply` owns timing, usage and
 the finish reason, whether the caller iterates chunks or calls ``.collect()``.
 
 Failure policy, decided here once:
@@ -14,7 +14,14 @@ Failure policy, decided here once:
 - once a token has been handed to the caller nothing is retried or switched —
   the user has already seen part of an answer — and the failure surfaces as
   :class:`UpstreamError` for the caller to report in-band;
-- any other 4xx (bad request, unknown model) fails at once: retrying cannot help.
+- 404 (the server does not serve that model, e.g. a canary's adapter it lost)
+  goes to the next target at once: retrying cannot help, another model can;
+- any other 4xx (bad request) fails at once: retrying cannot help; 400/413/422
+  become :class:`UpstreamRejected`, naming the parameter the server found wrong,
+  so the gateway can tell a client's mistake from a model failure.
+
+Messages name the model, never the server's address (they reach clients); the
+address is on the error's ``where``.
 
 Timeouts: ``connect_timeout_s`` for the TCP connection, ``first_token_timeout_s``
 as the socket read timeout (so it bounds the wait for the first chunk and every
@@ -26,13 +33,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Generator, Iterator
 
 import httpx2
 import openai
 
-from config.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from config.errors import UpstreamError, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 
 
 @dataclass(frozen=True)
@@ -54,43 +61,86 @@ class ClientPolicy:
     backoff_s: float = 0.2
 
 
-@dataclass
-class Generation:
-    """An answer being generated. Iterate for text chunks, or call :meth:`collect`.
+class Reply:
+    """A model's answer as it arrives. Iterate for its text chunks, or call :meth:`collect`.
 
     After iteration: ``text``, ``finish_reason``, ``usage`` (``prompt_tokens``,
     ``completion_tokens``), ``latency_ms`` (whole answer), ``first_token_ms`` and
-    ``target`` (the model that actually answered, after any fallback).
+    ``target`` (the model that actually answered, after any fallback); ``attempts``
+    lists the failures before it. ``on_done`` is called once the answer is complete.
     """
 
-    target: Target
-    _chunks: Iterator[str]
-    _started: float
-    _on_done: Callable[["Generation"], None] | None = None
-    text: str = ""
-    finish_reason: str | None = None
-    usage: dict[str, int] = field(default_factory=dict)
-    latency_ms: float | None = None
-    first_token_ms: float | None = None
-    attempts: list[str] = field(default_factory=list)
+    def __init__(
+        self,
+        target: Target,
+        chunks: Generator[dict, None, None],
+        *,
+        started: float,
+        timeout_s: float,
+        attempts: list[str],
+        on_done: Callable[[Reply], None] | None = None,
+    ):
+        self.target = target
+        self.attempts = attempts
+        self.text = ""
+        self.finish_reason: str | None = None
+        self.usage: dict[str, int] = {}
+        self.latency_ms: float | None = None
+        self.first_token_ms: float | None = None
+        self._chunks = chunks  # the upstream's payloads: the buffered first ones, then the rest of the stream
+        self._started = started
+        self._timeout_s = timeout_s
+        self._on_done = on_done
+
+    def elapsed_ms(self) -> float:
+        """Milliseconds since the request was first sent (the answer's latency so far)."""
+        return (time.perf_counter() - self._started) * 1000
 
     def __iter__(self) -> Iterator[str]:
-        for piece in self._chunks:
-            if self.first_token_ms is None:
-                self.first_token_ms = (time.perf_counter() - self._started) * 1000
-            self.text += piece
-            yield piece
-        self.latency_ms = (time.perf_counter() - self._started) * 1000
+        try:
+            for chunk in self._chunks:
+                piece = self._absorb(chunk)
+                if piece:
+                    if self.first_token_ms is None:
+                        self.first_token_ms = self.elapsed_ms()
+                    self.text += piece
+                    yield piece
+                if self.elapsed_ms() > self._timeout_s * 1000:
+                    raise UpstreamTimeout(f"the answer took longer than {self._timeout_s:g} s")
+        except UpstreamError:
+            self.close()
+            raise
+        except Exception as exc:
+            self.close()
+            err = translate_error(exc, self.target)
+            if isinstance(err, UpstreamUnavailable):
+                err = UpstreamError(f"model {self.target.name!r} dropped the connection mid-answer")
+            broke = type(err)(f"the answer broke off: {err.message}")
+            broke.where = self.target.base_url
+            raise broke from exc
+        if not self.usage:
+            self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        self.latency_ms = self.elapsed_ms()
         if self._on_done:
             self._on_done(self)
 
+    def _absorb(self, chunk: dict) -> str:
+        usage = chunk.get("usage")
+        if usage:
+            self.usage = {
+                "prompt_tokens": usage.get("prompt_tokens") or 0,
+                "completion_tokens": usage.get("completion_tokens") or 0,
+            }
+        reason = _chunk_finish(chunk)
+        if reason:
+            self.finish_reason = reason
+        return _chunk_text(chunk)
+
     def close(self) -> None:
         """Stop reading and release the upstream connection (client went away, or failure)."""
-        closer = getattr(self._chunks, "close", None)
-        if closer:
-            closer()
+        self._chunks.close()
 
-    def collect(self) -> "Generation":
+    def collect(self) -> Reply:
         """Consume the whole answer; returns self for chaining."""
         for _ in self:
             pass
@@ -124,9 +174,9 @@ class ChatClient:
         targets: list[Target],
         messages: list[dict[str, str]],
         *,
-        on_done: Callable[[Generation], None] | None = None,
+        on_done: Callable[[Reply], None] | None = None,
         **params: Any,
-    ) -> Generation:
+    ) -> Reply:
         """Start an answer, falling back along ``targets``; returns once the first token is in.
 
         ``params`` are chat-completion parameters (max_tokens, temperature, top_p,
@@ -143,16 +193,23 @@ class ChatClient:
                 if attempt:
                     time.sleep(self.policy.backoff_s * attempt)
                 try:
-                    stream, first = self._open(target, messages, params)
+                    chunks = self._first_token(target, messages, params)
                 except UpstreamError as exc:
                     attempts.append(f"{target.name}: {exc.message}")
                     last_error = exc
-                    if not _retriable(exc):
+                    if getattr(exc, "next_target", False):
+                        break
+                    if not retriable(exc):
                         raise exc
                     continue
-                gen = Generation(target=target, _chunks=iter(()), _started=started, _on_done=on_done, attempts=attempts)
-                gen._chunks = self._drain(gen, stream, first, started)
-                return gen
+                return Reply(
+                    target,
+                    chunks,
+                    started=started,
+                    timeout_s=self.policy.timeout_s,
+                    attempts=attempts,
+                    on_done=on_done,
+                )
         assert last_error is not None
         if len(attempts) > 1:
             tried = ", ".join(dict.fromkeys(t.name for t in targets))
@@ -165,83 +222,71 @@ class ChatClient:
         try:
             page = self._client(target).with_options(timeout=timeout_s).models.list()
             return [m.id for m in page.data]
-        except Exception as exc:  # noqa: BLE001
-            raise _translate(exc, target) from exc
+        except Exception as exc:
+            raise translate_error(exc, target) from exc
 
-    def complete(self, targets: list[Target], messages: list[dict[str, str]], **params: Any) -> Generation:
+    def context_window(self, target: Target, timeout_s: float = 2.0) -> int | None:
+        """The target's context window in tokens, as its server reports it, or None when it reports none.
+
+        vLLM and the built-in server put ``max_model_len`` on each card of ``GET /v1/models``; a LoRA adapter's
+        card may leave it out and name its base as ``parent``, whose window it shares. OpenAI reports none.
+        Raises :class:`UpstreamError` when the server cannot be reached.
+        """
+        try:
+            page = self._client(target).with_options(timeout=timeout_s).models.list()
+        except Exception as exc:
+            raise translate_error(exc, target) from exc
+        cards = {m.id: m.model_dump() for m in page.data}
+        card = cards.get(target.name) or {}
+        window = card.get("max_model_len") or (cards.get(card.get("parent") or "") or {}).get("max_model_len")
+        return int(window) if isinstance(window, int) and window > 0 else None
+
+    def complete(self, targets: list[Target], messages: list[dict[str, str]], **params: Any) -> Reply:
         """A whole answer at once (same failure policy as :meth:`generate`)."""
         return self.generate(targets, messages, **params).collect()
 
-    def _open(self, target: Target, messages, params) -> tuple[Any, Any]:
-        """Send the request and wait for the first chunk that carries text (or the end)."""
-        clean = {k: v for k, v in params.items() if v is not None}
-        try:
-            # The raw streaming response, parsed here rather than by the SDK's Stream:
-            # the SDK stops reading at [DONE] and closes the response before the body
-            # ends, so every answer cost a new TCP connection (openai-python #3440,
-            # measured 1.0 connect per chat); reading to the end lets the pool reuse
-            # it, and plain dicts skip building pydantic objects per token.
-            manager = self._client(target).chat.completions.with_streaming_response.create(
-                model=target.name,
-                messages=messages,
-                stream=True,
-                stream_options={"include_usage": True},
-                **clean,
-            )
-            response = manager.__enter__()
-        except Exception as exc:  # noqa: BLE001 - translated into our error tree
-            raise _translate(exc, target) from exc
-        chunks = _sse_payloads(response.iter_lines(), target)
+    def _first_token(self, target: Target, messages, params) -> Generator[dict, None, None]:
+        """Send the request and wait for the first chunk that carries text (or the end).
+
+        Returns the stream with that chunk (and any before it) put back in front. Everything up to here may
+        be retried or fall back; nothing after it is.
+        """
+        stream = self._stream(target, messages, params)
         buffered = []
         try:
-            for chunk in chunks:
+            for chunk in stream:
                 buffered.append(chunk)
                 if _chunk_text(chunk) or _chunk_finish(chunk):
                     break
-        except Exception as exc:  # noqa: BLE001
-            manager.__exit__(None, None, None)
-            raise _translate(exc, target) from exc
-        return (manager, chunks), buffered
+        except Exception as exc:
+            stream.close()
+            raise translate_error(exc, target) from exc
+        return _replay(buffered, stream)
 
-    def _drain(self, gen: Generation, opened: tuple[Any, Iterator], buffered: list, started: float) -> Iterator[str]:
-        manager, chunks = opened
-        deadline = started + self.policy.timeout_s
+    def _stream(self, target: Target, messages, params) -> Generator[dict, None, None]:
+        """The upstream's chunk payloads; closing the generator closes the response."""
+        clean = {k: v for k, v in params.items() if v is not None}
+        # The raw streaming response, parsed here rather than by the SDK's Stream: the SDK stops reading at
+        # [DONE] and closes the response before the body ends, so every answer cost a new TCP connection
+        # (openai-python #3440, measured 1.0 connect per chat); reading to the end lets the pool reuse it
+        # (tests/test_model_client.py), and plain dicts skip building pydantic objects per token.
+        with self._client(target).chat.completions.with_streaming_response.create(
+            model=target.name,
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
+            **clean,
+        ) as response:
+            yield from _sse_payloads(response.iter_lines(), target)
 
-        def absorb(chunk: dict) -> str:
-            usage = chunk.get("usage")
-            if usage:
-                gen.usage = {
-                    "prompt_tokens": usage.get("prompt_tokens") or 0,
-                    "completion_tokens": usage.get("completion_tokens") or 0,
-                }
-            reason = _chunk_finish(chunk)
-            if reason:
-                gen.finish_reason = reason
-            return _chunk_text(chunk)
 
-        for chunk in buffered:
-            text = absorb(chunk)
-            if text:
-                yield text
-        try:
-            for chunk in chunks:
-                text = absorb(chunk)
-                if text:
-                    yield text
-                if time.perf_counter() > deadline:
-                    raise UpstreamTimeout(f"the answer took longer than {self.policy.timeout_s:g} s")
-        except UpstreamError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            err = _translate(exc, gen.target)
-            if isinstance(err, UpstreamUnavailable):
-                err = UpstreamError(f"model {gen.target.name!r} dropped the connection mid-answer")
-            raise type(err)(f"the answer broke off: {err.message}") from exc
-        finally:
-            # Also runs when the caller closes us early: free the upstream connection.
-            manager.__exit__(None, None, None)
-        if not gen.usage:
-            gen.usage = {"prompt_tokens": 0, "completion_tokens": 0}
+def _replay(first: list[dict], rest: Generator[dict, None, None]) -> Generator[dict, None, None]:
+    """``first``, then ``rest``; closing this closes ``rest`` (and so the upstream response)."""
+    try:
+        yield from first
+        yield from rest
+    finally:
+        rest.close()
 
 
 def _sse_payloads(lines: Iterator[str], target: Target) -> Iterator[dict]:
@@ -275,38 +320,76 @@ def _chunk_finish(chunk: dict) -> str | None:
     return choices[0].get("finish_reason")
 
 
-def _retriable(exc: UpstreamError) -> bool:
+def retriable(exc: UpstreamError) -> bool:
+    """Whether trying again can help: connection errors, timeouts, 429, 5xx."""
     return isinstance(exc, (UpstreamUnavailable, UpstreamTimeout)) or getattr(exc, "retriable", False)
 
 
-def _translate(exc: Exception, target: Target) -> UpstreamError:
-    where = f"model {target.name!r} at {target.base_url}"
+def translate_error(exc: Exception, target: Target) -> UpstreamError:
+    """The :class:`UpstreamError` for a failed call to ``target``; its address goes in ``where``, not the message."""
     if isinstance(exc, UpstreamError):
         return exc
+    err = _translate(exc, f"model {target.name!r}")
+    err.where = target.base_url
+    return err
+
+
+def _translate(exc: Exception, model: str) -> UpstreamError:
     if isinstance(exc, openai.APITimeoutError):
-        return UpstreamTimeout(f"{where} did not answer in time")
+        return UpstreamTimeout(f"{model} did not answer in time")
     if isinstance(exc, openai.APIConnectionError):
-        return UpstreamUnavailable(f"cannot reach {where}")
+        return UpstreamUnavailable(f"cannot reach {model}")
     if isinstance(exc, openai.APIStatusError):
         detail = _status_detail(exc)
         if exc.status_code in (429, 503):
-            return UpstreamUnavailable(f"{where} is overloaded or unavailable ({exc.status_code}): {detail}")
-        err = UpstreamError(f"{where} answered {exc.status_code}: {detail}")
+            return UpstreamUnavailable(f"{model} is overloaded or unavailable ({exc.status_code}): {detail}")
+        if exc.status_code in (400, 413, 422):
+            field, code = _status_field(exc, detail)
+            rejected = UpstreamRejected(f"{model} refused the request ({exc.status_code}): {detail}", field=field)
+            rejected.upstream_code = code
+            return rejected
+        err = UpstreamError(f"{model} answered {exc.status_code}: {detail}")
         err.retriable = exc.status_code >= 500  # type: ignore[attr-defined]
+        err.next_target = exc.status_code == 404  # type: ignore[attr-defined]
         return err
     if isinstance(exc, (httpx2.TimeoutException,)):
-        return UpstreamTimeout(f"{where} did not answer in time")
+        return UpstreamTimeout(f"{model} did not answer in time")
     if isinstance(exc, (httpx2.TransportError,)):
-        return UpstreamUnavailable(f"connection to {where} broke: {exc}")
-    return UpstreamError(f"{where} failed: {type(exc).__name__}: {exc}")
+        return UpstreamUnavailable(f"the connection to {model} broke: {exc}")
+    return UpstreamError(f"{model} failed: {type(exc).__name__}: {exc}")
 
 
-def _status_detail(exc: openai.APIStatusError) -> str:
+def _error_object(exc: openai.APIStatusError) -> dict:
     body = exc.body
     if isinstance(body, dict):
         inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])[:300]
-        if isinstance(inner, str):
-            return inner[:300]
+        if isinstance(inner, dict):
+            return inner
+    return {}
+
+
+def _status_detail(exc: openai.APIStatusError) -> str:
+    inner = _error_object(exc)
+    if inner.get("message"):
+        return str(inner["message"])[:300]
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return body["error"][:300]
     return str(exc.message)[:300]
+
+
+def _status_field(exc: openai.APIStatusError, detail: str) -> tuple[str | None, str | None]:
+    """(the parameter a 4xx names, the server's error code).
+
+    OpenAI names it in ``param``, the built-in server in ``field``; vLLM names none, so its
+    message is read: it says "'max_tokens' … is too large" or "maximum context length".
+    """
+    inner = _error_object(exc)
+    code = inner.get("code")
+    field = inner.get("field") or inner.get("param")
+    if not field:
+        if "max_tokens" in detail or "max_completion_tokens" in detail:
+            field = "max_tokens"
+        elif "context length" in detail.lower() or code == "context_length_exceeded":
+            field = "messages"
+    return (str(field) if field else None), (str(code) if isinstance(code, str) else None)

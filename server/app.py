@@ -15,15 +15,19 @@ from typing import Any, Mapping
 
 from flask import Flask, g, request
 from flask_cors import CORS
-from flask_limiter import Limiter
 
 from config.settings import Settings, load_settings
 from feedback.db import ConnectionPool, open_db
+from feedback.knowledge.live import LiveIndex
+from feedback.knowledge.seed import ensure_seeded
 from feedback.secrets import instance_secret
+from modelclient.embeddings import embeddings_from_settings
 from server import admin, metrics
-from server.auth import authenticate, rate_limit_key
-from server.context import Gateway, close_db, get_db
+from server.auth import authenticate
+from server.context import EXTENSION, Gateway, close_db, get_db
 from server.errors import register_error_handlers
+from server.proxies import TrustedProxies
+from server.rate_limits import install_limits
 from server.routes import api, openai_compat, ops, pages
 from server.serving import ChatService, ModelRouter
 
@@ -51,12 +55,15 @@ def init_app(app: Flask, settings: Settings) -> None:
     db = open_db(settings.db_path, busy_timeout_ms=settings.database.busy_timeout_ms)
     pool = ConnectionPool(settings.db_path, busy_timeout_ms=settings.database.busy_timeout_ms)
     secret = settings.gateway.secret_key or instance_secret(db, "feedback_token")
+    ensure_seeded(db, settings.knowledge)  # first start only: the base file becomes the knowledge base
     router = ModelRouter(settings, pool.connection)
     router.prime(db)
     pool.release(db)  # the start-up connection stays open in the pool for the worker's life
-    chat = ChatService(settings=settings, router=router, secret=secret, connection=pool.connection)
-    gw = Gateway(settings=settings, secret=secret, pool=pool, router=router, chat=chat)
-    app.extensions["tuneloop"] = gw
+    knowledge = LiveIndex(settings.knowledge, pool.connection, embed=embeddings_from_settings(settings.knowledge))
+    knowledge.load()
+    chat = ChatService(settings=settings, router=router, secret=secret, connection=pool.connection, knowledge=knowledge)
+    gw = Gateway(settings=settings, secret=secret, pool=pool, router=router, chat=chat, knowledge=knowledge)
+    app.extensions[EXTENSION] = gw
     app.teardown_appcontext(close_db)
     register_error_handlers(app)
 
@@ -86,27 +93,9 @@ def init_app(app: Flask, settings: Settings) -> None:
     )
     for blueprint in (api.bp, openai_compat.bp, ops.bp, pages.bp, admin.bp):
         app.register_blueprint(blueprint)
-    _install_limits(app, settings)
-
-
-def _install_limits(app: Flask, settings: Settings) -> None:
-    limits = settings.limits
-    limiter = Limiter(
-        rate_limit_key,
-        app=app,
-        storage_uri=limits.storage_uri,
-        headers_enabled=True,
-        enabled=limits.enabled,
-        key_prefix="tuneloop",
-    )
-    per_endpoint = {
-        "api.chat": limits.chat,
-        "openai.chat_completions": limits.chat,
-        "api.feedback": limits.feedback,
-    }
-    for endpoint, limit in per_endpoint.items():
-        app.view_functions[endpoint] = limiter.limit(limit)(app.view_functions[endpoint])
-    app.extensions["tuneloop_limiter"] = limiter
+    install_limits(app, settings, pool.connection)
+    # Outermost, so every layer below (limits, votes, sign-in throttling) sees the client's address.
+    app.wsgi_app = TrustedProxies(app.wsgi_app, settings.gateway.trusted_proxies)
 
 
 def _version() -> str:

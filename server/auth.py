@@ -16,6 +16,7 @@ from flask import current_app, g, request
 
 from config.errors import Forbidden, Unauthorized
 from feedback.apikeys import ApiKey, verify_key
+from server.context import gateway
 
 PUBLISHABLE_OK = "_tuneloop_publishable_ok"
 KEY_PREFIX = "tl_"
@@ -64,17 +65,12 @@ def authenticate(db, required: bool) -> ApiKey | None:
 
 
 def origin_allowed(origin: str) -> bool:
-    """A browser page on ``origin`` may call the API: listed in ``gateway.cors_origins`` (or "*"), or the gateway's own."""
-    allowed = {o.rstrip("/") for o in current_app.extensions["tuneloop"].settings.gateway.cors_origins}
+    """A browser page on ``origin`` may call the API: listed in ``gateway.cors_origins`` (or "*"), or the gateway's
+    own."""
+    allowed = {o.rstrip("/") for o in gateway().settings.gateway.cors_origins}
     return "*" in allowed or origin.rstrip("/") in allowed or urlsplit(origin).netloc == request.host
 
 
 def caller_key_id() -> str | None:
     key = getattr(g, "api_key", None)
     return key.id if key else None
-
-
-def rate_limit_key() -> str:
-    """Rate limits count per API key, or per client address without one."""
-    key = getattr(g, "api_key", None)
-    return f"key:{key.id}" if key else f"ip:{request.remote_addr}"

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flask import current_app, g
+from flask import Flask, current_app, g
 from sqlite_utils import Database
 
 from config.settings import Settings
 from feedback.db import ConnectionPool, open_db
+from feedback.knowledge.live import LiveIndex
 from server.serving import ChatService, ModelRouter
+
+EXTENSION = "tuneloop"  # the key of the Gateway in ``app.extensions``
 
 
 @dataclass
@@ -21,14 +24,16 @@ class Gateway:
     pool: ConnectionPool
     router: ModelRouter
     chat: ChatService
+    knowledge: LiveIndex  # this worker's index of the knowledge base, kept current (feedback/knowledge/live.py)
 
     def connect(self) -> Database:
         """A new connection of the caller's own (tools, tests); requests use :attr:`pool`."""
         return open_db(self.settings.db_path, busy_timeout_ms=self.settings.database.busy_timeout_ms, migrate=False)
 
 
-def gateway() -> Gateway:
-    return current_app.extensions["tuneloop"]
+def gateway(app: Flask | None = None) -> Gateway:
+    """The gateway's shared services: of the app handling this request, or of ``app`` (while it is set up)."""
+    return (app or current_app).extensions[EXTENSION]
 
 
 def get_db() -> Database:

@@ -23,6 +23,7 @@ _HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
@@ -49,7 +50,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(TuneloopError)
     def _domain(exc: TuneloopError):
         if exc.status >= 500:
-            log.warning("%s: %s", exc.code, exc.message)
+            # The model server's address stays here, in the log: clients never see internal URLs.
+            where = getattr(exc, "where", None)
+            log.warning("%s: %s%s", exc.code, exc.message, f" ({where})" if where else "")
         response = error_response(exc.code, exc.message, exc.status, exc.field)
         if exc.status == 429 and getattr(exc, "retry_after", None):
             response.headers["Retry-After"] = str(exc.retry_after)

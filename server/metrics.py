@@ -20,6 +20,8 @@ from prometheus_client import (
 )
 
 from config.errors import UpstreamError
+from feedback.knowledge.grounding import Grounded
+from modelclient.chat import Reply
 
 REQUESTS = Counter("tuneloop_requests_total", "HTTP requests by route and status.", ["route", "method", "status"])
 REQUEST_SECONDS = Histogram(
@@ -43,19 +45,36 @@ FIRST_TOKEN_SECONDS = Histogram(
 TOKENS = Counter("tuneloop_tokens_total", "Tokens in prompts and answers.", ["model", "direction"])
 UPSTREAM_ERRORS = Counter("tuneloop_upstream_errors_total", "Model server failures by kind.", ["code"])
 RATINGS = Counter("tuneloop_ratings_total", "Ratings received (a changed vote counts again).", ["rating"])
+GROUNDED = Counter(
+    "tuneloop_grounded_answers_total",
+    "Answers by how the knowledge base took part: sources (entries given), no_match (none scored min_score), "
+    "closed_book (off, or the request opted out).",
+    ["kind"],
+)
+TRIMMED_MESSAGES = Counter(
+    "tuneloop_history_trimmed_messages_total", "Earlier messages left out so a prompt fits the model's window."
+)
 
 
-def observe_answer(generation, error: str | None) -> None:
+def observe_answer(reply: Reply, error: str | None) -> None:
     """Count one finished (or failed mid-way) answer."""
-    model = generation.target.name
-    if generation.latency_ms is not None:
-        ANSWER_SECONDS.labels(model).observe(generation.latency_ms / 1000)
-    if generation.first_token_ms is not None:
-        FIRST_TOKEN_SECONDS.labels(model).observe(generation.first_token_ms / 1000)
-    TOKENS.labels(model, "in").inc(generation.usage.get("prompt_tokens", 0))
-    TOKENS.labels(model, "out").inc(generation.usage.get("completion_tokens", 0))
+    model = reply.target.name
+    if reply.latency_ms is not None:
+        ANSWER_SECONDS.labels(model).observe(reply.latency_ms / 1000)
+    if reply.first_token_ms is not None:
+        FIRST_TOKEN_SECONDS.labels(model).observe(reply.first_token_ms / 1000)
+    TOKENS.labels(model, "in").inc(reply.usage.get("prompt_tokens", 0))
+    TOKENS.labels(model, "out").inc(reply.usage.get("completion_tokens", 0))
     if error:
         UPSTREAM_ERRORS.labels("mid_stream").inc()
+
+
+def observe_grounding(grounded: Grounded) -> None:
+    """Count how one prompt was grounded, and the history it had to leave out."""
+    kind = "closed_book" if grounded.closed_book else ("sources" if grounded.sources else "no_match")
+    GROUNDED.labels(kind).inc()
+    if grounded.history_dropped:
+        TRIMMED_MESSAGES.inc(grounded.history_dropped)
 
 
 def observe_upstream_failure(exc: UpstreamError) -> None:

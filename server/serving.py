@@ -1,9 +1,11 @@
 """Chat logic between the HTTP routes and the model: route, generate, record.
 
 ``ChatService.start()`` does everything up to the first token — checks the
-conversation, builds the prompt (system prompt + last N turns + the new message),
-picks the model version, and asks the model, with retries and fallbacks — so a
-failure there still becomes a proper 502/503/504 response. It returns a
+conversation, picks the model version, builds the prompt with
+:func:`~feedback.knowledge.grounding.ground` (system prompt + the knowledge-base
+entries for the question + as many recent turns as fit the model's context
+window + the new message), and asks the model, with retries and fallbacks — so a
+failure there still becomes a proper 413/502/503/504 response. It returns a
 :class:`PendingAnswer`, which the route either collects (JSON) or streams (SSE);
 both paths end in the same ``finish()``, which records the turn in one
 transaction. A failed turn is recorded on purpose, with its error.
@@ -19,12 +21,16 @@ from typing import Any, Callable, ContextManager, Iterator
 
 from sqlite_utils import Database
 
-from config.errors import NotFound, TuneloopError, UpstreamError
+from config.errors import TuneloopError, UpstreamError
 from config.settings import Settings, env_secret
 from feedback import turns, versions
+from feedback.access import check_visible
+from feedback.knowledge.grounding import Index, ground
 from feedback.tokens import feedback_token, pseudonym
-from modelclient.chat import ChatClient, ClientPolicy, Generation, Target
+from modelclient.chat import ChatClient, ClientPolicy, Reply, Target
 from server import metrics
+from server.model_limits import check_answer_room, client_fault
+from server.prompt_budget import PromptBudgets
 
 log = logging.getLogger("tuneloop.gateway")
 
@@ -36,7 +42,9 @@ class ModelRouter:
     ``gateway.model_cache_s`` seconds, so a promotion reaches every gateway
     process without a restart. A canary takes the conversations whose id hashes
     below its traffic weight: the same conversation always lands on the same
-    version (sticky).
+    version (sticky). A canary conversation lists the live version right after the
+    canary, so when the canary's model fails before its first token (an adapter
+    that broke at request time) the live model answers that request.
     """
 
     def __init__(self, settings: Settings, connection: Callable[[], ContextManager[Database]]):
@@ -76,11 +84,15 @@ class ModelRouter:
         return live.name if live else self.settings.model.name
 
     def served_names(self) -> list[str]:
+        return [v.name for v in self.serving()]
+
+    def serving(self) -> list[versions.ModelVersion]:
+        """The versions taking traffic now: the live one first, then the canaries."""
         live, canaries = self._current()
-        return [v.name for v in ([live] if live else []) + canaries]
+        return ([live] if live else []) + canaries
 
     def targets(self, conversation_id: str) -> list[Target]:
-        """The version for this conversation first, then the configured fallbacks."""
+        """The version for this conversation first (for a canary: then the live one), then the fallbacks."""
         live, canaries = self._current()
         chosen = live
         bucket = int(hashlib.sha256(conversation_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
@@ -90,12 +102,11 @@ class ModelRouter:
             if bucket < edge:
                 chosen = canary
                 break
-        primary = []
-        if chosen is not None:
-            primary.append(self._target(chosen))
+        primary = [self.target(v) for v in dict.fromkeys([chosen, live]) if v is not None]
         return primary + self._fallbacks
 
-    def _target(self, version: versions.ModelVersion) -> Target:
+    def target(self, version: versions.ModelVersion) -> Target:
+        """Where and as what ``version`` is asked."""
         model = self.settings.model
         return Target(version.name, version.base_url or model.base_url, model.api_key(), version.id)
 
@@ -113,23 +124,23 @@ class PendingAnswer:
     """An answer whose first token has arrived; iterate it, then call :meth:`finish`."""
 
     service: "ChatService"
-    generation: Generation
+    reply: Reply
     turn: turns.Turn
     feedback_token: str
     _finished: bool = False
 
     @property
     def model(self) -> str:
-        return self.generation.target.name
+        return self.reply.target.name
 
     def collect(self) -> turns.Turn:
         """The whole answer, recorded; a failure mid-way is recorded, then re-raised."""
         try:
-            for _ in self.generation:
+            for _ in self.reply:
                 pass
         except Exception as exc:
             self.finish(error=_message(exc))
-            self.generation.close()
+            self.reply.close()
             raise
         return self.finish()
 
@@ -142,35 +153,29 @@ class PendingAnswer:
         recording itself fails (a full disk), that arrives as the error event.
         """
         try:
-            for text in self.generation:
+            for text in self.reply:
                 yield "delta", text
         except GeneratorExit:
             self._finish_quietly("client disconnected")
             raise
-        except Exception as exc:  # noqa: BLE001 - after the first byte, errors travel in-band
-            if not isinstance(exc, TuneloopError):
-                log.exception("stream failed")
-            body = (
-                exc.to_dict()
-                if isinstance(exc, TuneloopError)
-                else {"error": {"code": "internal_error", "message": "internal error"}}
-            )
+        except Exception as exc:  # noqa: BLE001 - logged by _in_band; after the first byte, errors travel in-band
+            body = _in_band(exc, "stream failed")
             self._finish_quietly(_message(exc))
             yield "error", body
             return
         try:
             turn = self.finish()
-        except TuneloopError as exc:
-            yield "error", exc.to_dict()
+        except Exception as exc:  # noqa: BLE001 - logged by _in_band; the stream still ends with an event
+            yield "error", _in_band(exc, "could not record a streamed turn")
             return
         yield "done", turn
 
     def _finish_quietly(self, error: str) -> None:
         """Record a failed or abandoned turn; a storage failure here is logged, not raised over the first error."""
-        self.generation.close()
+        self.reply.close()
         try:
             self.finish(error=error)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("could not record a failed turn")
 
     def finish(self, error: str | None = None) -> turns.Turn:
@@ -178,26 +183,30 @@ class PendingAnswer:
         if self._finished:
             return self.turn
         self._finished = True
-        gen = self.generation
+        reply = self.reply
         t = self.turn
-        t.answer = gen.text
-        t.model_version_id = gen.target.tag
-        t.latency_ms = gen.latency_ms if gen.latency_ms is not None else _elapsed_ms(gen)
-        t.tokens_in = gen.usage.get("prompt_tokens")
-        t.tokens_out = gen.usage.get("completion_tokens")
-        t.finish_reason = gen.finish_reason if error is None else "error"
+        t.answer = reply.text
+        t.model_version_id = reply.target.tag
+        t.latency_ms = reply.latency_ms if reply.latency_ms is not None else reply.elapsed_ms()
+        t.tokens_in = reply.usage.get("prompt_tokens")
+        t.tokens_out = reply.usage.get("completion_tokens")
+        t.finish_reason = reply.finish_reason if error is None else "error"
         t.error = error
         self.service.record(t)
-        metrics.observe_answer(gen, error)
+        metrics.observe_answer(reply, error)
         return t
+
+
+def _in_band(exc: Exception, what: str) -> dict:
+    """The error event's body: a domain error as it is, anything else logged and told as an internal error."""
+    if isinstance(exc, TuneloopError):
+        return exc.to_dict()
+    log.exception(what)
+    return {"error": {"code": "internal_error", "message": "internal error; the event was logged"}}
 
 
 def _message(exc: BaseException) -> str:
     return exc.message if isinstance(exc, TuneloopError) else f"{type(exc).__name__}: {exc}"
-
-
-def _elapsed_ms(gen: Generation) -> float:
-    return (time.perf_counter() - gen._started) * 1000
 
 
 @dataclass
@@ -208,7 +217,9 @@ class ChatService:
     router: ModelRouter
     secret: str
     connection: Callable[[], ContextManager[Database]]
+    knowledge: Index | None = None  # the worker's live index; None: answers are closed book
     client: ChatClient = field(default=None)  # type: ignore[assignment]
+    budgets: PromptBudgets = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self):
         if self.client is None:
@@ -221,6 +232,8 @@ class ChatService:
                     retries=m.retries,
                 )
             )
+        if self.budgets is None:
+            self.budgets = PromptBudgets(self.settings, self.client)
 
     def user_ref(self, api_key_id: str | None, user: str | None) -> str | None:
         return pseudonym(self.secret, "user", f"{api_key_id}:{user}") if user else None
@@ -236,16 +249,21 @@ class ChatService:
         metadata: dict[str, Any] | None = None,
         source: str = "api",
         params: dict[str, Any] | None = None,
+        use_knowledge: bool = True,
+        message_field: str = "message",
     ) -> PendingAnswer:
         """Everything up to the first token. Raises :class:`UpstreamError` if no model answered.
 
         ``prior`` replaces the stored history (the OpenAI-compatible route, where
-        the client sends the whole conversation).
+        the client sends the whole conversation). ``use_knowledge=False`` is a
+        request's opt-out of the knowledge base (closed book). A message that cannot
+        fit the model's context window even alone is :class:`PayloadTooLarge` naming
+        ``message_field``. A model's refusal of what the client sent is the client's
+        4xx (naming ``message_field`` or the parameter) and is not recorded: it is not
+        a model failure.
         """
         if conversation_id:
-            conv = turns.conversation_owner(db, conversation_id)
-            if conv is None or conv["api_key_id"] != caller.api_key_id:
-                raise NotFound(f"no conversation {conversation_id!r}", field="conversation_id")
+            check_visible(db, caller.api_key_id, conversation_id=conversation_id)
             earlier = turns.history(db, conversation_id, self.settings.chat.history_turns)
         else:
             conversation_id = turns.new_conversation_id()
@@ -253,11 +271,23 @@ class ChatService:
         if prior is not None:
             earlier = prior
         chat = self.settings.chat
-        prompt: list[dict[str, str]] = []
-        if chat.system_prompt and not any(m["role"] == "system" for m in earlier):
-            prompt.append({"role": "system", "content": chat.system_prompt})
-        prompt += earlier + [{"role": "user", "content": message}]
         targets = self.router.targets(conversation_id)
+        call = {"max_tokens": chat.max_tokens, "temperature": chat.temperature}
+        call.update({k: v for k, v in (params or {}).items() if v is not None})
+        if targets:
+            client_set = (params or {}).get("max_tokens") is not None
+            window = self.budgets.window(targets[0])
+            check_answer_room(call["max_tokens"], window, model=targets[0].name, client_set=client_set)
+        grounded = ground(
+            self.knowledge,
+            self.settings,
+            message,
+            earlier,
+            use_knowledge=use_knowledge,
+            budget=self.budgets.budget(targets[0], call["max_tokens"]) if targets else None,
+            field=message_field,
+        )
+        metrics.observe_grounding(grounded)
         turn = turns.Turn(
             conversation_id=conversation_id,
             question=message,
@@ -267,18 +297,21 @@ class ChatService:
             user_ref=caller.user_ref,
             source=source,
             metadata=metadata or {},
+            sources=grounded.sources,
         )
-        call = {"max_tokens": chat.max_tokens, "temperature": chat.temperature}
-        call.update({k: v for k, v in (params or {}).items() if v is not None})
         try:
-            generation = self.client.generate(targets, prompt, **call)
+            reply = self.client.generate(targets, grounded.messages, **call)
         except UpstreamError as exc:
+            fault = client_fault(exc, params=params, message_field=message_field)
+            if fault is not None:
+                log.info("model refused a client's request: %s (%s)", exc.message, exc.where)
+                raise fault from exc
             turn.error = exc.message
             turn.finish_reason = "error"
             self.record(turn)
             metrics.observe_upstream_failure(exc)
             raise
-        return PendingAnswer(self, generation, turn, feedback_token(self.secret, turn.assistant_message_id))
+        return PendingAnswer(self, reply, turn, feedback_token(self.secret, turn.assistant_message_id))
 
     def record(self, turn: turns.Turn) -> None:
         """Write a turn on a pooled connection of its own (streams outlive the request's)."""

@@ -8,4 +8,8 @@ pytest_plugins = [
     "tests.plugins.gateway",
     "tests.plugins.browser",
     "tests.plugins.evaluation",
+    "tests.plugins.smtp",
+    "tests.plugins.vllm",
+    "tests.plugins.accounts",
+    "tests.plugins.oidc",
 ]

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import re
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
+import httpx2
 import pytest
 from click.testing import CliRunner
 
@@ -14,7 +18,7 @@ from feedback.report import generate_report
 from feedback.report.weeks import utc_text
 from feedback.secrets import instance_secret
 from server.admin import admin_token
-from server.admin.auth import COOKIE, session_is_valid, session_value
+from server.admin.auth import COOKIE, session_secret, session_value
 from tests.test_ranking import ask, make_version
 
 HOSTILE = "<script>alert(1)</script>배송비는?"
@@ -106,11 +110,11 @@ def test_login_never_redirects_off_site(app, token):
 
 
 def test_sessions_expire_and_die_with_the_token():
-    value = session_value("token-one-1234567890")
-    assert session_is_valid("token-one-1234567890", value, 60)
-    assert not session_is_valid("token-two-1234567890", value, 60)
-    assert not session_is_valid("token-one-1234567890", value, -1)
-    assert not session_is_valid("token-one-1234567890", value + "x", 60)
+    value = session_value("token-one-1234567890", "session-secret")
+    assert session_secret("token-one-1234567890", value, 60) == "session-secret"
+    assert session_secret("token-two-1234567890", value, 60) is None
+    assert session_secret("token-one-1234567890", value, -1) is None
+    assert session_secret("token-one-1234567890", value + "x", 60) is None
 
 
 def test_cookie_posts_need_the_csrf_field_bearer_posts_do_not(app, token):
@@ -181,3 +185,80 @@ def test_dashboard_shows_the_latest_report(app, token, written_report):
 def test_cli_prints_the_same_token(app, token, tmp_path):
     result = CliRunner().invoke(cli, ["admin", "token"], env={"TUNELOOP_PATHS__DATA_DIR": str(tmp_path / "var")})
     assert result.exit_code == 0 and result.output.strip() == token
+
+
+def test_logout_ends_the_session_even_for_a_kept_copy_of_the_cookie(app, token):
+    client = app.test_client()
+    login(client, token)
+    kept = client.get_cookie(COOKIE, path="/admin").value
+    other = app.test_client()
+    login(other, token)  # a second browser of the same admin
+    page = client.get("/admin/reports")
+    assert page.status_code == 200
+    client.post("/admin/logout", data={"csrf": csrf_of(page.get_data(as_text=True))})
+    replay = app.test_client()
+    replay.set_cookie(COOKIE, kept, path="/admin")
+    assert replay.get("/admin/api/reports").status_code == 401
+    assert replay.get("/admin/reports", headers={"Accept": "text/html"}).headers["Location"].startswith("/admin/login")
+    assert other.get("/admin/api/reports").status_code == 200  # only that session ended
+
+
+def _from(address: str) -> dict:
+    return {"environ_base": {"REMOTE_ADDR": address}}
+
+
+def test_signin_is_throttled_per_address_with_a_clear_429(make_gateway):
+    app = make_gateway(**{"admin.token": "the-right-admin-token", "admin.signin_attempts_per_address": 3})
+    client = app.test_client()
+    for _ in range(3):
+        assert client.post("/admin/login", data={"token": "a-guess"}, **_from("10.0.0.1")).status_code == 401
+    refused = client.post("/admin/login", data={"token": "the-right-admin-token"}, **_from("10.0.0.1"))
+    assert refused.status_code == 429 and 1 <= int(refused.headers["Retry-After"]) <= 900
+    assert "too many failed sign-ins from this address (3 in 15 min); try again in" in refused.get_data(as_text=True)
+    bearer_refused = client.get("/admin/api/reports", headers=bearer("the-right-admin-token"), **_from("10.0.0.1"))
+    assert bearer_refused.status_code == 429 and "Retry-After" in bearer_refused.headers
+    assert bearer_refused.get_json()["error"]["code"] == "signin_throttled"
+    # Another address is not affected, and right tokens never count as failures.
+    for _ in range(5):
+        assert (
+            client.get("/admin/api/reports", headers=bearer("the-right-admin-token"), **_from("10.0.0.2")).status_code
+            == 200
+        )
+    assert client.post("/admin/login", data={"token": "the-right-admin-token"}, **_from("10.0.0.2")).status_code == 302
+
+
+def test_signin_is_throttled_per_account_across_addresses_and_gateways(make_gateway):
+    # Two gateways on one database stand for two workers or hosts: the count is in the store.
+    overrides = {"admin.token": "the-right-admin-token", "admin.signin_attempts_per_account": 4}
+    first, second = make_gateway(**overrides).test_client(), make_gateway(**overrides).test_client()
+    for i in range(4):
+        client = (first, second)[i % 2]
+        assert client.get("/admin/api/reports", headers=bearer("guess"), **_from(f"10.0.1.{i}")).status_code == 401
+    refused = first.get("/admin/api/reports", headers=bearer("the-right-admin-token"), **_from("10.0.1.99"))
+    assert refused.status_code == 429
+    assert "too many failed sign-ins for the admin token (4 in 15 min)" in refused.get_json()["error"]["message"]
+
+
+def test_failures_expire_after_the_window(make_gateway):
+    app = make_gateway(
+        **{"admin.token": "the-right-admin-token", "admin.signin_attempts_per_address": 1, "admin.signin_window_s": 1}
+    )
+    client = app.test_client()
+    assert client.post("/admin/login", data={"token": "a-guess"}).status_code == 401
+    refused = client.post("/admin/login", data={"token": "the-right-admin-token"})
+    assert refused.status_code == 429 and refused.headers["Retry-After"] in ("1", "2")
+    time.sleep(1.1)
+    assert client.post("/admin/login", data={"token": "the-right-admin-token"}).status_code == 302
+
+
+def test_a_burst_of_parallel_guesses_gets_no_more_than_the_limit(make_gateway, serve):
+    # Each attempt is counted before its token is compared, in one transaction: 30 guesses sent at
+    # once over real HTTP from one address get exactly 5 comparisons, the rest 429.
+    url = serve(make_gateway(**{"admin.token": "the-right-admin-token", "admin.signin_attempts_per_address": 5}))
+
+    def guess(i: int) -> int:
+        return httpx2.get(f"{url}/admin/api/reports", headers=bearer(f"guess-{i}"), timeout=30).status_code
+
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        statuses = Counter(pool.map(guess, range(30)))
+    assert statuses == {401: 5, 429: 25}

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from cli.main import cli
 from config.errors import Conflict, UpstreamError
 from config.settings import load_settings
+from feedback import accounts
 from feedback.db import open_db
 from feedback.review import create_item
 from feedback.versions import create_candidate, ensure_live_version, get_version, live_version
@@ -147,11 +148,13 @@ def test_cli_promote_reaches_the_gateway_and_rollback_undoes_it(
         tmp_path / "cli.toml", {"paths": {"data_dir": values["paths.data_dir"]}, "model": {"base_url": server.base_url}}
     )
     run = lambda *args: CliRunner().invoke(cli, ["--config", str(config), *args], env={})  # noqa: E731
-    gateway = make_gateway(server.base_url, **{"gateway.model_cache_s": 0}).test_client()
+    # Closed book: the tiny model and its LoRA memorised their answers without a knowledge block.
+    gateway = make_gateway(server.base_url, **{"gateway.model_cache_s": 0, "knowledge.enabled": False}).test_client()
     question, base_answer = qa(tiny_model_rows[3])
     assert gateway.post("/api/chat", json={"message": question}).get_json()["answer"] == base_answer
 
-    result = run("models", "promote", "lora-c", "--reason", "better refunds", "--actor", "alice")
+    accounts.add_user(db, "alice@example.com", role="admin", name="Alice", actor="test")  # --actor names an account
+    result = run("models", "promote", "lora-c", "--reason", "better refunds", "--actor", "alice@example.com")
     assert result.exit_code == 0, result.output
     assert "lora-c" in result.output and "is live" in result.output
     body = gateway.post("/api/chat", json={"message": question}).get_json()

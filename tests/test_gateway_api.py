@@ -26,7 +26,8 @@ def test_chat_answers_and_records_the_turn(client, gateway_db):
     assert body["model"] == "starter"
     assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 3}
     row = gateway_db.execute(
-        "SELECT m.content, v.name, m.finish_reason FROM messages m JOIN model_versions v ON v.id = m.model_version_id WHERE m.id = ?",
+        "SELECT m.content, v.name, m.finish_reason FROM messages m JOIN model_versions v ON v.id = m.model_version_id "
+        "WHERE m.id = ?",
         [body["message_id"]],
     ).fetchone()
     assert row == ("echo: 배송은 얼마나 걸리나요?", "starter", "stop")
@@ -37,7 +38,9 @@ def test_history_and_system_prompt_are_sent_upstream(make_gateway, fake_upstream
     c = make_gateway(**{"chat.system_prompt": "Be brief.", "chat.history_turns": 1}).test_client()
     first = c.post("/api/chat", json={"message": "one"}).get_json()
     c.post("/api/chat", json={"message": "two", "conversation_id": first["conversation_id"]})
-    c.post("/api/chat", json={"message": "three", "conversation_id": first["conversation_id"]})
+    # Opted out of the knowledge base, so the prompt is exactly prompt + history + question
+    # (tests/test_knowledge_gateway.py checks the grounded prompt).
+    c.post("/api/chat", json={"message": "three", "conversation_id": first["conversation_id"], "knowledge": False})
     sent = fake_upstream.log.requests[-1]["messages"]
     assert sent == [
         {"role": "system", "content": "Be brief."},
@@ -53,7 +56,7 @@ def test_streaming_events_in_order(client, gateway_db):
     evs = events(r)
     assert [e for e, _ in evs] == ["start", "delta", "delta", "delta", "done"]
     start = evs[0][1]
-    assert set(start) == {"conversation_id", "message_id", "model", "feedback_token"}
+    assert set(start) == {"conversation_id", "message_id", "model", "feedback_token", "sources"}
     assert "".join(d["text"] for e, d in evs if e == "delta") == "echo: hello"
     assert evs[-1][1]["usage"]["completion_tokens"] == 3
     stored = gateway_db.execute("SELECT content FROM messages WHERE id = ?", [start["message_id"]]).fetchone()
@@ -156,6 +159,72 @@ def test_oversized_message_and_body(make_gateway, gateway_db):
     assert r.status_code == 413 and r.get_json()["error"]["field"] == "message"
     r = c.post("/api/chat", data=json.dumps({"message": "y" * 5000}), content_type="application/json")
     assert r.status_code == 413 and r.get_json()["error"]["code"] == "payload_too_large"
+    assert gateway_db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(
+    "path, field, ask",
+    [
+        ("/api/chat", "message", lambda text: {"message": text}),
+        ("/v1/chat/completions", "messages", lambda text: {"messages": [{"role": "user", "content": text}]}),
+    ],
+)
+def test_both_chat_apis_check_the_users_message_the_same_way(make_gateway, gateway_db, path, field, ask):
+    c = make_gateway(**{"gateway.max_message_chars": 10}).test_client()
+    too_long = c.post(path, json=ask("x" * 11)).get_json()["error"]
+    assert too_long == {
+        "code": "message_too_long",
+        "message": "message has 11 characters; the limit is 10",
+        "field": field,
+    }
+    blank = c.post(path, json=ask("  \n ")).get_json()["error"]
+    assert blank == {"code": "validation_failed", "message": "the user's message is blank", "field": field}
+    assert c.post(path, json=ask("x" * 10)).status_code == 200
+    assert gateway_db.execute("SELECT COUNT(*) FROM messages WHERE role = 'user'").fetchone()[0] == 1
+
+
+def test_openai_completion_has_the_documented_shape(client):
+    r = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "any",
+            "messages": [{"role": "developer", "content": "be brief"}, {"role": "user", "content": "hi"}],
+        },
+    )
+    body = r.get_json()
+    ids = body["tuneloop"]
+    assert body == {
+        "id": ids["message_id"],
+        "object": "chat.completion",
+        "created": body["created"],
+        "model": "starter",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "echo: hi"},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+        "tuneloop": {
+            "conversation_id": r.headers["X-Tuneloop-Conversation-Id"],
+            "message_id": r.headers["X-Tuneloop-Message-Id"],
+            "feedback_token": ids["feedback_token"],
+            "sources": [],  # "hi" matches no knowledge-base entry
+        },
+    }
+    assert isinstance(body["created"], int) and ids["feedback_token"]
+
+
+def test_openai_last_message_must_be_the_users(client, gateway_db):
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "assistant", "content": "hello"}]})
+    assert r.status_code == 422
+    assert r.get_json()["error"] == {
+        "code": "validation_failed",
+        "message": "the last message must come from the user",
+        "field": "messages",
+    }
     assert gateway_db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
 
 

@@ -107,7 +107,8 @@ def test_promotion_is_picked_up_without_restart(make_gateway, fake_upstream, gat
     with gateway_db.conn:
         gateway_db.execute("UPDATE model_versions SET status = 'retired' WHERE status = 'live'")
         gateway_db.execute(
-            "INSERT INTO model_versions (id, name, provider, base_model, status, created_at) VALUES ('mv_new', 'starter-v2', 'builtin', 'starter', 'live', 't')"
+            "INSERT INTO model_versions (id, name, provider, base_model, status, created_at) "
+            "VALUES ('mv_new', 'starter-v2', 'builtin', 'starter', 'live', 't')"
         )
     r = c.post("/api/chat", json={"message": "b"})
     assert r.get_json()["model"] == "starter-v2"
@@ -118,7 +119,8 @@ def test_canary_is_sticky_per_conversation(make_gateway, fake_upstream, gateway_
     c = make_gateway(**{"gateway.model_cache_s": 0}).test_client()
     with gateway_db.conn:
         gateway_db.execute(
-            "INSERT INTO model_versions (id, name, provider, base_model, status, traffic_weight, created_at) VALUES ('mv_c', 'canary', 'builtin', 'starter', 'canary', 0.5, 't')"
+            "INSERT INTO model_versions (id, name, provider, base_model, status, traffic_weight, created_at) "
+            "VALUES ('mv_c', 'canary', 'builtin', 'starter', 'canary', 0.5, 't')"
         )
     served = {}
     for i in range(30):

@@ -12,7 +12,8 @@ FEE = Snippet("kb_2", "배송비는 얼마인가요?", "3,000원입니다.", 0.4
 
 def test_entries_are_numbered_best_first_under_the_header():
     assert render_knowledge([DELIVERY, FEE], KNOWLEDGE) == (
-        "Knowledge:\n[1] Q: How long does delivery take?\nA: 2-3 business days.\n[2] Q: 배송비는 얼마인가요?\nA: 3,000원입니다."
+        "Knowledge:\n[1] Q: How long does delivery take?\nA: 2-3 business days.\n"
+        "[2] Q: 배송비는 얼마인가요?\nA: 3,000원입니다."
     )
 
 

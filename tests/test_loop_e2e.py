@@ -64,9 +64,9 @@ def server(tmp_path, starter_model_dir):
     stop_model_server(running)
 
 
-def ask(app, question: str, user: str = "checker") -> dict:
+def ask(app, question: str, user: str = "checker", knowledge: bool = True) -> dict:
     """One question in a new conversation through the gateway."""
-    response = app.test_client().post("/api/chat", json={"message": question, "user": user})
+    response = app.test_client().post("/api/chat", json={"message": question, "user": user, "knowledge": knowledge})
     assert response.status_code == 200, response.get_data(as_text=True)
     return response.get_json()
 
@@ -114,33 +114,37 @@ def test_a_week_and_a_month_with_no_command_typed(tmp_path, server, starter_mode
         fired = dict(run_due(scheduler, monday + timedelta(minutes=1)))
         weekly = fired["weekly"]
         assert weekly.state == "succeeded", weekly.error
-        assert all((tmp_path / "var").joinpath(p).exists() for p in weekly.context["report"]["paths"].values())
+        assert all((tmp_path / "var").joinpath(p).exists() for p in weekly.context.report.paths.values())
         assert fired["threshold"] is None  # nothing approved yet: no retrain
-        queued = {item.question_key: item for item in open_items(db) if item.id in weekly.context["collected"]}
+        queued = {item.question_key: item for item in open_items(db) if item.id in weekly.context.collected}
         missing = [q for q in CORRECTIONS if question_key(q) not in queued]
         assert not missing, f"not queued by the weekly job: {missing}; queued: {[i.question for i in queued.values()]}"
 
         # The reviewer approves the users' corrections (the demo's queued questions stay open).
         for question, new_answer in CORRECTIONS.items():
-            approve(db, queued[question_key(question)].id, answer=new_answer, reviewer="reviewer@test")
+            item = approve(db, queued[question_key(question)].id, answer=new_answer, reviewer="reviewer@test")
+            # Served at once, long before the retrain: the corrected entry is the answer's first source.
+            assert ask(app, question)["sources"][0]["id"] == item.kb_entry_id
 
         # Ten minutes later the threshold job retrains and promotes — no command typed.
         fired = dict(run_due(scheduler, monday + timedelta(minutes=11)))
         retrain = fired["threshold"]
         assert retrain is not None, fired
-        steps = "\n".join(f"{s['step']} {s['state']} {s['detail']}" for s in retrain.steps)
+        steps = "\n".join(f"{s.step} {s.state} {s.detail}" for s in retrain.steps)
         assert retrain.state == "succeeded", f"{retrain.error}\n{steps}"
-        assert [(s["step"], s["state"]) for s in retrain.steps] == [
+        assert [(s.step, s.state) for s in retrain.steps] == [
             (step, "succeeded") for step in ("build", "train", "evaluate", "gate", "deploy", "report")
         ], steps
-        assert retrain.outcome("gate")["action"] == "promoted", steps
+        assert retrain.outcome("gate").action == "promoted", steps
         assert db.execute("SELECT COUNT(*) FROM training_runs").fetchone()[0] == 1
         now_live = live_version(db)
-        assert now_live.id == retrain.context["candidate_id"] != first_live.id
+        assert now_live.id == retrain.context.candidate_id != first_live.id
         assert get_version(db, first_live.id).status != "live"
 
-        # The same gateway (no model cache): the corrected questions get the new answers, the golden the old.
-        got = {q: ask(app, q) for q in [*CORRECTIONS, *(q for q, _ in GOLDEN)]}
+        # The same gateway (no model cache): the corrected questions get the new answers, the golden the old —
+        # closed book, what the retrain consolidated into the model itself (a LoRA trained on today's closed-book
+        # rows does not answer with the context block in front; training rows as served is issue 13).
+        got = {q: ask(app, q, knowledge=False) for q in [*CORRECTIONS, *(q for q, _ in GOLDEN)]}
         assert {reply["model"] for reply in got.values()} == {now_live.name}
         unlearned = {q: got[q]["answer"] for q, a in CORRECTIONS.items() if got[q]["answer"] != a}
         forgotten = {q: got[q]["answer"] for q, a in GOLDEN if got[q]["answer"] != a}
@@ -152,7 +156,7 @@ def test_a_week_and_a_month_with_no_command_typed(tmp_path, server, starter_mode
         assert (first_of_month.day, first_of_month.hour) == (1, 3)
         fired = dict(run_due(scheduler, first_of_month + timedelta(minutes=1)))
         build = fired["monthly"].outcome("build")
-        assert build["state"] == "skipped" and "no approved corrections since the last dataset" in build["detail"]
+        assert build.state == "skipped" and "no approved corrections since the last dataset" in build.detail
         assert fired["monthly"].state == "succeeded", fired["monthly"].error
         assert db.execute("SELECT COUNT(*) FROM training_runs").fetchone()[0] == 1
         assert [r.kind for r in list_pipeline_runs(db)].count("threshold") == 1

@@ -202,20 +202,20 @@ def test_killed_pipeline_resumes_the_same_run_and_adopts_the_surviving_worker(lo
     db = loop.db
     assert [r.id for r in list_pipeline_runs(db, kind="manual")] == [pipeline_id]
     run = get_pipeline_run(db, pipeline_id)
-    steps = "\n".join(f"{s['step']} {s['state']} {s['detail']}" for s in run.steps)
+    steps = "\n".join(f"{s.step} {s.state} {s.detail}" for s in run.steps)
     assert run.state == "succeeded", f"{run.error}\n{steps}"
-    assert run.context["training_run_id"] == training_id
+    assert run.context.training_run_id == training_id
     assert db.execute("SELECT id FROM training_runs").fetchall() == [(training_id,)]
     training = get_run(db, training_id)
     assert training.state == "succeeded" and training.external_job_id == f"pid:{worker}", training.error
     # One worker ever started for it: the resumed pipeline polled the survivor instead of submitting.
     assert worker_starts(db, training_id) == 1
     assert "another worker is training" not in (Path(training.work_dir) / LOG_FILE).read_text(errors="replace")
-    assert run.outcome("train")["state"] == "succeeded"
-    assert run.context["candidate_id"] == training.candidate_version_id
+    assert run.outcome("train").state == "succeeded"
+    assert run.context.candidate_id == training.candidate_version_id
     gate = run.outcome("gate")
-    assert gate and gate["state"] == "succeeded" and gate["action"] in ("promoted", "rejected"), steps
-    promoted = gate["action"] == "promoted"
+    assert gate and gate.state == "succeeded" and gate.action in ("promoted", "rejected"), steps
+    promoted = gate.action == "promoted"
     assert live_version(db).id == (training.candidate_version_id if promoted else loop.first_live.id)
 
 
@@ -240,7 +240,7 @@ def test_a_worker_killed_too_fails_the_resumed_run_visibly_and_is_not_trained_tw
     assert f"the local worker (pid {worker}) exited without a result" in training.error
     assert run.error.startswith(f"train: training run {training_id} failed: the local worker (pid {worker})")
     assert f"error: {run.error}" in output  # what the person who runs it sees
-    assert "candidate_id" not in run.context and live_version(db).id == loop.first_live.id
+    assert run.context.candidate_id is None and live_version(db).id == loop.first_live.id
 
     # Run again: a new pipeline run, which finds the corrections already in a dataset and trains nothing —
     # no duplicate job for the dataset whose run failed.
@@ -248,7 +248,7 @@ def test_a_worker_killed_too_fails_the_resumed_run_visibly_and_is_not_trained_tw
     assert code == 0, output
     again = list_pipeline_runs(db, kind="manual")[0]
     assert again.id != pipeline_id and again.state == "succeeded"
-    assert again.outcome("build")["detail"] == "skipped: no approved corrections since the last dataset"
-    assert again.outcome("train")["state"] == "skipped"
+    assert again.outcome("build").detail == "skipped: no approved corrections since the last dataset"
+    assert again.outcome("train").state == "skipped"
     assert db.execute("SELECT id, state FROM training_runs").fetchall() == [(training_id, "failed")]
     assert worker_starts(db, training_id) == 1

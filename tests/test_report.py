@@ -5,13 +5,12 @@ from __future__ import annotations
 import email
 import json
 import re
-import socketserver
-import threading
 from datetime import datetime, timezone
 from email import policy
 
 import pytest
 from click.testing import CliRunner
+from markdown_it import MarkdownIt
 
 from bench import analytics
 from cli.main import cli
@@ -20,6 +19,9 @@ from config.settings import load_settings
 from feedback import turns
 from feedback.db import write_transaction
 from feedback.demo import has_demo, remove_demo, seed_demo
+from feedback.knowledge import lineage
+from feedback.knowledge import store as kb
+from feedback.knowledge.prompt import Snippet
 from feedback.report import build_report, generate_report, list_reports, render_html, render_markdown
 from feedback.report.deliver import deliver_report, webhook_payload
 from feedback.report.weeks import iso_week_window, last_complete_week, shift_week
@@ -218,48 +220,6 @@ def test_webhook_gets_slack_compatible_json(db, store, tmp_path, httpserver):
     assert not failed.ok and "HTTP 500" in failed.detail
 
 
-class _SMTPHandler(socketserver.StreamRequestHandler):
-    """Just enough of SMTP (RFC 5321) to receive one message."""
-
-    def handle(self):
-        self.wfile.write(b"220 test ESMTP\r\n")
-        in_data, lines = False, []
-        while line := self.rfile.readline():
-            if in_data:
-                if line.rstrip(b"\r\n") == b".":
-                    in_data = False
-                    self.server.received.append(b"".join(lines))
-                    self.wfile.write(b"250 queued\r\n")
-                else:
-                    lines.append(line[1:] if line.startswith(b"..") else line)
-                continue
-            verb = line[:4].upper()
-            if verb == b"EHLO":
-                self.wfile.write(b"250-test\r\n250 8BITMIME\r\n")
-            elif verb == b"RCPT":
-                self.server.recipients.append(line[8:].strip().decode())
-                self.wfile.write(b"250 ok\r\n")
-            elif verb == b"DATA":
-                in_data = True
-                self.wfile.write(b"354 go on\r\n")
-            elif verb == b"QUIT":
-                self.wfile.write(b"221 bye\r\n")
-                return
-            else:
-                self.wfile.write(b"250 ok\r\n")
-
-
-@pytest.fixture
-def smtp_server():
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SMTPHandler)
-    server.received, server.recipients = [], []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
 def test_email_carries_html_markdown_and_json(db, store, tmp_path, smtp_server):
     settings = report_settings(
         tmp_path,
@@ -356,3 +316,107 @@ def test_analytics_benchmark_runs_on_a_small_store(tmp_path, capsys):
     assert 0.25 < row["feedback"] / row["turns"] < 0.35
     assert row["one_week"]["rated"] > 0 and row["all"]["groups"] > 0
     assert json.loads(capsys.readouterr().out.strip()) == row
+
+
+def test_the_report_names_the_entries_behind_the_rated_down_answers(db, tmp_path):
+    live = make_version(db, "starter", "live")
+    fee = kb.add_entry(db, questions="How much is the shipping fee?", answer="2,500 won.", actor="ana")
+    hours = kb.add_entry(db, questions=HOSTILE, answer="9 to 6.", actor="ana")
+    built = {fee: ["postage?", "shipping cost?", "postage?"], hours: ["open when?"]}
+    for entry, questions in built.items():
+        for question in questions:
+            message_id = ask(db, live, question, at=THIS, down=1)
+            with write_transaction(db):
+                lineage.record_sources(db, message_id, [Snippet(entry.id, entry.question, entry.answer, 0.6, 1)])
+    ask(db, live, "old week", at=LAST, down=1)
+    report = build_report(db, report_settings(tmp_path, **{"report.min_votes": 2}), week=W47, now=NOW)
+    entries = report["knowledge"]["entries"]
+    assert [(e["id"], e["down"], e["answers"]) for e in entries] == [(fee.id, 3, 3), (hours.id, 1, 1)]
+    assert report["worst"]["ranking"]["groups"][0]["evidence"]["entries"] == [
+        {"id": fee.id, "question": "How much is the shipping fee?", "down": 2}
+    ]
+    html, md = render_html(report), render_markdown(report)
+    assert "Knowledge behind the rated-down answers" in html and fee.id in html
+    assert "<script>alert" not in html and "&lt;script&gt;" in html
+    assert f"| How much is the shipping fee? `{fee.id}` | 3 | 0 | 3 |" in md
+    assert "answers built on entry “How much is the shipping fee?”, 👎 2" in md
+
+
+# Each runs script when a Markdown viewer passes it through as HTML (issue 14 counted 7 dialogs).
+MARKUP = [
+    "<script>alert(1)</script>",
+    "<img src=x onerror=alert(2)>",
+    "<svg onload=alert(3)>",
+    "<details open ontoggle=alert(4)>",
+    '<iframe srcdoc="<script>alert(5)</script>"></iframe>',
+    "<video src=x onerror=alert(6)></video>",
+    "<style onload=alert(7)></style>",
+]
+# Markdown that makes a link or an image out of user text.
+MARKDOWN_LINKS = [
+    "[the refund page](javascript:alert(8))",
+    "![tracking pixel](http://tracker.invalid/p.png)",
+    "<http://evil.example>",
+]
+# What the report's own Markdown may render to: headings, paragraphs, tables, lists, emphasis.
+REPORT_TAGS = {"h1", "h2", "p", "table", "thead", "tbody", "tr", "th", "td", "ul", "li", "em", "strong"}
+
+
+def _viewer_html(markdown: str) -> str:
+    """What a Markdown viewer shows: CommonMark (raw HTML passes through, as the spec says) with tables."""
+    return MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown)
+
+
+def _dialogs_in(page, html: str) -> int:
+    """How many dialogs ``html`` opens in Chromium (each dismissed)."""
+    opened = []
+
+    def on_dialog(dialog):
+        opened.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    try:
+        page.set_content(html, wait_until="load")
+        page.wait_for_timeout(300)  # onerror and ontoggle fire after load
+    finally:
+        page.remove_listener("dialog", on_dialog)
+    return len(opened)
+
+
+@pytest.mark.browser
+def test_the_markdown_report_runs_no_markup_in_a_markdown_viewer(db, tmp_path, page):
+    live = make_version(db, "starter", "live")
+    for i, payload in enumerate(MARKUP + MARKDOWN_LINKS):
+        ask(db, live, f"Question {i} {payload}", down=1, comment=f"comment {payload}", correction=payload)
+    report = build_report(db, report_settings(tmp_path, **{"report.similarity_threshold": 1.0}), week=W47, now=NOW)
+    questions = {g["question"] for g in report["worst"]["ranking"]["groups"]}
+    assert questions == {f"Question {i} {p}" for i, p in enumerate(MARKUP + MARKDOWN_LINKS)}  # each one is ranked
+    # The harness is not blind: the same payloads as raw Markdown open every dialog in this viewer.
+    assert [_dialogs_in(page, _viewer_html(f"Question {payload}")) for payload in MARKUP] == [1] * len(MARKUP)
+    rendered = _viewer_html(render_markdown(report))
+    assert _dialogs_in(page, rendered) == 0
+    assert set(re.findall(r"<([a-z][a-z0-9]*)", rendered)) <= REPORT_TAGS  # no link, image or raw HTML
+    shown = page.inner_text("body")  # and the reader still sees exactly what the user typed
+    assert "Question 1 <img src=x onerror=alert(2)>" in shown and "[the refund page](javascript:alert(8))" in shown
+
+
+def test_webhook_text_cannot_ping_the_channel_or_disguise_a_link(db, tmp_path, httpserver):
+    live = make_version(db, "starter", "live")
+    hostile = "<!channel> read <https://evil.example/login|Full report> @here & <@U024BE7LH>\n⚠ fake warning"
+    ask(db, live, hostile, down=3)
+    httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("ok")
+    settings = report_settings(tmp_path, **{"report.webhook_url": httpserver.url_for("/hook")})
+    (result,) = deliver_report(build_report(db, settings, week=W47, now=NOW), settings.report)
+    assert result.ok
+    ((request, _),) = httpserver.log
+    body = json.loads(request.get_data())
+    for text in (body["text"], body["blocks"][0]["text"]["text"]):
+        # Slack acts only on <…>; none is left, and a plain broadcast mention is broken by a word joiner.
+        assert "<" not in text and ">" not in text
+        assert (
+            "&lt;!channel&gt; read &lt;https://evil.example/login|Full report&gt; @\u2060here &amp; &lt;@U024BE7LH&gt;"
+            in text
+        )
+        assert "\n⚠ fake warning" not in text  # user text cannot start a line of its own
+    assert body["unfurl_links"] is False and body["unfurl_media"] is False

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from cli.main import cli
 from config.errors import ConfigError, Conflict, ValidationFailed
 from config.settings import load_settings
-from feedback import review
+from feedback import accounts, review
 from feedback.db import write_transaction
 from feedback.ranking import RankingOptions
 from feedback.review_io import ImportRejected, export_items, import_items, read_records
@@ -226,8 +226,10 @@ def test_cli_round_trip_and_errors(db, queued, settings, tmp_path):
     assert listed.exit_code == 0 and SHIPPING in listed.output and "2 pending" in listed.output
     shown = runner.invoke(cli, ["review", "show", queued[SHIPPING].id], env=env)
     assert f"user suggested: {FIXED}" in shown.output and "answered (4 up, 6 down): It is 2,500 won." in shown.output
+    # --reviewer names an account (issue 23: no more free-text reviewers).
+    accounts.add_user(db, "ana@example.com", role="reviewer", name="Ana", actor="test")
     approved = runner.invoke(
-        cli, ["review", "approve", queued[SHIPPING].id, "--use-suggestion", "--reviewer", "ana"], env=env
+        cli, ["review", "approve", queued[SHIPPING].id, "--use-suggestion", "--reviewer", "ana@example.com"], env=env
     )
     assert approved.exit_code == 0 and "(user)" in approved.output
     empty = runner.invoke(cli, ["review", "approve", queued[SUNDAY].id, "--answer", " "], env=env)

@@ -45,11 +45,11 @@ def test_weeks_on_a_simulated_clock_coalesce_missed_runs_and_survive_a_restart(d
     assert [job_id for job_id, _ in fired] == ["weekly"]
     run = fired[0][1]
     assert run.state == "succeeded", run.error
-    assert [s["step"] for s in run.steps] == ["collect", "report"]
-    assert run.context["collected"], "the demo's worst questions were queued for review"
-    assert all(os.path.exists(p) for p in run.context["report"]["paths"].values())
+    assert [s.step for s in run.steps] == ["collect", "report"]
+    assert run.context.collected, "the demo's worst questions were queued for review"
+    assert all(os.path.exists(p) for p in run.context.report.paths.values())
     (queued,) = db.execute("SELECT COUNT(*) FROM review_items WHERE status = 'pending'").fetchone()
-    assert queued == len(run.context["collected"])
+    assert queued == len(run.context.collected)
 
     # The scheduler is down for three weeks, then restarts: the stored schedule survives, and the three
     # missed weekly runs become one.
@@ -65,8 +65,8 @@ def test_weeks_on_a_simulated_clock_coalesce_missed_runs_and_survive_a_restart(d
     assert scheduler.get_job("weekly").next_run_time == weekly_at + timedelta(weeks=4)
     if "monthly" in kinds:  # a month boundary fell in the gap; nothing was approved, so nothing trains
         monthly = list_pipeline_runs(db, kind="monthly")[0]
-        assert monthly.outcome("build")["detail"] == "skipped: no approved corrections since the last dataset"
-        assert monthly.outcome("train")["state"] == "skipped"
+        assert monthly.outcome("build").detail == "skipped: no approved corrections since the last dataset"
+        assert monthly.outcome("train").state == "skipped"
     scheduler.shutdown()
 
 

@@ -234,7 +234,9 @@ class FakeOpenAI:
                 "object": "fine_tuning.job.checkpoint",
                 "id": f"ftckpt-{step}",
                 "created_at": 1763703000 + step,
-                "fine_tuned_model_checkpoint": f"ft:{self.jobs[job_id]['model']}:org-test:tuneloop:AbC123xy:ckpt-step-{step}",
+                "fine_tuned_model_checkpoint": (
+                    f"ft:{self.jobs[job_id]['model']}:org-test:tuneloop:AbC123xy:ckpt-step-{step}"
+                ),
                 "fine_tuning_job_id": job_id,
                 "step_number": step,
                 "metrics": {"step": step, "train_loss": 1.5 / step, "valid_loss": 1.6 / step},

@@ -38,13 +38,19 @@ def doc_snippet() -> str:
 
 def host_page(snippet: str) -> str:
     """Somebody else's shop, with the snippet and CSS that would wreck an unprotected widget."""
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>Acme shop</title>{HOSTILE_CSS}</head><body><h1>Acme shop</h1>{snippet}</body></html>"
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Acme shop</title>{HOSTILE_CSS}</head>"
+        f"<body><h1>Acme shop</h1>{snippet}</body></html>"
+    )
 
 
 def plain_page(snippet: str) -> str:
     """A bare page for screenshots: the widget with its default title."""
     snippet = snippet.replace('data-title="Support" ', "")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>shop</title></head><body style='margin:0;background:#e2e8f0'>{snippet}</body></html>"
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>shop</title></head>"
+        f"<body style='margin:0;background:#e2e8f0'>{snippet}</body></html>"
+    )
 
 
 def embed(gateway_url: str, key: str, lang: str = "en") -> str:
@@ -252,7 +258,8 @@ def test_demo_page_with_a_publishable_key_when_keys_are_required(page, live_gate
     expect(answer.get_by_role("button", name="Bad answer")).to_have_attribute("aria-pressed", "true")
     assert rows(
         gateway_db,
-        "SELECT f.rating, c.api_key_id FROM feedback f JOIN messages m ON m.id = f.message_id JOIN conversations c ON c.id = m.conversation_id",
+        "SELECT f.rating, c.api_key_id FROM feedback f JOIN messages m ON m.id = f.message_id "
+        "JOIN conversations c ON c.id = m.conversation_id",
     ) == [(-1, key_row.id)]
 
 

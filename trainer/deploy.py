@@ -16,6 +16,13 @@ never changes what is live — a candidate is deployed *before* it is evaluated 
 and promotion only flips the registry. So the moves below deploy first and flip
 after: a version is never live (or a canary) while its server cannot answer to it.
 An ``undeployed``/``deployed`` event is recorded when the server's state changed.
+
+A model server that *refuses* an adapter (a 4xx with a reason: corrupt or
+truncated files, weights for another base, a PEFT that cannot switch to it) raises
+:class:`AdapterRefused`: the version is unusable, not the server, and callers
+reject it with "adapter did not load: …" (:func:`reject_unloadable`). A server that
+cannot be reached or fails with 5xx raises plain :class:`UpstreamError`: that says
+nothing about the adapter, so nothing is rejected and the next attempt may work.
 """
 
 from __future__ import annotations
@@ -35,10 +42,24 @@ from trainer import registry
 log = logging.getLogger("tuneloop.deploy")
 
 
+LOAD_FAILED = "adapter did not load"
+
+
+class AdapterRefused(UpstreamError):
+    """The model server refused to load a version's adapter; ``reason`` is the server's own words."""
+
+    code = "adapter_refused"
+
+    def __init__(self, version: ModelVersion, reason: str):
+        super().__init__(f"{LOAD_FAILED}: {reason}")
+        self.version_id = version.id
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class DeployResult:
     """What a deploy or undeploy call did: ``loaded``, ``already_loaded``, ``nothing_to_load``,
-    ``unloaded``, ``not_loaded`` or ``skipped`` (with ``detail`` saying why)."""
+    ``unloaded``, ``not_loaded``, ``skipped`` or ``rejected`` (the server refused it; ``detail`` says why)."""
 
     version_id: str
     name: str
@@ -89,6 +110,19 @@ def _post(settings: Settings, url: str, body: dict) -> httpx2.Response:
         raise UpstreamUnavailable(f"cannot reach the model server at {url}: {exc}") from exc
 
 
+def _error_message(response: httpx2.Response) -> str | None:
+    """The message of an error body: ours and vLLM's ``{"error": {"message"}}``, or older vLLM's flat one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    inner = body.get("error") if isinstance(body.get("error"), dict) else body
+    message = inner.get("message")
+    return str(message)[:1000] if message else None
+
+
 def _refused(response: httpx2.Response, url: str) -> UpstreamError:
     text = response.text[:500]
     if response.status_code in (404, 405):
@@ -116,8 +150,9 @@ def deploy(
 ) -> DeployResult:
     """Make ``version`` servable without making it live (see the module docstring); idempotent.
 
-    Raises :class:`UpstreamError` when the server cannot be reached or refuses the
-    adapter, and :class:`Conflict` when the server does not list the name afterwards.
+    Raises :class:`AdapterRefused` when the server refuses the adapter, :class:`UpstreamError`
+    when it cannot be reached or fails, and :class:`Conflict` when it does not list the
+    name afterwards.
     """
     version = get_version(db, version if isinstance(version, str) else version.id)
     target = version_target(settings, version)
@@ -129,6 +164,10 @@ def deploy(
             action = "loaded"
         elif response.status_code == 400 and "already been loaded" in response.text:
             action = "already_loaded"  # vLLM's words; the built-in server uses the same
+        elif response.status_code in (400, 404, 422) and _error_message(response):
+            # The server looked at the adapter and said no (vLLM: 400 BadRequestError, or 404
+            # "No adapter found"); a 404 without an error body is a server without the endpoint.
+            raise AdapterRefused(version, _error_message(response))
         else:
             raise _refused(response, url)
     names = served_names(settings, version, client)
@@ -183,9 +222,49 @@ def withdraw(db: Database, settings: Settings, version: ModelVersion | str, *, a
 
 
 def deploy_serving(db: Database, settings: Settings, *, actor: str = "deploy") -> list[DeployResult]:
-    """Deploy the live version and the canary, e.g. after the model server restarted and lost its adapters."""
-    serving = [v for v in [live_version(db), *canary_versions(db)] if v is not None]
-    return [deploy(db, settings, v, actor=actor) for v in serving]
+    """Deploy the live version and the canary, e.g. after the model server restarted and lost its adapters.
+
+    A canary whose adapter is refused is rejected (:func:`reject_unloadable`) and reported
+    as ``rejected``: its share of conversations goes back to the live version. A refused
+    live version raises — there is nothing to fall back on but a rollback.
+    """
+    results = []
+    live = live_version(db)
+    if live is not None:
+        results.append(deploy(db, settings, live, actor=actor))
+    for canary in canary_versions(db):
+        try:
+            results.append(deploy(db, settings, canary, actor=actor))
+        except AdapterRefused as exc:
+            reject_unloadable(db, settings, canary, exc.reason, actor=actor)
+            results.append(
+                DeployResult(canary.id, canary.name, "rejected", version_target(settings, canary).base_url, exc.message)
+            )
+    return results
+
+
+def reject_unloadable(
+    db: Database,
+    settings: Settings,
+    version: ModelVersion | str,
+    reason: str,
+    *,
+    actor: str,
+    evaluation_id: str | None = None,
+) -> ModelVersion:
+    """Mark a candidate (or canary) whose adapter the server refused ``rejected``: "adapter did not load: …".
+
+    Idempotent: a version already rejected is returned as it is. Nothing routes to a
+    rejected version, and promoting it needs ``force``. Its adapter is unloaded when
+    ``gate.unload_retired`` (best effort: the server never loaded it, or holds a broken copy).
+    """
+    version = get_version(db, version if isinstance(version, str) else version.id)
+    if version.status == "rejected":
+        return version
+    rejected = registry.reject(db, version, [f"{LOAD_FAILED}: {reason}"], actor, evaluation_id=evaluation_id)
+    log.warning("rejected %s (%s): %s: %s", rejected.name, rejected.id, LOAD_FAILED, reason)
+    withdraw(db, settings, rejected, actor=actor)
+    return rejected
 
 
 def promote(

@@ -28,6 +28,11 @@ live 0.954 (-0.024); it may drop at most 0.010".
 marked ``rejected`` with the reasons (and its adapter unloaded when
 ``gate.unload_retired``); the live model is not touched. A passing one becomes
 the canary at ``gate.canary_weight`` when that is above 0, else it is promoted.
+
+A candidate whose adapter the model server refuses is rejected with the reason
+"adapter did not load: …" (:func:`reject_unloadable`) — before it was evaluated
+(the pipeline's evaluate step), or when deploying it for the canary or the
+promotion fails here. It never takes traffic.
 """
 
 from __future__ import annotations
@@ -131,10 +136,27 @@ def apply(db: Database, settings: Settings, evaluation: Any, *, actor: str = "ga
         )
     reason = f"passed the gate in evaluation {evaluation.id}"
     weight = settings.gate.canary_weight
-    if weight > 0:
-        version = deploy.start_canary(
-            db, settings, candidate, weight, actor=actor, reason=reason, evaluation_id=evaluation.id
-        )
-        return GateOutcome("canary", version, [])
-    version = deploy.promote(db, settings, candidate, actor=actor, reason=reason, evaluation_id=evaluation.id)
-    return GateOutcome("promoted", version, [])
+    try:
+        if weight > 0:
+            version = deploy.start_canary(
+                db, settings, candidate, weight, actor=actor, reason=reason, evaluation_id=evaluation.id
+            )
+            return GateOutcome("canary", version, [])
+        version = deploy.promote(db, settings, candidate, actor=actor, reason=reason, evaluation_id=evaluation.id)
+        return GateOutcome("promoted", version, [])
+    except deploy.AdapterRefused as exc:  # e.g. the model server restarted and now refuses it
+        return reject_unloadable(db, settings, candidate, exc.reason, actor=actor, evaluation_id=evaluation.id)
+
+
+def reject_unloadable(
+    db: Database,
+    settings: Settings,
+    candidate: ModelVersion | str,
+    reason: str,
+    *,
+    actor: str = "gate",
+    evaluation_id: str | None = None,
+) -> GateOutcome:
+    """Reject a candidate whose adapter the model server refused ("adapter did not load: …"); idempotent."""
+    rejected = deploy.reject_unloadable(db, settings, candidate, reason, actor=actor, evaluation_id=evaluation_id)
+    return GateOutcome("rejected", rejected, [f"{deploy.LOAD_FAILED}: {reason}"])

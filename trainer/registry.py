@@ -26,7 +26,8 @@ States and transitions (``docs/registry-and-evaluation.md`` draws them)::
   Rolling back twice walks further back (each step follows the restored
   version's own promotion), it does not toggle between two versions.
 
-Each change writes one ``model_events`` row (who, why, which evaluation). For
+Each change writes one ``model_events`` row (who, why, which evaluation) and, in the same
+transaction, an audit-log entry (``model.promoted`` …, :mod:`feedback.audit`). For
 ``promoted`` and ``rolled_back`` rows ``version_id`` is the version that became
 live and ``previous_live_id`` the one it replaced.
 """
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from sqlite_utils import Database
 
 from config.errors import Conflict, NotFound, ValidationFailed
+from feedback import audit
 from feedback.db import new_id, utc_now, write_transaction
 from feedback.versions import ModelVersion, get_version, live_version
 
@@ -72,7 +74,8 @@ def resolve_version(db: Database, ref: str) -> ModelVersion:
             raise NotFound("no version is live yet (start the gateway once, or promote one)")
         return live
     row = db.execute(
-        "SELECT id FROM model_versions WHERE id = ? OR name = ? ORDER BY id = ? DESC, created_at DESC, rowid DESC LIMIT 1",
+        "SELECT id FROM model_versions WHERE id = ? OR name = ? "
+        "ORDER BY id = ? DESC, created_at DESC, rowid DESC LIMIT 1",
         [ref, ref, ref],
     ).fetchone()
     if row is None:
@@ -136,6 +139,9 @@ def record_event(
                 utc_now(),
             ],
         )
+        trail = {"event_id": event_id, "reason": reason, "previous_live_id": previous_live_id}
+        trail |= {"evaluation_id": evaluation_id, **(details or {})}
+        audit.record(db, actor or "unknown", f"model.{event}", version_id, {k: v for k, v in trail.items() if v})
     return event_id
 
 

@@ -97,13 +97,13 @@ def draft_answers(
     summary = DraftSummary()
     for item in tqdm(items, desc="teacher drafts", unit="item", disable=not progress, dynamic_ncols=True):
         try:
-            generation = client.complete(
+            reply = client.complete(
                 [target], teacher_messages(item), temperature=0.0, max_tokens=settings.review.teacher_max_tokens
             )
         except UpstreamError as exc:
             summary.failed.append((item.id, exc.message))
             continue
-        text = generation.text.strip()
+        text = reply.text.strip()
         if not text:
             summary.failed.append((item.id, "the teacher returned an empty answer"))
             continue

@@ -104,7 +104,7 @@ class SqliteJobStore(BaseJobStore):
         ):
             try:
                 jobs.append(self._reconstitute(state))
-            except Exception:  # noqa: BLE001 — a job whose function moved is dropped, as APScheduler's stores do
+            except Exception:  # a job whose function moved is dropped, as APScheduler's stores do
                 log.exception("unable to restore job %r; removing it", job_id)
                 broken.append(job_id)
         for job_id in broken:

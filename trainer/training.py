@@ -32,9 +32,9 @@ from config.settings import Settings
 from feedback.db import utc_now, write_transaction
 from feedback.versions import create_candidate
 from trainer.providers import Provider, ProviderError, get_provider
-from trainer.providers.base import FINISHED
 from trainer.providers.openai_ft import utc_today
 from trainer.providers.runs import (
+    FINISHED,
     TrainingRun,
     add_event,
     config_key,

@@ -30,12 +30,17 @@ from config.settings import KnowledgeSettings
 
 @dataclass(frozen=True)
 class Snippet:
-    """One knowledge-base entry as given to the model: which entry, the question it matched, its answer, score."""
+    """One knowledge-base entry as given to the model: which entry, its question, its answer, the score.
+
+    ``version`` is the entry's version that was given (the answer's lineage, ``message_sources``); 0 when the
+    snippet does not come from the store (training data, tests).
+    """
 
     entry_id: str
     question: str
     answer: str
     score: float
+    version: int = 0
 
 
 def render_knowledge(snippets: Sequence[Snippet], settings: KnowledgeSettings) -> str:

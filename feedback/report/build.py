@@ -9,7 +9,9 @@ migration m002), so no query joins votes to answers except to fetch the few
 comments shown. A vote belongs to the week its *answer* was written in, so a
 late vote on last week's answer changes last week's numbers, not this week's.
 Latency percentiles use every answer of a week up to :data:`LATENCY_SAMPLE`,
-and an even, deterministic sample of that size beyond.
+and an even, deterministic sample of that size beyond. User text in the dict is
+masked before it is returned (:mod:`feedback.report.privacy`), so no format can
+carry personal data.
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ from sqlite_utils import Database
 
 from config.settings import Settings
 from feedback.db import utc_now
+from feedback.knowledge import lineage
+from feedback.pii import PiiMasker
 from feedback.ranking import RankingOptions, rank_worst
 from feedback.report import lifecycle
+from feedback.report.changes import changes
+from feedback.report.privacy import mask_report
 from feedback.report.weeks import iso_week_window, last_complete_week, local_date, shift_week, week_monday
 from feedback.text import question_key
 
@@ -84,9 +90,13 @@ def build_report(db: Database, settings: Settings, *, week: str | None = None, n
             "previous": dict(last_week["reasons"].most_common()),
         },
         "comments": _comments(db, since, until, versions),
+        # Entries whose answers this week were rated down most: what a reviewer fixes in the knowledge base.
+        "knowledge": {"entries": lineage.rated_entries(db, since=since, until=until, limit=cfg.top_n)},
         **lifecycle.lifecycle(db, since, until),
+        "changes": changes(db, since, until),
     }
     report["warnings"] = _warnings(report, versions, week_versions, answers, cfg, now)
+    report["personal_data_masked"] = dict(mask_report(report, PiiMasker(settings.dataset.pii_allowlist)))
     return report
 
 

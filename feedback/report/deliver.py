@@ -2,7 +2,9 @@
 
 The webhook gets a short summary (``text`` for any Slack-compatible receiver,
 plus ``blocks`` for Slack's richer layout); the full report stays on the admin
-page, linked when ``report.public_url`` is set. The e-mail carries the whole
+page, linked when ``report.public_url`` is set. Text from users and settings is
+escaped for Slack's mrkdwn (:func:`mrkdwn_text`), so a question cannot ping the
+channel or post a disguised link. The e-mail carries the whole
 HTML report with the Markdown as its plain-text part and the JSON attached.
 Each channel is tried on its own: one failing does not stop the other, and the
 result says what happened to each.
@@ -11,6 +13,7 @@ result says what happened to each.
 from __future__ import annotations
 
 import json
+import re
 import smtplib
 import ssl
 import urllib.error
@@ -51,6 +54,23 @@ def _attempt(channel: str, send) -> Delivery:
         return Delivery(channel, False, message)
 
 
+# @channel, @here, @everyone and @all notify a whole channel in Slack-compatible receivers that read
+# plain mentions (Mattermost, Slack with link_names); a word joiner after the @ keeps them as text.
+_BROADCAST = re.compile(r"@(?=(?:channel|here|everyone|all)\b)", re.IGNORECASE)
+
+
+def mrkdwn_text(value) -> str:
+    """``value`` as inert text inside Slack mrkdwn.
+
+    Slack reads ``<…>`` as a command: ``<!channel>`` pings everyone, ``<https://evil|Full report>``
+    is a link that shows other text, ``<@U123>`` mentions a person. Slack's rule is to escape ``&``,
+    ``<`` and ``>`` as entities; a newline is folded so user text cannot start lines of its own.
+    """
+    text = " ".join(str(value if value is not None else "").split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _BROADCAST.sub("@\u2060", text)
+
+
 def report_link(report: dict, cfg: ReportSettings) -> str | None:
     """The report's URL under ``/admin/reports`` when ``report.public_url`` is set."""
     if not cfg.public_url:
@@ -74,13 +94,14 @@ def summary_text(report: dict, cfg: ReportSettings) -> str:
     if groups:
         top = groups[0]
         lines.append(
-            f"Worst answered: “{top['question']}” — {top['down']} of {top['votes']} down ({pct(top['down_share'], 0)})"
+            f"Worst answered: “{mrkdwn_text(top['question'])}” — {top['down']} of {top['votes']} down "
+            f"({pct(top['down_share'], 0)})"
         )
     for warning in report["warnings"][:3]:
-        lines.append(f"⚠ {warning['message']}")
+        lines.append(f"⚠ {mrkdwn_text(warning['message'])}")
     link = report_link(report, cfg)
     if link:
-        lines.append(f"Full report: {link}")
+        lines.append(f"Full report: {mrkdwn_text(link)}")
     return "\n".join(lines)
 
 
@@ -90,6 +111,9 @@ def webhook_payload(report: dict, cfg: ReportSettings) -> dict:
     return {
         "text": text,
         "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
+        # A link a user typed into a question must not be previewed (fetched) in the channel.
+        "unfurl_links": False,
+        "unfurl_media": False,
     }
 
 

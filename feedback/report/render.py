@@ -4,7 +4,8 @@ The HTML is one file with its CSS and SVG charts inline and no script, so it
 opens the same from disk, in a mail client and under ``/admin/reports``. It is
 rendered by Jinja2 with autoescaping on: questions, answers and comments are
 user text and are never trusted as markup. The Markdown carries the same
-numbers for chat tools and terminals; the JSON is the report dict itself.
+numbers for chat tools and terminals, with user text escaped for Markdown (no raw
+HTML, links or images can come from it); the JSON is the report dict itself.
 """
 
 from __future__ import annotations
@@ -144,9 +145,20 @@ def render_html(report: dict) -> str:
     )
 
 
+_MD_ESCAPES = str.maketrans(
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", "[": "\\[", "]": "\\]", "|": "\\|", "\n": " ", "\r": " "}
+)
+
+
 def _md(text) -> str:
-    # Markdown tables and lists break on pipes and newlines in user text.
-    return str(text if text is not None else "").replace("|", "\\|").replace("\n", " ").strip()
+    """User or settings text as inert Markdown.
+
+    Markdown passes raw HTML through, so a viewer would run ``<img src=x onerror=…>`` from a question:
+    ``&``, ``<`` and ``>`` become entities, which every Markdown flavour shows as the characters.
+    Brackets are escaped so text cannot make a link or an image (``[x](javascript:…)``, ``![](…)``);
+    pipes and newlines would break the tables and lists.
+    """
+    return str(text if text is not None else "").strip().translate(_MD_ESCAPES)
 
 
 def render_markdown(report: dict) -> str:
@@ -194,10 +206,25 @@ def render_markdown(report: dict) -> str:
         for i, g in enumerate(ranking["groups"], 1):
             reasons = (g.get("evidence") or {}).get("reasons") or {}
             top = next((r for r in reasons if r != "no reason given"), "")
+            built = ((g.get("evidence") or {}).get("entries") or [])[:1]
+            on = f" (answers built on entry “{_md(built[0]['question'])}”, 👎 {built[0]['down']})" if built else ""
             lines.append(
-                f"| {i} | {_md(g['question'])} | {g['down']} / {g['votes']} | {pct(g['down_share'], 0)} "
+                f"| {i} | {_md(g['question'])}{on} | {g['down']} / {g['votes']} | {pct(g['down_share'], 0)} "
                 f"| {g['score']:.2f} | {num(g['asked'])} | {_md(top)} |"
             )
+    lines += ["", "## Knowledge behind the rated-down answers", ""]
+    entries = report.get("knowledge", {}).get("entries") or []
+    if not entries:
+        lines.append("No answer built on a knowledge-base entry was rated down this week.")
+    else:
+        lines += ["| entry | 👎 | 👍 | answers rated |", "|---|---:|---:|---:|"]
+        for e in entries:
+            retired = " (retired)" if e["state"] != "active" else ""
+            lines.append(f"| {_md(e['question'])}{retired} `{e['id']}` | {e['down']} | {e['up']} | {e['answers']} |")
+        lines += [
+            "",
+            "Fix an entry in /admin/knowledge or with `tuneloop kb edit ID`: every answer built on it changes.",
+        ]
     lines += ["", "## Reasons and comments", ""]
     if report["reasons"]["this"]:
         previous = report["reasons"]["previous"]
@@ -227,8 +254,30 @@ def render_markdown(report: dict) -> str:
     lines += ["", "## Training, evaluation and promotion", ""]
     events = _events(report)
     lines += [f"- {e['at'][:16].replace('T', ' ')} {_md(e['text'])}" for e in events] or ["Nothing yet this week."]
+    lines += ["", "## What changed, and who", ""]
+    lines += changes_markdown(report.get("changes"))
     lines += ["", f"_Generated {report['generated_at']} by tuneloop._", ""]
     return "\n".join(lines)
+
+
+def changes_markdown(changes: dict | None) -> list[str]:
+    """The "What changed, and who" section as Markdown lines."""
+    if not changes or not changes["total"]:
+        return ["Nobody changed anything this week."]
+    lines = []
+    for person in changes["people"]:
+        what = ", ".join(f"{n} × {_md(d)}" for d, n in person["counts"].items())
+        lines.append(f"- **{_md(person['who'])}**: {what}")
+    lines.append("")
+    for e in changes["entries"]:
+        detail = " — ".join(_md(part) for part in (e["subject"], e["text"]) if part)
+        lines.append(
+            f"- {e['at'][:16].replace('T', ' ')} {_md(e['who'])} {_md(e['description'])}"
+            + (f": {detail}" if detail else "")
+        )
+    if changes["listed"] < changes["total"]:
+        lines.append(f"- … and {changes['total'] - changes['listed']} earlier changes (the audit log has them all)")
+    return lines
 
 
 def _events(report: dict) -> list[dict]:

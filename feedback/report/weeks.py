@@ -14,6 +14,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 from config.errors import ValidationFailed
+from feedback.db import utc_text
 
 _WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
 
@@ -46,11 +47,6 @@ def week_monday(week: str) -> date:
 def shift_week(week: str, weeks: int) -> str:
     """The week ``weeks`` after (negative: before) ``week``."""
     return week_label(week_monday(week) + timedelta(weeks=weeks))
-
-
-def utc_text(moment: datetime) -> str:
-    """``moment`` as stored: ISO-8601 UTC with milliseconds and a ``Z``."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def iso_week_window(week: str, tz: str) -> tuple[str, str]:

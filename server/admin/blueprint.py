@@ -1,16 +1,22 @@
-"""The ``/admin`` blueprint: every page behind the admin token, every response hardened.
+"""The ``/admin`` blueprint: every page behind a signed-in role, every response hardened.
 
-Route modules (``pages.py`` now; the review queue next) add views to :data:`bp`;
-they get authentication, security headers and the shared page layout
-(``templates/admin/base.html``) without doing anything. Templates autoescape, so
-user text (questions, answers, comments) is never markup.
+Route modules add views to :data:`bp` and declare the least role each needs
+(``@requires("viewer")`` …, see ``auth.py``); they get authentication, the role
+check, security headers and the shared page layout (``templates/admin/base.html``)
+without doing anything else. Templates autoescape, so user text (questions, answers,
+comments, names) is never markup.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+from flask import Blueprint, g, render_template
 
-from server.admin.auth import TOKEN_KEY, admin_token, csrf_token, require_admin
+from config.errors import Forbidden
+from feedback.accounts import has_role
+from feedback.secrets import instance_secret
+from server.admin.auth import SESSION_KEY_NAME, admin_token, csrf_token, require_role, wants_html
+from server.context import gateway
+from server.errors import error_response
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -20,28 +26,32 @@ CONTENT_SECURITY_POLICY = (
     "frame-ancestors 'none'; base-uri 'none'"
 )
 
+# (endpoint, label, least role that sees the link)
 NAV = [
-    ("admin.index", "Dashboard"),
-    ("admin.reports", "Weekly reports"),
-    ("admin.worst", "Worst answered"),
-    ("admin.review_list", "Review queue"),
+    ("admin.index", "Dashboard", "viewer"),
+    ("admin.reports", "Weekly reports", "viewer"),
+    ("admin.worst", "Worst answered", "viewer"),
+    ("admin.review_list", "Review queue", "viewer"),
+    ("admin.knowledge_list", "Knowledge base", "viewer"),
+    ("admin.users", "People", "admin"),
+    ("admin.audit", "Audit log", "admin"),
 ]
 
 
 @bp.record_once
-def _read_token(state) -> None:
-    # Generated (or read) once at start, so `tuneloop up` can print the same
-    # token the gateway accepts, and requests never write to the database for it.
-    app = state.app
-    gateway = app.extensions["tuneloop"]
-    db = gateway.connect()
+def _make_secrets(state) -> None:
+    # Generated once at start (not inside a request), so `tuneloop up` prints the same token the
+    # gateway accepts and requests only ever read these rows.
+    services = gateway(state.app)
+    db = services.connect()
     try:
-        app.extensions[TOKEN_KEY] = admin_token(gateway.settings, db)
+        admin_token(services.settings, db)
+        instance_secret(db, SESSION_KEY_NAME)
     finally:
         db.close()
 
 
-bp.before_request(require_admin)
+bp.before_request(require_role)
 
 
 @bp.after_request
@@ -54,9 +64,25 @@ def _harden(response):
     return response
 
 
+@bp.errorhandler(Forbidden)
+def _forbidden(exc: Forbidden):
+    # A person who may not do something gets a page that says so (and who they are signed in as);
+    # scripts get the one error shape.
+    if wants_html():
+        return page("forbidden.html", message=exc.message, code=exc.code), exc.status
+    return error_response(exc.code, exc.message, exc.status, exc.field)
+
+
+def _nav() -> list[tuple[str, str]]:
+    who = g.get("principal")
+    if who is None:
+        return []
+    return [(endpoint, label) for endpoint, label, role in NAV if has_role(who.role, role)]
+
+
 @bp.context_processor
 def _layout_helpers() -> dict:
-    return {"admin_nav": NAV, "csrf_token": csrf_token}
+    return {"admin_nav": _nav(), "csrf_token": csrf_token, "principal": g.get("principal")}
 
 
 def page(template: str, **context):

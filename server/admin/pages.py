@@ -1,4 +1,4 @@
-"""Admin pages: log in and out, dashboard, weekly reports, worst-answered questions."""
+"""Admin pages: dashboard, weekly reports, worst-answered questions (viewers read them; reviewers build reports)."""
 
 from __future__ import annotations
 
@@ -12,47 +12,15 @@ from feedback import versions
 from feedback.ranking import RankingOptions, rank_worst, version_to_rank
 from feedback.report import generate_report, list_reports
 from feedback.report.weeks import last_complete_week, parse_week, utc_text
-from server.admin.auth import COOKIE, current_token, safe_next, session_value, token_matches
+from server.admin.auth import requires
 from server.admin.blueprint import bp, page
 from server.context import gateway, get_db
 
 REPORT_TYPES = {"html": "text/html; charset=utf-8", "md": "text/markdown; charset=utf-8", "json": "application/json"}
 
 
-@bp.get("/login")
-def login():
-    """The login form."""
-    return page("login.html", next=safe_next(request.args.get("next")), failed=False)
-
-
-@bp.post("/login")
-def login_submit():
-    """Check the token; on success set the session cookie and go where the admin was headed."""
-    target = safe_next(request.form.get("next"))
-    if not token_matches(request.form.get("token", "").strip(), current_token()):
-        return page("login.html", next=target, failed=True), 401
-    response = redirect(target)
-    response.set_cookie(
-        COOKIE,
-        session_value(current_token()),
-        max_age=int(gateway().settings.admin.session_hours * 3600),
-        path="/admin",
-        httponly=True,
-        samesite="Strict",
-        secure=request.is_secure,
-    )
-    return response
-
-
-@bp.post("/logout")
-def logout():
-    """End the browser session."""
-    response = redirect(url_for("admin.login"))
-    response.delete_cookie(COOKIE, path="/admin", httponly=True, samesite="Strict", secure=request.is_secure)
-    return response
-
-
 @bp.get("/")
+@requires("viewer")
 def index():
     """Dashboard: the latest report's headline and where to go next."""
     settings = gateway().settings
@@ -66,6 +34,7 @@ def index():
 
 
 @bp.get("/reports")
+@requires("viewer")
 def reports():
     """Every weekly report in the reports folder, newest first."""
     settings = gateway().settings
@@ -78,12 +47,14 @@ def reports():
 
 
 @bp.get("/api/reports")
+@requires("viewer")
 def reports_json():
     """The list of reports as JSON."""
     return jsonify({"reports": list_reports(gateway().settings.reports_dir)})
 
 
 @bp.post("/reports")
+@requires("reviewer")
 def reports_generate():
     """Build (or rebuild) the report of a week now; no delivery."""
     settings = gateway().settings
@@ -94,6 +65,7 @@ def reports_generate():
 
 
 @bp.get("/reports/<name>")
+@requires("viewer")
 def report_file(name: str):
     """One report: ``2026-W47`` (HTML), ``2026-W47.md`` or ``2026-W47.json``."""
     week, _, ext = name.partition(".")
@@ -128,6 +100,7 @@ def _ranking_from_args():
 
 
 @bp.get("/worst")
+@requires("viewer")
 def worst():
     """The worst-answered questions of a version over the last N days (default: live, 7)."""
     version, days, ranking = _ranking_from_args()
@@ -136,6 +109,7 @@ def worst():
 
 
 @bp.get("/api/worst")
+@requires("viewer")
 def worst_json():
     """The same ranking as JSON."""
     _, _, ranking = _ranking_from_args()

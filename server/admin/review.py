@@ -1,8 +1,11 @@
 """Admin pages of the review queue (``/admin/review``): list and filter, look at the evidence, decide.
 
-Every decision is a POST form that carries the session's CSRF field (checked by
-the blueprint's ``require_admin`` for cookie sessions; bearer-token scripts may
-post the same forms). A refused decision (an empty answer, a question already
+Viewers read the queue; reviewers decide. Every decision is a POST form that
+carries the session's CSRF field (checked by the blueprint's ``require_role`` for
+cookie sessions), or JSON to ``/admin/api/review/<id>/approve|reject`` for scripts
+with the admin token. The decision is recorded as the signed-in person (the form
+has no name field for an account); with the admin token the optional ``reviewer``
+text is kept, marked as the token's. A refused decision (an empty answer, a question already
 queued elsewhere) re-renders the item with the message and what was typed, so
 nothing the reviewer wrote is lost. All text is rendered through Jinja's
 autoescaping: questions and answers come from users and are never markup.
@@ -16,8 +19,11 @@ from flask import jsonify, redirect, request, url_for
 
 from config.errors import Conflict, ValidationFailed
 from feedback import review
+from feedback.audit import Actor
+from feedback.knowledge import corrections, store
 from feedback.ranking import RankingOptions, version_to_rank
 from feedback.report.weeks import utc_text
+from server.admin.auth import acting_person, principal, requires
 from server.admin.blueprint import bp, page
 from server.context import gateway, get_db
 
@@ -38,6 +44,7 @@ def _list_args() -> tuple[str | None, str, int]:
 
 
 @bp.get("/review")
+@requires("viewer")
 def review_list():
     """The queue, filtered by status (pending by default) and a text search."""
     status, search, page_number = _list_args()
@@ -58,6 +65,7 @@ def review_list():
 
 
 @bp.get("/api/review")
+@requires("viewer")
 def review_list_json():
     """The same list as JSON (``status``, ``q``, ``page`` as on the page)."""
     status, search, page_number = _list_args()
@@ -69,6 +77,7 @@ def review_list_json():
 
 
 @bp.post("/review/collect")
+@requires("reviewer")
 def review_collect():
     """Queue the live model's worst-answered questions of the last ``review.window_days`` days now."""
     settings = gateway().settings
@@ -82,12 +91,14 @@ def review_collect():
         since=utc_text(now - timedelta(days=settings.review.window_days)),
         until=utc_text(now),
         options=options,
+        actor=_reviewer(),
     )
     message = f"Added {len(result.added)} questions; {len(result.skipped)} were already pending or approved."
     return redirect(url_for("admin.review_list", status="pending", message=message))
 
 
 @bp.get("/review/<item_id>")
+@requires("viewer")
 def review_item(item_id: str):
     """One item: its evidence and the forms to approve, edit or reject it."""
     item = review.get_item(get_db(), item_id)
@@ -95,6 +106,7 @@ def review_item(item_id: str):
 
 
 def _item_page(item, *, error: str = "", message: str = "", answer: str | None = None, status: int = 200):
+    db = get_db()
     return page(
         "review_item.html",
         item=item,
@@ -102,26 +114,44 @@ def _item_page(item, *, error: str = "", message: str = "", answer: str | None =
         message=message,
         answer=item.suggested_answer if answer is None else answer,
         reviewer=request.form.get("reviewer", DEFAULT_REVIEWER),
+        typed_reviewer=principal().account is None,
+        kb_target=_target_or_none(db, item),
+        kb_entry=store.find_entry(db, item.kb_entry_id) if item.kb_entry_id else None,
+        phrasings=corrections.phrasings(item),
     ), status
 
 
-def _reviewer() -> str:
-    return request.form.get("reviewer", "").strip() or DEFAULT_REVIEWER
+def _target_or_none(db, item):
+    try:
+        return corrections.approval_target(db, item)
+    except ValidationFailed:
+        return None
+
+
+def _reviewer(values=None) -> Actor:
+    """Who decides: the signed-in account; with the admin token, the ``reviewer`` typed (marked as the token's)."""
+    return acting_person("reviewer", DEFAULT_REVIEWER, values)
 
 
 @bp.post("/review/<item_id>/approve")
+@requires("reviewer")
 def review_approve(item_id: str):
-    """Approve the answer in the form (also edits an approved item's answer)."""
+    """Approve the answer in the form (also edits an approved item's answer); it goes live in the knowledge base.
+
+    ``kb_entry`` (optional): the entry to put it in, or ``new``; empty: the automatic choice the page shows.
+    """
     db = get_db()
     answer = request.form.get("answer", "")
+    target = request.form.get("kb_entry", "").strip() or None
     try:
-        item = review.approve(db, item_id, answer=answer, reviewer=_reviewer())
+        item = review.approve(db, item_id, answer=answer, reviewer=_reviewer(), kb_entry=target)
     except (ValidationFailed, Conflict) as exc:
         return _item_page(review.get_item(db, item_id), error=exc.message, answer=answer, status=exc.status)
-    return redirect(_next_after(item.id, f"Approved: {item.question}"))
+    return redirect(_next_after(item.id, f"Approved: {item.question} — live now in entry {item.kb_entry_id}."))
 
 
 @bp.post("/review/<item_id>/edit")
+@requires("reviewer")
 def review_edit(item_id: str):
     """Change the question wording (and, for an approved item, its answer)."""
     db = get_db()
@@ -138,6 +168,7 @@ def review_edit(item_id: str):
 
 
 @bp.post("/review/<item_id>/reject")
+@requires("reviewer")
 def review_reject(item_id: str):
     """Reject the item, with an optional note saying why."""
     db = get_db()
@@ -154,3 +185,34 @@ def _next_after(item_id: str, message: str) -> str:
     if pending:
         return url_for("admin.review_item", item_id=pending[0].id, message=message)
     return url_for("admin.review_list", status="pending", message=message + " The queue is empty.")
+
+
+def _json_body() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ValidationFailed("send a JSON object", field="body")
+    return body
+
+
+@bp.post("/api/review/<item_id>/approve")
+@requires("reviewer")
+def review_approve_json(item_id: str):
+    """Approve ``{"answer": …}`` (scripts: ``reviewer`` names who decided when the admin token is used)."""
+    body = _json_body()
+    answer = body.get("answer")
+    if not isinstance(answer, str):
+        raise ValidationFailed("answer must be a string", field="answer")
+    item = review.approve(get_db(), item_id, answer=answer, reviewer=_reviewer(body))
+    return jsonify(item.to_dict())
+
+
+@bp.post("/api/review/<item_id>/reject")
+@requires("reviewer")
+def review_reject_json(item_id: str):
+    """Reject an item, ``{"note": …}`` optional."""
+    body = _json_body()
+    note = body.get("note")
+    if note is not None and not isinstance(note, str):
+        raise ValidationFailed("note must be a string", field="note")
+    item = review.reject(get_db(), item_id, reviewer=_reviewer(body), note=note)
+    return jsonify(item.to_dict())

@@ -4,12 +4,15 @@
 ``model_server.served_name`` from ``Settings.model_dir`` (unless an engine is
 passed in) and serves:
 
-- ``GET /health``, ``GET /v1/models``
+- ``GET /health`` (``degraded`` with the reasons while an adapter has failed), ``GET /v1/models``,
+  ``GET /metrics`` (Prometheus: adapter loads, switch failures, reloads, pauses)
 - ``POST /v1/chat/completions`` (streaming as SSE, or one JSON body)
 - ``POST /v1/load_lora_adapter``, ``POST /v1/unload_lora_adapter`` (vLLM's bodies and answers)
 
 Errors are ``{"error": {"code", "message", "field"?}}`` (server/errors.py); an
 error after a stream has started is sent in-band as a ``data:`` line, as OpenAI does.
+A chat request waits until the model's worker has switched to its adapter before
+the response starts, so a failed switch is a plain 503 a gateway can fall back on.
 """
 
 from __future__ import annotations
@@ -42,7 +45,12 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     settings = settings or load_settings()
     if engine is None:
         ms = settings.model_server
-        engine = Engine(device=ms.device, max_new_tokens=ms.max_new_tokens, torch_threads=ms.torch_threads)
+        engine = Engine(
+            device=ms.device,
+            max_new_tokens=ms.max_new_tokens,
+            torch_threads=ms.torch_threads,
+            adapter_check=ms.adapter_check,
+        )
         engine.load_base(ms.served_name, settings.model_dir)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -58,7 +66,16 @@ def _engine() -> Engine:
 
 @bp.get("/health")
 def health():
-    return jsonify({"status": "ok", "models": _engine().names()})
+    """200 while the process serves; ``degraded`` lists what failed (the base and the rest still answer)."""
+    engine = _engine()
+    problems = engine.problems()
+    return jsonify({"status": "degraded" if problems else "ok", "models": engine.names(), "problems": problems})
+
+
+@bp.get("/metrics")
+def prometheus():
+    body, content_type = _engine().metrics.render()
+    return Response(body, content_type=content_type)
 
 
 @bp.get("/v1/models")
@@ -80,6 +97,7 @@ def chat_completions():
         stop=tuple(body.stop_list),
         seed=body.seed,
     )
+    generation.wait_started()  # a failed adapter switch raises here: an HTTP error, not a broken stream
     cid, created = protocol.completion_id(), protocol.now()
     if body.stream:
         return Response(

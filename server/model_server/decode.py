@@ -37,6 +37,9 @@ class Generation:
 
     Iteration blocks while the request waits its turn. Stopping early (or
     :meth:`cancel`) tells the model's worker to drop the rest of the answer.
+    :meth:`wait_started` blocks until the worker took the request and switched the
+    model to its adapter, and raises what failed before that, so such a failure
+    can still become an HTTP status instead of an error inside a 200 stream.
     """
 
     def __init__(self, prompt_tokens: int):
@@ -45,6 +48,8 @@ class Generation:
         self.finish_reason: str | None = None
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._cancelled = threading.Event()
+        self._started = threading.Event()
+        self._failed_to_start: TuneloopError | None = None
 
     def __iter__(self) -> Iterator[str]:
         try:
@@ -70,7 +75,16 @@ class Generation:
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
+    def wait_started(self) -> None:
+        """Wait until the answer has started; raise the error that stopped it before it did."""
+        self._started.wait()
+        if self._failed_to_start is not None:
+            raise self._failed_to_start
+
     # the worker's side
+    def start(self) -> None:
+        self._started.set()
+
     def emit(self, text: str) -> None:
         if text:
             self._events.put(("text", text))
@@ -81,6 +95,9 @@ class Generation:
         self._events.put(("done", None))
 
     def fail(self, error: TuneloopError) -> None:
+        if not self._started.is_set():
+            self._failed_to_start = error
+            self._started.set()
         self._events.put(("error", error))
 
 

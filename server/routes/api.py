@@ -5,21 +5,29 @@ from __future__ import annotations
 import json
 from typing import Iterator
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, Response, jsonify, request, stream_with_context
 
-from config.errors import Forbidden, NotFound, ValidationFailed
+from config.errors import Forbidden, ValidationFailed
 from feedback import ratings, turns
+from feedback.access import check_visible
 from feedback.tokens import pseudonym, token_matches
 from server import metrics
 from server.auth import caller_key_id, publishable
 from server.context import gateway, get_db
 from server.openapi import documented
 from server.protocol import (
+    CHAT_EVENTS,
+    ChatDeltaEvent,
+    ChatDoneEvent,
     ChatRequest,
     ChatResponse,
+    ChatStartEvent,
+    ClientConfig,
     ConversationResponse,
+    ErrorResponse,
     FeedbackRequest,
     FeedbackResponse,
+    Source,
     parse_body,
 )
 from server.serving import Caller, PendingAnswer
@@ -38,21 +46,24 @@ def sse(event: str, data: dict) -> str:
     "Send a message and get the answer (JSON, or text/event-stream with stream: true).",
     request=ChatRequest,
     response=ChatResponse,
-    stream=True,
-    errors=(400, 401, 404, 413, 422, 429, 502, 503, 504),
+    events=CHAT_EVENTS,
+    headers={"X-Tuneloop-Client": "'widget' when the bundled widget asks (recorded as the turn's source)."},
+    errors=(404, 429, 502, 503, 504),
 )
 def chat():
     gw = gateway()
-    body = parse_body(request, ChatRequest, max_message_chars=gw.settings.gateway.max_message_chars)
+    body = parse_body(request, ChatRequest)
+    message = body.user_message(gw.settings.gateway.max_message_chars)
     key_id = caller_key_id()
     caller = Caller(key_id, gw.chat.user_ref(key_id, body.user))
     pending = gw.chat.start(
         get_db(),
         caller,
-        message=body.message,
+        message=message,
         conversation_id=body.conversation_id,
         metadata=body.metadata,
         source="widget" if request.headers.get("X-Tuneloop-Client") == "widget" else "api",
+        use_knowledge=body.knowledge,
     )
     if body.stream:
         return Response(
@@ -74,38 +85,40 @@ def _chat_response(pending: PendingAnswer, turn: turns.Turn) -> dict:
         usage=_usage(pending),
         latency_ms=round(turn.latency_ms or 0.0, 2),
         finish_reason=turn.finish_reason,
+        sources=Source.of(turn.sources),
     ).model_dump()
 
 
 def _event_stream(pending: PendingAnswer) -> Iterator[str]:
+    # Each event is built from its documented model (CHAT_EVENTS), so /openapi.json says what is sent.
     turn = pending.turn
     yield sse(
         "start",
-        {
-            "conversation_id": turn.conversation_id,
-            "message_id": turn.assistant_message_id,
-            "model": pending.model,
-            "feedback_token": pending.feedback_token,
-        },
+        ChatStartEvent(
+            conversation_id=turn.conversation_id,
+            message_id=turn.assistant_message_id,
+            model=pending.model,
+            feedback_token=pending.feedback_token,
+            sources=Source.of(turn.sources),
+        ).model_dump(),
     )
     for kind, value in pending.events():
         if kind == "delta":
-            yield sse("delta", {"text": value})
+            yield sse("delta", ChatDeltaEvent(text=value).model_dump())
         elif kind == "error":
-            yield sse("error", value)
+            yield sse("error", ErrorResponse.model_validate(value).model_dump(exclude_none=True))
         else:
-            yield sse(
-                "done",
-                {
-                    "usage": _usage(pending),
-                    "finish_reason": value.finish_reason,
-                    "latency_ms": round(value.latency_ms or 0.0, 2),
-                },
+            done = ChatDoneEvent(
+                usage=_usage(pending),
+                finish_reason=value.finish_reason,
+                latency_ms=round(value.latency_ms or 0.0, 2),
+                sources=Source.of(value.sources),
             )
+            yield sse("done", done.model_dump())
 
 
 def _usage(pending: PendingAnswer) -> dict:
-    usage = pending.generation.usage
+    usage = pending.reply.usage
     return {"prompt_tokens": usage.get("prompt_tokens", 0), "completion_tokens": usage.get("completion_tokens", 0)}
 
 
@@ -115,7 +128,7 @@ def _usage(pending: PendingAnswer) -> dict:
     "Rate an answer: thumbs up or down, with an optional reason, comment and correction.",
     request=FeedbackRequest,
     response=FeedbackResponse,
-    errors=(400, 401, 403, 404, 409, 413, 422, 429),
+    errors=(404, 409, 429),
     tag="feedback",
 )
 def feedback():
@@ -130,12 +143,7 @@ def feedback():
             raise ValidationFailed(f"{name} has {len(value)} characters; the limit is {limit}", field=name)
     db = get_db()
     key_id = caller_key_id()
-    owner = db.execute(
-        "SELECT c.api_key_id FROM messages m JOIN conversations c ON c.id = m.conversation_id WHERE m.id = ?",
-        [body.message_id],
-    ).fetchone()
-    if owner is None or owner[0] != key_id:
-        raise NotFound(f"no assistant message {body.message_id!r}", field="message_id")
+    check_visible(db, key_id, message_id=body.message_id)
     if not token_matches(gw.secret, body.message_id, body.feedback_token):
         raise Forbidden("feedback_token does not match this message", field="feedback_token", code="bad_feedback_token")
     voter = body.user or request.remote_addr or "anonymous"
@@ -162,7 +170,7 @@ def _blank_to_none(value: str | None) -> str | None:
 @documented(
     "A conversation with its messages, as recorded.",
     response=ConversationResponse,
-    errors=(401, 403, 404),
+    errors=(404,),
 )
 def conversation(conversation_id: str):
     conv = turns.get_conversation(get_db(), conversation_id, api_key_id=caller_key_id())
@@ -171,14 +179,14 @@ def conversation(conversation_id: str):
 
 @bp.get("/config")
 @publishable
-@documented("What a client needs to render the rating UI: reasons and limits.", tag="feedback")
+@documented("What a client needs to render the rating UI: reasons and limits.", response=ClientConfig, tag="feedback")
 def client_config():
-    s = current_app.extensions["tuneloop"].settings
+    s = gateway().settings
     return jsonify(
-        {
-            "reasons": s.feedback.reasons,
-            "max_message_chars": s.gateway.max_message_chars,
-            "max_comment_chars": s.feedback.max_comment_chars,
-            "max_correction_chars": s.feedback.max_correction_chars,
-        }
+        ClientConfig(
+            reasons=s.feedback.reasons,
+            max_message_chars=s.gateway.max_message_chars,
+            max_comment_chars=s.feedback.max_comment_chars,
+            max_correction_chars=s.feedback.max_correction_chars,
+        ).model_dump()
     )

@@ -3,7 +3,9 @@
 The client sends the whole conversation each time (that is the protocol); the
 gateway logs the last user message and the answer as a turn, and returns the
 assistant message id as the completion ``id`` plus a ``tuneloop`` object with the
-ids and the feedback token, so the answer can be rated through ``/api/feedback``.
+ids, the feedback token (so the answer can be rated through ``/api/feedback``) and
+the knowledge-base entries the answer was given (``sources``). A request opts out of
+the knowledge base with ``"tuneloop": {"knowledge": false}`` (the SDKs' ``extra_body``).
 Continue a logged conversation with the ``X-Tuneloop-Conversation-Id`` header.
 """
 
@@ -15,11 +17,27 @@ from typing import Iterator
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 
-from config.errors import PayloadTooLarge, ValidationFailed
 from server.auth import caller_key_id, publishable
 from server.context import gateway, get_db
+from server.model_limits import check_sampling
 from server.openapi import documented
-from server.protocol import OpenAIChatRequest, parse_body
+from server.protocol import (
+    OPENAI_STREAM_EVENTS,
+    ErrorResponse,
+    OpenAIAnswer,
+    OpenAIChatChunk,
+    OpenAIChatRequest,
+    OpenAIChatResponse,
+    OpenAIChoice,
+    OpenAIChunkChoice,
+    OpenAIDelta,
+    OpenAIIds,
+    OpenAIModelCard,
+    OpenAIModelList,
+    OpenAIUsage,
+    Source,
+    parse_body,
+)
 from server.serving import Caller, PendingAnswer
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -30,40 +48,31 @@ bp = Blueprint("openai", __name__, url_prefix="/v1")
 @documented(
     "OpenAI-compatible chat completion (streaming with stream: true).",
     request=OpenAIChatRequest,
-    stream=True,
-    errors=(400, 401, 404, 413, 422, 429, 502, 503, 504),
+    response=OpenAIChatResponse,
+    events=OPENAI_STREAM_EVENTS,
+    headers={
+        "X-Tuneloop-Conversation-Id": "Log this turn in that conversation (one this key started); else a new one."
+    },
+    errors=(404, 429, 502, 503, 504),
     tag="openai",
 )
 def chat_completions():
     gw = gateway()
     body = parse_body(request, OpenAIChatRequest)
-    last = body.messages[-1]
-    if last.role != "user":
-        raise ValidationFailed("the last message must come from the user", field="messages")
-    question = last.text()
-    limit = gw.settings.gateway.max_message_chars
-    if not question.strip():
-        raise ValidationFailed("the last user message is empty", field="messages")
-    if len(question) > limit:
-        raise PayloadTooLarge(
-            f"message has {len(question)} characters; the limit is {limit}", field="messages", code="message_too_long"
-        )
-    prior = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages[:-1]]
+    question = body.user_message(gw.settings.gateway.max_message_chars)
+    params = body.sampling()
+    check_sampling(params, gw.settings, max_tokens_field=body.max_tokens_field)
     key_id = caller_key_id()
     pending = gw.chat.start(
         get_db(),
         Caller(key_id, gw.chat.user_ref(key_id, body.user)),
         message=question,
         conversation_id=request.headers.get("X-Tuneloop-Conversation-Id") or None,
-        prior=prior,
+        prior=body.prior_messages(),
         source="openai",
-        params={
-            "max_tokens": body.max_completion_tokens or body.max_tokens,
-            "temperature": body.temperature,
-            "top_p": body.top_p,
-            "stop": body.stop,
-            "seed": body.seed,
-        },
+        params=params,
+        use_knowledge=body.tuneloop.knowledge if body.tuneloop else True,
+        message_field="messages",
     )
     created = int(time.time())
     if body.stream:
@@ -73,81 +82,56 @@ def chat_completions():
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     turn = pending.collect()
-    gen = pending.generation
-    usage = _usage(gen.usage)
-    response = jsonify(
-        {
-            "id": turn.assistant_message_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": pending.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": turn.answer},
-                    "finish_reason": turn.finish_reason or "stop",
-                    "logprobs": None,
-                }
-            ],
-            "usage": usage,
-            "tuneloop": _ids(pending),
-        }
+    completion = OpenAIChatResponse(
+        id=turn.assistant_message_id,
+        created=created,
+        model=pending.model,
+        choices=[OpenAIChoice(message=OpenAIAnswer(content=turn.answer), finish_reason=turn.finish_reason or "stop")],
+        usage=OpenAIUsage.of(pending.reply.usage),
+        tuneloop=_ids(pending),
     )
+    response = jsonify(completion.model_dump())
     response.headers["X-Tuneloop-Message-Id"] = turn.assistant_message_id
     response.headers["X-Tuneloop-Conversation-Id"] = turn.conversation_id
     return response
 
 
-def _ids(pending: PendingAnswer) -> dict:
-    return {
-        "conversation_id": pending.turn.conversation_id,
-        "message_id": pending.turn.assistant_message_id,
-        "feedback_token": pending.feedback_token,
-    }
-
-
-def _usage(usage: dict) -> dict:
-    prompt = usage.get("prompt_tokens", 0)
-    completion = usage.get("completion_tokens", 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def _ids(pending: PendingAnswer) -> OpenAIIds:
+    return OpenAIIds(
+        conversation_id=pending.turn.conversation_id,
+        message_id=pending.turn.assistant_message_id,
+        feedback_token=pending.feedback_token,
+        sources=Source.of(pending.turn.sources),
+    )
 
 
 def _chunks(pending: PendingAnswer, created: int) -> Iterator[str]:
-    base = {
-        "id": pending.turn.assistant_message_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": pending.model,
-    }
+    # Each line is built from its documented model (OPENAI_STREAM_EVENTS), so /openapi.json says what is sent.
+    def chunk(choices: list[OpenAIChunkChoice], **extra) -> str:
+        body = OpenAIChatChunk(
+            id=pending.turn.assistant_message_id, created=created, model=pending.model, choices=choices, **extra
+        )
+        return line(body.model_dump())
 
     def line(payload: dict) -> str:
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
-    first = dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-    first["tuneloop"] = _ids(pending)
-    yield line(first)
+    yield chunk([OpenAIChunkChoice(delta=OpenAIDelta(role="assistant", content=""))], tuneloop=_ids(pending))
     for kind, value in pending.events():
         if kind == "delta":
-            yield line(dict(base, choices=[{"index": 0, "delta": {"content": value}, "finish_reason": None}]))
+            yield chunk([OpenAIChunkChoice(delta=OpenAIDelta(content=value))])
         elif kind == "error":
-            yield line(value)  # in-band, as OpenAI does; the SDK raises it
+            yield line(ErrorResponse.model_validate(value).model_dump(exclude_none=True))  # in-band; the SDK raises it
         else:
-            yield line(dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": value.finish_reason or "stop"}]))
-            yield line(dict(base, choices=[], usage=_usage(pending.generation.usage)))
+            yield chunk([OpenAIChunkChoice(delta=OpenAIDelta(), finish_reason=value.finish_reason or "stop")])
+            yield chunk([], usage=OpenAIUsage.of(pending.reply.usage))
             yield "data: [DONE]\n\n"
 
 
 @bp.get("/models")
-@documented("The models this gateway serves (OpenAI list shape).", tag="openai")
+@documented("The models this gateway serves (OpenAI list shape).", response=OpenAIModelList, tag="openai")
 def models():
     router = gateway().router
     created = int(time.time())
-    return jsonify(
-        {
-            "object": "list",
-            "data": [
-                {"id": name, "object": "model", "created": created, "owned_by": "tuneloop"}
-                for name in router.served_names()
-            ],
-        }
-    )
+    cards = [OpenAIModelCard(id=name, created=created, owned_by="tuneloop") for name in router.served_names()]
+    return jsonify(OpenAIModelList(data=cards).model_dump())

@@ -12,7 +12,11 @@
  *
  * Safety rules this file keeps: every piece of model output and user text reaches the
  * DOM through textContent/createTextNode, never innerHTML — a model that answers
- * "<img src=x onerror=...>" shows those characters. Everything lives in a Shadow DOM so
+ * "<img src=x onerror=...>" shows those characters. Answers are Markdown, rendered by the
+ * small renderer below into elements it creates itself (paragraphs, lists, emphasis, code,
+ * links): raw HTML in an answer stays text, and a link is made only for http(s) and mailto
+ * URLs, opening in a new tab with rel="noopener noreferrer nofollow". The knowledge-base
+ * entries an answer was built on are listed under it, collapsed (a <details> element). Everything lives in a Shadow DOM so
  * the host page's CSS cannot break the widget and the widget's CSS cannot leak out.
  * No build step and no dependencies: this file is what browsers run.
  */
@@ -48,6 +52,7 @@
       limited: "Too many messages right now. Please wait a moment and try again.",
       failed: "Something went wrong: ",
       poweredBy: "Powered by tuneloop",
+      sources: "Sources",
       reasons: { wrong: "Wrong", incomplete: "Incomplete", unhelpful: "Not helpful", outdated: "Out of date", other: "Other" },
     },
     ko: {
@@ -78,6 +83,7 @@
       limited: "요청이 너무 많습니다. 잠시 후 다시 시도해 주세요.",
       failed: "문제가 발생했습니다: ",
       poweredBy: "Powered by tuneloop",
+      sources: "출처",
       reasons: { wrong: "틀린 답변", incomplete: "불완전함", unhelpful: "도움이 안 됨", outdated: "오래된 정보", other: "기타" },
     },
   };
@@ -170,6 +176,19 @@
     ".send{width:44px;height:44px;border-radius:50%;border:0;background:var(--accent);color:#fff;cursor:pointer;display:flex;align-items:center;justify-content:center;flex:none}",
     ".send:disabled{opacity:.45;cursor:default}",
     ".foot{text-align:center;font-size:11px;color:#94a3b8;padding:0 0 8px;background:#fff}",
+    ".text.md{white-space:normal}",
+    ".md p{margin:0 0 .6em}.md>:last-child{margin-bottom:0}",
+    ".md ul,.md ol{margin:.2em 0 .6em;padding-left:1.4em}.md li{margin:.1em 0}",
+    ".md h3,.md h4,.md h5,.md h6{font-size:1em;font-weight:650;margin:.2em 0 .4em}.md h3{font-size:1.08em}",
+    ".md code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9em;background:#f1f5f9;border-radius:4px;padding:0 .25em}",
+    ".md pre{margin:0 0 .6em;padding:8px 10px;background:#f1f5f9;border-radius:8px;overflow-x:auto;white-space:pre}.md pre code{background:none;padding:0}",
+    ".md blockquote{margin:0 0 .6em;padding-left:10px;border-left:3px solid var(--line);color:#334155}",
+    ".md hr{border:0;border-top:1px solid var(--line);margin:.6em 0}",
+    ".md a{color:var(--accent);text-decoration:underline}",
+    ".sources{margin-top:4px;padding-left:4px;font-size:12px;color:var(--muted);max-width:86%}",
+    ".sources summary{cursor:pointer;width:max-content;border-radius:6px;padding:1px 4px}",
+    ".sources summary:hover{color:var(--accent)}",
+    ".sources ol{margin:4px 0 2px;padding-left:1.6em}.sources li{margin:2px 0;overflow-wrap:anywhere}",
   ].join("\n");
 
   // --- small DOM helpers: text only, attributes via setAttribute --------------------------
@@ -223,6 +242,152 @@
       }
     }
     return id;
+  }
+
+  // --- a small, safe Markdown renderer: elements it makes itself, text as text ------------
+
+  var SAFE_PROTOCOLS = { "http:": true, "https:": true, "mailto:": true };
+  // Inline rules, earliest match wins (ties: the first rule). Underscore emphasis is left alone inside
+  // words (snake_case, __proto__) and an unclosed marker is just a character.
+  var INLINE = [
+    ["escape", /\\([\\`*_{}\[\]()#+\-.!~>|])/],
+    ["code", /(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)/],
+    ["link", /\[([^\[\]\n]+)\]\(\s*([^\s()<>]+)(?:\s+"[^"\n]*")?\s*\)/],
+    ["url", /(?:https?:\/\/|mailto:)[^\s<>"'`]*[^\s<>"'`.,;:!?)\]]/],
+    ["strong", /\*\*(?=\S)([\s\S]*?\S)\*\*|(?<![\p{L}\p{N}_])__(?=\S)([\s\S]*?\S)__(?![\p{L}\p{N}_])/u],
+    ["em", /\*(?=[^\s*])([\s\S]*?[^\s*])\*(?!\*)|(?<![\p{L}\p{N}_])_(?=[^\s_])([\s\S]*?[^\s_])_(?![\p{L}\p{N}_])/u],
+    ["del", /~~(?=\S)([\s\S]*?\S)~~/],
+  ];
+  var MAX_DEPTH = 6;
+
+  /** The URL if it is an absolute http(s) or mailto one, else null (javascript:, data:, relative…). */
+  function safeUrl(raw) {
+    try {
+      var url = new URL(raw);
+      return SAFE_PROTOCOLS[url.protocol] ? url.href : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function link(href, children) {
+    var url = safeUrl(href);
+    if (!url) return el("span", {}, children);
+    return el("a", { href: url, target: "_blank", rel: "noopener noreferrer nofollow" }, children);
+  }
+
+  /** Append ``text`` to ``parent`` with inline Markdown (code, links, emphasis) as elements. */
+  function inline(text, parent, depth) {
+    while (text) {
+      var best = null;
+      var rule = null;
+      for (var r = 0; r < INLINE.length; r++) {
+        var m = INLINE[r][1].exec(text);
+        if (m && (!best || m.index < best.index)) {
+          best = m;
+          rule = INLINE[r][0];
+        }
+      }
+      if (!best) break;
+      if (best.index) parent.appendChild(document.createTextNode(text.slice(0, best.index)));
+      text = text.slice(best.index + best[0].length);
+      var inner = best[2] !== undefined && rule !== "code" && rule !== "link" ? best[2] : best[1];
+      if (rule === "escape") parent.appendChild(document.createTextNode(best[1]));
+      else if (rule === "code") parent.appendChild(el("code", {}, [best[2]]));
+      else if (rule === "url") parent.appendChild(link(best[0], [best[0]]));
+      else if (depth >= MAX_DEPTH) parent.appendChild(document.createTextNode(best[0]));
+      else if (rule === "link") {
+        var label = document.createDocumentFragment();
+        inline(best[1], label, depth + 1);
+        parent.appendChild(link(best[2], [label]));
+      } else {
+        var node = el(rule === "strong" ? "strong" : rule === "em" ? "em" : "del", {});
+        inline(inner, node, depth + 1);
+        parent.appendChild(node);
+      }
+    }
+    if (text) parent.appendChild(document.createTextNode(text));
+  }
+
+  /** Inline Markdown over several lines, the line breaks kept. */
+  function inlineLines(lines, parent) {
+    lines.forEach(function (line, i) {
+      if (i) parent.appendChild(el("br", {}));
+      inline(line, parent, 0);
+    });
+    return parent;
+  }
+
+  var FENCE = /^ {0,3}(`{3,}|~{3,})/;
+  var HEADING = /^ {0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$/;
+  var RULE = /^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$/;
+  var QUOTE = /^ {0,3}> ?/;
+  var ITEM = /^ {0,3}([-*+]|\d{1,9}[.)])[ \t]+(.*)$/;
+
+  function startsBlock(line) {
+    return FENCE.test(line) || HEADING.test(line) || RULE.test(line) || QUOTE.test(line) || ITEM.test(line);
+  }
+
+  /** A DocumentFragment for Markdown ``source``: paragraphs, headings, lists, quotes, code, rules. */
+  function renderMarkdown(source, depth) {
+    depth = depth || 0;
+    var out = document.createDocumentFragment();
+    var lines = String(source).replace(/\r\n?/g, "\n").split("\n");
+    var i = 0;
+    while (i < lines.length) {
+      var line = lines[i];
+      if (!line.trim()) {
+        i++;
+        continue;
+      }
+      var fence = FENCE.exec(line);
+      if (fence) {
+        var code = [];
+        for (i++; i < lines.length && lines[i].trim().indexOf(fence[1]) !== 0; i++) code.push(lines[i]);
+        i++; // the closing fence (or the end of an answer still streaming)
+        out.appendChild(el("pre", {}, [el("code", {}, [code.join("\n")])]));
+        continue;
+      }
+      var heading = HEADING.exec(line);
+      if (heading) {
+        out.appendChild(inlineLines([heading[2]], el("h" + Math.min(6, heading[1].length + 2), {})));
+        i++;
+        continue;
+      }
+      if (RULE.test(line)) {
+        out.appendChild(el("hr", {}));
+        i++;
+        continue;
+      }
+      if (QUOTE.test(line) && depth < MAX_DEPTH) {
+        var quoted = [];
+        for (; i < lines.length && QUOTE.test(lines[i]); i++) quoted.push(lines[i].replace(QUOTE, ""));
+        var quote = el("blockquote", {});
+        quote.appendChild(renderMarkdown(quoted.join("\n"), depth + 1));
+        out.appendChild(quote);
+        continue;
+      }
+      var item = ITEM.exec(line);
+      if (item) {
+        var ordered = /\d/.test(item[1]);
+        var list = el(ordered ? "ol" : "ul", {});
+        if (ordered && parseInt(item[1], 10) !== 1) list.setAttribute("start", String(parseInt(item[1], 10)));
+        while (i < lines.length) {
+          var next = ITEM.exec(lines[i]);
+          if (!next || /\d/.test(next[1]) !== ordered) break;
+          var body = [next[2]];
+          // Continuation lines: indented, not blank, not a new item.
+          for (i++; i < lines.length && /^[ \t]+\S/.test(lines[i]) && !ITEM.exec(lines[i]); i++) body.push(lines[i].trim());
+          list.appendChild(inlineLines(body, el("li", {})));
+        }
+        out.appendChild(list);
+        continue;
+      }
+      var paragraph = [];
+      for (; i < lines.length && lines[i].trim() && (!paragraph.length || !startsBlock(lines[i])); i++) paragraph.push(lines[i]);
+      out.appendChild(inlineLines(paragraph, el("p", {})));
+    }
+    return out;
   }
 
   // --- the wire: JSON errors and server-sent events over fetch --------------------------
@@ -439,7 +604,7 @@
 
   Widget.prototype.addMessage = function (role, text) {
     var who = role === "user" ? this.t.you : this.t.assistant;
-    var body = el("div", { class: "text" }, [text]);
+    var body = el("div", { class: role === "assistant" ? "text md" : "text" }, [text]);
     var item = el("li", { class: "msg " + role }, [el("span", { class: "sr" }, [who + ": "]), body]);
     this.log.appendChild(item);
     this.scroll();
@@ -479,15 +644,17 @@
           answer.token = data.feedback_token;
         } else if (event === "delta") {
           answer.text += data.text;
-          answer.body.textContent = answer.text; // text, never markup
+          answer.body.replaceChildren(renderMarkdown(answer.text)); // elements made here, text as text
           self.scroll();
         } else if (event === "done") {
           finished = true;
+          answer.sources = data.sources || [];
         } else if (event === "error") {
           throw new ApiError(data.error.code, data.error.message, 0);
         }
       });
       if (!finished) throw new ApiError("cut", this.t.cut, 0);
+      this.addSources(answer);
       this.addRating(answer);
     } catch (error) {
       if (!answer.text) answer.item.remove();
@@ -505,6 +672,20 @@
     if (body && !body.textContent) body.remove();
     var text = error && error.code === "cut" ? this.t.cut : this.explain(error);
     item.appendChild(el("div", { class: "error", role: "alert" }, [text]));
+  };
+
+  /** The knowledge-base entries the answer was built on, collapsed under it (a native <details>: keyboard and
+   *  screen readers know it), each as its question, in text. */
+  Widget.prototype.addSources = function (answer) {
+    var sources = (answer.sources || []).filter(function (s) {
+      return s && typeof s.question === "string";
+    });
+    if (!sources.length) return;
+    var items = sources.map(function (s) {
+      return el("li", { "data-entry": String(s.id || "") }, [s.question]);
+    });
+    var summary = el("summary", {}, [this.t.sources + " (" + sources.length + ")"]);
+    answer.item.appendChild(el("details", { class: "sources" }, [summary, el("ol", {}, items)]));
   };
 
   Widget.prototype.addRating = function (answer) {

@@ -140,17 +140,33 @@ def tuneloop_exe() -> str:
 
 
 def start_model_server(
-    model_dir: Path, folder: Path, *, name: str = TINY_NAME, timeout_s: float = 90
+    model_dir: Path,
+    folder: Path,
+    *,
+    name: str = TINY_NAME,
+    timeout_s: float = 90,
+    fault_file: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> RunningModelServer:
-    """Start ``tuneloop model-server`` on a free port and wait until /health answers."""
+    """Start ``tuneloop model-server`` on a free port and wait until /health answers.
+
+    With ``fault_file``, the process runs under ``tests.plugins.faulty_peft``: PEFT
+    calls fail on demand while that file exists (see that module).
+    """
     port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / "model-server.log"
-    env = dict(os.environ, TUNELOOP_PATHS__DATA_DIR=str(folder / "var"), TUNELOOP_MODEL_SERVER__THREADS="8")
+    env = dict(
+        os.environ, TUNELOOP_PATHS__DATA_DIR=str(folder / "var"), TUNELOOP_MODEL_SERVER__THREADS="8", **(env or {})
+    )
     env.pop("TUNELOOP_CONFIG", None)
+    command = [tuneloop_exe()]
+    if fault_file is not None:
+        command = [sys.executable, "-m", "tests.plugins.faulty_peft", str(fault_file)]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [tuneloop_exe(), "model-server", "--model", str(model_dir), "--name", name, "--port", str(port)],
+            [*command, "model-server", "--model", str(model_dir), "--name", name, "--port", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -6,8 +6,8 @@ turns approved corrections into DPO pairs. Each step is its own module so it
 can be read, tested and reused alone.
 """
 
+from feedback.pii import PiiMasker
 from trainer.dataset.build import BuildResult, DatasetInvalid, build_dataset, lineage_text, list_datasets, next_version
-from trainer.dataset.pii import PiiMasker
 from trainer.dataset.sources import import_base, list_bases, resolve_base_file
 
 __all__ = [

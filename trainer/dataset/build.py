@@ -2,24 +2,25 @@
 
 The pipeline, in order:
 
-1. **Gather** (``sources.py``): the base file's rows, one row per approved review
+1. **Gather** (:func:`gather`, ``sources.py``): the base file's rows, one row per approved review
    item, and — when ``include_upvoted`` > 0 — answers rated up that often. Always
    the whole corrected set, never the new rows alone: training the starter model
-   on corrections alone made it forget 60–93 % of what it knew (DESIGN.md).
-2. **Clean** (``clean.py``) and **mask personal data** (``pii.py``) in every message;
-   ``chat.system_prompt``, when set, is put in front of rows that have no system
-   message, because the model is served with it.
-3. **Replace**: a base row whose question is an approved item's question (same
+   on corrections alone made it forget 60–93 % of what it knew (docs/architecture.md,
+   the loop, step 3).
+2. **Clean** (``clean.py``) and **mask personal data** (``pii.py``) in every message
+   (:func:`clean_and_mask`); ``chat.system_prompt``, when set, is put in front of
+   rows that have no system message, because the model is served with it.
+3. **Replace** (:func:`replace_corrected`): a base row whose question is an approved item's question (same
    key, same key up to numbers, or a near-duplicate of it or of any phrasing
    grouped with it) is dropped; the correction takes its place. Up-voted answers
    to a question that is pending or approved are left out too.
-4. **Deduplicate** (``dedupe.py``), corrections first, then base rows, then up-voted answers.
-5. **Split** (``split.py``) by near-duplicate group, seeded; groups holding a
+4. **Deduplicate** (:func:`deduplicate`, ``dedupe.py``), corrections first, then base rows, then up-voted answers.
+5. **Split** (:func:`split`, ``split.py``) by near-duplicate group, seeded; groups holding a
    correction go to train.
 6. **Validate** (``validate.py``) against OpenAI's format rules; any problem stops
    the build with every problem listed by split and row (and the row's lineage).
 7. **Estimate cost** (``cost.py``) per OpenAI base model in ``dataset.prices``.
-8. **Write** ``<data_dir>/datasets/v{n}/`` — ``train.jsonl``, ``val.jsonl``,
+8. **Write** (:func:`describe` for the manifest) ``<data_dir>/datasets/v{n}/`` — ``train.jsonl``, ``val.jsonl``,
    ``test.jsonl``, ``preferences.jsonl`` (DPO pairs, ``preferences.py``) and
    ``manifest.json`` (sha256 of each file, counts, the masking report, dropped and
    replaced rows, and per-row lineage aligned with each file's lines) — into a
@@ -55,12 +56,12 @@ from config.errors import ValidationFailed
 from config.settings import Settings
 from feedback import review
 from feedback.db import new_id, utc_now, write_transaction
+from feedback.pii import TYPES, PiiMasker
 from feedback.review_io import ImportRejected
 from trainer.dataset.clean import clean_messages
 from trainer.dataset.cost import estimate_costs
 from trainer.dataset.dedupe import answer_key, connected_groups, find_duplicates, prompt_key
-from trainer.dataset.pii import TYPES, PiiMasker
-from trainer.dataset.preferences import preference_pairs, to_jsonl
+from trainer.dataset.preferences import PreferencePair, preference_pairs, to_jsonl
 from trainer.dataset.sources import (
     Example,
     display_path,
@@ -70,7 +71,7 @@ from trainer.dataset.sources import (
     upvoted_examples,
 )
 from trainer.dataset.split import SPLITS, assign_splits
-from trainer.dataset.validate import TOKEN_COUNTING, estimate_tokens, validate_splits
+from trainer.dataset.validate import TOKEN_COUNTING, ValidationReport, estimate_tokens, validate_splits
 
 COST_NOTE = (
     "estimate: estimated training-file tokens × epochs × dataset.prices (USD per 1M training tokens, "
@@ -158,17 +159,98 @@ def build_dataset(
     system_prompt = settings.chat.system_prompt.strip()
     masker = PiiMasker(ds.pii_allowlist)
 
-    # 1. gather
+    inputs = gather(db, settings, min_up)
+    prepared, unusable = clean_and_mask(inputs.in_trust_order(), system_prompt, masker, progress=progress)
+    kept, replaced, superseded = replace_corrected(prepared, inputs.approved, review.open_items(db), threshold)
+    rows, duplicates, conflicts = deduplicate(kept, threshold)
+    by_split = split(rows, threshold, val_fraction=ds.val_fraction, test_fraction=ds.test_fraction, seed=seed)
+    split_rows = {name: [{"messages": ex.messages} for ex in by_split[name]] for name in SPLITS}
+    lineage = {name: [_row_lineage(ex) for ex in by_split[name]] for name in SPLITS}
+    report = validate_splits(
+        split_rows, lineage, max_tokens=ds.max_tokens_per_example, min_examples=ds.min_examples, count=count_tokens
+    )
+    costs = estimate_costs(report.tokens.get("train", 0), ds.prices, ds.epochs)
+    pairs = preference_pairs(inputs.approved, masker, system_prompt=system_prompt)  # DPO pairs ride along
+
+    files = {f"{name}.jsonl": _jsonl(split_rows[name]) for name in SPLITS}
+    files["preferences.jsonl"] = to_jsonl(pairs)
+    pii = _pii_report(by_split, pairs)
+    manifest = describe(
+        inputs,
+        files,
+        rows=rows,
+        split_rows=split_rows,
+        lineage=lineage,
+        pairs=pairs,
+        dropped=unusable + superseded + duplicates,
+        replaced=replaced,
+        conflicts=conflicts,
+        report=report,
+        costs=costs,
+        pii=pii,
+        params={
+            "seed": seed,
+            "val_fraction": ds.val_fraction,
+            "test_fraction": ds.test_fraction,
+            "near_duplicate_threshold": threshold,
+            "include_upvoted_min": min_up,
+            "max_tokens_per_example": ds.max_tokens_per_example,
+            "min_examples": ds.min_examples,
+            "system_prompt": system_prompt or None,
+            "pii_allowlist_entries": len(ds.pii_allowlist),
+        },
+    )
+    files["manifest.json"] = (json.dumps(manifest, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+    result = BuildResult(
+        dry_run=dry_run,
+        counts=manifest["counts"],
+        pii=pii,
+        problems=report.problems,
+        costs=costs,
+        manifest=manifest,
+        files=files,
+    )
+    if report.problems and not dry_run:
+        raise DatasetInvalid(result)
+    if dry_run:
+        result.version = next_version(db, settings.datasets_dir)
+        return result
+    result.version, result.path, result.dataset_id = _write(db, settings, files, result)
+    return result
+
+
+@dataclass
+class Inputs:
+    """What a build starts from: the base file's rows, the approved review items and their rows, the
+    answers rated up."""
+
+    base_path: Path
+    base: list[Example]
+    approved: list[review.ReviewItem]
+    corrections: list[Example]
+    upvoted: list[Example]
+
+    def in_trust_order(self) -> list[Example]:
+        """Corrections, then base rows, then up-voted answers: the order in which duplicates are kept."""
+        return self.corrections + self.base + self.upvoted
+
+
+def gather(db: Database, settings: Settings, min_upvotes: int) -> Inputs:
+    """Phase 1: the base file (refused whole, with every problem, when a row is malformed), one row per
+    approved review item, and the answers rated up at least ``min_upvotes`` times (none when 0)."""
     base_path = resolve_base_file(settings, db)
     base, errors = read_base(base_path)
     if errors:
         raise ImportRejected(display_path(base_path), errors)
     approved = review.approved_items(db)
-    corrections = review_examples(approved)
-    upvoted = upvoted_examples(db, min_up)
+    return Inputs(base_path, base, approved, review_examples(approved), upvoted_examples(db, min_upvotes))
 
-    # 2. clean and mask, in trust order
-    examples = corrections + base + upvoted
+
+def clean_and_mask(
+    examples: list[Example], system_prompt: str, masker: PiiMasker, *, progress: bool = False
+) -> tuple[list[Example], list[dict]]:
+    """Phase 2: clean every message, put ``system_prompt`` in front of rows without a system message, mask
+    personal data. Returns the prepared rows and the dropped ones (a message empty after cleaning)."""
     dropped: list[dict] = []
     prepared: list[Example] = []
     for ex in tqdm(examples, desc="clean + mask", unit="row", disable=not progress, dynamic_ncols=True):
@@ -180,10 +262,16 @@ def build_dataset(
             continue
         ex.messages, ex.masked = masker.mask_messages(messages)
         prepared.append(ex)
+    return prepared, dropped
 
-    # 3. corrections replace base rows; open questions keep their up-voted answers out
-    open_items = review.open_items(db)
+
+def replace_corrected(
+    prepared: list[Example], approved: list[review.ReviewItem], open_items: list[review.ReviewItem], threshold: float
+) -> tuple[list[Example], list[dict], list[dict]]:
+    """Phase 3: a base row asking an approved item's question makes way for the correction; an up-voted
+    answer to a question that is pending or approved in review is left out. Returns (kept, replaced, dropped)."""
     replaced: list[dict] = []
+    dropped: list[dict] = []
     kept: list[Example] = []
     for ex in prepared:
         source = ex.lineage["source"]
@@ -199,21 +287,30 @@ def build_dataset(
                     )
                 continue
         kept.append(ex)
+    return kept, replaced, dropped
 
-    # 4. dedupe
+
+def deduplicate(kept: list[Example], threshold: float) -> tuple[list[Example], list[dict], list[dict]]:
+    """Phase 4: drop exact and near duplicates, the earlier (more trusted) row wins. Returns (rows, dropped,
+    conflicts): near-duplicate questions with different answers that were both kept."""
     duplicates, conflict_pairs = find_duplicates([ex.messages for ex in kept], threshold)
-    for index, (kept_index, kind) in sorted(duplicates.items()):
-        dropped.append(
-            {"lineage": kept[index].lineage, "reason": f"{kind} duplicate of {lineage_text(kept[kept_index].lineage)}"}
-        )
+    dropped = [
+        {"lineage": kept[index].lineage, "reason": f"{kind} duplicate of {lineage_text(kept[kept_index].lineage)}"}
+        for index, (kept_index, kind) in sorted(duplicates.items())
+    ]
     conflicts = [
         {"a": kept[i].lineage, "b": kept[j].lineage}
         for i, j in conflict_pairs
         if i not in duplicates and j not in duplicates
     ]
-    rows = [ex for i, ex in enumerate(kept) if i not in duplicates]
+    return [ex for i, ex in enumerate(kept) if i not in duplicates], dropped, conflicts
 
-    # 5. split
+
+def split(
+    rows: list[Example], threshold: float, *, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[Example]]:
+    """Phase 5: train / val / test by near-duplicate group, seeded; a group holding a correction goes to train.
+    Within a split, rows are in a seeded order that depends on their content only."""
     groups = connected_groups([ex.messages for ex in rows], threshold)
     anchors: dict[int, str] = {}
     for g, ex in zip(groups, rows, strict=False):
@@ -221,65 +318,63 @@ def build_dataset(
         anchors[g] = min(anchors.get(g, anchor), anchor)
     pinned = {g for g, ex in zip(groups, rows, strict=False) if ex.lineage["source"] == "review"}
     assigned = assign_splits(
-        groups, anchors, val_fraction=ds.val_fraction, test_fraction=ds.test_fraction, seed=seed, pinned=pinned
+        groups, anchors, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, pinned=pinned
     )
     by_split: dict[str, list[Example]] = {name: [] for name in SPLITS}
     for ex, name in zip(rows, assigned, strict=False):
         by_split[name].append(ex)
-    for name in SPLITS:  # a seeded order that depends on content only, not on database or file order
+    for name in SPLITS:  # not database or file order
         by_split[name].sort(key=lambda ex: _sha(f"{seed}\x00{json.dumps(ex.messages, ensure_ascii=False)}".encode()))
-    split_rows = {name: [{"messages": ex.messages} for ex in by_split[name]] for name in SPLITS}
-    lineage = {name: [_row_lineage(ex) for ex in by_split[name]] for name in SPLITS}
+    return by_split
 
-    # 6. validate, 7. cost
-    report = validate_splits(
-        split_rows, lineage, max_tokens=ds.max_tokens_per_example, min_examples=ds.min_examples, count=count_tokens
-    )
-    costs = estimate_costs(report.tokens.get("train", 0), ds.prices, ds.epochs)
 
-    # preference pairs ride along (DPO)
-    pairs = preference_pairs(approved, masker, system_prompt=system_prompt)
-
-    files = {f"{name}.jsonl": _jsonl(split_rows[name]) for name in SPLITS}
-    files["preferences.jsonl"] = to_jsonl(pairs)
+def describe(
+    inputs: Inputs,
+    files: dict[str, bytes],
+    *,
+    rows: list[Example],
+    split_rows: dict[str, list[dict]],
+    lineage: dict[str, list[dict]],
+    pairs: list[PreferencePair],
+    dropped: list[dict],
+    replaced: list[dict],
+    conflicts: list[dict],
+    report: ValidationReport,
+    costs: list[dict],
+    pii: dict,
+    params: dict,
+) -> dict:
+    """The manifest: what went in (``params``, inputs), what came out (counts, each file's sha256, tokens,
+    the cost estimate (phases 6 and 7), masked personal data) and every row's lineage."""
     file_info = {
         name: {"rows": data.count(b"\n"), "bytes": len(data), "sha256": _sha(data)} for name, data in files.items()
     }
-    dataset_sha = _sha("".join(f"{n} {i['sha256']}\n" for n, i in sorted(file_info.items())).encode())
-    pii = _pii_report(by_split, pairs)
     counts = {
         **{name: len(split_rows[name]) for name in SPLITS},
         "preferences": len(pairs),
         "sources": dict(Counter(ex.lineage["source"] for ex in rows)),
-        "base_rows": len(base),
-        "approved_corrections": len(approved),
-        "upvoted_answers": len(upvoted),
+        "base_rows": len(inputs.base),
+        "approved_corrections": len(inputs.approved),
+        "upvoted_answers": len(inputs.upvoted),
         "replaced": len(replaced),
         "dropped": len(dropped),
         "conflicts": len(conflicts),
     }
-    params = {
-        "seed": seed,
-        "val_fraction": ds.val_fraction,
-        "test_fraction": ds.test_fraction,
-        "near_duplicate_threshold": threshold,
-        "include_upvoted_min": min_up,
-        "max_tokens_per_example": ds.max_tokens_per_example,
-        "min_examples": ds.min_examples,
-        "system_prompt": system_prompt or None,
-        "pii_allowlist_entries": len(ds.pii_allowlist),
-    }
-    manifest = {
+    return {
         "format": "OpenAI chat fine-tuning JSONL (train/val/test); preferences.jsonl: OpenAI DPO format",
         "params": params,
         "inputs": {
-            "base_file": {"path": display_path(base_path), "sha256": _sha(base_path.read_bytes()), "rows": len(base)},
-            "approved_corrections": len(approved),
-            "upvoted_answers": len(upvoted),
+            "base_file": {
+                "path": display_path(inputs.base_path),
+                "sha256": _sha(inputs.base_path.read_bytes()),
+                "rows": len(inputs.base),
+            },
+            "approved_corrections": len(inputs.approved),
+            "upvoted_answers": len(inputs.upvoted),
         },
         "counts": counts,
         "files": file_info,
-        "sha256": dataset_sha,
+        "sha256": _sha("".join(f"{n} {i['sha256']}\n" for n, i in sorted(file_info.items())).encode()),
         "tokens": {**report.tokens, "max_example": report.max_example_tokens, "counting": TOKEN_COUNTING},
         "cost_estimate": {"note": COST_NOTE, "models": costs},
         "pii": pii,
@@ -289,17 +384,6 @@ def build_dataset(
         "rows": lineage,
         "preferences": [_row_lineage(p) for p in pairs],
     }
-    files["manifest.json"] = (json.dumps(manifest, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
-    result = BuildResult(
-        dry_run=dry_run, counts=counts, pii=pii, problems=report.problems, costs=costs, manifest=manifest, files=files
-    )
-    if report.problems and not dry_run:
-        raise DatasetInvalid(result)
-    if dry_run:
-        result.version = next_version(db, settings.datasets_dir)
-        return result
-    result.version, result.path, result.dataset_id = _write(db, settings, files, result)
-    return result
 
 
 def _row_lineage(item) -> dict:

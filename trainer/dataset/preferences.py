@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from config.errors import ValidationFailed
+from feedback.pii import PiiMasker
 from feedback.review import ReviewItem, approved_items
 from trainer.dataset.clean import clean_text
-from trainer.dataset.pii import PiiMasker
 
 FORMATS = ("openai", "trl")
 

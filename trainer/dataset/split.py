@@ -13,7 +13,7 @@ are assigned, never single rows:
    group when there are enough groups to leave train one;
 3. *pinned* groups always go to train. The builder pins groups that hold an
    approved correction: a correction exists to be learned, and it is evaluated
-   on its own (DESIGN.md, step 5), not hidden in the test split.
+   on its own (docs/architecture.md, the loop, step 5), not hidden in the test split.
 """
 
 from __future__ import annotations

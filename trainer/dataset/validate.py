@@ -18,8 +18,10 @@ provide for fine-tuning is 10"); the per-example token limit is the model's trai
 | ``missing_content`` | ``content`` is a non-empty string |
 | ``bad_weight`` | ``weight``, where present, is 0 or 1 and on an assistant message |
 | ``example_missing_assistant_message`` | at least one assistant message |
-| ``too_many_tokens`` | at most ``dataset.max_tokens_per_example`` tokens (65,536 for gpt-4o-mini-2024-07-18; longer examples are truncated by OpenAI) |
+| ``too_many_tokens`` | at most ``dataset.max_tokens_per_example`` tokens (65,536 for gpt-4o-mini-2024-07-18) |
 | ``too_few_examples`` | the training file has at least ``dataset.min_examples`` rows (OpenAI's minimum is 10) |
+
+OpenAI truncates an example longer than its token limit; the build reports it instead.
 
 Token counts are an estimate, not OpenAI's tokenizer: its vocabulary file
 cannot be downloaded here. :func:`estimate_tokens` counts an ASCII run as one

@@ -8,8 +8,9 @@
 - **rouge_l** — ROUGE-L F-measure (Lin 2004: β = 1, longest common token
   subsequence over :func:`tokens`), computed here: it is one dynamic program, and
   Google's ``rouge-score`` (no release since 2022) pulled nltk, absl-py and six for
-  it while its default tokenizer drops every Hangul character. The values match
-  ``rouge-score`` 0.1.2 fed the same tokenizer (``tests/test_metrics.py``).
+  it while its default tokenizer drops every Hangul character. The values matched
+  ``rouge-score`` 0.1.2 fed the same tokenizer when this was written;
+  ``tests/test_evaluation.py`` checks values worked out by hand.
 - **chrf** — chrF from ``sacrebleu`` (character 6-grams, β = 2, whitespace
   ignored), divided by 100. It needs no tokenizer, gives partial credit for a
   changed particle or ending (배송비는 / 배송비가), and ignores spacing, which

@@ -1,11 +1,12 @@
 """Candidate versus incumbent: ask both the same questions, score, judge, store, give the verdict.
 
-:func:`evaluate` deploys the candidate (idempotent: it must be servable to be
-asked anything, and deploying never makes it live) — and the incumbent too when it
-is an adapter, which a restarted model server may have forgotten — collects the suites
-(``suites.py``), and asks both models every question through the gateway's own
-client (``modelclient.chat.ChatClient``) at temperature 0, ``evaluation.concurrency``
-questions at a time, with a progress bar. Each answer is scored against the
+:func:`evaluate` checks the pair and the suites (:func:`check_pair`), deploys the
+candidate (idempotent: it must be servable to be asked anything, and deploying
+never makes it live) — and the incumbent too when it is an adapter, which a
+restarted model server may have forgotten (:func:`deploy_pair`) — collects the
+suites (``suites.py``), and asks both models every question (:func:`ask_both`)
+through the gateway's own client (``modelclient.chat.ChatClient``) at temperature
+0, ``evaluation.concurrency`` questions at a time, with a progress bar. Each answer is scored against the
 reference (``metrics.py``); the optional judge (``judge.py``) scores each pair.
 The gate's verdict under the current ``[gate]`` settings (``trainer.gate.decide``)
 is stored with the evaluation, but nothing is promoted or rejected here — that is
@@ -134,18 +135,9 @@ def evaluate(
 ) -> Evaluation:
     """Evaluate ``candidate`` against ``against`` (the live version by default) and store the result."""
     started = time.perf_counter()
-    candidate = candidate if isinstance(candidate, ModelVersion) else resolve_version(db, candidate)
-    incumbent = against if isinstance(against, ModelVersion) else resolve_version(db, against)
-    if candidate.id == incumbent.id:
-        raise ValidationFailed(f"{candidate.name} ({candidate.id}) cannot be evaluated against itself", field="against")
-    suites = list(suites or settings.evaluation.suites)
-    unknown = [s for s in suites if s not in EVALUATION_SUITES]
-    if unknown:
-        raise ValidationFailed(f"unknown suite(s) {unknown}; pick from {list(EVALUATION_SUITES)}", field="suites")
+    candidate, incumbent, suites = check_pair(db, settings, candidate, against, suites)
     client = client or model_client(settings)
-    deploy(db, settings, candidate, actor=actor, client=client)
-    if has_adapter(incumbent):
-        deploy(db, settings, incumbent, actor=actor, client=client)  # a restarted model server forgot it
+    deploy_pair(db, settings, candidate, incumbent, client=client, actor=actor)
     cases, dataset, dataset_source = _collect(db, settings, candidate, suites)
     if not cases:
         raise ValidationFailed(
@@ -154,16 +146,95 @@ def evaluate(
         )
     targets = {"candidate": version_target(settings, candidate), "incumbent": version_target(settings, incumbent)}
     judge_target = judging.judge_target(settings)
+    answers, verdicts = ask_both(
+        client, targets, cases, settings, judge_target, title=f"{candidate.name} vs {incumbent.name}", progress=progress
+    )
+    rows = _rows(cases, answers, verdicts)
+    evaluation = Evaluation(
+        id=new_id("ev"),
+        candidate_id=candidate.id,
+        incumbent_id=incumbent.id,
+        dataset_id=dataset["id"] if dataset else None,
+        suites=suites,
+        metrics=_suite_metrics(suites, rows),
+        rows_path=None,
+        passed=None,
+        reasons=[],
+        judge=_judge_summary(suites, rows, judge_target),
+        gate={},
+        params={
+            "max_tokens": settings.evaluation.max_tokens,
+            "temperature": 0.0,
+            "candidate": candidate.name,
+            "incumbent": incumbent.name,
+            "golden_file": str(golden_path(settings)) if "golden" in suites else None,
+            "dataset_version": dataset["version"] if dataset else None,
+            "dataset_source": dataset_source,
+        },
+        duration_s=None,
+        created_at="",
+        rows=rows,
+    )
+    verdict = gate.decide(evaluation, settings)
+    evaluation.passed, evaluation.reasons, evaluation.gate = verdict.passed, verdict.reasons, verdict.to_dict()
+    evaluation.duration_s = round(time.perf_counter() - started, 3)
+    _store(db, settings, evaluation)
+    return evaluation
+
+
+def check_pair(
+    db: Database,
+    settings: Settings,
+    candidate: ModelVersion | str,
+    against: ModelVersion | str,
+    suites: list[str] | None,
+) -> tuple[ModelVersion, ModelVersion, list[str]]:
+    """The candidate, the incumbent and the suites to ask, once each is known and the two are different
+    versions; ``suites`` defaults to ``evaluation.suites``."""
+    candidate = candidate if isinstance(candidate, ModelVersion) else resolve_version(db, candidate)
+    incumbent = against if isinstance(against, ModelVersion) else resolve_version(db, against)
+    if candidate.id == incumbent.id:
+        raise ValidationFailed(f"{candidate.name} ({candidate.id}) cannot be evaluated against itself", field="against")
+    suites = list(suites or settings.evaluation.suites)
+    unknown = [s for s in suites if s not in EVALUATION_SUITES]
+    if unknown:
+        raise ValidationFailed(f"unknown suite(s) {unknown}; pick from {list(EVALUATION_SUITES)}", field="suites")
+    return candidate, incumbent, suites
+
+
+def deploy_pair(
+    db: Database,
+    settings: Settings,
+    candidate: ModelVersion,
+    incumbent: ModelVersion,
+    *,
+    client: ChatClient,
+    actor: str,
+) -> None:
+    """Make both servable: the candidate always (deploying never makes it live), the incumbent when it is an
+    adapter, which a restarted model server may have forgotten."""
+    deploy(db, settings, candidate, actor=actor, client=client)
+    if has_adapter(incumbent):
+        deploy(db, settings, incumbent, actor=actor, client=client)
+
+
+def ask_both(
+    client: ChatClient,
+    targets: dict[str, Target],
+    cases: list[Case],
+    settings: Settings,
+    judge_target: Target | None,
+    *,
+    title: str,
+    progress: bool = False,
+) -> tuple[dict[str, list[_Answer]], list[judging.JudgeScore | None]]:
+    """Ask each role's model every case at temperature 0, ``evaluation.concurrency`` at a time with one progress
+    bar, then have the judge (when configured) score each pair. :class:`UpstreamError` when every answer of
+    one model failed: a comparison with nothing on one side means nothing."""
     max_tokens = settings.evaluation.max_tokens
     total = len(cases) * (3 if judge_target else 2)
     with (
-        tqdm(
-            total=total,
-            desc=f"evaluating {candidate.name} vs {incumbent.name}",
-            unit="answer",
-            disable=not progress,
-            dynamic_ncols=True,
-        ) as bar,
+        tqdm(total=total, desc=f"evaluating {title}", unit="answer", disable=not progress, dynamic_ncols=True) as bar,
         ThreadPoolExecutor(max_workers=settings.evaluation.concurrency) as pool,
     ):
 
@@ -189,37 +260,7 @@ def evaluate(
                 return result
 
             verdicts = list(pool.map(judge, range(len(cases))))
-    rows = _rows(cases, answers, verdicts)
-    evaluation = Evaluation(
-        id=new_id("ev"),
-        candidate_id=candidate.id,
-        incumbent_id=incumbent.id,
-        dataset_id=dataset["id"] if dataset else None,
-        suites=suites,
-        metrics=_suite_metrics(suites, rows),
-        rows_path=None,
-        passed=None,
-        reasons=[],
-        judge=_judge_summary(suites, rows, judge_target),
-        gate={},
-        params={
-            "max_tokens": max_tokens,
-            "temperature": 0.0,
-            "candidate": candidate.name,
-            "incumbent": incumbent.name,
-            "golden_file": str(golden_path(settings)) if "golden" in suites else None,
-            "dataset_version": dataset["version"] if dataset else None,
-            "dataset_source": dataset_source,
-        },
-        duration_s=None,
-        created_at="",
-        rows=rows,
-    )
-    verdict = gate.decide(evaluation, settings)
-    evaluation.passed, evaluation.reasons, evaluation.gate = verdict.passed, verdict.reasons, verdict.to_dict()
-    evaluation.duration_s = round(time.perf_counter() - started, 3)
-    _store(db, settings, evaluation)
-    return evaluation
+    return answers, verdicts
 
 
 def _rows(cases: list[Case], answers: dict[str, list[_Answer]], verdicts: list) -> list[dict]:

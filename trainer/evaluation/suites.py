@@ -104,7 +104,8 @@ def candidate_dataset(db: Database, candidate: ModelVersion) -> tuple[dict | Non
     dataset_id = None
     if "training_runs" in db.table_names():
         row = db.execute(
-            "SELECT dataset_id FROM training_runs WHERE id = ? OR candidate_version_id = ? ORDER BY id = ? DESC LIMIT 1",
+            "SELECT dataset_id FROM training_runs WHERE id = ? OR candidate_version_id = ? "
+            "ORDER BY id = ? DESC LIMIT 1",
             [candidate.training_run_id, candidate.id, candidate.training_run_id],
         ).fetchone()
         dataset_id = row[0] if row else None

@@ -1,7 +1,8 @@
 """Fine-tuning providers: where a training run actually trains.
 
-- ``base.py`` — the interface (submit, poll, cancel, checkpoints, candidate) and ``ProviderError``;
-- ``runs.py`` — the ``training_runs`` / ``training_events`` storage every process shares;
+- ``runs.py`` — the ``training_runs`` / ``training_events`` storage every process shares: the
+  run row (``TrainingRun``), its states and its log lines (``RunEvent``);
+- ``base.py`` — the interface on top of it (submit, poll, cancel, checkpoints, candidate) and ``ProviderError``;
 - ``local.py`` — a worker process on this machine (``local_worker.py`` → ``local_train.py``:
   transformers Trainer + PEFT LoRA or full fine-tuning; ``local_data.py``: assistant-only labels);
 - ``openai_ft.py`` — OpenAI's fine-tuning jobs API (no new jobs after 2027-01-06).
@@ -24,10 +25,10 @@ from trainer.providers.base import (
     Provider,
     ProviderError,
     ProviderRetired,
-    RunEvent,
 )
 from trainer.providers.local import LocalProvider
 from trainer.providers.openai_ft import OpenAIProvider, utc_today
+from trainer.providers.runs import RunEvent
 
 
 def get_provider(

@@ -8,12 +8,14 @@ restarted process would need:
 - ``submit(run)`` starts the work and returns the external id (OpenAI's job id,
   the local worker's ``pid:N``); the caller stores it on the run row at once.
 - ``poll(run)`` reports where the work stands as a :class:`PollResult`: state,
-  progress, new log events, metrics, and the output once it succeeded.
+  progress, new log events (:class:`~trainer.providers.runs.RunEvent`), metrics,
+  and the output once it succeeded.
 - ``cancel(run)`` stops it.
 - ``candidate(run)`` says how the output is served, for the model registry.
 
 ``trainer/training.py`` owns every state change of the run row; providers only
-report. Errors in the tree (config/errors.py)::
+report. The run row and its log are storage (``runs.py``), which imports nothing
+from here: this interface sits on top of them. Errors in the tree (config/errors.py)::
 
     TuneloopError
     └── ProviderError        the provider failed or refused    (502)
@@ -24,15 +26,10 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from config.errors import TuneloopError
-
-if TYPE_CHECKING:  # only for annotations: runs.py imports nothing from here at run time either
-    from trainer.providers.runs import TrainingRun
-
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINISHED = ("succeeded", "failed", "cancelled")
+from trainer.providers.runs import RunEvent, TrainingRun
 
 
 class ProviderError(TuneloopError):
@@ -47,17 +44,6 @@ class ProviderRetired(ProviderError):
 
     status = 409
     code = "provider_retired"
-
-
-@dataclass(frozen=True)
-class RunEvent:
-    """One line of a run's log. ``external_id`` (the provider's event id) makes storing it idempotent."""
-
-    message: str
-    level: str = "info"
-    data: dict[str, Any] = field(default_factory=dict)
-    external_id: str | None = None
-    created_at: str | None = None  # ISO-8601 UTC; None: when it is stored
 
 
 @dataclass(frozen=True)
@@ -99,26 +85,26 @@ class Provider(abc.ABC):
     def check_submit(self) -> None:  # noqa: B027 - optional hook: most providers can always submit
         """Raise :class:`ProviderError` when a new run cannot be submitted now (before any row is written)."""
 
-    def find_submitted(self, run: "TrainingRun") -> str | None:
+    def find_submitted(self, run: TrainingRun) -> str | None:
         """The external id of ``run`` if it was submitted but the id never got stored (a crash in between)."""
         return None
 
     @abc.abstractmethod
-    def submit(self, run: "TrainingRun") -> str:
+    def submit(self, run: TrainingRun) -> str:
         """Start training ``run``; returns the external id."""
 
     @abc.abstractmethod
-    def poll(self, run: "TrainingRun") -> PollResult:
+    def poll(self, run: TrainingRun) -> PollResult:
         """Report the state of a submitted run."""
 
     @abc.abstractmethod
-    def cancel(self, run: "TrainingRun") -> None:
+    def cancel(self, run: TrainingRun) -> None:
         """Stop a submitted run (a no-op when it already stopped)."""
 
     @abc.abstractmethod
-    def checkpoints(self, run: "TrainingRun") -> list[dict[str, Any]]:
+    def checkpoints(self, run: TrainingRun) -> list[dict[str, Any]]:
         """Saved checkpoints of a run: step, metrics and where each one is."""
 
     @abc.abstractmethod
-    def candidate(self, run: "TrainingRun") -> CandidateSpec:
+    def candidate(self, run: TrainingRun) -> CandidateSpec:
         """How the output of a succeeded run is served."""

@@ -1,18 +1,18 @@
 """Local fine-tuning: ``transformers.Trainer`` with a PEFT LoRA adapter (or every weight), CPU or GPU.
 
-What a run does, in order:
+What a run does, in order (one function each):
 
-1. encode the train and validation rows with the loss on assistant tokens only
+1. :func:`encode` the train and validation rows with the loss on assistant tokens only
    (``local_data.py``);
-2. load the base model (float32 on CPU, bf16 on a GPU that has it) and, for
+2. :func:`load_model`: the base model (float32 on CPU, bf16 on a GPU that has it) and, for
    ``method = "lora"``, wrap it in a LoRA adapter (rank, alpha, dropout and target
    modules from the run's hyperparameters);
-3. train for at most ``epochs`` epochs, measuring validation loss after each one
+3. train (:func:`build_trainer`) for at most ``epochs`` epochs, measuring validation loss after each one
    and saving a checkpoint per epoch under ``<work_dir>/checkpoints``. Training
    stops once validation loss has not improved for ``early_stopping_patience``
    epochs — on small datasets the extra epochs only overfit — and the best
    epoch's weights are the ones kept (``load_best_model_at_end``);
-4. save the adapter (PEFT ``save_pretrained``: what vLLM and the built-in model
+4. :func:`save` the adapter (PEFT ``save_pretrained``: what vLLM and the built-in model
    server load) into ``<work_dir>/adapter``, or the whole model and tokenizer into
    ``<work_dir>/model``.
 
@@ -42,8 +42,8 @@ from transformers import (
     set_seed,
 )
 
-from trainer.providers.base import RunEvent
 from trainer.providers.local_data import AssistantOnlyCollator, ChatExamples
+from trainer.providers.runs import RunEvent
 from trainer.starter.verify import quiet_transformers
 
 EventSink = Callable[[RunEvent], None]
@@ -72,6 +72,7 @@ def train_local(
 
     ``hp`` holds the run's hyperparameters (the keys of ``[training]`` that the
     local provider records). ``on_event`` receives progress and loss events.
+    The phases are the module docstring's, one function each.
     """
     emit = on_event or (lambda _event: None)
     work_dir = Path(work_dir)
@@ -79,22 +80,101 @@ def train_local(
     if device == "cpu" and hp.get("cpu_threads"):
         torch.set_num_threads(hp["cpu_threads"])  # oversubscribed cores were 40x slower (default.toml)
     set_seed(hp["seed"])
+    tokenizer, train, val = encode(base_model_path, train_rows, val_rows, hp["max_length"])
+    model, total_params, trainable = load_model(base_model_path, hp, device)
+    reporter = _Reporter(emit)
+    trainer = build_trainer(model, tokenizer, train, val, hp, device, work_dir, [reporter], progress=progress)
+    main = trainer.is_world_process_zero()
+    if main:
+        emit(
+            RunEvent(
+                "training started",
+                data={
+                    "device": device,
+                    "method": hp["method"],
+                    "train_examples": len(train),
+                    "val_examples": len(val),
+                    "skipped": train.skipped + val.skipped,
+                    "truncated": train.truncated + val.truncated,
+                    "trainable_params": trainable,
+                    "total_params": total_params,
+                    "max_epochs": hp["epochs"],
+                },
+            )
+        )
+        if not len(val):
+            emit(RunEvent("no validation examples: no early stopping, the last epoch is kept", level="warning"))
+    initial_eval = trainer.evaluate()["eval_loss"] if len(val) else None
+    result = trainer.train()
+    output = save(trainer, tokenizer, hp["method"], work_dir, main=main)
+    metrics = _metrics(trainer, result, reporter, initial_eval, hp, device)
+    metrics.update(
+        train_examples=len(train),
+        val_examples=len(val),
+        trainable_params=trainable,
+        total_params=total_params,
+        train_target_tokens=train.target_tokens,
+    )
+    if main:
+        verdict = (
+            f"stopped early after epoch {metrics['epochs_run']:g} (best: epoch {metrics['best_epoch']:g})"
+            if metrics["stopped_early"]
+            else f"trained {metrics['epochs_run']:g} epochs"
+        )
+        emit(RunEvent(f"{verdict}; saved {output.name} to {output}", data=metrics))
+    return {"output": str(output), "metrics": metrics}
+
+
+def encode(
+    base_model_path: str | Path, train_rows: Sequence[dict], val_rows: Sequence[dict], max_length: int
+) -> tuple[Any, ChatExamples, ChatExamples]:
+    """Phase 1: the base model's tokenizer (padding with EOS when it has no pad token) and the train and
+    validation rows encoded with the loss on assistant tokens only. Fails when no row has one to learn."""
     with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(base_model_path)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        train = ChatExamples(tokenizer, train_rows, hp["max_length"])
-        val = ChatExamples(tokenizer, val_rows, hp["max_length"])
-        if not len(train):
-            raise ValueError("no training example has an assistant token to learn")
-        bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-        dtype = torch.bfloat16 if bf16 else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=dtype)
+        train = ChatExamples(tokenizer, train_rows, max_length)
+        val = ChatExamples(tokenizer, val_rows, max_length)
+    if not len(train):
+        raise ValueError("no training example has an assistant token to learn")
+    return tokenizer, train, val
+
+
+def load_model(base_model_path: str | Path, hp: dict[str, Any], device: str) -> tuple[Any, int, int]:
+    """Phase 2: the base model (float32 on CPU, bf16 on a GPU that has it), wrapped in a LoRA adapter for
+    ``method = "lora"``; returns (model, all parameters, trainable parameters)."""
+    with quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=_dtype(device))
     total_params = sum(p.numel() for p in model.parameters())
     if hp["method"] == "lora":
         model = _with_lora(model, hp)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return model, total_params, sum(p.numel() for p in model.parameters() if p.requires_grad)
 
+
+def _dtype(device: str) -> torch.dtype:
+    return torch.bfloat16 if _bf16(device) else torch.float32
+
+
+def _bf16(device: str) -> bool:
+    return device == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def build_trainer(
+    model,
+    tokenizer,
+    train: ChatExamples,
+    val: ChatExamples,
+    hp: dict[str, Any],
+    device: str,
+    work_dir: Path,
+    callbacks: list[TrainerCallback],
+    *,
+    progress: bool,
+) -> Trainer:
+    """Phase 3's set-up: at most ``epochs`` epochs with validation loss and a checkpoint after each under
+    ``<work_dir>/checkpoints``, early stopping after ``early_stopping_patience`` epochs without improvement
+    and the best epoch kept (only when there are validation rows)."""
     evaluate = len(val) > 0
     steps_per_epoch = math.ceil(len(train) / (hp["batch_size"] * hp["gradient_accumulation"]))
     args = TrainingArguments(
@@ -121,14 +201,13 @@ def train_local(
         seed=hp["seed"],
         data_seed=hp["seed"],
         use_cpu=device == "cpu",
-        bf16=bf16,
+        bf16=_bf16(device),
         report_to=[],
         disable_tqdm=not progress,
         remove_unused_columns=False,
         dataloader_pin_memory=device == "cuda",
     )
-    reporter = _Reporter(emit)
-    callbacks: list[TrainerCallback] = [reporter]
+    callbacks = list(callbacks)
     if evaluate and hp["early_stopping_patience"] > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=hp["early_stopping_patience"]))
     trainer = Trainer(
@@ -142,48 +221,17 @@ def train_local(
     )
     if not progress:
         trainer.remove_callback(PrinterCallback)  # it prints every log dict when there is no bar
-    main = trainer.is_world_process_zero()
-    if main:
-        emit(
-            RunEvent(
-                "training started",
-                data={
-                    "device": device,
-                    "method": hp["method"],
-                    "train_examples": len(train),
-                    "val_examples": len(val),
-                    "skipped": train.skipped + val.skipped,
-                    "truncated": train.truncated + val.truncated,
-                    "trainable_params": trainable,
-                    "total_params": total_params,
-                    "max_epochs": hp["epochs"],
-                },
-            )
-        )
-        if not evaluate:
-            emit(RunEvent("no validation examples: no early stopping, the last epoch is kept", level="warning"))
-    initial_eval = trainer.evaluate()["eval_loss"] if evaluate else None
-    result = trainer.train()
-    output = work_dir / ("adapter" if hp["method"] == "lora" else "model")
+    return trainer
+
+
+def save(trainer: Trainer, tokenizer, method: str, work_dir: Path, *, main: bool) -> Path:
+    """Phase 4: the adapter (PEFT ``save_pretrained``: what vLLM and the built-in model server load) into
+    ``<work_dir>/adapter``, or the whole model and its tokenizer into ``<work_dir>/model``."""
+    output = work_dir / ("adapter" if method == "lora" else "model")
     trainer.save_model(str(output))
-    if main and hp["method"] != "lora":
+    if main and method != "lora":
         tokenizer.save_pretrained(str(output))
-    metrics = _metrics(trainer, result, reporter, initial_eval, hp, device)
-    metrics.update(
-        train_examples=len(train),
-        val_examples=len(val),
-        trainable_params=trainable,
-        total_params=total_params,
-        train_target_tokens=train.target_tokens,
-    )
-    if main:
-        verdict = (
-            f"stopped early after epoch {metrics['epochs_run']:g} (best: epoch {metrics['best_epoch']:g})"
-            if metrics["stopped_early"]
-            else f"trained {metrics['epochs_run']:g} epochs"
-        )
-        emit(RunEvent(f"{verdict}; saved {output.name} to {output}", data=metrics))
-    return {"output": str(output), "metrics": metrics}
+    return output
 
 
 def _with_lora(model, hp: dict[str, Any]):

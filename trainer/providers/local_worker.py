@@ -26,9 +26,8 @@ from filelock import FileLock, Timeout
 
 from config.settings import load_settings
 from feedback.db import open_db
-from trainer.providers.base import RunEvent
 from trainer.providers.local import ERROR_FILE, LOCK_FILE, RESULT_FILE, write_json_atomic
-from trainer.providers.runs import add_event, get_run, log
+from trainer.providers.runs import RunEvent, add_event, get_run, log
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -32,8 +32,8 @@ import openai
 from sqlite_utils import Database
 
 from config.settings import Settings
-from trainer.providers.base import CandidateSpec, PollResult, Provider, ProviderError, ProviderRetired, RunEvent
-from trainer.providers.runs import TrainingRun, has_event, latest_event_data, log
+from trainer.providers.base import CandidateSpec, PollResult, Provider, ProviderError, ProviderRetired
+from trainer.providers.runs import RunEvent, TrainingRun, has_event, latest_event_data, log
 
 # OpenAI job status -> run state.
 _STATES = {

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ from sqlite_utils import Database
 
 from config.errors import Conflict, NotFound
 from feedback.db import new_id, utc_now, write_transaction
-from trainer.providers.base import RunEvent
 
 _COLUMNS = (
     "id",
@@ -43,6 +42,8 @@ _COLUMNS = (
     "updated_at",
     "candidate_version_id",
 )
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled")
 _EVENT_LEVELS = {"debug": "debug", "info": "info", "warn": "warning", "warning": "warning", "error": "error"}
 
 
@@ -78,7 +79,18 @@ class TrainingRun:
 
     @property
     def finished(self) -> bool:
-        return self.state in ("succeeded", "failed", "cancelled")
+        return self.state in FINISHED
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One line of a run's log. ``external_id`` (the provider's event id) makes storing it idempotent."""
+
+    message: str
+    level: str = "info"
+    data: dict[str, Any] = field(default_factory=dict)
+    external_id: str | None = None
+    created_at: str | None = None  # ISO-8601 UTC; None: when it is stored
 
 
 # Where and how fast a run trains, not what it learns: left out of the config fingerprint.
@@ -243,7 +255,8 @@ def list_events(db: Database, run_id: str, *, after_id: int = 0, limit: int | No
 def latest_event_data(db: Database, run_id: str, key: str) -> dict[str, Any] | None:
     """``data`` of the newest event whose data has ``key`` (e.g. the latest progress report)."""
     row = db.execute(
-        "SELECT data FROM training_events WHERE run_id = ? AND json_extract(data, ?) IS NOT NULL ORDER BY id DESC LIMIT 1",
+        "SELECT data FROM training_events WHERE run_id = ? AND json_extract(data, ?) IS NOT NULL "
+        "ORDER BY id DESC LIMIT 1",
         [run_id, f"$.{key}"],
     ).fetchone()
     return json.loads(row[0]) if row else None
