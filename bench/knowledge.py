@@ -299,6 +299,7 @@ def answers(workdir: Path, model_dir: Path, split: str | None) -> dict:
         extra = {"model_server": {"model_dir": str(model_dir)}, "gateway": {"workers": 1}}
         gw = gateway_on(workdir / "answers", server.base_url, extra)
         with httpx2.Client(timeout=120) as http:
+            after = after_build(gw, http, faq, [r for r in asked if r["split"] == "test"])
             for n, row in enumerate(asked, 1):
                 question, reference = qa(row)
                 faq_question = qa(faq[row["rewording_of"]])[0]
@@ -327,7 +328,131 @@ def answers(workdir: Path, model_dir: Path, split: str | None) -> dict:
         "by_lang": {lang: _rates([r for r in results if r["lang"] == lang]) for lang in ("en", "ko")},
         "all": _rates([r for r in results if r["lang"] != "exact"]),
         "faq_word_for_word": _rates([r for r in results if r["lang"] == "exact"]),
+        "after_build": after,
     }
+
+
+# Entries a reviewer adds after the model was built (written for this benchmark; in no training data).
+NEW_ENTRIES = (
+    (
+        "Do you sell gift wrapping?",
+        "Yes. Tick Gift wrap at checkout: 2,500 won per box, with a handwritten card.",
+        "can you wrap my order as a present",
+    ),
+    (
+        "Can I pick up my order at a store?",
+        "Not yet. Store pickup starts in Seongsu on March 3; until then we only deliver.",
+        "is there in-store pickup",
+    ),
+    (
+        "Do you have a student discount?",
+        "Students get 7% off with a verified school email, up to 30,000 won a month.",
+        "any discount for students",
+    ),
+    (
+        "Is there a mobile app for tablets?",
+        "The Haneul Mart app runs on iPad and Android tablets with the same account.",
+        "does the app work on an ipad",
+    ),
+    (
+        "Can I change the delivery time slot?",
+        "You can pick a 2-hour delivery slot until 8 p.m. the day before delivery.",
+        "how do i choose when my package arrives",
+    ),
+    (
+        "선물 포장이 되나요?",
+        "네, 결제 시 선물 포장을 선택하시면 상자당 2,500원에 손글씨 카드를 함께 넣어 드립니다.",
+        "선물용으로 포장해 주실 수 있어요",
+    ),
+    (
+        "매장에서 직접 찾아갈 수 있나요?",
+        "아직은 안 됩니다. 성수 매장 픽업은 3월 3일부터 시작하며 그 전에는 배송만 가능합니다.",
+        "매장 픽업 되나요",
+    ),
+    (
+        "학생 할인이 있나요?",
+        "학교 이메일로 인증하시면 매달 최대 30,000원까지 7% 할인해 드립니다.",
+        "학생도 할인 받을 수 있어요",
+    ),
+    (
+        "태블릿용 앱이 있나요?",
+        "하늘마트 앱은 아이패드와 안드로이드 태블릿에서도 같은 계정으로 쓰실 수 있습니다.",
+        "아이패드에서도 앱 쓸 수 있나요",
+    ),
+    (
+        "배송 시간대를 바꿀 수 있나요?",
+        "배송 전날 오후 8시까지 2시간 단위 배송 시간대를 고르실 수 있습니다.",
+        "배송 받는 시간 정할 수 있어요",
+    ),
+)
+CORRECTIONS = 20  # FAQ entries corrected after the build (half English, half Korean: their test rewordings)
+
+
+def corrected_answer(answer: str, korean: bool) -> str:
+    """A correction no model was trained on: every number changed, and a new sentence in front."""
+    changed = re.sub(r"\d", lambda m: str((int(m.group()) + 3) % 10), answer)
+    return ("변경 안내: 2027년 1월부터 바뀐 내용입니다. " if korean else "Update from January 2027: ") + changed
+
+
+def after_build(gw, http, faq: list[dict], test_rows: list[dict]) -> dict:
+    """Entries changed or added after the model was built, asked right after: the model can only read them.
+
+    A store edit (what approving a review item does to an entry), then ``knowledge.refresh_ms`` twice over,
+    then each changed entry's FAQ question and its held-out rewording, and each new entry's question and a
+    rewording of it. Right = the answer equals the entry's new answer (``question_key`` normalisation).
+    The entries are put back afterwards, so the rewordings that follow are asked of the shipped FAQ.
+    """
+    db = open_db(gw.data_dir / "tuneloop.db")
+    picked: list[dict] = []
+    for lang in ("en", "ko"):
+        seen: set[int] = set()
+        for row in test_rows:
+            if row["lang"] == lang and row["rewording_of"] not in seen and len(seen) < CORRECTIONS // 2:
+                seen.add(row["rewording_of"])
+                picked.append(row)
+    restore: list[tuple[str, str]] = []
+    added: list[str] = []
+    asked: list[tuple[str, str, str, str]] = []  # (kind, question asked, entry's question, expected answer)
+    try:
+        for row in picked:
+            question, answer = qa(faq[row["rewording_of"]])
+            entry = store.entry_for_question(db, question)
+            corrected = corrected_answer(answer, row["lang"] == "ko")
+            store.update_entry(db, entry.id, answer=corrected, actor="bench", reason="bench: correction after build")
+            restore.append((entry.id, entry.answer))
+            asked += [("correction, FAQ question", question, question, corrected)]
+            asked += [("correction, rewording", row["messages"][0]["content"], question, corrected)]
+        for question, answer, reworded in NEW_ENTRIES:
+            entry = store.add_entry(db, questions=[question], answer=answer, actor="bench", reason="bench: new entry")
+            added.append(entry.id)
+            asked += [("new entry, its question", question, question, answer)]
+            asked += [("new entry, rewording", reworded, question, answer)]
+        time.sleep(1.0)  # knowledge.refresh_ms = 500: every worker follows within that
+        results = []
+        for kind, question, entry_question, expected in asked:
+            body = http.post(f"{gw.url}/api/chat", json={"message": question}).json()
+            sources = body.get("sources") or []
+            results.append(
+                {
+                    "kind": kind,
+                    "right": question_key(body.get("answer", "")) == question_key(expected),
+                    "source_right": bool(sources) and sources[0]["question"] == entry_question,
+                }
+            )
+    finally:
+        for entry_id, answer in restore:
+            store.update_entry(db, entry_id, answer=answer, actor="bench", reason="bench: put back")
+        for entry_id in added:
+            store.retire_entry(db, entry_id, actor="bench", reason="bench: put back")
+        db.close()
+        time.sleep(1.0)
+    by_kind: dict[str, dict[str, int]] = {}
+    for r in results:
+        counts = by_kind.setdefault(r["kind"], {"asked": 0, "right": 0, "source_right": 0})
+        counts["asked"] += 1
+        counts["right"] += r["right"]
+        counts["source_right"] += r["source_right"]
+    return by_kind
 
 
 def _rates(results: list[dict]) -> dict:
@@ -434,6 +559,21 @@ def report(figures: dict) -> str:
                     ]
                 ],
                 ["lang", "asked", "right, with knowledge", "right, without", "right entry first"],
+            ),
+            "",
+            "Entries changed or added after the model was built (right = the entry's new answer):",
+            "",
+            table(
+                [
+                    [
+                        kind,
+                        str(v["asked"]),
+                        f"{v['right']} ({v['right'] / v['asked']:.0%})",
+                        _p(v["source_right"] / v["asked"]),
+                    ]
+                    for kind, v in a["after_build"].items()
+                ],
+                ["asked", "questions", "right", "right entry first"],
             ),
             "",
         ]
