@@ -462,7 +462,13 @@ def _rates(results: list[dict]) -> dict:
         "right_with_knowledge": sum(r["on"] for r in results) / n if n else None,
         "right_without": sum(r["off"] for r in results) / n if n else None,
         "first_source_right": sum(r["source_right"] for r in results) / n if n else None,
+        # How well the model reads: right answers among the questions whose right entry was first.
+        "right_when_first_source_right": _share([r["on"] for r in results if r["source_right"]]),
     }
+
+
+def _share(flags: list[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -551,6 +557,7 @@ def report(figures: dict) -> str:
                         _p(v["right_with_knowledge"]),
                         _p(v["right_without"]),
                         _p(v["first_source_right"]),
+                        _p(v.get("right_when_first_source_right")),
                     ]
                     for lang, v in [
                         *a["by_lang"].items(),
@@ -558,7 +565,7 @@ def report(figures: dict) -> str:
                         ("FAQ word for word", a["faq_word_for_word"]),
                     ]
                 ],
-                ["lang", "asked", "right, with knowledge", "right, without", "right entry first"],
+                ["lang", "asked", "right, with knowledge", "right, without", "right entry first", "right when it was"],
             ),
             "",
             "Entries changed or added after the model was built (right = the entry's new answer):",

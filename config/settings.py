@@ -312,7 +312,7 @@ class StarterSettings:
     min_read_rate: float = 0.8
     min_unknown_rate: float = 0.9
     threads: int = 1
-    time_limit_s: float = 300.0
+    time_limit_s: float = 900.0
 
     def __post_init__(self):
         _check(
