@@ -58,7 +58,7 @@ from config.settings import load_settings  # noqa: E402
 from feedback import review  # noqa: E402
 from feedback.db import open_db  # noqa: E402
 from feedback.knowledge import seed, store  # noqa: E402
-from feedback.text import question_key  # noqa: E402
+from feedback.text import has_hangul, question_key  # noqa: E402
 from tests.plugins.gateway import start_gunicorn_gateway, stop_gateway  # noqa: E402
 from tests.plugins.model import start_model_server, stop_model_server  # noqa: E402
 
@@ -291,7 +291,16 @@ def answers(workdir: Path, model_dir: Path, split: str | None) -> dict:
     faq = rows("faq.jsonl")
     asked = [r for r in rows("rewordings.jsonl") if split in (None, r["split"])]
     # The FAQ's own questions too, word for word: what a grounded prompt must not break.
-    asked += [{**row, "rewording_of": n, "lang": "exact", "split": "faq"} for n, row in enumerate(faq)]
+    asked += [
+        {
+            **row,
+            "rewording_of": n,
+            "lang": "exact",
+            "split": "faq",
+            "faq_lang": "ko" if has_hangul(qa(row)[0]) else "en",
+        }
+        for n, row in enumerate(faq)
+    ]
     server = start_model_server(model_dir, workdir / "model-server", name="starter", timeout_s=180)
     gw = None
     results = []
@@ -303,7 +312,7 @@ def answers(workdir: Path, model_dir: Path, split: str | None) -> dict:
             for n, row in enumerate(asked, 1):
                 question, reference = qa(row)
                 faq_question = qa(faq[row["rewording_of"]])[0]
-                outcome = {"lang": row["lang"], "split": row["split"]}
+                outcome = {"lang": row["lang"], "split": row["split"], "faq_lang": row.get("faq_lang")}
                 for use in (True, False):
                     body = http.post(f"{gw.url}/api/chat", json={"message": question, "knowledge": use}).json()
                     key = "on" if use else "off"
@@ -328,6 +337,10 @@ def answers(workdir: Path, model_dir: Path, split: str | None) -> dict:
         "by_lang": {lang: _rates([r for r in results if r["lang"] == lang]) for lang in ("en", "ko")},
         "all": _rates([r for r in results if r["lang"] != "exact"]),
         "faq_word_for_word": _rates([r for r in results if r["lang"] == "exact"]),
+        "faq_word_for_word_by_lang": {
+            lang: _rates([r for r in results if r["lang"] == "exact" and r["faq_lang"] == lang])
+            for lang in ("en", "ko")
+        },
         "after_build": after,
     }
 
@@ -563,6 +576,7 @@ def report(figures: dict) -> str:
                         *a["by_lang"].items(),
                         ("all rewordings", a["all"]),
                         ("FAQ word for word", a["faq_word_for_word"]),
+                        *[(f"FAQ word for word, {k}", v) for k, v in a.get("faq_word_for_word_by_lang", {}).items()],
                     ]
                 ],
                 ["lang", "asked", "right, with knowledge", "right, without", "right entry first", "right when it was"],
