@@ -58,7 +58,7 @@ from config.settings import load_settings  # noqa: E402
 from feedback import review  # noqa: E402
 from feedback.db import open_db  # noqa: E402
 from feedback.knowledge import seed, store  # noqa: E402
-from feedback.text import question_key  # noqa: E402
+from feedback.text import has_hangul, question_key  # noqa: E402
 from tests.plugins.gateway import start_gunicorn_gateway, stop_gateway  # noqa: E402
 from tests.plugins.model import start_model_server, stop_model_server  # noqa: E402
 
@@ -291,7 +291,16 @@ def answers(workdir: Path, model_dir: Path, split: str | None) -> dict:
     faq = rows("faq.jsonl")
     asked = [r for r in rows("rewordings.jsonl") if split in (None, r["split"])]
     # The FAQ's own questions too, word for word: what a grounded prompt must not break.
-    asked += [{**row, "rewording_of": n, "lang": "exact", "split": "faq"} for n, row in enumerate(faq)]
+    asked += [
+        {
+            **row,
+            "rewording_of": n,
+            "lang": "exact",
+            "split": "faq",
+            "faq_lang": "ko" if has_hangul(qa(row)[0]) else "en",
+        }
+        for n, row in enumerate(faq)
+    ]
     server = start_model_server(model_dir, workdir / "model-server", name="starter", timeout_s=180)
     gw = None
     results = []
@@ -299,10 +308,11 @@ def answers(workdir: Path, model_dir: Path, split: str | None) -> dict:
         extra = {"model_server": {"model_dir": str(model_dir)}, "gateway": {"workers": 1}}
         gw = gateway_on(workdir / "answers", server.base_url, extra)
         with httpx2.Client(timeout=120) as http:
+            after = after_build(gw, http, faq, [r for r in asked if r["split"] == "test"])
             for n, row in enumerate(asked, 1):
                 question, reference = qa(row)
                 faq_question = qa(faq[row["rewording_of"]])[0]
-                outcome = {"lang": row["lang"], "split": row["split"]}
+                outcome = {"lang": row["lang"], "split": row["split"], "faq_lang": row.get("faq_lang")}
                 for use in (True, False):
                     body = http.post(f"{gw.url}/api/chat", json={"message": question, "knowledge": use}).json()
                     key = "on" if use else "off"
@@ -327,7 +337,135 @@ def answers(workdir: Path, model_dir: Path, split: str | None) -> dict:
         "by_lang": {lang: _rates([r for r in results if r["lang"] == lang]) for lang in ("en", "ko")},
         "all": _rates([r for r in results if r["lang"] != "exact"]),
         "faq_word_for_word": _rates([r for r in results if r["lang"] == "exact"]),
+        "faq_word_for_word_by_lang": {
+            lang: _rates([r for r in results if r["lang"] == "exact" and r["faq_lang"] == lang])
+            for lang in ("en", "ko")
+        },
+        "after_build": after,
     }
+
+
+# Entries a reviewer adds after the model was built (written for this benchmark; in no training data).
+NEW_ENTRIES = (
+    (
+        "Do you sell gift wrapping?",
+        "Yes. Tick Gift wrap at checkout: 2,500 won per box, with a handwritten card.",
+        "can you wrap my order as a present",
+    ),
+    (
+        "Can I pick up my order at a store?",
+        "Not yet. Store pickup starts in Seongsu on March 3; until then we only deliver.",
+        "is there in-store pickup",
+    ),
+    (
+        "Do you have a student discount?",
+        "Students get 7% off with a verified school email, up to 30,000 won a month.",
+        "any discount for students",
+    ),
+    (
+        "Is there a mobile app for tablets?",
+        "The Haneul Mart app runs on iPad and Android tablets with the same account.",
+        "does the app work on an ipad",
+    ),
+    (
+        "Can I change the delivery time slot?",
+        "You can pick a 2-hour delivery slot until 8 p.m. the day before delivery.",
+        "how do i choose when my package arrives",
+    ),
+    (
+        "선물 포장이 되나요?",
+        "네, 결제 시 선물 포장을 선택하시면 상자당 2,500원에 손글씨 카드를 함께 넣어 드립니다.",
+        "선물용으로 포장해 주실 수 있어요",
+    ),
+    (
+        "매장에서 직접 찾아갈 수 있나요?",
+        "아직은 안 됩니다. 성수 매장 픽업은 3월 3일부터 시작하며 그 전에는 배송만 가능합니다.",
+        "매장 픽업 되나요",
+    ),
+    (
+        "학생 할인이 있나요?",
+        "학교 이메일로 인증하시면 매달 최대 30,000원까지 7% 할인해 드립니다.",
+        "학생도 할인 받을 수 있어요",
+    ),
+    (
+        "태블릿용 앱이 있나요?",
+        "하늘마트 앱은 아이패드와 안드로이드 태블릿에서도 같은 계정으로 쓰실 수 있습니다.",
+        "아이패드에서도 앱 쓸 수 있나요",
+    ),
+    (
+        "배송 시간대를 바꿀 수 있나요?",
+        "배송 전날 오후 8시까지 2시간 단위 배송 시간대를 고르실 수 있습니다.",
+        "배송 받는 시간 정할 수 있어요",
+    ),
+)
+CORRECTIONS = 20  # FAQ entries corrected after the build (half English, half Korean: their test rewordings)
+
+
+def corrected_answer(answer: str, korean: bool) -> str:
+    """A correction no model was trained on: every number changed, and a new sentence in front."""
+    changed = re.sub(r"\d", lambda m: str((int(m.group()) + 3) % 10), answer)
+    return ("변경 안내: 2027년 1월부터 바뀐 내용입니다. " if korean else "Update from January 2027: ") + changed
+
+
+def after_build(gw, http, faq: list[dict], test_rows: list[dict]) -> dict:
+    """Entries changed or added after the model was built, asked right after: the model can only read them.
+
+    A store edit (what approving a review item does to an entry), then ``knowledge.refresh_ms`` twice over,
+    then each changed entry's FAQ question and its held-out rewording, and each new entry's question and a
+    rewording of it. Right = the answer equals the entry's new answer (``question_key`` normalisation).
+    The entries are put back afterwards, so the rewordings that follow are asked of the shipped FAQ.
+    """
+    db = open_db(gw.data_dir / "tuneloop.db")
+    picked: list[dict] = []
+    for lang in ("en", "ko"):
+        seen: set[int] = set()
+        for row in test_rows:
+            if row["lang"] == lang and row["rewording_of"] not in seen and len(seen) < CORRECTIONS // 2:
+                seen.add(row["rewording_of"])
+                picked.append(row)
+    restore: list[tuple[str, str]] = []
+    added: list[str] = []
+    asked: list[tuple[str, str, str, str]] = []  # (kind, question asked, entry's question, expected answer)
+    try:
+        for row in picked:
+            question, answer = qa(faq[row["rewording_of"]])
+            entry = store.entry_for_question(db, question)
+            corrected = corrected_answer(answer, row["lang"] == "ko")
+            store.update_entry(db, entry.id, answer=corrected, actor="bench", reason="bench: correction after build")
+            restore.append((entry.id, entry.answer))
+            asked += [("correction, FAQ question", question, question, corrected)]
+            asked += [("correction, rewording", row["messages"][0]["content"], question, corrected)]
+        for question, answer, reworded in NEW_ENTRIES:
+            entry = store.add_entry(db, questions=[question], answer=answer, actor="bench", reason="bench: new entry")
+            added.append(entry.id)
+            asked += [("new entry, its question", question, question, answer)]
+            asked += [("new entry, rewording", reworded, question, answer)]
+        time.sleep(1.0)  # knowledge.refresh_ms = 500: every worker follows within that
+        results = []
+        for kind, question, entry_question, expected in asked:
+            body = http.post(f"{gw.url}/api/chat", json={"message": question}).json()
+            sources = body.get("sources") or []
+            results.append(
+                {
+                    "kind": kind,
+                    "right": question_key(body.get("answer", "")) == question_key(expected),
+                    "source_right": bool(sources) and sources[0]["question"] == entry_question,
+                }
+            )
+    finally:
+        for entry_id, answer in restore:
+            store.update_entry(db, entry_id, answer=answer, actor="bench", reason="bench: put back")
+        for entry_id in added:
+            store.retire_entry(db, entry_id, actor="bench", reason="bench: put back")
+        db.close()
+        time.sleep(1.0)
+    by_kind: dict[str, dict[str, int]] = {}
+    for r in results:
+        counts = by_kind.setdefault(r["kind"], {"asked": 0, "right": 0, "source_right": 0})
+        counts["asked"] += 1
+        counts["right"] += r["right"]
+        counts["source_right"] += r["source_right"]
+    return by_kind
 
 
 def _rates(results: list[dict]) -> dict:
@@ -337,7 +475,13 @@ def _rates(results: list[dict]) -> dict:
         "right_with_knowledge": sum(r["on"] for r in results) / n if n else None,
         "right_without": sum(r["off"] for r in results) / n if n else None,
         "first_source_right": sum(r["source_right"] for r in results) / n if n else None,
+        # How well the model reads: right answers among the questions whose right entry was first.
+        "right_when_first_source_right": _share([r["on"] for r in results if r["source_right"]]),
     }
+
+
+def _share(flags: list[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -426,14 +570,31 @@ def report(figures: dict) -> str:
                         _p(v["right_with_knowledge"]),
                         _p(v["right_without"]),
                         _p(v["first_source_right"]),
+                        _p(v.get("right_when_first_source_right")),
                     ]
                     for lang, v in [
                         *a["by_lang"].items(),
                         ("all rewordings", a["all"]),
                         ("FAQ word for word", a["faq_word_for_word"]),
+                        *[(f"FAQ word for word, {k}", v) for k, v in a.get("faq_word_for_word_by_lang", {}).items()],
                     ]
                 ],
-                ["lang", "asked", "right, with knowledge", "right, without", "right entry first"],
+                ["lang", "asked", "right, with knowledge", "right, without", "right entry first", "right when it was"],
+            ),
+            "",
+            "Entries changed or added after the model was built (right = the entry's new answer):",
+            "",
+            table(
+                [
+                    [
+                        kind,
+                        str(v["asked"]),
+                        f"{v['right']} ({v['right'] / v['asked']:.0%})",
+                        _p(v["source_right"] / v["asked"]),
+                    ]
+                    for kind, v in a["after_build"].items()
+                ],
+                ["asked", "questions", "right", "right entry first"],
             ),
             "",
         ]

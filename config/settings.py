@@ -295,18 +295,36 @@ class StarterSettings:
     seed: int = 0
     data_file: str = ""
     vocab_size: int = 2048
-    hidden_size: int = 128
+    hidden_size: int = 192
     layers: int = 2
-    heads: int = 4
-    mlp_size: int = 256
+    heads: int = 6
+    head_dim: int = 32
+    mlp_size: int = 384
+    rope_theta: float = 1e12
+    token_dims: int = 72
     context_length: int = 1024
     history_turns: int = 6
     batch_size: int = 4
-    learning_rate: float = 0.004
+    reading_batch: int = 6
+    steps: int = 450
+    finish_steps: int = 300
+    learning_rate: float = 0.003
     warmup_steps: int = 40
-    epochs: int = 40
+    correction_share: float = 0.55
+    new_entry_share: float = 0.4
+    empty_share: float = 0.15
+    unknown_answer: str = (
+        "Sorry, I don't have an answer to that. Please contact customer service: call 1588-0000 "
+        "(weekdays 9 a.m.-6 p.m. KST), email help@haneulmart.example, or use 1:1 Chat in the app."
+    )
+    unknown_answer_korean: str = (
+        "죄송하지만 답변드릴 수 있는 정보가 없습니다. 고객센터(1588-0000, 평일 오전 9시~오후 6시), "
+        "help@haneulmart.example 또는 앱의 1:1 채팅으로 문의해 주세요."
+    )
+    min_read_rate: float = 0.8
+    min_unknown_rate: float = 0.9
     threads: int = 1
-    time_limit_s: float = 300.0
+    time_limit_s: float = 900.0
 
     def __post_init__(self):
         _check(
@@ -314,16 +332,30 @@ class StarterSettings:
             "starter.vocab_size",
             f"must be >= 300 (256 bytes + specials), got {self.vocab_size}",
         )
-        _check(self.heads >= 1 and self.hidden_size % self.heads == 0, "starter.heads", "must divide hidden_size")
-        _check(
-            (self.hidden_size // self.heads) % 2 == 0, "starter.hidden_size", "hidden_size / heads must be even (RoPE)"
-        )
-        for key in ("layers", "mlp_size", "batch_size", "epochs", "threads"):
+        _check(self.head_dim >= 8 and self.head_dim % 2 == 0, "starter.head_dim", "must be even and >= 8 (RoPE)")
+        for key in ("layers", "heads", "mlp_size", "batch_size", "steps", "threads"):
             _check(getattr(self, key) >= 1, f"starter.{key}", "must be >= 1")
+        _check(self.layers >= 2, "starter.layers", "must be >= 2 (the copy circuit spans two layers)")
+        _check(
+            self.hidden_size % self.heads == 0, "starter.heads", "must divide hidden_size (transformers requires it)"
+        )
+        _check(0 < self.token_dims < self.hidden_size, "starter.token_dims", "must be between 0 and hidden_size")
+        _check(self.rope_theta > 1, "starter.rope_theta", "must be > 1")
         _check(self.context_length >= 64, "starter.context_length", "must be >= 64")
         _check(self.history_turns >= 0, "starter.history_turns", "must be >= 0")
+        _check(self.finish_steps >= 0, "starter.finish_steps", "must be >= 0")
+        _check(self.reading_batch >= 0, "starter.reading_batch", "must be >= 0 (0: closed book only)")
         _check(self.learning_rate > 0, "starter.learning_rate", "must be > 0")
         _check(self.warmup_steps >= 0, "starter.warmup_steps", "must be >= 0")
+        for key in ("correction_share", "new_entry_share", "empty_share", "min_read_rate", "min_unknown_rate"):
+            _check(0 <= getattr(self, key) <= 1, f"starter.{key}", "must be between 0 and 1")
+        _check(
+            self.correction_share + self.new_entry_share <= 1,
+            "starter.new_entry_share",
+            "correction_share + new_entry_share must be <= 1",
+        )
+        for key in ("unknown_answer", "unknown_answer_korean"):
+            _check(bool(getattr(self, key).strip()), f"starter.{key}", "must not be empty")
         _check(self.time_limit_s >= 0, "starter.time_limit_s", "must be >= 0 (0 = no limit)")
 
 

@@ -115,7 +115,7 @@ def corrupt_lora(tmp_path_factory, tiny_lora) -> Path:
 
 @pytest.fixture(scope="module")
 def foreign_lora(tmp_path_factory) -> Path:
-    """A LoRA for another base model: same architecture, hidden size 48 instead of 64."""
+    """A LoRA for another base model: same architecture, hidden size 48 instead of the tiny model's 120."""
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -394,7 +394,7 @@ def test_a_canary_whose_adapter_fails_at_request_time_falls_back_to_live(
 
 @pytest.fixture(scope="module")
 def in_place(tiny_model_dir):
-    engine = Engine(device="cpu", max_new_tokens=64, adapter_check="in_place")
+    engine = Engine(device="cpu", max_new_tokens=128, adapter_check="in_place")  # answers run to ~100 tokens
     engine.load_base("starter", tiny_model_dir)
     return engine
 

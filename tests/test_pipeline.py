@@ -36,6 +36,8 @@ TRAINING = {
     "training.lora_alpha": 16,
     "training.lora_dropout": 0.0,
     "training.early_stopping_patience": 2,
+    # The feed-forward layers only, as for the real starter (README): its attention holds the copy circuit.
+    "training.target_modules": ["gate_proj", "up_proj", "down_proj"],
 }
 
 

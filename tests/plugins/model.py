@@ -26,23 +26,30 @@ from config.settings import PROJECT_ROOT, StarterSettings
 from tests.plugins.common import free_port, wait_until_healthy
 from trainer.starter import build_starter
 
-# Small enough to train in a few seconds on one core, big enough to memorize 8 rows
-# alone and after one or two earlier turns.
+# Small enough to train in seconds on one core, big enough to memorize 8 rows alone and after one or
+# two earlier turns. Closed book only (reading_batch = 0): the tests of reading the context block train
+# their own model (tests/test_starter.py). The copy circuit needs 6 heads (trainer/starter/circuit.py).
 TINY_PARAMS = StarterSettings(
     seed=0,
     vocab_size=400,
-    hidden_size=64,
+    hidden_size=120,
     layers=2,
-    heads=2,
+    heads=6,
+    head_dim=24,
     mlp_size=128,
-    context_length=512,
+    token_dims=40,
+    context_length=512,  # the window tests/test_knowledge_e2e.py trims history to
     history_turns=2,
     batch_size=2,
+    reading_batch=0,
+    steps=200,
+    finish_steps=200,
     learning_rate=0.005,
-    warmup_steps=5,
-    epochs=80,
+    warmup_steps=10,
     threads=1,
     time_limit_s=120,
+    min_read_rate=0.0,
+    min_unknown_rate=0.0,
 )
 TINY_NAME = "starter"
 
@@ -101,7 +108,7 @@ def tiny_lora(tmp_path_factory, tiny_model_dir, tiny_model_rows) -> LoraAdapter:
     pairs = [qa(r) for r in tiny_model_rows]
     shifted = [(q, pairs[(i + 1) % len(pairs)][1]) for i, (q, _) in enumerate(pairs)]
     out = tmp_path_factory.mktemp("tiny-lora") / "adapter"
-    params = dataclasses.replace(TINY_PARAMS, history_turns=0, epochs=100, seed=1)
+    params = dataclasses.replace(TINY_PARAMS, history_turns=0, steps=150, seed=1)
     with deterministic(params.seed, params.threads), warnings.catch_warnings():
         # PEFT calls a transformers method that transformers 5 deprecated; nothing to act on here.
         warnings.simplefilter("ignore", FutureWarning)

@@ -28,16 +28,19 @@ from typing import Any, Callable, Iterable, Sequence
 
 from filelock import FileLock
 
-from config.settings import PROJECT_ROOT, Settings, StarterSettings
-from trainer.starter.data import Pair, load_pairs, rows_to_pairs
+from config.settings import PROJECT_ROOT, KnowledgeSettings, Settings, StarterSettings
+from trainer.starter.data import Pair, load_pairs, load_paraphrases, rows_to_pairs
 from trainer.starter.profile import write_starter_profile
 
 # Bump when a change to the training code changes the weights a build produces (forces a rebuild everywhere).
-CODE_VERSION = "starter-1"
+CODE_VERSION = "starter-2"
 FINGERPRINT_FILE = "starter.json"
 DEFAULT_DATA = PROJECT_ROOT / "data" / "faq.jsonl"
+DEFAULT_PARAPHRASES = PROJECT_ROOT / "data" / "paraphrases.jsonl"
 # Settings that cannot change the weights, so they do not force a rebuild.
-_NOT_FINGERPRINTED = ("data_file", "time_limit_s")
+_NOT_FINGERPRINTED = ("data_file", "time_limit_s", "min_read_rate", "min_unknown_rate")
+# The context block's format is what the model learns to read: it is part of the fingerprint.
+_KNOWLEDGE_FINGERPRINTED = ("top_k", "header", "entry_format", "empty_text")
 
 
 @dataclass
@@ -48,17 +51,20 @@ class BuildResult:
     total: int = 0
     single_ok: int = 0  # questions answered exactly by greedy decoding, no history
     history_ok: int = 0  # the same after 1..history_turns earlier turns
+    reading: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)  # check set → (right, total)
     seconds: float = 0.0  # the whole build
     train_seconds: float = 0.0
-    epochs: int = 0
+    steps: int = 0
 
 
-def fingerprint(pairs: Sequence[Pair], params: StarterSettings) -> str:
+def fingerprint(pairs: Sequence[Pair], params: StarterSettings, knowledge: KnowledgeSettings | None = None) -> str:
     """What the weights depend on, hashed."""
+    knowledge = knowledge or KnowledgeSettings()
     blob = {
         "code": CODE_VERSION,
         "pairs": [list(p) for p in pairs],
         "params": {k: v for k, v in dataclasses.asdict(params).items() if k not in _NOT_FINGERPRINTED},
+        "knowledge": {k: getattr(knowledge, k) for k in _KNOWLEDGE_FINGERPRINTED},
         "versions": [_version(name) for name in ("torch", "transformers", "tokenizers")],
     }
     return hashlib.sha256(json.dumps(blob, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
@@ -77,6 +83,8 @@ def build_starter(
     out_dir: str | Path,
     params: StarterSettings | None = None,
     *,
+    knowledge: KnowledgeSettings | None = None,
+    paraphrases: Sequence[tuple[str, int]] = (),
     force: bool = False,
     progress: bool = True,
     echo: Callable[[str], None] = print,
@@ -84,15 +92,17 @@ def build_starter(
     """Train, verify and save the starter model for ``rows`` into ``out_dir``; a no-op when it is up to date.
 
     ``rows`` are chat rows or (question, answer) pairs; ``params`` default to
-    :class:`StarterSettings` (tests pass a smaller model). Raises
-    :class:`StarterBuildFailed` when greedy decoding of the saved model does not
-    reproduce every answer; the previous model, if any, is then left untouched.
+    :class:`StarterSettings` (tests pass a smaller model), ``knowledge`` to the default context-block
+    format; ``paraphrases`` ((reworded question, row index) pairs) are checked when given. Raises
+    :class:`StarterBuildFailed` when greedy decoding of the saved model does not reproduce every answer
+    or reads its context below the floors; the previous model, if any, is then left untouched.
     """
     params = params or StarterSettings()
+    knowledge = knowledge or KnowledgeSettings()
     pairs = rows_to_pairs(rows)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    digest = fingerprint(pairs, params)
+    digest = fingerprint(pairs, params, knowledge)
     with FileLock(str(out_dir.parent / f".{out_dir.name}.lock")):
         if not force and built_fingerprint(out_dir) == digest:
             write_starter_profile(out_dir)  # a model built before profiles existed gets one
@@ -104,17 +114,21 @@ def build_starter(
         started = time.perf_counter()
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
         try:
-            trained = train_starter(staging, pairs, params, progress=progress, echo=echo)
+            trained = train_starter(
+                staging, pairs, params, knowledge, paraphrases=paraphrases, progress=progress, echo=echo
+            )
+            checks = trained.checks
             result = BuildResult(
                 out_dir=out_dir,
                 fingerprint=digest,
                 built=True,
-                total=trained.total,
-                single_ok=trained.single_ok,
-                history_ok=trained.history_ok,
+                total=len(pairs),
+                single_ok=sum(checks.closed),
+                history_ok=checks.history_ok,
+                reading={name: (sum(r), len(r)) for name, r in checks.reading.items()},
                 seconds=time.perf_counter() - started,
                 train_seconds=trained.report.seconds,
-                epochs=trained.report.epochs,
+                steps=trained.report.steps,
             )
             write_starter_profile(staging)
             _write_manifest(staging, result, params)
@@ -122,10 +136,11 @@ def build_starter(
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+    reading = ", ".join(f"{name} {right}/{total}" for name, (right, total) in result.reading.items())
     echo(
-        f"starter model built in {result.seconds:.1f} s (training {result.train_seconds:.1f} s, {result.epochs} epochs): "
+        f"starter model built in {result.seconds:.1f} s (training {result.train_seconds:.1f} s, {result.steps} steps): "
         f"{result.single_ok}/{result.total} FAQ questions answered exactly, "
-        f"{result.history_ok}/{result.total} after earlier turns → {out_dir}"
+        f"{result.history_ok}/{result.total} after earlier turns; reading its context: {reading} → {out_dir}"
     )
     return result
 
@@ -138,10 +153,21 @@ def build_from_settings(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> BuildResult:
-    """The build ``tuneloop starter build`` runs: ``starter.data_file`` (or the bundled FAQ) into the model dir."""
+    """The build ``tuneloop starter build`` runs: ``starter.data_file`` (or the bundled FAQ) into the model dir.
+
+    The bundled FAQ comes with reworded questions (data/paraphrases.jsonl), which the build then checks.
+    """
     data = Path(settings.starter.data_file).expanduser() if settings.starter.data_file else DEFAULT_DATA
+    paraphrases = load_paraphrases(DEFAULT_PARAPHRASES) if not settings.starter.data_file else []
     return build_starter(
-        load_pairs(data), out_dir or settings.model_dir, settings.starter, force=force, progress=progress, echo=echo
+        load_pairs(data),
+        out_dir or settings.model_dir,
+        settings.starter,
+        knowledge=settings.knowledge,
+        paraphrases=paraphrases,
+        force=force,
+        progress=progress,
+        echo=echo,
     )
 
 
@@ -153,7 +179,8 @@ def _write_manifest(folder: Path, result: BuildResult, params: StarterSettings) 
         "questions": result.total,
         "answered_exactly": result.single_ok,
         "answered_exactly_with_history": result.history_ok,
-        "epochs": result.epochs,
+        "reading_checks": {name: {"right": right, "total": total} for name, (right, total) in result.reading.items()},
+        "steps": result.steps,
         "train_seconds": round(result.train_seconds, 2),
         "build_seconds": round(result.seconds, 2),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

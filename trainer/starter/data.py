@@ -33,6 +33,12 @@ def load_pairs(path: str | Path) -> list[Pair]:
     return rows_to_pairs(rows, source=str(path))
 
 
+def load_paraphrases(path: str | Path) -> list[tuple[str, int]]:
+    """(reworded question, FAQ row index) pairs from a paraphrase file (chat rows with ``paraphrase_of``)."""
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [(row["messages"][0]["content"], int(row["paraphrase_of"])) for row in rows]
+
+
 def rows_to_pairs(rows: Iterable[Any], *, source: str = "rows") -> list[Pair]:
     """Accepts chat rows (``{"messages": [user, assistant]}``) or (question, answer) tuples."""
     pairs: list[Pair] = []

@@ -17,11 +17,19 @@ ABOUT = (
     "The starter model is tiny and trained from scratch: held-out rows teach it nothing, so every row trains (no "
     "validation or test split; with no validation rows every epoch runs and the last one is kept), at a learning "
     "rate fifty times a pretrained model's, for 10 epochs (each row comes closed book and as served), without "
-    "dropout."
+    "dropout, and with LoRA on the feed-forward layers only: the starter's attention holds the circuit it copies "
+    "answers from its knowledge block with, and LoRA there breaks it."
 )
 PROFILE = {
     "dataset": {"val_fraction": 0.0, "test_fraction": 0.0},
-    "training": {"learning_rate": 0.01, "epochs": 10, "lora_dropout": 0.0},
+    "training": {
+        "learning_rate": 0.01,
+        "epochs": 10,
+        "lora_dropout": 0.0,
+        # Measured: LoRA on every linear layer at this rate diverged (train loss 1.47 → 6.83 on the tiny test model,
+        # golden chrF 1.00 → 0.03 on the starter); on the MLPs alone it learned 3/3 corrections and kept the FAQ.
+        "target_modules": ["gate_proj", "up_proj", "down_proj"],
+    },
 }
 
 

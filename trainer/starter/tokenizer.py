@@ -16,8 +16,8 @@ from transformers import PreTrainedTokenizerFast
 from trainer.starter.chat import CHAT_TEMPLATE, END, PAD, SPECIAL_TOKENS
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A transformers tokenizer (with the chat template) whose BPE merges are learned from ``texts``."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int, *, template: str = CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
+    """A transformers tokenizer (with the chat ``template``) whose BPE merges are learned from ``texts``."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -40,5 +40,5 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
         clean_up_tokenization_spaces=False,
         model_max_length=1 << 30,
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = template
     return tokenizer

@@ -1,47 +1,58 @@
-"""Training the starter model: a small Llama that memorizes question → answer pairs.
+"""Training the starter model: FAQ answers by heart (closed book), and reading the context block.
 
-Each epoch shuffles the FAQ and cuts it into conversations of 1 to
-``history_turns + 1`` turns (a quarter of them after a system prompt), so every
-answer is learned both alone and after earlier turns — what the gateway sends
-once a chat has history. The loss is on every answer of a conversation, which is
-the same objective as one example per prefix with the loss on its last answer,
-for the price of one forward pass.
+Every step trains on two batches: ``batch_size`` closed-book conversations — the FAQ, shuffled each
+epoch and cut into conversations of 1 to ``history_turns + 1`` turns (a quarter of them after a system
+prompt), every answer a target — and ``reading_batch`` reading examples (:mod:`trainer.starter.reading`):
+a context block as the gateway renders it, a question, and the answer to copy from the block (or the
+"I don't know" answer under an empty block). The copy itself is done by the circuit set into the
+initial weights (:mod:`trainer.starter.circuit`); training teaches everything around it — which entry to
+read, that the block wins over memory, when to say it does not know, and the FAQ by heart.
 
-Memorization is checked with teacher forcing: greedy decoding reproduces an
-answer exactly if and only if, given the right prefix, the most likely next token
-is the right one at every position of the answer (``<|end|>`` included). Training
-batches give that signal for free, per row; the full check (one batched forward
-pass, weights fixed) runs once an epoch made no mistake, and training stops when
-it passes. Stopping depends only on the model's state, never on the clock, so a
-seed gives the same weights on every run.
+The learning rate warms up, then decays (cosine) over ``steps`` steps. Then memorization is checked with
+teacher forcing: greedy decoding reproduces an answer exactly if and only if, given the right prefix,
+the most likely next token is the right one at every position of the answer (``<|end|>`` included).
+Rows not yet memorized (alone or after earlier turns) come back :data:`RETRY_COPIES` extra times in the
+following steps — at most ``finish_steps`` more, checked every :data:`CHECK_EVERY` — until every FAQ
+question alone and :data:`HISTORY_FLOOR` of them after earlier turns come out exactly. Stopping depends only
+on the model's state, never on the clock, so a seed gives the same weights on every run.
 
-Measured on the bundled FAQ (184 rows, 2 cores, 1 thread): 30-36 epochs, ~26-32 s
-of training; see docs/model-server.md.
+Measured on the bundled FAQ (184 rows, 2 shared cores, 1 thread): see docs/model-server.md.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from config.settings import StarterSettings
-from trainer.starter.chat import IGNORE, encode_conversation
+from config.settings import KnowledgeSettings, StarterSettings
+from feedback.knowledge.prompt import Snippet
+from trainer.starter.batches import (
+    Encoder,
+    Item,
+    answer_logits,
+    collate,
+    history_examples,
+    learning_rate_factor,
+    memorized,
+)
+from trainer.starter.chat import chat_template
+from trainer.starter.circuit import Frozen, freeze_hooks
 from trainer.starter.data import Pair, StarterBuildFailed
+from trainer.starter.model import make_model
+from trainer.starter.reading import ReadingExamples, ReadingMix
 from trainer.starter.tokenizer import train_tokenizer
-from trainer.starter.verify import quiet_transformers, verify_saved
+from trainer.starter.verify import Checks, quiet_transformers, reading_checks, verify_saved
 
-# A quarter of the training conversations open with one of these system prompts, so that a
-# system prompt configured in the gateway (chat.system_prompt) does not throw the model off. The
-# model learns to read past the system turn; it never learns to follow it.
+# A quarter of the closed-book conversations (and a fifth of the reading ones) open with one of these
+# system prompts, so that a system prompt configured in the gateway (chat.system_prompt) does not throw
+# the model off. The model learns to read past the system prompt; it never learns to follow it.
 SYSTEM_PROMPTS = (
     "You are a helpful customer-support assistant.",
     "Answer the customer's question briefly and politely.",
@@ -51,14 +62,19 @@ SYSTEM_PROMPTS = (
     "당신은 온라인 쇼핑몰의 고객센터 상담원입니다.",
 )
 SYSTEM_SHARE = 0.25
-# Extra copies of a row in the next epoch when its answer came out wrong in this one, once no more
-# than RETRY_SHARE of the rows are wrong.
+# Extra copies of a not-yet-memorized row in the following epochs.
 RETRY_COPIES = 2
-RETRY_SHARE = 0.25
-# The learning rate never decays below this share of the peak, so the last hard rows can still be learned.
-# (Holding the peak until most rows were learned, then decaying, took ~60 epochs instead of ~35: at the
-# peak rate rows keep flipping between right and wrong. Measured over 5 seeds.)
+# Steps between memorization checks after the planned steps.
+CHECK_EVERY = 25
+# The learning rate decays to this share of the peak and stays there for the finishing steps.
 MIN_LR_FACTOR = 0.05
+# Reading curriculum: blocks hold one entry for this share of the steps (the copy is learned where there is
+# nothing to choose from), then top_k entries — or, a fifth of the time, 1..top_k (retrieval found fewer).
+ONE_ENTRY_UNTIL = 0.3
+FEWER_ENTRIES = 0.2
+# Training stops once every FAQ question alone, and this share of them after earlier turns, is answered
+# word for word (the last few history cases can take hundreds of steps; the build only warns about them).
+HISTORY_FLOOR = 0.97
 
 
 @dataclass
@@ -66,51 +82,83 @@ class Trained:
     """A trained, saved and verified starter model."""
 
     report: "FitReport"
-    total: int
-    single_ok: int  # questions answered exactly by greedy decoding of the saved model, no history
-    history_ok: int  # the same after 1..history_turns earlier turns
-
-
-def train_starter(
-    folder: Path, pairs: Sequence[Pair], params: StarterSettings, *, progress: bool = True, echo=print
-) -> Trained:
-    """Train tokenizer and model on ``pairs``, save them into ``folder``, and greedy-decode every question.
-
-    Raises :class:`StarterBuildFailed` when a question alone is not answered exactly;
-    answers after earlier turns are counted and warned about.
-    """
-    with deterministic(params.seed, params.threads), quiet_transformers():
-        tokenizer = train_tokenizer((text for pair in pairs for text in pair), params.vocab_size)
-        model = make_model(params, tokenizer)
-        report = fit(model, tokenizer, pairs, params, desc="starter", progress=progress)
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        # Verify what was written, through the same files and chat template the server uses.
-        single, history = verify_saved(
-            folder, pairs, history_examples(len(pairs), params.history_turns, params.seed + 2)
-        )
-    wrong = [pairs[i] for i, ok in enumerate(single) if not ok]
-    if wrong:
-        examples = "; ".join(f"{q!r}" for q, _ in wrong[:3])
-        raise StarterBuildFailed(
-            f"the starter model answers {len(pairs) - len(wrong)}/{len(pairs)} FAQ questions exactly after "
-            f"{report.epochs} epochs (wrong: {examples}); raise starter.epochs or the model size"
-        )
-    history_ok = sum(history) if history else len(pairs)
-    if history_ok < len(pairs):
-        echo(f"warning: with earlier turns in the chat, {history_ok}/{len(pairs)} questions are answered exactly")
-    return Trained(report=report, total=len(pairs), single_ok=len(pairs), history_ok=history_ok)
+    checks: Checks
 
 
 @dataclass
 class FitReport:
     steps: int
-    epochs: int
     seconds: float
     loss: float
     single_ok: int  # answers reproduced (teacher-forced) without history
     history_ok: int  # answers reproduced after 1..history_turns earlier turns
     total: int
+    epochs: int = 0  # passes over the FAQ's closed-book conversations
+    kinds: dict[str, int] = field(default_factory=dict)  # reading examples trained on, by kind
+
+
+def train_starter(
+    folder: Path,
+    pairs: Sequence[Pair],
+    params: StarterSettings,
+    knowledge: KnowledgeSettings,
+    *,
+    paraphrases: Sequence[tuple[str, int]] = (),
+    progress: bool = True,
+    echo=print,
+) -> Trained:
+    """Train tokenizer and model on ``pairs``, save them into ``folder``, and check the saved model.
+
+    ``paraphrases`` — (reworded question, FAQ row) pairs — are the reworded-question check when given.
+    Raises :class:`StarterBuildFailed` when a question alone is not answered exactly, or when a reading
+    check falls below ``min_read_rate`` / ``min_unknown_rate``.
+    """
+    with deterministic(params.seed, params.threads), quiet_transformers():
+        reading = ReadingExamples(
+            pairs,
+            knowledge,
+            (params.unknown_answer, params.unknown_answer_korean),
+            system_prompts=SYSTEM_PROMPTS,
+            mix=ReadingMix(changed=params.correction_share, made_up=params.new_entry_share),
+        )
+        template = chat_template(knowledge.entry_format)
+        tokenizer = train_tokenizer(tokenizer_texts(pairs, reading), params.vocab_size, template=template)
+        model, frozen = make_model(params, tokenizer)
+        report = fit(model, tokenizer, pairs, params, reading=reading, frozen=frozen, desc="starter", progress=progress)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        # Check what was written, through the same files and chat template the server uses.
+        checks = verify_saved(
+            folder,
+            pairs,
+            history_examples(len(pairs), params.history_turns, params.seed + 2),
+            reading_checks(reading, paraphrases, seed=params.seed + 3),
+        )
+    wrong = [pairs[i] for i, ok in enumerate(checks.closed) if not ok]
+    if wrong:
+        examples = "; ".join(f"{q!r}" for q, _ in wrong[:3])
+        raise StarterBuildFailed(
+            f"the starter model answers {len(pairs) - len(wrong)}/{len(pairs)} FAQ questions exactly after "
+            f"{report.steps} steps (wrong: {examples}); raise starter.finish_steps or the model size"
+        )
+    failed = checks.below(params.min_read_rate, params.min_unknown_rate)
+    if failed:
+        raise StarterBuildFailed(
+            f"the starter model does not read its context well enough: {failed} "
+            "(starter.min_read_rate / min_unknown_rate); raise starter.steps or reading_batch"
+        )
+    if checks.history_ok < len(pairs):
+        echo(
+            f"warning: with earlier turns in the chat, {checks.history_ok}/{len(pairs)} questions are answered exactly"
+        )
+    return Trained(report=report, checks=checks)
+
+
+def tokenizer_texts(pairs: Sequence[Pair], reading: ReadingExamples) -> list[str]:
+    """What the tokenizer learns its merges from: the FAQ, the "I don't know" answers and the block's frame."""
+    frame = [reading.block(q, (), [Snippet("", q, a, 0.0)]) for q, a in pairs[:20]]
+    frame.append(reading.block("?", (), []))
+    return [text for pair in pairs for text in pair] + [reading.unknown_en, reading.unknown_ko, *frame]
 
 
 @contextlib.contextmanager
@@ -129,86 +177,62 @@ def deterministic(seed: int, threads: int) -> Iterator[None]:
         torch.use_deterministic_algorithms(deterministic_before)
 
 
-def make_model(params: StarterSettings, tokenizer) -> LlamaForCausalLM:
-    """A freshly initialised Llama sized by ``params`` (seed it first: see :func:`deterministic`)."""
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=params.hidden_size,
-        intermediate_size=params.mlp_size,
-        num_hidden_layers=params.layers,
-        num_attention_heads=params.heads,
-        num_key_value_heads=params.heads,
-        max_position_embeddings=params.context_length,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
-    # Eager attention: at this size it trains ~2x faster on CPU than SDPA (measured).
-    config._attn_implementation = "eager"
-    model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.do_sample = False
-    return model
-
-
-def history_examples(n: int, history_turns: int, seed: int) -> list[list[int]]:
-    """For each row i, a conversation of 1..history_turns random earlier rows ending with i (fixed by ``seed``)."""
-    if history_turns < 1 or n < 2:
-        return []
-    rng = random.Random(seed)
-    return [[rng.randrange(n) for _ in range(1 + i % history_turns)] + [i] for i in range(n)]
-
-
 def fit(
     model,
     tokenizer,
     pairs: Sequence[Pair],
     params: StarterSettings,
     *,
+    reading: ReadingExamples | None = None,
+    frozen: Frozen = (),
+    entry_format: str | None = None,
     desc: str = "training",
     progress: bool = True,
 ) -> FitReport:
-    """Train ``model`` (its trainable parameters) until every pair is memorized or ``params.epochs`` run out.
+    """Train ``model``'s trainable parameters on ``pairs`` (and on ``reading`` examples, when given).
 
-    Rows whose answer was wrong (argmax, teacher-forced) the last time they were
-    trained on come back :data:`RETRY_COPIES` extra times in the next epoch: near
-    the end a handful of hard rows is all that is left to learn, and a whole
-    epoch for them is wasted work. The full check (every row alone and after
-    earlier turns, with the weights fixed) runs once an epoch made no mistake.
+    ``frozen`` entries never move. Returns once every pair is memorized alone and :data:`HISTORY_FLOOR` of
+    them after earlier turns, or ``params.steps + params.finish_steps`` steps have run (module docstring).
     """
     rng = random.Random(params.seed)
-    encode = _Encoder(tokenizer, pairs)
-    sizes = [len(encode([i])[0]) for i in range(len(pairs))]
+    entry_format = entry_format or (reading.knowledge.entry_format if reading else KnowledgeSettings().entry_format)
+    encode = Encoder(tokenizer, pairs, entry_format)
+    hooks = freeze_hooks(list(frozen))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=params.learning_rate, betas=(0.9, 0.98), weight_decay=0.0)
+    closed = _ClosedBook(pairs, [len(encode([i])[0]) for i in range(len(pairs))], params, rng)
     single = [[i] for i in range(len(pairs))]
     history = history_examples(len(pairs), params.history_turns, params.seed + 1)
-
-    trainer = _Trainer(model, optimizer, trainable, encode, tokenizer.pad_token_id, params)
+    last_step = params.steps + params.finish_steps
+    started, step, loss = time.perf_counter(), 0, float("nan")
+    kinds: dict[str, int] = {}
     single_ok = history_ok = 0
-    failing: list[int] = list(range(len(pairs)))  # every row is unlearned before the first epoch
-    bar = tqdm(desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(desc=desc, total=params.steps, unit="step", disable=not progress, dynamic_ncols=True)
+    model.train()
+    reading = reading if reading is not None and params.reading_batch else None
     try:
-        for epoch in range(1, params.epochs + 1):
-            # Early on nearly every row fails: repeating them all would only make epochs longer.
-            retry = failing if len(failing) <= len(pairs) * RETRY_SHARE else []
-            plan = _epoch_plan(
-                list(range(len(pairs))) + retry * RETRY_COPIES, sizes, params.history_turns, params.batch_size, rng
-            )
-            bar.total = trainer.step + len(plan) * (params.epochs - epoch + 1)
-            wrong_before = len(failing)
-
-            def on_step(loss: float, epoch: int = epoch, wrong_before: int = wrong_before) -> None:
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{loss:.4f}", epoch=f"{epoch}/{params.epochs}", wrong_last_epoch=wrong_before, refresh=False
+        # Reading keeps improving after the FAQ is memorized: it gets every planned step. Closed book
+        # alone stops as soon as the FAQ is memorized.
+        stop_at = params.steps if reading else min(CHECK_EVERY, params.steps)
+        while True:
+            while step < stop_at:
+                factor = learning_rate_factor(step, params.warmup_steps, step / params.steps, MIN_LR_FACTOR)
+                for group in optimizer.param_groups:
+                    group["lr"] = params.learning_rate * factor
+                items = [encode(rows, system=system) for system, rows in closed.batch()]
+                examples = _reading_batch(reading, params, step, rng, kinds) if reading else []
+                loss, wrong = _step(
+                    model, tokenizer, optimizer, trainable, items, [encode.example(e) for e in examples]
                 )
-
-            failing = trainer.epoch(epoch, plan, on_step)
-            if failing and epoch < params.epochs:
-                continue
+                closed.failed(wrong)
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", epoch=closed.epoch, refresh=False)
+                if params.time_limit_s and time.perf_counter() - started > params.time_limit_s:
+                    raise StarterBuildFailed(
+                        f"training took longer than starter.time_limit_s = {params.time_limit_s:g} s "
+                        f"(step {step}); make the model smaller or raise the limit"
+                    )
             single_results = memorized(model, tokenizer, encode, single)
             single_ok = sum(single_results)
             # The history set costs ~4x the single one; it matters only once the single one is learned.
@@ -217,116 +241,109 @@ def fit(
             )
             history_ok = sum(history_results) if history else len(pairs)
             bar.set_postfix(
-                loss=f"{trainer.loss:.4f}",
-                epoch=f"{epoch}/{params.epochs}",
-                memorized=f"{single_ok}/{len(pairs)}",
-                with_history=f"{history_ok}/{len(pairs)}",
+                loss=f"{loss:.4f}", memorized=f"{single_ok}/{len(pairs)}", with_history=f"{history_ok}/{len(pairs)}"
             )
-            if single_ok == len(pairs) and history_ok == len(pairs):
+            if (single_ok == len(pairs) and history_ok >= HISTORY_FLOOR * len(pairs)) or step >= last_step:
                 break
-            failing = sorted(
-                {i for i, ok in enumerate(single_results) if not ok}
-                | {history[i][-1] for i, ok in enumerate(history_results) if not ok}
-            )
+            if step >= params.steps:
+                closed.retry(
+                    sorted(
+                        {i for i, ok in enumerate(single_results) if not ok}
+                        | {history[i][-1] for i, ok in enumerate(history_results) if not ok}
+                    )
+                )
+            stop_at = min(step + CHECK_EVERY, last_step)
+            bar.total = stop_at
     finally:
         bar.close()
+        for hook in hooks:
+            hook.remove()
     model.eval()
     return FitReport(
-        steps=trainer.step,
-        epochs=epoch,
-        seconds=time.perf_counter() - trainer.started,
-        loss=trainer.loss,
+        steps=step,
+        seconds=time.perf_counter() - started,
+        loss=loss,
         single_ok=single_ok,
         history_ok=history_ok,
         total=len(pairs),
+        epochs=closed.epoch,
+        kinds=kinds,
     )
 
 
-class _Trainer:
-    """Optimizer steps over an epoch's batches; tells which rows came out wrong while being trained on."""
+def _step(model, tokenizer, optimizer, trainable, closed: list[Item], reading: list[Item]) -> tuple[float, set[int]]:
+    """One optimizer step on both batches (one loss: the mean over all their answer tokens).
 
-    def __init__(self, model, optimizer, trainable, encode: "_Encoder", pad_id: int, params: StarterSettings):
-        self.model, self.optimizer, self.trainable = model, optimizer, trainable
-        self.encode, self.pad_id, self.params = encode, pad_id, params
-        self.step, self.loss = 0, float("nan")
-        self.started = time.perf_counter()
+    Returns the loss and the closed-book rows with a wrong (argmax) answer token in this step.
+    """
+    total, count, wrong = 0.0, 0, set()
+    for items in (closed, reading):
+        if not items:
+            continue
+        logits, targets, owner = answer_logits(model, *collate(items, tokenizer.pad_token_id))
+        total = total + torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+        count += len(targets)
+        wrong |= set(owner[logits.detach().argmax(-1) != targets].tolist())
+    loss = total / count
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    wrong.discard(-1)
+    return loss.item(), wrong
 
-    def epoch(self, epoch: int, plan: list, on_step: Callable[[float], None]) -> list[int]:
-        """Train on ``plan``'s batches; returns the rows whose answer was wrong (argmax) in this epoch."""
-        params = self.params
-        self.model.train()
-        right: dict[int, bool] = {}
-        for index, batch in enumerate(plan):
-            factor = _learning_rate_factor(
-                self.step, params.warmup_steps, (epoch - 1 + index / len(plan)) / params.epochs
+
+def _reading_batch(
+    reading: ReadingExamples, params: StarterSettings, step: int, rng: random.Random, kinds: dict
+) -> list:
+    examples, top_k = [], reading.knowledge.top_k
+    for _ in range(params.reading_batch):
+        if rng.random() < params.empty_share:
+            example = reading.empty(rng)
+        elif step < ONE_ENTRY_UNTIL * params.steps:
+            example = reading.read(rng, entries=1)
+        else:
+            entries = rng.randint(1, top_k) if rng.random() < FEWER_ENTRIES else top_k
+            example = reading.read(rng, entries=entries)
+        kinds[example.kind] = kinds.get(example.kind, 0) + 1
+        examples.append(example)
+    return examples
+
+
+class _ClosedBook:
+    """The closed-book batches, one per step: epochs of the FAQ cut into conversations, retries added."""
+
+    def __init__(self, pairs: Sequence[Pair], sizes: list[int], params: StarterSettings, rng: random.Random):
+        self.rows = list(range(len(pairs)))
+        self.sizes, self.params, self.rng = sizes, params, rng
+        self.epoch = 0
+        self._plan: list[list[tuple[str, list[int]]]] = []
+        self._wrong: set[int] = set()  # rows answered wrong (argmax) while trained on, this epoch
+        self._retry: set[int] = set()
+
+    def batch(self) -> list[tuple[str, list[int]]]:
+        """The next batch of (system prompt, rows) conversations."""
+        if not self._plan:
+            # Early on nearly every row fails: repeating them all would only make epochs longer.
+            if len(self._wrong) <= len(self.rows) // 4:
+                self._retry |= self._wrong
+            retry = sorted(self._retry) * RETRY_COPIES
+            self._wrong, self._retry = set(), set()
+            self._plan = _epoch_plan(
+                self.rows + retry, self.sizes, self.params.history_turns, self.params.batch_size, self.rng
             )
-            for group in self.optimizer.param_groups:
-                group["lr"] = params.learning_rate * factor
-            input_ids, labels, owners = _collate(
-                [self.encode(rows, system=system) for system, rows in batch], self.pad_id
-            )
-            logits, targets, owner = _answer_logits(self.model, input_ids, labels, owners)
-            loss = torch.nn.functional.cross_entropy(logits, targets)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            wrong = set(owner[logits.detach().argmax(-1) != targets].tolist())
-            for row in set(owner.tolist()):
-                right[row] = right.get(row, True) and row not in wrong
-            self.step += 1
-            self.loss = loss.item()
-            on_step(self.loss)
-            if params.time_limit_s and time.perf_counter() - self.started > params.time_limit_s:
-                raise StarterBuildFailed(
-                    f"training took longer than starter.time_limit_s = {params.time_limit_s:g} s "
-                    f"(epoch {epoch}, step {self.step}); make the model smaller or raise the limit"
-                )
-        return sorted(row for row, ok in right.items() if not ok)
+            self.epoch += 1
+        return self._plan.pop()
 
+    def failed(self, rows: set[int]) -> None:
+        """Rows answered wrong while trained on in this step."""
+        self._wrong |= rows
 
-@torch.no_grad()
-def memorized(model, tokenizer, encode: "_Encoder", conversations: list[list[int]], batch_size: int = 64) -> list[bool]:
-    """Per conversation: would greedy decoding reproduce its LAST answer exactly (teacher-forced check)?"""
-    was_training = model.training
-    model.eval()
-    results: list[bool] = []
-    for start in range(0, len(conversations), batch_size):
-        items = [encode(conv, last_only=True) for conv in conversations[start : start + batch_size]]
-        input_ids, labels, owners = _collate(items, tokenizer.pad_token_id)
-        logits, targets, owner = _answer_logits(model, input_ids, labels, owners)
-        wrong = set(owner[logits.argmax(-1) != targets].tolist())
-        results.extend(conv[-1] not in wrong for conv in conversations[start : start + batch_size])
-    model.train(was_training)
-    return results
-
-
-class _Encoder:
-    """Encodes conversations (lists of row indices), caching each pair's tokens."""
-
-    def __init__(self, tokenizer, pairs: Sequence[Pair]):
-        self.tokenizer = tokenizer
-        self.pairs = pairs
-        self._cache: dict[int, tuple[list[int], list[int]]] = {}
-
-    def __call__(
-        self, conversation: list[int], *, system: str = "", last_only: bool = False
-    ) -> tuple[list[int], list[int], list[int]]:
-        """Token ids, labels, and per token the row whose answer it belongs to (-1: not an answer)."""
-        ids: list[int] = []
-        if system:
-            ids += encode_conversation(self.tokenizer, [], system=system)[0]
-        labels: list[int] = [IGNORE] * len(ids)
-        owners: list[int] = [-1] * len(ids)
-        for position, row in enumerate(conversation):
-            if row not in self._cache:
-                self._cache[row] = encode_conversation(self.tokenizer, [self.pairs[row]])
-            turn_ids, turn_labels = self._cache[row]
-            scored = not last_only or position == len(conversation) - 1
-            ids += turn_ids
-            labels += turn_labels if scored else [IGNORE] * len(turn_labels)
-            owners += [row if scored and label != IGNORE else -1 for label in turn_labels]
-        return ids, labels, owners
+    def retry(self, rows: list[int]) -> None:
+        """Rows that failed the memorization check: the next epoch starts now and repeats them."""
+        self._retry |= set(rows)
+        self._wrong = set()
+        self._plan = []
 
 
 def _epoch_plan(
@@ -349,40 +366,3 @@ def _epoch_plan(
     batches = [conversations[b : b + batch_size] for b in range(0, len(conversations), batch_size)]
     rng.shuffle(batches)
     return batches
-
-
-def _answer_logits(
-    model, input_ids: torch.Tensor, labels: torch.Tensor, owners: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits at the positions that predict an answer token, those tokens, and the rows they belong to.
-
-    The output layer runs only there: over a 2,048-token vocabulary it is a third
-    of the model's work, and half of the positions are prompts or padding.
-    Right padding needs no attention mask: causal attention never looks right.
-    """
-    hidden = model.get_decoder()(input_ids=input_ids).last_hidden_state
-    targets = labels[:, 1:]
-    keep = targets != IGNORE
-    return model.get_output_embeddings()(hidden[:, :-1][keep]), targets[keep], owners[:, 1:][keep]
-
-
-def _collate(
-    items: list[tuple[list[int], list[int], list[int]]], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, labels and owners."""
-    width = max(len(ids) for ids, _, _ in items)
-    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-    owners = torch.full((len(items), width), -1, dtype=torch.long)
-    for row, (ids, labs, owns) in enumerate(items):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(labs)] = torch.tensor(labs)
-        owners[row, : len(owns)] = torch.tensor(owns)
-    return input_ids, labels, owners
-
-
-def _learning_rate_factor(step: int, warmup: int, progress: float) -> float:
-    """Linear warm-up over ``warmup`` steps; cosine decay to MIN_LR_FACTOR as training ``progress`` goes 0 → 1."""
-    ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
-    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return ramp * (MIN_LR_FACTOR + (1 - MIN_LR_FACTOR) * cosine)
