@@ -2,7 +2,9 @@
 
 The rule for rows in files, the same after an erasure and after a retention purge: a row whose lineage names a
 message or review item that no longer exists, or that the erasure changed, goes; so does any row (other than
-one from the company's own base or golden file) that holds the subject's words (:class:`Texts`). Rows are
+one from the company's own base or golden file) that holds the subject's words (:class:`Texts`). A base or golden
+row rendered *as served* goes too when its knowledge block (the system turn) quotes the subject's words — an entry
+an approved correction of theirs had changed when the row was built. Rows are
 removed, never edited, and the rest is rewritten byte for byte as it was.
 
 - **Datasets** (``<data_dir>/datasets/vN/``, written by ``trainer/dataset/build.py``): each ``<split>.jsonl``
@@ -54,7 +56,8 @@ def row_goes(db: Database, gone: Gone, lineage: dict | None, row) -> bool:
     """Whether a file row with this lineage must go (see the module docstring)."""
     lineage = lineage if isinstance(lineage, dict) else {}
     if lineage.get("source") == "base":
-        return False  # a line of the company's own file (base dataset, golden set)
+        # A line of the company's own file (base dataset, golden set) stays, unless its knowledge block quotes them.
+        return gone.texts.in_value(_system_turns(row))
     item = lineage.get("review_item_id")
     if item and (item in gone.items or not _exists(db, "review_items", item)):
         return True
@@ -64,6 +67,14 @@ def row_goes(db: Database, gone: Gone, lineage: dict | None, row) -> bool:
     if message and gone.expired_before and message_expired(db, message, gone.expired_before):
         return True
     return gone.texts.in_value(row)
+
+
+def _system_turns(row) -> list[str]:
+    """The system turns of a chat row (where an as-served row carries its knowledge block); [] for anything else."""
+    messages = row.get("messages") if isinstance(row, dict) else None
+    if not isinstance(messages, list):
+        return []
+    return [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "system"]
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
