@@ -34,6 +34,10 @@ class CliContext:
     def settings(self) -> Settings:
         return load_settings(self.config_path)
 
+    def settings_with(self, overrides: dict) -> Settings:
+        """The settings with a command's flags on top (their origin is "flag"), loaded afresh."""
+        return load_settings(self.config_path, overrides=overrides) if overrides else self.settings
+
     @cached_property
     def db(self) -> Database:
         """The migrated database; on the very first open, the knowledge base is seeded (knowledge.base_file)."""

@@ -83,6 +83,16 @@ def _print_summary(result, as_json: bool) -> None:
         f"  train {c['train']}, val {c['val']}, test {c['test']}, preference pairs {c['preferences']}; "
         f"rows by source: {', '.join(f'{k} {v}' for k, v in sorted(c['sources'].items()))}"
     )
+    served = m.get("as_served") or {}
+    if served.get("rows"):
+        why = "; ".join(f"{n} {reason}" for reason, n in served["skipped"].items())
+        click.echo(
+            f"  as served (with the knowledge block, knowledge base at change {served['knowledge_seq']}): "
+            + ", ".join(f"{split} {n}" for split, n in served["rows"].items())
+            + (f" (no twin: {why})" if why else "")
+        )
+    else:
+        click.echo("  closed book only (dataset.views, or the knowledge base is off)")
     pii = m["pii"]
     masked = ", ".join(f"{t} {n}" for t, n in pii["total"].items()) or "nothing"
     click.echo(f"  personal data masked: {masked} in {pii['rows_masked']} rows")

@@ -8,58 +8,71 @@ import sys
 import click
 
 from cli.context import CliContext, pass_cli
-from config.settings import EVALUATION_SUITES
+from config.settings import EVALUATION_SUITES, VIEWS
 from trainer import deploy, gate
-from trainer.evaluation.metrics import METRIC_LABELS, METRICS
+from trainer.evaluation.metrics import METRIC_LABELS, view_metrics
 from trainer.evaluation.run import Evaluation, evaluate, read_rows
+from trainer.gate import VIEW_WORDS
 from trainer.registry import resolve_version
 
 
 def print_evaluation(evaluation: Evaluation, *, worst: int = 0) -> None:
-    """The per-suite table, the judge's summary and the verdict."""
+    """The per-suite table (one line per view), the judge's summary, the gate's checks and its verdict."""
     p = evaluation.params
+    metric = evaluation.gate.get("metric", "chrf")
     click.echo(
         f"evaluation {evaluation.id}: {p['candidate']} (candidate) vs {p['incumbent']} (live), "
         f"{evaluation.duration_s:.1f} s"
     )
     if p.get("dataset_version"):
         click.echo(f"test split of dataset v{p['dataset_version']} ({p['dataset_source']})")
-    click.echo(f"{'suite':<12} {'rows':>5}  {'metric':<9} {'live':>7} {'cand.':>7} {'delta':>7}")
+    if p.get("knowledge_seq") is not None:
+        click.echo(f"as served: with the knowledge base as the gateway retrieves it (change {p['knowledge_seq']})")
+    label = METRIC_LABELS[metric]
+    click.echo(
+        f"{'suite':<21} {'view':<11} {'rows':>4}  {'exact live→cand':>15}  {label + ' live':>9} {'cand.':>6} "
+        f"{'delta':>7}  interval"
+    )
     for suite in evaluation.suites:
-        entry = evaluation.metrics.get(suite, {})
-        if not entry.get("rows"):
-            click.echo(f"{suite:<12} {0:>5}  (no rows)")
-            continue
-        for i, metric in enumerate(METRICS):
-            head = f"{suite:<12} {entry['rows']:>5}" if i == 0 else " " * 18
+        views = view_metrics(evaluation.metrics.get(suite))
+        for i, (view, entry) in enumerate(views.items()):
+            head = f"{suite if i == 0 else '':<21} {VIEW_WORDS[view]:<11} {entry.get('rows', 0):>4}"
+            if not entry.get("rows"):
+                click.echo(f"{head}  (no rows)")
+                continue
+            low, high = (entry.get("interval") or {}).get(metric) or (entry["delta"][metric],) * 2
             click.echo(
-                f"{head}  {METRIC_LABELS[metric]:<9} {entry['incumbent'][metric]:>7.3f} "
-                f"{entry['candidate'][metric]:>7.3f} {entry['delta'][metric]:>+7.3f}"
+                f"{head}  {entry['incumbent']['exact_match']:>7.3f} → {entry['candidate']['exact_match']:.3f}  "
+                f"{entry['incumbent'][metric]:>9.3f} {entry['candidate'][metric]:>6.3f} {entry['delta'][metric]:>+7.3f}"
+                f"  {low:+.3f} to {high:+.3f}"
             )
-        errors = entry.get("errors") or {}
-        if any(errors.values()):
-            click.secho(
-                f"{'':<18}  failed answers: candidate {errors['candidate']}, live {errors['incumbent']}", fg="yellow"
-            )
+            errors = entry.get("errors") or {}
+            if any(errors.values()):
+                click.secho(
+                    f"{'':<38}failed answers: candidate {errors['candidate']}, live {errors['incumbent']}", fg="yellow"
+                )
     if evaluation.judge:
         click.echo(f"judge {evaluation.judge['model']} (1-5, not gating):")
-        for suite, s in evaluation.judge["suites"].items():
-            if s["scored"]:
-                click.echo(
-                    f"  {suite:<12} live {s['incumbent_mean']:.2f}  cand. {s['candidate_mean']:.2f}  "
-                    f"wins {s['wins']} ties {s['ties']} losses {s['losses']}  ({s['scored']}/{s['rows']} scored)"
-                )
-            else:
-                click.echo(f"  {suite:<12} nothing scored ({s['rows']} rows)")
+        for suite, by_view in evaluation.judge["suites"].items():
+            for view, s in ({"closed_book": by_view} if "rows" in by_view else by_view).items():
+                where = f"{suite} ({VIEW_WORDS[view]})"
+                if s["scored"]:
+                    click.echo(
+                        f"  {where:<32} live {s['incumbent_mean']:.2f}  cand. {s['candidate_mean']:.2f}  "
+                        f"wins {s['wins']} ties {s['ties']} losses {s['losses']}  ({s['scored']}/{s['rows']} scored)"
+                    )
+                else:
+                    click.echo(f"  {where:<32} nothing scored ({s['rows']} rows)")
     if worst:
         _print_worst(evaluation, worst)
-    metric = METRIC_LABELS[evaluation.gate.get("metric", "chrf")]
-    if evaluation.passed:
-        click.secho(f"verdict: PASSED the gate ({metric})", fg="green")
-    else:
-        click.secho(f"verdict: FAILED the gate ({metric})", fg="red")
-        for reason in evaluation.reasons:
-            click.echo(f"  - {reason}")
+    outcome = gate.outcome_of(evaluation)
+    color = {"passed": "green", "failed": "red"}.get(outcome, "yellow")
+    words = {"passed": "PASSED the gate", "failed": "FAILED the gate", "inconclusive": "INCONCLUSIVE"}[outcome]
+    click.secho(f"verdict: {words} ({METRIC_LABELS[metric]})", fg=color)
+    if outcome == "inconclusive":
+        click.echo("  too few questions to tell a real difference from noise: neither promoted nor rejected")
+    for reason in evaluation.reasons:
+        click.echo(f"  - {reason}")
     click.echo(f"answers and per-row scores: {evaluation.rows_path}")
 
 
@@ -77,7 +90,8 @@ def _print_worst(evaluation: Evaluation, count: int) -> None:
     )
     for row in rows[:count]:
         question = " ".join(row["messages"][-1]["content"].split())[:70]
-        click.echo(f"  [{row['suite']}] {question}")
+        view = VIEW_WORDS[row.get("view", "closed_book")]
+        click.echo(f"  [{row['suite']}, {view}] {question}")
         click.echo(f"      live: {row['incumbent']['answer'][:100]!r}")
         click.echo(f"      cand: {row['candidate']['answer'][:100]!r}")
 
@@ -93,6 +107,13 @@ def _print_worst(evaluation: Evaluation, count: int) -> None:
     help="Run only this suite (repeatable; default: evaluation.suites).",
 )
 @click.option(
+    "--view",
+    "views",
+    multiple=True,
+    type=click.Choice(VIEWS),
+    help="Ask only this way: closed_book or as_served (repeatable; default: evaluation.views).",
+)
+@click.option(
     "--gate",
     "apply_gate",
     is_flag=True,
@@ -101,11 +122,12 @@ def _print_worst(evaluation: Evaluation, count: int) -> None:
 @click.option("--worst", type=click.IntRange(0, 1000), default=0, help="Also show the N rows the candidate lost most.")
 @click.option("--json", "as_json", is_flag=True, help="Print the evaluation as JSON (no progress bar).")
 @pass_cli
-def eval_command(ctx: CliContext, candidate, against, suites, apply_gate, worst, as_json) -> None:
-    """Evaluate CANDIDATE (id or name) against the live model on the test split, corrections and golden set.
+def eval_command(ctx: CliContext, candidate, against, suites, views, apply_gate, worst, as_json) -> None:
+    """Evaluate CANDIDATE (id or name) against the live model, closed book and as served, suite by suite.
 
-    The candidate is deployed first (never made live). Exit code 1 when it fails the gate. When the model
-    server refuses its adapter, --gate marks it rejected ("adapter did not load: …").
+    The candidate is deployed first (never made live). Exit code 1 when it fails the gate, 2 when the gate
+    cannot tell (too few questions: it is held, neither promoted nor rejected). When the model server refuses
+    its adapter, --gate marks it rejected ("adapter did not load: …").
     """
     # With --gate a person chose to act on the verdict: the promotion or rejection is theirs.
     actor = ctx.actor("admin")
@@ -116,6 +138,7 @@ def eval_command(ctx: CliContext, candidate, against, suites, apply_gate, worst,
             candidate,
             against,
             suites=list(suites) or None,
+            views=list(views) or None,
             progress=not as_json,
             actor=actor,
         )
@@ -138,12 +161,14 @@ def eval_command(ctx: CliContext, candidate, against, suites, apply_gate, worst,
                 "promoted": "is live now",
                 "canary": f"is the canary ({outcome.version.traffic_weight:.0%})",
                 "rejected": "is marked rejected; the live model is unchanged",
+                "held": "is held: still a candidate, the live model is unchanged "
+                "(`tuneloop models promote` or `models retire` it)",
             }
             click.echo(f"gate: {outcome.version.name} ({outcome.version.id}) {words[outcome.action]}")
         elif evaluation.passed:
             click.echo(f"promote it: tuneloop models promote {evaluation.candidate_id}   (or run with --gate)")
     if not evaluation.passed:
-        sys.exit(1)
+        sys.exit(2 if gate.outcome_of(evaluation) == "inconclusive" else 1)
 
 
 COMMANDS = [eval_command]

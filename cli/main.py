@@ -17,9 +17,11 @@ from cli import (
     evaluate,
     kb,
     keys,
+    migrate,
     model_server,
     models,
     pipeline,
+    privacy,
     report,
     review,
     scheduler,
@@ -101,9 +103,11 @@ for _command in (
     *models.COMMANDS,
     *evaluate.COMMANDS,
     *train.COMMANDS,
+    *migrate.COMMANDS,
     *pipeline.COMMANDS,
     *scheduler.COMMANDS,
     *users.COMMANDS,
+    *privacy.COMMANDS,
 ):
     cli.add_command(_command)
 

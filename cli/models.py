@@ -13,7 +13,7 @@ import click
 
 from cli.context import CliContext, pass_cli
 from feedback.versions import live_version
-from trainer import deploy, registry
+from trainer import deploy, gate, registry
 from trainer.evaluation.run import list_evaluations
 
 _ACTOR = click.option(
@@ -56,7 +56,8 @@ def list_command(ctx: CliContext, active, as_json) -> None:
     for row in rows:
         weight = f"{row['traffic_weight']:.0%}" if row["status"] in ("live", "canary") else ""
         when = (row["promoted_at"] or row["created_at"] or "")[:16].replace("T", " ")
-        click.echo(f"{row['id']}  {row['status']:<9} {weight:>4}  {row['provider']:<8} {when}  {row['name']}")
+        kept = f"  (fallback through {row['fallback_until']})" if row.get("fallback_until") else ""
+        click.echo(f"{row['id']}  {row['status']:<9} {weight:>4}  {row['provider']:<8} {when}  {row['name']}{kept}")
     if not rows:
         click.echo("no model versions yet (the gateway registers the configured model when it starts)")
 
@@ -100,7 +101,7 @@ def show(ctx: CliContext, version, as_json) -> None:
             + (f": {e.reason}" if e.reason else "")
         )
     for e in evaluations:
-        verdict = "passed" if e.passed else "failed"
+        verdict = gate.outcome_of(e)
         click.echo(f"evaluation {e.id} ({e.created_at[:16].replace('T', ' ')}) against {e.incumbent_id}: {verdict}")
         for reason in e.reasons:
             click.echo(f"  - {reason}")

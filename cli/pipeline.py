@@ -39,6 +39,12 @@ def run_command(ctx: CliContext, kind, steps) -> None:
 
     run = run_pipeline(ctx.db, ctx.settings, kind, steps=list(steps) or None)
     _print(run)
+    if run.context.evaluation_id and run.outcome("evaluate") and run.outcome("evaluate").state == "succeeded":
+        from cli.evaluate import print_evaluation
+        from trainer.evaluation.run import get_evaluation
+
+        click.echo("")
+        print_evaluation(get_evaluation(ctx.db, run.context.evaluation_id))
     if run.state == "failed":
         sys.exit(1)
 

@@ -32,12 +32,20 @@ def train_group() -> None:
 @click.option("--force", is_flag=True, help="Train again even if this dataset and configuration already succeeded.")
 @click.option("--detach", is_flag=True, help="Return once submitted; follow with `tuneloop train status RUN_ID`.")
 @click.option("--quiet", is_flag=True, help="No progress bar or log lines while waiting.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print the settings the run would use and where each came from; train nothing."
+)
 @pass_cli
-def start(ctx: CliContext, dataset, provider, force, detach, quiet) -> None:
+def start(ctx: CliContext, dataset, provider, force, detach, quiet, dry_run) -> None:
     """Submit a fine-tuning run for a dataset, then wait for it (unless --detach)."""
-    from trainer.training import start_run
+    from trainer.training import plan_run, start_run
 
-    started = start_run(ctx.db, ctx.settings, dataset, provider, force=force)
+    # The flag is a setting like any other: the base model's profile applies only when the local provider trains.
+    settings = ctx.settings_with({"training.provider": provider} if provider else {})
+    if dry_run:
+        _print_plan(plan_run(ctx.db, settings, dataset, provider))
+        return
+    started = start_run(ctx.db, settings, dataset, provider, force=force)
     run = started.run
     if started.created:
         click.echo(
@@ -53,6 +61,32 @@ def start(ctx: CliContext, dataset, provider, force, detach, quiet) -> None:
         _print_run(run, detail=False)
         return
     _follow(ctx, run.id, run.provider, quiet=quiet)
+
+
+def _print_plan(plan) -> None:
+    click.echo("dry run: nothing is trained")
+    if plan.dataset is None:
+        click.echo(
+            f"no dataset built yet (`tuneloop dataset build`); provider {plan.provider}, base model {plan.base_model}"
+        )
+    else:
+        click.echo(f"dataset v{plan.dataset['version']} → provider {plan.provider}, base model {plan.base_model}")
+    if plan.existing is not None:
+        click.echo(
+            f"{plan.existing.id} already trained it with these settings ({plan.existing.state}): "
+            "`train start` returns that run; --force trains again"
+        )
+    if plan.profile is not None:
+        click.echo(f"fine-tuning profile {plan.profile.path}: {plan.profile.about}")
+    width = max(len(key) for key, _, _ in plan.training + plan.dataset_settings)
+    for title, values in (
+        ("settings of the run:", plan.training),
+        ("settings of the next `tuneloop dataset build`:", plan.dataset_settings),
+    ):
+        click.echo(title)
+        for key, value, origin in values:
+            shown = json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict, str)) else str(value)
+            click.echo(f"  {key:<{width}}  {shown:<24}  {origin}")
 
 
 def _follow(ctx: CliContext, run_id: str, provider: str, *, quiet: bool) -> None:

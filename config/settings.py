@@ -28,6 +28,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from config.errors import ConfigError
+from config.profile import Profile, read_profile
 
 DEFAULT_TOML = Path(__file__).with_name("default.toml")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +47,17 @@ def env_secret(variable: str) -> str:
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}", field=key)
+
+
+# How a model is asked: "closed_book" (no knowledge block: what it knows by itself) and "as_served" (with the
+# entries retrieval finds, as the gateway sends it). Training rows and evaluations come in both.
+VIEWS = ("closed_book", "as_served")
+
+
+def _check_views(views: list[str], key: str) -> None:
+    unknown = [v for v in views if v not in VIEWS]
+    _check(not unknown, key, f"unknown view(s) {unknown}; pick from {list(VIEWS)}")
+    _check(bool(views) and len(set(views)) == len(views), key, "name each view at most once, and at least one")
 
 
 def _is_network(entry: str) -> bool:
@@ -516,8 +528,10 @@ class DatasetSettings:
     epochs: int = 3
     prices: dict[str, float] = field(default_factory=dict)
     pii_allowlist: list[str] = field(default_factory=list)
+    views: list[str] = field(default_factory=lambda: list(VIEWS))
 
     def __post_init__(self):
+        _check_views(self.views, "dataset.views")
         _check(self.include_upvoted_min >= 0, "dataset.include_upvoted_min", "must be >= 0 (0 = off)")
         for key in ("val_fraction", "test_fraction"):
             _check(0 <= getattr(self, key) < 0.5, f"dataset.{key}", "must be in [0, 0.5)")
@@ -536,7 +550,7 @@ class DatasetSettings:
         object.__setattr__(self, "prices", prices)
 
 
-EVALUATION_SUITES = ("test", "corrections", "golden")
+EVALUATION_SUITES = ("test", "corrections", "corrections_reworded", "golden", "reworded")
 GATE_METRICS = ("exact_match", "token_f1", "rouge_l", "chrf")
 
 
@@ -545,7 +559,9 @@ class EvaluationSettings:
     """Candidate-versus-live evaluation (``tuneloop eval``); see docs/registry-and-evaluation.md."""
 
     golden_file: str = ""
+    reworded_file: str = ""
     suites: list[str] = field(default_factory=lambda: list(EVALUATION_SUITES))
+    views: list[str] = field(default_factory=lambda: list(VIEWS))
     max_tokens: int = 256
     concurrency: int = 4
     judge_name: str = ""
@@ -556,6 +572,7 @@ class EvaluationSettings:
         unknown = [s for s in self.suites if s not in EVALUATION_SUITES]
         _check(not unknown, "evaluation.suites", f"unknown suite(s) {unknown}; pick from {list(EVALUATION_SUITES)}")
         _check(bool(self.suites), "evaluation.suites", "must name at least one suite")
+        _check_views(self.views, "evaluation.views")
         _check(self.max_tokens >= 1, "evaluation.max_tokens", "must be >= 1")
         _check(1 <= self.concurrency <= 64, "evaluation.concurrency", "must be 1..64")
         _check(
@@ -575,7 +592,8 @@ class GateSettings:
 
     metric: str = "chrf"
     correction_margin: float = 0.02
-    golden_tolerance: float = 0.01
+    tolerance: float = 0.01
+    confidence: float = 0.95
     canary_weight: float = 0.0
     unload_retired: bool = True
 
@@ -584,7 +602,8 @@ class GateSettings:
             self.metric in GATE_METRICS, "gate.metric", f"must be one of {', '.join(GATE_METRICS)}; got {self.metric!r}"
         )
         _check(0 <= self.correction_margin <= 1, "gate.correction_margin", "must be 0..1 (metrics are on a 0..1 scale)")
-        _check(0 <= self.golden_tolerance <= 1, "gate.golden_tolerance", "must be 0..1 (metrics are on a 0..1 scale)")
+        _check(0 <= self.tolerance <= 1, "gate.tolerance", "must be 0..1 (metrics are on a 0..1 scale)")
+        _check(0.5 <= self.confidence < 1, "gate.confidence", f"must be in [0.5, 1), got {self.confidence}")
         _check(0 <= self.canary_weight < 1, "gate.canary_weight", "must be in [0, 1) (0 = promote directly)")
 
 
@@ -596,6 +615,7 @@ class TrainingSettings:
     """Fine-tuning runs (``tuneloop train``); see docs/training.md."""
 
     provider: str = "local"
+    use_model_profile: bool = True
     method: str = "lora"
     lora_r: int = 16
     lora_alpha: int = 32
@@ -603,9 +623,9 @@ class TrainingSettings:
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
-    epochs: int = 10
+    epochs: int = 5
     early_stopping_patience: int = 2
-    learning_rate: float = 0.005
+    learning_rate: float = 0.0002
     batch_size: int = 8
     gradient_accumulation: int = 1
     max_length: int = 1024
@@ -668,7 +688,50 @@ class TrainingSettings:
         return env_secret(self.openai_api_key_env)
 
 
-SCHEDULER_JOBS = ("weekly", "monthly", "threshold")
+@dataclass(frozen=True)
+class MigrateSettings:
+    """Moving off a hosted model onto an open one (``tuneloop migrate``); see docs/migrate-from-openai.md."""
+
+    teacher: str = ""
+    open_base_url: str = ""
+    open_api_key_env: str = ""
+    concurrency: int = 4
+    retries: int = 6
+    max_retry_wait_s: float = 60.0
+    max_tokens: int = 512
+    harvest_golden: bool = True
+    harvest_reworded: bool = True
+    tolerance: float = 0.02
+    worst_answers: int = 5
+    teacher_prices: dict[str, list[float]] = field(default_factory=dict)
+    seconds_per_answer: float = 2.0
+
+    def __post_init__(self):
+        _check(
+            not self.open_base_url or self.open_base_url.startswith(("http://", "https://")),
+            "migrate.open_base_url",
+            f"must be an http(s) URL or empty, got {self.open_base_url!r}",
+        )
+        _check(1 <= self.concurrency <= 64, "migrate.concurrency", f"must be 1..64, got {self.concurrency}")
+        _check(0 <= self.retries <= 20, "migrate.retries", f"must be 0..20, got {self.retries}")
+        _check(self.max_retry_wait_s > 0, "migrate.max_retry_wait_s", "must be > 0")
+        _check(self.max_tokens >= 1, "migrate.max_tokens", "must be >= 1")
+        _check(0 <= self.tolerance <= 1, "migrate.tolerance", "must be 0..1 (metrics are on a 0..1 scale)")
+        _check(self.worst_answers >= 0, "migrate.worst_answers", "must be >= 0")
+        _check(self.seconds_per_answer > 0, "migrate.seconds_per_answer", "must be > 0")
+        for base, price in self.teacher_prices.items():
+            _check(
+                isinstance(price, list) and len(price) == 2 and all(isinstance(p, (int, float)) for p in price),
+                "migrate.teacher_prices",
+                f"{base}: expected [input, output] USD per million tokens, got {price!r}",
+            )
+
+    def open_api_key(self) -> str:
+        """The open model server's key, read from the named environment variable at call time."""
+        return env_secret(self.open_api_key_env)
+
+
+SCHEDULER_JOBS = ("weekly", "monthly", "threshold", "retention")
 
 
 @dataclass(frozen=True)
@@ -680,7 +743,7 @@ class SchedulerSettings:
     monthly_cron: str = "0 3 1 * *"
     retrain_threshold: int = 0
     threshold_check_minutes: float = 10.0
-    jobs: list[str] = field(default_factory=lambda: ["weekly", "monthly", "threshold"])
+    jobs: list[str] = field(default_factory=lambda: ["weekly", "monthly", "threshold", "retention"])
     misfire_grace_s: int = 86400
     poll_interval_s: float = 10.0
 
@@ -706,6 +769,22 @@ class SchedulerSettings:
 
 
 @dataclass(frozen=True)
+class PrivacySettings:
+    """How long personal data is kept and when the purge runs; see docs/privacy.md."""
+
+    retention_days: int = 180
+    purge_cron: str = "30 4 * * *"
+
+    def __post_init__(self):
+        _check(self.retention_days >= 0, "privacy.retention_days", "must be >= 0 (0 = keep forever)")
+        _check(
+            len(self.purge_cron.split()) == 5,
+            "privacy.purge_cron",
+            f'must be five crontab fields like "30 4 * * *"; got {self.purge_cron!r}',
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every section of ``default.toml``, typed and checked."""
 
@@ -727,7 +806,16 @@ class Settings:
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     gate: GateSettings = field(default_factory=GateSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
+    migrate: MigrateSettings = field(default_factory=MigrateSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    # Where each key's value came from when it is not the default ("section.key" → "config file mine.toml",
+    # "environment TUNELOOP_…", "model folder …/tuneloop-finetune.json", "flag"): filled by load_settings.
+    origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def origin(self, key: str) -> str:
+        """Where the value of ``key`` ("training.epochs") came from: "default" unless a layer set it."""
+        return self.origins.get(key, "default")
 
     @property
     def data_dir(self) -> Path:
@@ -756,26 +844,65 @@ class Settings:
         return self.data_dir / "datasets"
 
 
+# Settings fields that are not sections of default.toml.
+NOT_SECTIONS = ("origins",)
+SECTIONS = tuple(f.name for f in dataclasses.fields(Settings) if f.name not in NOT_SECTIONS)
+
+
 def load_settings(
     path: str | os.PathLike | None = None,
     *,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Load settings: defaults, then ``path`` (or ``$TUNELOOP_CONFIG``), then env, then overrides.
+    """Load settings: defaults, the base model's fine-tuning profile, ``path`` (or ``$TUNELOOP_CONFIG``), env,
+    then overrides — each later layer wins, and ``Settings.origins`` says which layer set each key.
 
-    ``overrides`` is a nested mapping (``{"gateway": {"port": 9000}}``) or dotted keys
-    (``{"gateway.port": 9000}``). Raises :class:`ConfigError` naming the bad key.
+    The profile (``config/profile.py``) is the one in ``model_server.model_dir`` when the local provider trains
+    and ``training.use_model_profile`` is on; it sets only the keys nobody set in a later layer. ``overrides``
+    is a nested mapping (``{"gateway": {"port": 9000}}``) or dotted keys (``{"gateway.port": 9000}``), what
+    a command-line flag sets. Raises :class:`ConfigError` naming the bad key (and the profile's file when the
+    profile is to blame).
     """
     env = os.environ if env is None else env
-    raw = _read_toml(DEFAULT_TOML)
     path = path or env.get(ENV_PREFIX + "CONFIG")
+    layers: list[tuple[str, dict]] = []
     if path:
-        _merge(raw, _read_toml(Path(path)))
-    _merge(raw, _from_env(env))
+        layers.append((f"config file {path}", _read_toml(Path(path))))
+    layers.append(("environment", _from_env(env)))
     if overrides:
-        _merge(raw, _nest(overrides))
-    return _build(Settings, raw, "")
+        layers.append(("flag", _nest(overrides)))
+    settings = _assemble(layers)
+    profile = _model_profile(settings)
+    if profile is None:
+        return settings
+    try:
+        _assemble([("", profile.values)])
+    except ConfigError as exc:
+        raise ConfigError(f"{profile.path}: {exc.message}", field=exc.field) from None
+    return _assemble([(f"model folder {profile.path}", profile.values), *layers])
+
+
+def _model_profile(settings: Settings) -> Profile | None:
+    """The fine-tuning profile that applies: the local provider's base model folder's, when switched on."""
+    training = settings.training
+    if not training.use_model_profile or training.provider != "local":
+        return None
+    return read_profile(settings.model_dir)
+
+
+def _assemble(layers: list[tuple[str, dict]]) -> Settings:
+    """``Settings`` from the defaults and ``layers`` (label, nested values), later layers winning."""
+    raw = _read_toml(DEFAULT_TOML)
+    origins: dict[str, str] = {}
+    for label, values in layers:
+        _merge(raw, values)
+        for section, keys in values.items():
+            for key in keys if isinstance(keys, Mapping) else ():
+                origins[f"{section}.{key}"] = (
+                    f"environment {ENV_PREFIX}{section.upper()}__{key.upper()}" if label == "environment" else label
+                )
+    return dataclasses.replace(_build(Settings, raw, ""), origins=origins)
 
 
 def _read_toml(path: Path) -> dict:
@@ -828,7 +955,7 @@ def _build(cls: type, raw: Any, prefix: str):
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{prefix or 'config'}: expected a table, got {type(raw).__name__}", field=prefix)
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls) if not (cls is Settings and f.name in NOT_SECTIONS)}
     unknown = sorted(set(raw) - names)
     if unknown:
         key = f"{prefix}{unknown[0]}"

@@ -50,6 +50,8 @@ ACTIONS = {
     "model.rejected": "rejected a model version",
     "model.deployed": "loaded a model version",
     "model.undeployed": "unloaded a model version",
+    "model.pinned": "pinned a model version to its server",
+    "model.kept_as_fallback": "kept a replaced model as a fallback",
     "key.create": "created an API key",
     "key.revoke": "revoked an API key",
     "user.add": "added an account",
@@ -59,6 +61,10 @@ ACTIONS = {
     "user.password": "set a password",
     "user.link": "issued a sign-in link",
     "admin_token.rotate": "rotated the admin token",
+    "privacy.erase": "erased a person's data on request",
+    "privacy.export": "exported a person's data on request",
+    "privacy.purge": "deleted data past the retention period",
+    "privacy.purge_seen": "saw what the retention purge deletes",
 }
 _SECRET_KEY = re.compile(r"password|secret|token|hash|(^|_)key$", re.IGNORECASE)
 _KEEP_KEYS = frozenset({"key_id", "kind", "prefix_shown"})  # ids and kinds, not secrets

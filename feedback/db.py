@@ -1,7 +1,7 @@
 """Opening the SQLite store, and the transaction helper every writer uses.
 
 ``open_db(path)`` is the only way in: it sets the connection pragmas (WAL, a busy
-timeout, foreign keys, ``synchronous=NORMAL``) and applies any pending named
+timeout, foreign keys, ``synchronous=NORMAL``, ``secure_delete``) and applies any pending named
 migrations, so every process — gateway, scheduler, CLI, tests — sees the same
 schema. The web layer migrates once at start-up and then opens cheap
 per-request connections with ``migrate=False``.
@@ -53,6 +53,10 @@ def open_db(path: str | Path, *, busy_timeout_ms: int = 5000, migrate: bool = Tr
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA synchronous = NORMAL")
+    # Deleted and overwritten rows are zeroed in the file, not left in its free space (erasure must reach the
+    # bytes: feedback/privacy/disk.py). Debian's SQLite has it on by default, others do not; the cost is in
+    # docs/benchmarks.md ("Privacy").
+    conn.execute("PRAGMA secure_delete = ON")
     db = sqlite_utils.Database(conn)
     _OPENED[db] = _Opened(str(path.resolve()), int(busy_timeout_ms))
     if migrate:

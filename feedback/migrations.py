@@ -586,6 +586,82 @@ def m010_rate_limit_counters(db: Database) -> None:
 
 
 @MIGRATIONS()
+def m011_privacy_lifecycle(db: Database) -> None:
+    # Personal data has a lifecycle (issue 21, feedback/privacy/). One row of state: whether an operator has
+    # seen what the retention purge would delete (an upgrade never deletes before someone has: the purge refuses
+    # until a dry run was seen, for at least the retention it would apply), and whether the file's free space
+    # may still hold text deleted before `secure_delete` was on for every connection (then the next erasure
+    # runs one VACUUM). A database with no conversation yet has nothing to lose and nothing in its free space.
+    db.execute(
+        """
+        CREATE TABLE privacy_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            purge_seen_at TEXT,
+            purge_seen_by TEXT,
+            purge_seen_days INTEGER,
+            last_purge_at TEXT,
+            last_purge_cutoff TEXT,
+            free_space_clean INTEGER NOT NULL DEFAULT 0 CHECK (free_space_clean IN (0, 1))
+        )
+        """
+    )
+    (existing,) = db.execute("SELECT COUNT(*) FROM (SELECT 1 FROM conversations LIMIT 1)").fetchone()
+    if existing:
+        db.execute("INSERT INTO privacy_state (id, free_space_clean) VALUES (1, 0)")
+    else:
+        db.execute(
+            "INSERT INTO privacy_state (id, purge_seen_at, purge_seen_by, purge_seen_days, free_space_clean)"
+            " VALUES (1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'a new database: nothing existed to lose', 1, 1)"
+        )
+    # The log of erasures on request and retention purges: who asked, who ran it, when, and how many rows of
+    # each kind went — never the content. `subject` is a keyed hash of the user reference or conversation id
+    # (a repeated request is recognisable; the person is not). `pending` holds the ids of what the store lost but
+    # files (datasets, evaluation rows, reports) still had to follow, so a run stopped half-way is finished by
+    # the next one; `left_machine` lists copies already outside this machine for the operator to act on.
+    db.execute(
+        """
+        CREATE TABLE erasures (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('user', 'conversation', 'retention')),
+            subject TEXT,
+            scope TEXT,
+            requested_by TEXT NOT NULL,
+            run_by TEXT NOT NULL,
+            run_by_name TEXT NOT NULL,
+            via TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            state TEXT NOT NULL CHECK (state IN ('running', 'files_pending', 'done', 'failed')),
+            counts TEXT NOT NULL DEFAULT '{}',
+            left_machine TEXT NOT NULL DEFAULT '[]',
+            disk TEXT NOT NULL DEFAULT '{}',
+            pending TEXT NOT NULL DEFAULT '{}',
+            error TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX erasures_started ON erasures(started_at)")
+    db.execute("CREATE INDEX erasures_state ON erasures(state)")
+    # What the product still needs once the words are gone: answers, failed answers, ratings and thumbs-down
+    # per model version and UTC hour, rolled up from the rows a purge or an erasure deletes. Hours, not weeks:
+    # the weekly report adds them into whichever weeks its time zone makes. A vote counts in the hour its
+    # answer was written, as the report counts it.
+    db.execute(
+        """
+        CREATE TABLE activity_counts (
+            model_version_id TEXT NOT NULL,
+            hour TEXT NOT NULL,
+            answers INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            ratings INTEGER NOT NULL DEFAULT 0,
+            down INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (model_version_id, hour)
+        )
+        """
+    )
+
+
+@MIGRATIONS()
 def m012_responses(db: Database) -> None:
     # /v1/responses (issue 20): a stored response names the turn that answered it, so GET /v1/responses/{id}
     # can rebuild it and previous_response_id can continue its conversation. The answer itself stays in
@@ -609,3 +685,12 @@ def m012_responses(db: Database) -> None:
         """
     )
     db.execute("CREATE INDEX responses_conversation ON responses(conversation_id)")
+
+
+@MIGRATIONS()
+def m013_model_version_server_key_and_fallback(db: Database) -> None:
+    # A version served somewhere else than model.base_url may need another key: after `tuneloop migrate`
+    # the open model's server must never be sent the hosted model's key, nor the other way round. And the
+    # hosted model it replaced keeps answering as a fallback until its shutdown date.
+    db.execute("ALTER TABLE model_versions ADD COLUMN api_key_env TEXT")
+    db.execute("ALTER TABLE model_versions ADD COLUMN fallback_until TEXT")

@@ -140,6 +140,24 @@ TABLE_NOTES = {
         "`via` web / api / cli / system, `action` (`review.approve`, `model.promoted`, `key.create`, `user.role`, "
         "...), its `target` id and `details` JSON — never a secret."
     ),
+    "privacy_state": (
+        "One row (feedback/privacy/): when an operator last saw a dry run of the retention purge (`purge_seen_at`, "
+        "`purge_seen_by`, for `purge_seen_days` of retention or more: the purge deletes nothing until then), the "
+        "last purge and its cutoff, and `free_space_clean` (0: the file may hold text deleted before "
+        "`secure_delete` was on, so the next erasure runs one VACUUM)."
+    ),
+    "erasures": (
+        "The erasure log: every erasure on request (`kind` user / conversation) and retention purge — `requested_by` "
+        "(who asked), `run_by` / `run_by_name` / `via` (who ran it), when, `counts` per kind of row, `left_machine` "
+        "(copies already outside: delivered reports, uploaded training files, trained models, backups) and what the "
+        "disk wipe did. Never the content; `subject` is a keyed hash of the user or conversation. `state` "
+        "files_pending → done (`pending` keeps the ids and weeks the files still have to follow) or failed."
+    ),
+    "activity_counts": (
+        "What outlives deleted rows: answers, failed answers, ratings and thumbs-down per model version and UTC "
+        "`hour` (a vote in its answer's hour), rolled up by a retention purge or an erasure in the transaction that "
+        "deletes the rows; the weekly report adds them to its trends."
+    ),
     "training_events": (
         "The run log: progress, losses and evaluation results of the local worker, and OpenAI's job events "
         "(`external_id` is OpenAI's event id, unique per run, so events polled twice are stored once). `data` is the "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from sqlite_utils import Database
 
 from config.errors import NotFound
+from config.settings import env_secret
 from feedback.db import new_id, utc_now, write_transaction
 
 _COLUMNS = (
@@ -26,6 +27,8 @@ _COLUMNS = (
     "traffic_weight",
     "created_at",
     "promoted_at",
+    "api_key_env",
+    "fallback_until",
 )
 
 
@@ -42,6 +45,14 @@ class ModelVersion:
     traffic_weight: float
     created_at: str
     promoted_at: str | None
+    # The environment variable holding its server's key (None: model.api_key_env), and the last day it may
+    # answer as a fallback after it stopped being live (a hosted model replaced before its shutdown).
+    api_key_env: str | None = None
+    fallback_until: str | None = None
+
+    def api_key(self, default: str) -> str:
+        """The key its server wants: from its own ``api_key_env`` when it has one, else ``default``."""
+        return env_secret(self.api_key_env) if self.api_key_env else default
 
 
 def _select(db: Database, where: str, params: list) -> list[ModelVersion]:
@@ -66,6 +77,16 @@ def live_version(db: Database) -> ModelVersion | None:
 def canary_versions(db: Database) -> list[ModelVersion]:
     """Versions taking a share of traffic next to the live one."""
     return _select(db, "status = 'canary' AND traffic_weight > 0", [])
+
+
+def fallback_versions(db: Database, today: str) -> list[ModelVersion]:
+    """Versions kept as fallbacks until a date on or after ``today`` (YYYY-MM-DD), the latest-dated first;
+    never one that is live, a canary or rejected."""
+    sql = (
+        f"SELECT {', '.join(_COLUMNS)} FROM model_versions WHERE fallback_until >= ? "
+        "AND status NOT IN ('live', 'canary', 'rejected') ORDER BY fallback_until DESC, created_at"
+    )
+    return [ModelVersion(*row) for row in db.execute(sql, [today]).fetchall()]
 
 
 def ensure_live_version(db: Database, *, name: str, provider: str, base_url: str | None = None) -> ModelVersion:

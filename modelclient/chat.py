@@ -30,6 +30,8 @@ later gap), and ``timeout_s`` as a deadline for the whole answer.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import json
 import threading
 import time
@@ -342,7 +344,9 @@ def _translate(exc: Exception, model: str) -> UpstreamError:
     if isinstance(exc, openai.APIStatusError):
         detail = _status_detail(exc)
         if exc.status_code in (429, 503):
-            return UpstreamUnavailable(f"{model} is overloaded or unavailable ({exc.status_code}): {detail}")
+            busy = UpstreamUnavailable(f"{model} is overloaded or unavailable ({exc.status_code}): {detail}")
+            busy.retry_after_s = retry_after_s(exc.response.headers)  # type: ignore[attr-defined]
+            return busy
         if exc.status_code in (400, 413, 422):
             field, code = _status_field(exc, detail)
             rejected = UpstreamRejected(f"{model} refused the request ({exc.status_code}): {detail}", field=field)
@@ -357,6 +361,31 @@ def _translate(exc: Exception, model: str) -> UpstreamError:
     if isinstance(exc, (httpx2.TransportError,)):
         return UpstreamUnavailable(f"the connection to {model} broke: {exc}")
     return UpstreamError(f"{model} failed: {type(exc).__name__}: {exc}")
+
+
+def retry_after_s(headers: Any) -> float | None:
+    """Seconds the server asked to wait: ``retry-after-ms`` (OpenAI's), else ``Retry-After`` in seconds or as
+    an HTTP date; None when it said nothing usable."""
+    millis = headers.get("retry-after-ms")
+    try:
+        if millis is not None:
+            return max(0.0, float(millis) / 1000)
+    except ValueError:
+        pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
 
 
 def _error_object(exc: openai.APIStatusError) -> dict:

@@ -19,7 +19,8 @@ from server.errors import openai_family
 from server.protocol import SETTINGS_ENUM, ErrorResponse, EventData, OpenAIErrorResponse
 
 DOC_ATTR = "_tuneloop_openapi"
-DOCUMENTED_PREFIXES = ("/api/", "/v1/")
+# The public API, and the admin API's privacy routes (erasure and export on request are made by scripts too).
+DOCUMENTED_PREFIXES = ("/api/", "/v1/", "/admin/api/privacy/")
 
 
 # Statuses every API route can answer, added to each route's own: the key check runs before every /api and /v1

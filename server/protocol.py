@@ -164,6 +164,39 @@ class ConversationResponse(BaseModel):
     messages: list[ConversationMessage]
 
 
+class ConversationDeleteRequest(Strict):
+    message_id: str = Field(description="Any answer of the conversation.")
+    feedback_token: str = Field(
+        min_length=1, description="That answer's token: proves the caller was served this conversation."
+    )
+
+
+class ConversationDeleteResponse(BaseModel):
+    conversation_id: str
+    deleted: bool
+    erased: dict[str, int] = Field(description="How many rows of each kind went (counts only).")
+
+
+class PrivacySubjectRequest(Strict):
+    """Whose data, for the admin privacy API: a user (under every API key, or ``key``) or one conversation."""
+
+    user: str | None = Field(None, min_length=1, description="The person, as the API's `user` field names them.")
+    key: str | None = Field(None, min_length=1, description="Only the user's calls with this API key (id or prefix).")
+    conversation: str | None = Field(None, min_length=1, description="One conversation (a widget visitor's).")
+    actor: str | None = Field(None, min_length=1, description="Who runs it, when the admin token is used.")
+
+
+class PrivacyEraseRequest(PrivacySubjectRequest):
+    requested_by: str = Field("", description="Who asked, and how (required unless dry_run).")
+    dry_run: bool = Field(False, description="Count what would go; erase nothing.")
+
+
+class PrivacyPurgeRequest(Strict):
+    dry_run: bool = Field(False, description="Preview the retention purge; delete nothing.")
+    allow: bool = Field(False, description="Record that the preview was seen: the purge may delete from now.")
+    actor: str | None = Field(None, min_length=1, description="Who runs it, when the admin token is used.")
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str

@@ -104,7 +104,7 @@ class DatabaseStorage(Storage):
 
 
 def install_limits(app: Flask, settings: Settings, connection: Callable[[], ContextManager[Database]]) -> Limiter:
-    """Put the ``[limits]`` on the chat and rating routes of ``app``."""
+    """Put the ``[limits]`` on the chat, rating and conversation-delete routes of ``app``."""
     limits = settings.limits
     uses_database = limits.storage_uri.startswith(f"{DATABASE_SCHEME}://")
     limiter = Limiter(
@@ -121,6 +121,7 @@ def install_limits(app: Flask, settings: Settings, connection: Callable[[], Cont
         "openai.chat_completions": limits.chat,
         "responses.create_response": limits.chat,
         "api.feedback": limits.feedback,
+        "api.delete_conversation": limits.feedback,
     }
     for endpoint, limit in per_endpoint.items():
         app.view_functions[endpoint] = limiter.limit(limit)(app.view_functions[endpoint])

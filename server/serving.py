@@ -13,6 +13,7 @@ transaction. A failed turn is recorded on purpose, with its error.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import logging
 import time
@@ -54,6 +55,7 @@ class ModelRouter:
         self._live: versions.ModelVersion | None = None
         self._canaries: list[versions.ModelVersion] = []
         self._fallbacks: list[Target] = []
+        self._kept: list[versions.ModelVersion] = []
 
     def prime(self, db: Database) -> None:
         """Register the configured model and fallbacks (first start), then load the cache."""
@@ -71,6 +73,10 @@ class ModelRouter:
     def _refresh(self, db: Database) -> None:
         self._live = versions.live_version(db)
         self._canaries = versions.canary_versions(db)
+        # A hosted model replaced before its shutdown (`tuneloop migrate switch`) answers when the live one
+        # cannot, until the last day it was kept for; configured fallbacks come after it.
+        today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+        self._kept = versions.fallback_versions(db, today)
         self._cached_at = time.monotonic()
 
     def _current(self) -> tuple[versions.ModelVersion | None, list[versions.ModelVersion]]:
@@ -78,6 +84,12 @@ class ModelRouter:
             with self.connection() as db:
                 self._refresh(db)
         return self._live, self._canaries
+
+    def fallbacks(self) -> list[Target]:
+        """What answers when the conversation's version cannot: kept hosted versions, then configured ones."""
+        self._current()
+        kept = [self.target(v) for v in self._kept]
+        return kept + [t for t in self._fallbacks if t.tag not in {k.tag for k in kept}]
 
     def live_name(self) -> str:
         live, _ = self._current()
@@ -103,12 +115,12 @@ class ModelRouter:
                 chosen = canary
                 break
         primary = [self.target(v) for v in dict.fromkeys([chosen, live]) if v is not None]
-        return primary + self._fallbacks
+        return primary + [t for t in self.fallbacks() if t.tag not in {p.tag for p in primary}]
 
     def target(self, version: versions.ModelVersion) -> Target:
         """Where and as what ``version`` is asked."""
         model = self.settings.model
-        return Target(version.name, version.base_url or model.base_url, model.api_key(), version.id)
+        return Target(version.name, version.base_url or model.base_url, version.api_key(model.api_key()), version.id)
 
 
 @dataclass

@@ -12,4 +12,5 @@ pytest_plugins = [
     "tests.plugins.vllm",
     "tests.plugins.accounts",
     "tests.plugins.oidc",
+    "tests.plugins.openai_teacher",
 ]

@@ -466,6 +466,9 @@ def pipeline_settings(data_dir: Path, base_url: str, model_dir: Path, rows: list
         "evaluation.concurrency": 2,
         "scheduler.poll_interval_s": 0.5,
         "gate.canary_weight": 0.5,
+        # The tiny model memorizes and reads no context: served closed book, and never asked the bundled rewordings.
+        "knowledge.enabled": False,
+        "evaluation.suites": ["test", "corrections", "golden"],
         **TRAINING,
         **extra,
     }

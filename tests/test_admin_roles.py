@@ -63,6 +63,16 @@ EXPECTED = {
     "admin.audit": "admin",
     "admin.audit_csv": "admin",
     "admin.audit_json": "admin",
+    "admin.privacy": "admin",
+    "admin.privacy_purge_preview": "admin",
+    "admin.privacy_purge_allow": "admin",
+    "admin.privacy_erase": "admin",
+    "admin.privacy_export": "admin",
+    "admin.privacy_erase_json": "admin",
+    "admin.privacy_export_json": "admin",
+    "admin.privacy_log_json": "admin",
+    "admin.privacy_status_json": "admin",
+    "admin.privacy_purge_json": "admin",
 }
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import typing
 
 import pytest
 
 from config.errors import ConfigError
-from config.settings import DEFAULT_TOML, Settings, load_settings
+from config.profile import PROFILE_FILE, write_profile
+from config.settings import DEFAULT_TOML, SECTIONS, Settings, load_settings
 
 
 def _documented_keys() -> dict[str, set[str]]:
@@ -32,10 +34,11 @@ def _documented_keys() -> dict[str, set[str]]:
 def test_every_setting_is_documented_in_default_toml():
     documented = _documented_keys()
     hints = typing.get_type_hints(Settings)
-    for section in dataclasses.fields(Settings):
-        fields = {f.name for f in dataclasses.fields(hints[section.name])}
-        assert section.name in documented, f"[{section.name}] missing from default.toml"
-        assert fields == documented[section.name], f"[{section.name}] documented keys differ from the dataclass"
+    assert set(documented) == set(SECTIONS)
+    for section in SECTIONS:
+        fields = {f.name for f in dataclasses.fields(hints[section])}
+        assert section in documented, f"[{section}] missing from default.toml"
+        assert fields == documented[section], f"[{section}] documented keys differ from the dataclass"
 
 
 def test_defaults_load_and_paths_derive_from_data_dir():
@@ -106,3 +109,71 @@ def test_model_aliases_are_names_listed_once():
     for bad, why in ((["gpt-4o", "gpt-4o"], "lists a name twice"), ([" gpt-4o"], "surrounding spaces"), ([""], "")):
         with pytest.raises(ConfigError, match="^model.aliases: .*" + why):
             load_settings(env={}, overrides={"model.aliases": bad})
+
+
+# --- fine-tuning profiles: what a model folder brings, below what the user sets -----------------------
+
+
+def _model_with_profile(tmp_path, values: dict, about: str = "measured on this model"):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    write_profile(folder, values, about)
+    return folder
+
+
+def test_a_model_folders_profile_applies_unless_the_user_sets_the_key(tmp_path):
+    model = _model_with_profile(
+        tmp_path,
+        {"training": {"learning_rate": 0.01, "epochs": 20, "lora_dropout": 0.0}, "dataset": {"val_fraction": 0.0}},
+    )
+    mine = tmp_path / "mine.toml"
+    mine.write_text(f'[model_server]\nmodel_dir = "{model}"\n[training]\nepochs = 7\n')
+    s = load_settings(mine, env={"TUNELOOP_TRAINING__LORA_DROPOUT": "0.1"}, overrides={"training.lora_r": 4})
+    profile = f"model folder {model / PROFILE_FILE}"
+    assert (s.training.learning_rate, s.origin("training.learning_rate")) == (0.01, profile)
+    assert (s.dataset.val_fraction, s.origin("dataset.val_fraction")) == (0.0, profile)
+    assert (s.training.epochs, s.origin("training.epochs")) == (7, f"config file {mine}")
+    assert (s.training.lora_dropout, s.origin("training.lora_dropout")) == (
+        0.1,
+        "environment TUNELOOP_TRAINING__LORA_DROPOUT",
+    )
+    assert (s.training.lora_r, s.origin("training.lora_r")) == (4, "flag")
+    assert (s.training.batch_size, s.origin("training.batch_size")) == (8, "default")
+    assert s.origin("model_server.model_dir") == f"config file {mine}"
+
+
+def test_a_profile_is_not_used_when_switched_off_or_when_another_provider_trains(tmp_path):
+    model = _model_with_profile(tmp_path, {"training": {"learning_rate": 0.01}})
+    base = {"model_server.model_dir": str(model)}
+    assert load_settings(env={}, overrides=base).training.learning_rate == 0.01
+    off = load_settings(env={}, overrides={**base, "training.use_model_profile": False})
+    assert (off.training.learning_rate, off.origin("training.learning_rate")) == (0.0002, "default")
+    hosted = load_settings(env={}, overrides={**base, "training.provider": "openai"})
+    assert hosted.training.learning_rate == 0.0002
+
+
+@pytest.mark.parametrize(
+    "values, words",
+    [
+        ({"training": {"device": "cuda"}}, "training.device cannot be set by a fine-tuning profile"),
+        ({"gateway": {"port": 1}}, "[gateway] cannot be set by a fine-tuning profile"),
+        ({"training": {"epochs": "many"}}, "training.epochs: expected int"),
+    ],
+)
+def test_a_bad_profile_stops_start_up_naming_its_file_and_key(tmp_path, values, words):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    about = {"about": "hand-written"}
+    (folder / PROFILE_FILE).write_text(json.dumps({**about, **values}))
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={}, overrides={"model_server.model_dir": str(folder)})
+    assert info.value.message.startswith(str(folder / PROFILE_FILE) + ": ")
+    assert words in info.value.message
+
+
+def test_an_origins_section_in_a_config_file_is_refused(tmp_path):
+    mine = tmp_path / "mine.toml"
+    mine.write_text('[origins]\n"training.epochs" = "default"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(mine, env={})
+    assert info.value.message.startswith("origins: unknown setting")

@@ -14,10 +14,15 @@ from cli.main import cli
 from config.settings import PROJECT_ROOT, load_settings
 from feedback import review
 from feedback.db import write_transaction
+from feedback.knowledge.grounding import ground
+from feedback.knowledge.live import LiveIndex
+from feedback.knowledge.seed import ensure_seeded
+from feedback.knowledge.store import entry_for_question, update_entry
 from feedback.review_io import ImportRejected
 from feedback.text import similarity
 from tests.test_ranking import ask, make_version
 from trainer.dataset import DatasetInvalid, build_dataset, import_base, list_datasets
+from trainer.dataset.as_served import ANSWERS_DIFFER, NOT_IN_KNOWLEDGE
 from trainer.dataset.cost import estimate_costs
 from trainer.dataset.dedupe import connected_groups, prompt_key
 from trainer.dataset.validate import check_example, validate_splits
@@ -135,7 +140,8 @@ def test_an_approved_correction_replaces_the_base_answer(db, settings):
     assert FEE_KO_NEW in answers and DELIVERY_EN_NEW in answers and FEE_KO_OLD not in answers
     assert not any(a.startswith("Standard delivery takes 2-3") for a in answers)
     assert "No, Haneul Mart only delivers to addresses within South Korea." in answers
-    assert len(rows) == len(FAQ_ROWS)  # two replaced, none added: always the whole corrected set
+    closed = [lin for lins in result.manifest["rows"].values() for lin in lins if lin.get("view") != "as_served"]
+    assert len(closed) == len(FAQ_ROWS)  # two replaced, none added: always the whole corrected set
     replaced = {r["review_item_id"]: r["base"]["line"] for r in result.manifest["replaced"]}
     assert replaced == {fee.id: 43, delivery.id: 28}
     train_lineage = result.manifest["rows"]["train"]
@@ -158,6 +164,9 @@ def test_manifest_lineage_points_at_each_row_source(db, settings):
         assert len(rows) == len(manifest["rows"][name]) == manifest["counts"][name]
         for row, lineage in zip(rows, manifest["rows"][name], strict=False):
             seen.add(lineage["source"])
+            if lineage.get("view") == "as_served":  # the same row with the knowledge block in front
+                assert row["messages"][0]["role"] == "system" and "Knowledge:" in row["messages"][0]["content"]
+                row = {"messages": row["messages"][1:]}
             if lineage["source"] == "base":
                 assert FAQ_ROWS[lineage["line"] - 1]["messages"] == row["messages"]
             elif lineage["source"] == "review":
@@ -350,3 +359,75 @@ def test_cli_dry_run_build_list_and_preferences(db, settings, tmp_path):
     }
     openai_rows = (settings.datasets_dir / "v1" / "preferences.jsonl").read_text(encoding="utf-8").splitlines()
     assert json.loads(openai_rows[0])["non_preferred_output"] == [{"role": "assistant", "content": FEE_KO_OLD}]
+
+
+# --- rows as served: the knowledge block the gateway would send, in front of the same question --------
+
+
+def _seeded(db, settings):
+    ensure_seeded(db, settings.knowledge)
+    return LiveIndex.over(db, settings.knowledge)
+
+
+def test_each_row_also_comes_as_served_with_the_block_the_gateway_would_send(db, settings):
+    _seeded(db, settings)
+    fee = review.create_item(db, question=FEE_KO)
+    review.approve(db, fee.id, answer=FEE_KO_NEW, reviewer="ana")  # its entry now says the new answer
+    index = LiveIndex.over(db, settings.knowledge)
+    result = build_dataset(db, with_settings(settings, dataset__val_fraction=0.1, dataset__test_fraction=0.1))
+    by_split = split_rows(result.files)
+    lineage = result.manifest["rows"]
+    for name in ("train", "val"):
+        twins = [(row, lin) for row, lin in zip(by_split[name], lineage[name], strict=True) if lin.get("view")]
+        closed = [row for row, lin in zip(by_split[name], lineage[name], strict=True) if not lin.get("view")]
+        assert len(twins) == len(closed) == result.manifest["as_served"]["rows"][name]  # every FAQ row is an entry
+        for row, lin in twins:
+            question = row["messages"][-2]["content"]
+            grounded = ground(index, settings, question)
+            assert row["messages"] == [*grounded.messages, row["messages"][-1]]  # exactly what users' prompts are
+            assert lin["entries"] == [s.entry_id for s in grounded.sources]
+            assert {"messages": row["messages"][1:]} in closed  # the twin of a closed-book row of this split
+    assert all("view" not in lin for lin in lineage["test"])  # the evaluation asks the test split both ways
+    fee_twin = next(
+        row
+        for row, lin in zip(by_split["train"], lineage["train"], strict=True)
+        if lin.get("view") and lin["source"] == "review"
+    )
+    assert FEE_KO_NEW in fee_twin["messages"][0]["content"] and fee_twin["messages"][-1]["content"] == FEE_KO_NEW
+    assert result.manifest["params"]["views"] == ["closed_book", "as_served"]
+    assert result.manifest["params"]["knowledge_seq"] == index.seq
+    assert result.counts["as_served"] == sum(result.manifest["as_served"]["rows"].values())
+
+
+def test_no_twin_where_the_block_would_contradict_the_answer(db, settings):
+    _seeded(db, settings)
+    entry = entry_for_question(db, FEE_KO)
+    update_entry(db, entry.id, answer="배송비는 무료입니다.", actor="ana", reason="policy change, not in the base file")
+    result = build_dataset(db, settings)
+    twins = [lin for lin in result.manifest["rows"]["train"] if lin.get("view")]
+    assert result.manifest["as_served"]["skipped"] == {ANSWERS_DIFFER: 1}
+    assert len(twins) == result.counts["train"] - len(twins) - 1
+    assert not any(lin["line"] == 43 for lin in twins)  # the fee row trains closed book only
+
+
+@pytest.mark.parametrize(
+    "overrides, views",
+    [
+        ({"dataset__views": ["closed_book"]}, ["closed_book"]),
+        ({"knowledge__enabled": False}, ["closed_book"]),
+        ({"dataset__views": ["as_served"]}, ["as_served"]),
+    ],
+)
+def test_the_views_written_follow_the_settings(db, settings, overrides, views):
+    _seeded(db, settings)
+    result = build_dataset(db, with_settings(settings, **overrides))
+    train = result.manifest["rows"]["train"]
+    assert result.manifest["params"]["views"] == views
+    assert result.counts["train"] == len([r for r in FAQ_ROWS]) - result.counts["val"] - result.counts["test"]
+    assert all(bool(lin.get("view")) == (views == ["as_served"]) for lin in train)
+
+
+def test_an_empty_knowledge_base_gives_no_twins_and_says_why(db, settings):
+    result = build_dataset(db, settings)
+    assert result.counts["as_served"] == 0
+    assert result.manifest["as_served"]["skipped"] == {NOT_IN_KNOWLEDGE: result.counts["train"] + result.counts["val"]}

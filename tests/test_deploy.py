@@ -47,6 +47,10 @@ def env(tmp_path, server, tiny_model_rows):
         "evaluation.golden_file": str(golden),
         "evaluation.max_tokens": 120,
         "evaluation.concurrency": 2,
+        # The tiny model memorizes its rows and reads no context: it is served closed book, so its two views are
+        # one prompt (asked once); the bundled rewordings are of an FAQ it never saw.
+        "knowledge.enabled": False,
+        "evaluation.suites": ["test", "corrections", "golden"],
     }
     settings = load_settings(env={}, overrides=values)
     db = open_db(settings.db_path)
@@ -124,13 +128,14 @@ def test_the_adapter_that_answers_differently_is_rejected_by_the_gate(env, serve
     )
     live = live_version(db)
     ev = evaluate(db, settings, candidate)  # deploys it first
-    golden = ev.metrics["golden"]
+    golden = ev.metrics["golden"]["as_served"]
+    assert golden == ev.metrics["golden"]["closed_book"]  # without the knowledge base, served is closed book
     assert golden["rows"] == len(tiny_model_rows)
     assert golden["incumbent"]["exact_match"] == 1.0  # the tiny model memorized its rows
     assert golden["candidate"]["exact_match"] == 0.0  # the adapter gives the next row's answer to each
-    assert ev.metrics["test"] == {"rows": 0}  # no dataset built in this store
+    assert ev.metrics["test"] == {"closed_book": {"rows": 0}, "as_served": {"rows": 0}}  # no dataset built here
     assert not ev.passed
-    assert any(r.startswith("golden: candidate chrF ") for r in ev.reasons)
+    assert any(r.startswith("golden (as served): candidate chrF ") for r in ev.reasons)
     outcome = gate.apply(db, settings, ev)
     assert outcome.action == "rejected"
     assert live_version(db) == live
@@ -187,8 +192,8 @@ def test_evaluation_reloads_a_live_adapter_the_server_forgot(env, server, tiny_l
         db, name="lora-e", provider="local", base_model="starter", adapter_path=str(tiny_lora.path)
     )
     ev = evaluate(db, settings, candidate, suites=["golden"])
-    assert ev.metrics["golden"]["errors"] == {"candidate": 0, "incumbent": 0}
-    assert ev.metrics["golden"]["delta"]["exact_match"] == 0.0  # the same adapter under two names
+    assert ev.metrics["golden"]["closed_book"]["errors"] == {"candidate": 0, "incumbent": 0}
+    assert ev.metrics["golden"]["closed_book"]["delta"]["exact_match"] == 0.0  # the same adapter under two names
     assert {"lora-d", "lora-e"} <= set(served(server))
     registry.rollback(db, "t")
     for name in ("lora-d", "lora-e"):

@@ -9,10 +9,24 @@ from __future__ import annotations
 import pytest
 
 from config.errors import Conflict, ValidationFailed
-from tests.plugins.evaluation import CORRECTIONS, GOLDEN, TEST_SPLIT, fill, make_setup
+from config.settings import load_settings
+from feedback.knowledge.store import entry_for_question
+from feedback.review import create_item
+from feedback.text import question_key
+from server.app import create_app
+from tests.plugins.evaluation import (
+    CORRECTIONS,
+    GOLDEN,
+    KNOWLEDGE_HEADER,
+    REWORDED,
+    TEST_SPLIT,
+    fill,
+    make_setup,
+)
 from trainer.evaluation import metrics
 from trainer.evaluation.judge import parse_reply
 from trainer.evaluation.run import evaluate, get_evaluation, list_evaluations, read_rows
+from trainer.evaluation.suites import reworded_correction_cases
 
 # --- metrics, computed by hand ------------------------------------------------------------------
 
@@ -101,6 +115,19 @@ def test_chrf_gives_partial_credit_for_a_particle_and_ignores_spacing():
     assert metrics.chrf("배송비 는 무료", "배송비는 무료") == 1.0  # Korean spacing varies; chrF drops whitespace
 
 
+def test_the_paired_bootstrap_interval_says_when_a_difference_may_be_noise():
+    # Every question better by the same amount: no doubt at all.
+    assert metrics.paired_interval([1.0, 1.0, 1.0], [0.5, 0.5, 0.5], 0.95) == (0.5, 0.5)
+    # +0.02 on average over three questions that moved both ways: the interval spans zero.
+    low, high = metrics.paired_interval([0.66, 0.59, 0.61], [0.60, 0.60, 0.60], 0.95)
+    assert low < 0 < 0.02 < high
+    # The same spread over many questions narrows the interval around the mean.
+    many = metrics.paired_interval([0.66, 0.59, 0.61] * 40, [0.60, 0.60, 0.60] * 40, 0.95)
+    assert low < many[0] < 0.02 < many[1] < high
+    assert many == metrics.paired_interval([0.66, 0.59, 0.61] * 40, [0.60] * 120, 0.95)  # seeded: reproducible
+    assert metrics.paired_interval([1, 0], [0, 0], 0.5)[1] <= metrics.paired_interval([1, 0], [0, 0], 0.99)[1]
+
+
 def test_mean_scores_and_score_agree():
     rows = [metrics.score("a b", "a b"), metrics.score("a", "b")]
     assert metrics.mean_scores(rows) == {"exact_match": 0.5, "token_f1": 0.5, "rouge_l": 0.5, "chrf": 0.5}
@@ -116,36 +143,47 @@ def test_judge_replies_are_read_strictly():
 # --- evaluate() end to end ----------------------------------------------------------------------
 
 
-def test_evaluate_asks_both_models_scores_each_suite_and_stores_it(better_candidate):
+def test_evaluate_asks_both_models_scores_each_suite_and_view_and_stores_it(better_candidate):
     s = better_candidate
     ev = evaluate(s.db, s.settings, "tuned")
     assert (ev.candidate_id, ev.incumbent_id, ev.dataset_id) == (s.candidate.id, s.live.id, s.dataset_id)
-    assert ev.suites == ["test", "corrections", "golden"]
-    corrections = ev.metrics["corrections"]
-    assert corrections["rows"] == 2
-    assert corrections["candidate"] == {"exact_match": 1.0, "token_f1": 1.0, "rouge_l": 1.0, "chrf": 1.0}
-    assert corrections["incumbent"]["exact_match"] == 0.0
-    assert corrections["delta"]["exact_match"] == 1.0
-    for suite in ("golden", "test"):
-        assert ev.metrics[suite]["candidate"] == ev.metrics[suite]["incumbent"]
-        assert ev.metrics[suite]["errors"] == {"candidate": 0, "incumbent": 0}
-    assert ev.metrics["golden"]["rows"] == 4 and ev.metrics["test"]["rows"] == 2
-    assert ev.passed is True and ev.reasons == []
+    assert ev.suites == ["test", "corrections", "corrections_reworded", "golden", "reworded"]
+    assert ev.params["views"] == ["closed_book", "as_served"]
+    closed, served = ev.metrics["corrections"]["closed_book"], ev.metrics["corrections"]["as_served"]
+    assert closed["rows"] == served["rows"] == 2
+    assert closed["candidate"] == {"exact_match": 1.0, "token_f1": 1.0, "rouge_l": 1.0, "chrf": 1.0}
+    assert closed["incumbent"]["exact_match"] == 0.0 and closed["delta"]["exact_match"] == 1.0
+    assert closed["interval"]["exact_match"] == [1.0, 1.0] and closed["confidence"] == 0.95
+    # As served the live model already answers the corrections: their entries were corrected on approval.
+    assert served["incumbent"]["exact_match"] == 1.0 and served["delta"]["exact_match"] == 0.0
+    for suite in ("golden", "test", "reworded"):
+        for view in ("closed_book", "as_served"):
+            entry = ev.metrics[suite][view]
+            assert entry["candidate"] == entry["incumbent"]
+            assert entry["errors"] == {"candidate": 0, "incumbent": 0}
+    assert ev.metrics["corrections_reworded"] == {"closed_book": {"rows": 0}, "as_served": {"rows": 0}}
+    assert [ev.metrics[s_]["closed_book"]["rows"] for s_ in ("golden", "test", "reworded")] == [4, 2, 2]
+    assert ev.passed is True and ev.reasons == [] and ev.gate["outcome"] == "passed"
     assert ev.judge is None  # no judge configured
-    # Every question went to both models, greedy, with evaluation.max_tokens.
-    asked = [(r["model"], r["messages"][-1]["content"]) for r in s.upstream.requests]
-    assert sorted(asked) == sorted((m, q) for m in ("starter", "tuned") for q, _ in TEST_SPLIT + CORRECTIONS + GOLDEN)
+    # Every question went to both models twice, closed book (no knowledge block) and as served; greedy, with
+    # evaluation.max_tokens.
+    questions = [q for q, _ in TEST_SPLIT + CORRECTIONS + GOLDEN + REWORDED]
+    asked = [(r["model"], r["messages"][-1]["content"], _grounded(r["messages"])) for r in s.upstream.requests]
+    assert sorted(asked) == sorted((m, q, g) for m in ("starter", "tuned") for q in questions for g in (False, True))
     assert {(r["temperature"], r["max_tokens"]) for r in s.upstream.requests} == {(0.0, 256)}
     # Stored: the row, and the answers with per-row scores in the JSONL file.
     stored = get_evaluation(s.db, ev.id)
     assert (stored.metrics, stored.passed, stored.params["dataset_source"]) == (ev.metrics, True, "newest dataset")
     assert [e.id for e in list_evaluations(s.db, s.candidate.id)] == [ev.id]
     rows = read_rows(stored)
-    assert len(rows) == 8
-    jeju = next(r for r in rows if r["reference"] == CORRECTIONS[0][1])
-    assert jeju["suite"] == "corrections" and jeju["source"]["source"] == "review"
-    assert jeju["incumbent"]["answer"] == "Sorry, I cannot help with that."
-    assert jeju["candidate"]["scores"]["exact_match"] == 1.0
+    assert len(rows) == 2 * len(questions)
+    jeju = {r["view"]: r for r in rows if r["reference"] == CORRECTIONS[0][1]}
+    assert jeju["closed_book"]["suite"] == "corrections" and jeju["closed_book"]["source"]["source"] == "review"
+    assert jeju["closed_book"]["incumbent"]["answer"] == "Sorry, I cannot help with that."
+    assert jeju["closed_book"]["candidate"]["scores"]["exact_match"] == 1.0
+    assert jeju["closed_book"]["sources"] == [] and jeju["as_served"]["sources"]
+    entry = entry_for_question(s.db, CORRECTIONS[0][0])
+    assert jeju["as_served"]["sources"][0] == entry.id and entry.answer == CORRECTIONS[0][1]
     assert next(r for r in rows if r["suite"] == "test")["source"] == {
         "dataset_version": 1,
         "source": "base",
@@ -154,12 +192,71 @@ def test_evaluate_asks_both_models_scores_each_suite_and_stores_it(better_candid
     }
 
 
+def _grounded(messages: list[dict]) -> bool:
+    return any(m["role"] == "system" and KNOWLEDGE_HEADER in m["content"] for m in messages)
+
+
+def test_as_served_is_the_prompt_the_gateway_sends(better_candidate):
+    s = better_candidate
+    ev = evaluate(s.db, s.settings, s.candidate, suites=["golden"], views=["as_served"])
+    evaluated = {r["question"]: r["messages"] for r in read_rows(ev)}
+    s.upstream.requests.clear()
+    client = create_app(settings=s.settings).test_client()
+    for question, messages in evaluated.items():
+        reply = client.post("/api/chat", json={"message": question})
+        assert reply.status_code == 200, reply.get_json()
+        assert s.upstream.requests[-1]["messages"] == messages
+        sources = [x["id"] for x in reply.get_json()["sources"]]
+        assert sources == next(r["sources"] for r in read_rows(ev) if r["question"] == question)
+
+
+def test_with_the_knowledge_base_off_both_views_are_one_prompt_asked_once(better_candidate):
+    s = better_candidate
+    off = load_settings(
+        env={},
+        overrides={
+            "paths.data_dir": s.settings.paths.data_dir,
+            "model.base_url": s.settings.model.base_url,
+            "model.retries": 0,
+            "evaluation.golden_file": s.settings.evaluation.golden_file,
+            "knowledge.enabled": False,
+        },
+    )
+    ev = evaluate(s.db, off, s.candidate, suites=["golden"])
+    assert len(s.upstream.requests) == 2 * len(GOLDEN)  # each question once per model
+    assert not any(_grounded(r["messages"]) for r in s.upstream.requests)
+    assert ev.metrics["golden"]["closed_book"] == ev.metrics["golden"]["as_served"]
+    assert ev.params["knowledge_seq"] is None
+
+
+def test_corrections_are_also_asked_in_the_words_users_sent(tmp_path, table_upstream):
+    s = make_setup(tmp_path, table_upstream)
+    question, answer = "When do my points arrive?", "Points are added on purchase confirmation."
+    variants = [
+        {"question": question, "key": question_key(question), "votes": 4},
+        {"question": "points not showing up yet??", "key": question_key("points not showing up yet"), "votes": 2},
+        {"question": "call me at 010-1234-5678 about points", "key": "call me", "votes": 1},  # personal data: left out
+    ]
+    create_item(s.db, question=question, answer=answer, reviewer="tester", evidence={"variants": variants})
+    cases = reworded_correction_cases(s.db, s.settings)
+    assert [(c.question, c.reference, c.source["rewording_of"]) for c in cases] == [
+        ("points not showing up yet??", answer, question)
+    ]
+    s.db.close()
+
+
 def test_the_system_prompt_goes_first_as_in_the_gateway(tmp_path, table_upstream):
     s = make_setup(tmp_path, table_upstream, **{"chat.system_prompt": "You are Haneul Mart's assistant."})
     fill(table_upstream, "starter", GOLDEN)
     fill(table_upstream, "tuned", GOLDEN)
     evaluate(s.db, s.settings, s.candidate, suites=["golden"])
-    assert {r["messages"][0]["content"] for r in table_upstream.requests} == {"You are Haneul Mart's assistant."}
+    systems = [r["messages"][0] for r in table_upstream.requests]
+    assert {m["role"] for m in systems} == {"system"}
+    closed = [m["content"] for m in systems if KNOWLEDGE_HEADER not in m["content"]]
+    served = [m["content"] for m in systems if KNOWLEDGE_HEADER in m["content"]]
+    assert len(closed) == len(served) == 2 * len(GOLDEN)
+    assert set(closed) == {"You are Haneul Mart's assistant."}
+    assert all(c.startswith(f"You are Haneul Mart's assistant.\n\n{KNOWLEDGE_HEADER}\n") for c in served)
     s.db.close()
 
 
@@ -171,9 +268,9 @@ def test_the_judge_scores_each_pair_whichever_side_it_is_shown_on(tmp_path, tabl
     )
     fill(table_upstream, "starter", GOLDEN + TEST_SPLIT + CORRECTIONS, wrong={q for q, _ in CORRECTIONS})
     fill(table_upstream, "tuned", GOLDEN + TEST_SPLIT + CORRECTIONS)
-    ev = evaluate(s.db, s.settings, s.candidate)
+    ev = evaluate(s.db, s.settings, s.candidate, suites=["test", "corrections", "golden"])
     assert ev.judge["model"] == "judge"
-    assert ev.judge["suites"]["corrections"] == {
+    assert ev.judge["suites"]["corrections"]["closed_book"] == {
         "rows": 2,
         "scored": 2,
         "candidate_mean": 5.0,
@@ -182,17 +279,18 @@ def test_the_judge_scores_each_pair_whichever_side_it_is_shown_on(tmp_path, tabl
         "ties": 0,
         "losses": 0,
     }
-    assert ev.judge["suites"]["golden"]["ties"] == 4
+    assert ev.judge["suites"]["corrections"]["as_served"]["wins"] == 2
+    assert ev.judge["suites"]["golden"]["as_served"]["ties"] == 4
     judged = [r for r in table_upstream.requests if r["model"] == "judge"]
-    assert len(judged) == 8
+    assert len(judged) == 16  # 8 questions, each view judged
     # The candidate (the one answering with the reference) is shown as A for one correction and as B for the
-    # other, and both times its score came back as the candidate's: the swap is undone correctly.
+    # other (in both views), and every time its score came back as the candidate's: the swap is undone correctly.
     sides = sorted(
         "Sorry, I cannot help with that." in r["messages"][-1]["content"].split("Answer B:")[1]
         for r in judged
         if "Sorry, I cannot" in r["messages"][-1]["content"]
     )
-    assert sides == [False, True]
+    assert sides == [False, False, True, True]
     assert ev.passed  # the judge never decides the gate
     s.db.close()
 
@@ -202,9 +300,9 @@ def test_failed_answers_score_zero_and_are_counted(tmp_path, table_upstream):
     fill(table_upstream, "starter", GOLDEN)
     fill(table_upstream, "tuned", GOLDEN)
     ev = evaluate(s.db, s.settings, s.candidate, suites=["golden", "corrections"])
-    assert ev.metrics["corrections"]["candidate"]["exact_match"] == 0.0  # both say "I do not know."
+    assert ev.metrics["corrections"]["closed_book"]["candidate"]["exact_match"] == 0.0  # both say "I do not know."
     assert ev.passed is False
-    assert ev.reasons[0].startswith("corrections: candidate chrF 0.")
+    assert ev.reasons[0].startswith("corrections (closed book): candidate chrF 0.")
 
 
 def test_a_candidate_the_server_does_not_serve_is_refused_before_asking_anything(tmp_path, table_upstream):

@@ -61,6 +61,9 @@ def loop(tmp_path, model_server, tiny_model_dir, tiny_model_rows):
             "evaluation.max_tokens": 120,
             "evaluation.concurrency": 2,
             "scheduler.poll_interval_s": 0.5,
+            # The tiny model memorizes and reads no context: served closed book, and never asked the bundled rewordings.
+            "knowledge.enabled": False,
+            "evaluation.suites": ["test", "corrections", "golden"],
             "scheduler.retrain_threshold": 2,
             **TRAINING,
         },
@@ -112,14 +115,16 @@ def test_crash_during_training_resumes_with_one_training_run_through_the_gate(lo
     assert run.outcome("train").state == "succeeded", run.error
     gate = run.outcome("gate")
     assert gate and gate.state == "succeeded", run.error
-    assert gate.action in ("promoted", "rejected")
+    # Two corrections on a tiny model: the gate may also find too few questions to tell (held).
+    assert gate.action in ("promoted", "rejected", "held")
     assert run.context.gate.action == gate.action
     candidate = get_version(db, run.context.candidate_id)
     if gate.action == "promoted":
         assert candidate.status == "live"
         assert run.outcome("deploy").state == "succeeded"
     else:
-        assert candidate.status == "rejected" and gate.reasons
+        expected = {"rejected": "rejected", "held": "candidate"}[gate.action]
+        assert candidate.status == expected and gate.reasons
         assert run.outcome("deploy").state == "skipped"
     assert run.state == "succeeded" and run.outcome("report").state == "succeeded"
     assert get_pipeline_run(db, run.id).steps == run.steps

@@ -40,17 +40,19 @@ from feedback.versions import ModelVersion, live_version
 from server.app import create_app
 from tests.plugins.gateway import write_config
 from tests.plugins.model import start_model_server, stop_model_server, tuneloop_exe
-from tests.test_loop_cli_e2e import CORRECTIONS, SETTINGS
+from tests.test_loop_cli_e2e import CORRECTIONS
 from tests.test_loop_e2e import LOOP, rate_down_with_corrections
 from trainer.pipeline import get_pipeline_run, list_pipeline_runs
 from trainer.providers.local import LOG_FILE, process_running, worker_pid
 from trainer.providers.runs import get_run, latest_event_data
 
-pytestmark = pytest.mark.slow
+# Two pipeline runs on the starter model, each evaluating both views of every suite (hundreds of answers), on 2
+# shared cores: minutes; the suite's 300 s per test is for single features.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 # How long the test waits for the pipeline to reach the running training job, and for the resumed one to end.
 SUBMIT_TIMEOUT_S = 60
-FINISH_TIMEOUT_S = 240
+FINISH_TIMEOUT_S = 600
 
 
 @pytest.fixture
@@ -62,13 +64,11 @@ def server(tmp_path, starter_model_dir):
 
 
 def loop_config(tmp_path, base_url: str, model_dir) -> dict:
-    """LOOP (the starter retraining SETTINGS and the loop's model/scheduler keys) as TOML sections."""
+    """LOOP (the loop test's model/scheduler keys; training settings come from the starter's profile) as TOML."""
     values: dict = {}
     for dotted, value in LOOP.items():
         section, key = dotted.split(".", 1)
         values.setdefault(section, {})[key] = value
-    for section, keys in SETTINGS.items():
-        assert all(values[section][k] == v for k, v in keys.items())  # LOOP carries the starter settings
     values.setdefault("paths", {})["data_dir"] = str(tmp_path / "var")
     values["model"]["base_url"] = base_url
     values.setdefault("model_server", {})["model_dir"] = str(model_dir)
@@ -214,7 +214,7 @@ def test_killed_pipeline_resumes_the_same_run_and_adopts_the_surviving_worker(lo
     assert run.outcome("train").state == "succeeded"
     assert run.context.candidate_id == training.candidate_version_id
     gate = run.outcome("gate")
-    assert gate and gate.state == "succeeded" and gate.action in ("promoted", "rejected"), steps
+    assert gate and gate.state == "succeeded" and gate.action in ("promoted", "rejected", "held"), steps
     promoted = gate.action == "promoted"
     assert live_version(db).id == (training.candidate_version_id if promoted else loop.first_live.id)
 

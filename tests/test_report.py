@@ -299,7 +299,11 @@ def test_demo_data_tells_a_story_and_can_be_removed(db, tmp_path):
 def test_report_settings_are_checked(tmp_path):
     good = tmp_path / "good.toml"
     good.write_text('[report]\nshutdown_dates = { "gpt-4o-mini" = 2026-03-31, "old" = "2026-01-05" }\n')
-    assert load_settings(good, env={}).report.shutdown_dates == {"gpt-4o-mini": "2026-03-31", "old": "2026-01-05"}
+    # Yours are added to the defaults (OpenAI's announced dates for fine-tuned models), yours winning on a key.
+    openai = {f"ft:{base}": "2027-01-14" for base in ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini")}
+    assert load_settings(env={}).report.shutdown_dates == openai
+    expected = {**openai, "gpt-4o-mini": "2026-03-31", "old": "2026-01-05"}
+    assert load_settings(good, env={}).report.shutdown_dates == expected
     bad = tmp_path / "bad.toml"
     bad.write_text('[report]\nshutdown_dates = { "gpt-4o-mini" = "next spring" }\n')
     with pytest.raises(ConfigError, match=r"^report.shutdown_dates.gpt-4o-mini: expected a date"):

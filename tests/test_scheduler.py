@@ -22,7 +22,9 @@ SEOUL = ZoneInfo("Asia/Seoul")
 
 @pytest.fixture
 def demo(tmp_path):
-    settings = load_settings(env={}, overrides={"paths.data_dir": str(tmp_path / "var")})
+    # The loop's jobs; the retention job has its own tests (tests/test_privacy_retention.py).
+    overrides = {"paths.data_dir": str(tmp_path / "var"), "scheduler.jobs": ["weekly", "monthly", "threshold"]}
+    settings = load_settings(env={}, overrides=overrides)
     db = open_db(settings.db_path)
     seed_demo(db, settings, weeks=2)
     yield settings, db

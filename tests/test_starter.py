@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cli.main import cli
 from config.errors import InvalidRequest
+from config.profile import PROFILE_FILE, read_profile
 from config.settings import load_settings
 from tests.plugins.model import TINY_PARAMS, build_tiny_model, qa, tiny_rows
 from trainer.starter import (
@@ -24,6 +25,7 @@ from trainer.starter import (
     rows_to_pairs,
 )
 from trainer.starter.chat import encode_conversation
+from trainer.starter.profile import PROFILE as STARTER_PROFILE
 from trainer.starter.train import deterministic, make_model
 from trainer.starter.verify import greedy_answers
 
@@ -87,6 +89,19 @@ def test_an_up_to_date_build_is_a_no_op(tiny_model_dir, tiny_model_rows):
     assert result.built is False
     assert "up to date" in messages[0]
     assert (tiny_model_dir / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_the_build_writes_the_starter_fine_tuning_profile_that_settings_then_use(tiny_model_dir, tiny_model_rows):
+    profile = tiny_model_dir / PROFILE_FILE
+    assert read_profile(tiny_model_dir).values == STARTER_PROFILE
+    profile.unlink()  # a model built before profiles existed: an up-to-date build adds it, training nothing
+    build_starter(tiny_model_rows, tiny_model_dir, TINY_PARAMS, progress=False, echo=lambda _m: None)
+    assert read_profile(tiny_model_dir).values == STARTER_PROFILE
+    settings = load_settings(env={}, overrides={"model_server.model_dir": str(tiny_model_dir)})
+    for section, values in STARTER_PROFILE.items():
+        for key, value in values.items():
+            assert getattr(getattr(settings, section), key) == value
+            assert settings.origin(f"{section}.{key}") == f"model folder {profile}"
 
 
 def test_fingerprint_follows_data_and_hyperparameters_only():

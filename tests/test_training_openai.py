@@ -383,6 +383,7 @@ def test_after_the_cutoff_date_submission_is_refused(fake_openai, ft_settings, f
         start_run(ft_db, ft_settings, today=lambda: datetime.date(2027, 1, 7))
     message = info.value.message
     assert "2027-01-06" in message and "--provider local" in message and "deprecations page" in message
+    assert "docs/migrate-from-openai.md" in message and (PROJECT_ROOT / "docs" / "migrate-from-openai.md").is_file()
     assert fake_openai.requests == [] and ft_db.execute("SELECT COUNT(*) FROM training_runs").fetchone() == (0,)
     # On the date itself OpenAI still takes jobs.
     assert start_run(ft_db, ft_settings, today=lambda: datetime.date(2027, 1, 6)).created

@@ -92,6 +92,7 @@ def test_a_killed_model_server_is_restarted_while_the_gateway_answers_503(platfo
     os.kill(before["model-server"], signal.SIGKILL)
 
     outcomes: Counter = Counter()
+    first_outcome = None
     down_readyz = None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -102,7 +103,9 @@ def test_a_killed_model_server_is_restarted_while_the_gateway_answers_503(platfo
             outcomes[f"no answer: {type(exc).__name__}"] += 1
             time.sleep(0.2)
             continue
-        outcomes[f"{chat.status_code} {chat.json().get('error', {}).get('code', '')}".strip()] += 1
+        outcome = f"{chat.status_code} {chat.json().get('error', {}).get('code', '')}".strip()
+        first_outcome = first_outcome or outcome
+        outcomes[outcome] += 1
         if ready.status_code == 503 and down_readyz is None:
             down_readyz = ready.json()
         if chat.status_code == 200 and ready.status_code == 200 and down_readyz is not None:
@@ -113,7 +116,13 @@ def test_a_killed_model_server_is_restarted_while_the_gateway_answers_503(platfo
     # The gateway never stopped answering: chats got a clear 503 until the model was back, then 200.
     assert not [k for k in outcomes if k.startswith("no answer")], outcomes
     assert outcomes["503 upstream_unavailable"] >= 1 and outcomes["200"] >= 1
-    assert set(outcomes) == {"503 upstream_unavailable", "200"}, outcomes
+    # SIGKILL lands asynchronously: on a busy machine the first chat after os.kill() can reach the dying
+    # server and lose its answer half-way, an honest 502 "the answer broke off" (at most that one).
+    assert outcomes["502 upstream_error"] == 0 or (outcomes["502 upstream_error"], first_outcome) == (
+        1,
+        "502 upstream_error",
+    ), outcomes
+    assert set(outcomes) <= {"503 upstream_unavailable", "502 upstream_error", "200"}, outcomes
     # /readyz said what was going on.
     model_check = down_readyz["checks"]["model_server"]
     assert model_check["ok"] is False and down_readyz["error"]["code"] == "not_ready"

@@ -207,6 +207,41 @@ def test_embedded_on_an_allowed_origin_chats_and_votes(page, embedded, gateway_d
     assert page.errors == []
 
 
+def test_delete_this_conversation_erases_it_across_origins_and_starts_afresh(page, embedded, gateway_db):
+    embedded()  # another origin: the DELETE goes through CORS's preflight
+    page.get_by_role("button", name="Open chat").click()
+    forget = page.get_by_role("button", name="Delete this conversation")
+    expect(forget).to_be_hidden()  # nothing to delete before an answer
+    send(page, "My card ends in Wmark21, where is my parcel?")
+    answers(page).nth(0).get_by_role("button", name="Good answer").click()
+    expect(answers(page).nth(0).get_by_role("button", name="Good answer")).to_have_attribute("aria-pressed", "true")
+    send(page, "And the other one?")
+    expect(answers(page)).to_have_count(2)
+    expect(forget).to_be_visible()
+    assert rows(gateway_db, "SELECT COUNT(*) FROM conversations") == [(1,)]
+    assert rows(gateway_db, "SELECT COUNT(*) FROM feedback") == [(1,)]
+
+    forget.click()
+    confirm = page.get_by_role("alertdialog", name="Delete this conversation")
+    confirm.get_by_role("button", name="Cancel").click()  # changing one's mind deletes nothing
+    expect(confirm).to_be_hidden()
+    assert rows(gateway_db, "SELECT COUNT(*) FROM messages") == [(4,)]
+    forget.click()
+    confirm.get_by_role("button", name="Delete", exact=True).click()
+
+    expect(page.locator(".status")).to_have_text("The conversation was deleted.")
+    expect(answers(page)).to_have_count(0)
+    expect(forget).to_be_hidden()
+    assert rows(gateway_db, "SELECT COUNT(*) FROM conversations") == [(0,)]
+    assert rows(gateway_db, "SELECT COUNT(*) FROM messages") == [(0,)]
+    assert rows(gateway_db, "SELECT COUNT(*) FROM feedback") == [(0,)]
+    assert rows(gateway_db, "SELECT kind, via FROM erasures") == [("conversation", "api")]
+    send(page, "A new question")  # the next message starts a new conversation
+    expect(answers(page).nth(0).locator(".text")).to_have_text("echo: A new question")
+    assert rows(gateway_db, "SELECT COUNT(*) FROM conversations") == [(1,)]
+    assert page.errors == []
+
+
 def test_embedded_on_an_unlisted_origin_is_refused_and_nothing_is_written(page, embedded, gateway_db):
     embedded(allowed=False)
     page.get_by_role("button", name="Open chat").click()

@@ -83,7 +83,8 @@ def model_client(settings: Settings) -> ChatClient:
 
 def version_target(settings: Settings, version: ModelVersion) -> Target:
     """Where and as what a version is served — the same target the gateway would pick."""
-    return Target(version.name, version.base_url or settings.model.base_url, settings.model.api_key(), version.id)
+    base_url = version.base_url or settings.model.base_url
+    return Target(version.name, base_url, version.api_key(settings.model.api_key()), version.id)
 
 
 def has_adapter(version: ModelVersion) -> bool:
@@ -96,8 +97,7 @@ def _lora_url(base_url: str, action: str) -> str:
     return f"{root}/{action}" if root.endswith("/v1") else f"{root}/v1/{action}"
 
 
-def _post(settings: Settings, url: str, body: dict) -> httpx2.Response:
-    key = settings.model.api_key()
+def _post(settings: Settings, url: str, body: dict, key: str) -> httpx2.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         return httpx2.post(
@@ -159,7 +159,8 @@ def deploy(
     action, detail = "nothing_to_load", ""
     if has_adapter(version):
         url = _lora_url(target.base_url, "load_lora_adapter")
-        response = _post(settings, url, {"lora_name": version.name, "lora_path": version.adapter_path})
+        body = {"lora_name": version.name, "lora_path": version.adapter_path}
+        response = _post(settings, url, body, target.api_key)
         if response.status_code == 200:
             action = "loaded"
         elif response.status_code == 400 and "already been loaded" in response.text:
@@ -196,7 +197,7 @@ def undeploy(db: Database, settings: Settings, version: ModelVersion | str, *, a
     if version.status in ("live", "canary"):
         raise Conflict(f"{version.name} ({version.id}) is {version.status}; it must stay loaded")
     url = _lora_url(server, "unload_lora_adapter")
-    response = _post(settings, url, {"lora_name": version.name})
+    response = _post(settings, url, {"lora_name": version.name}, version.api_key(settings.model.api_key()))
     if response.status_code == 200:
         registry.record_event(db, version.id, "undeployed", actor=actor, details={"server": server})
         return DeployResult(version.id, version.name, "unloaded", server)

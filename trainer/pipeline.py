@@ -96,7 +96,7 @@ class ReportFiles:
 
 @dataclass(frozen=True)
 class GateVerdict:
-    """What the gate step did with the candidate: ``promoted``, ``canary`` or ``rejected``, and why."""
+    """What the gate step did with the candidate: ``promoted``, ``canary``, ``rejected`` or ``held``, and why."""
 
     action: str
     passed: bool
@@ -147,7 +147,7 @@ class StepResult:
     added: int | None = None  # collect: questions queued
     delivered: tuple[str, ...] | None = None  # report: the channels it reached
     passed: bool | None = None  # evaluate: the gate's verdict on the evaluation
-    action: str | None = None  # gate: promoted / canary / rejected
+    action: str | None = None  # gate: promoted / canary / rejected / held
     reasons: tuple[str, ...] | None = None  # evaluate, gate: why
 
 
@@ -328,6 +328,13 @@ def step_train(db: Database, settings: Settings, run: PipelineRun, now: datetime
     return StepResult(f"training run {training.id} succeeded; candidate {training.candidate_version_id}")
 
 
+_VERDICT_WORDS = {
+    "passed": "passed the gate",
+    "failed": "failed the gate",
+    "inconclusive": "the gate cannot tell (too few questions)",
+}
+
+
 def step_evaluate(db: Database, settings: Settings, run: PipelineRun, now: datetime) -> StepResult:
     """Evaluate the candidate against the live model (reusing an evaluation a crash left unrecorded)."""
     candidate = _needs(run.context.candidate_id, "evaluate", "a candidate")
@@ -342,7 +349,7 @@ def step_evaluate(db: Database, settings: Settings, run: PipelineRun, now: datet
         raise Skip(f"skipped: candidate {candidate} cannot be evaluated: {exc.message}") from exc
     run.context = replace(run.context, evaluation_id=evaluation.id)
     return StepResult(
-        f"evaluation {evaluation.id}: {'passed' if evaluation.passed else 'failed'} the gate",
+        f"evaluation {evaluation.id}: {_VERDICT_WORDS[gate.outcome_of(evaluation)]}",
         passed=bool(evaluation.passed),
         reasons=tuple(evaluation.reasons),
     )
@@ -369,7 +376,12 @@ def step_gate(db: Database, settings: Settings, run: PipelineRun, now: datetime)
         action = {"live": "promoted", "canary": "canary"}.get(candidate.status, candidate.status)
         reasons = tuple(evaluation.reasons)
     run.context = replace(run.context, gate=GateVerdict(action, bool(evaluation.passed), reasons))
-    words = {"promoted": "promoted to live", "canary": "made the canary", "rejected": "rejected; live model unchanged"}
+    words = {
+        "promoted": "promoted to live",
+        "canary": "made the canary",
+        "rejected": "rejected; live model unchanged",
+        "held": "held (too close to tell: neither promoted nor rejected); live model unchanged",
+    }
     return StepResult(
         f"candidate {candidate.id} {words.get(action, action)}" + (": " + "; ".join(reasons) if reasons else ""),
         action=action,

@@ -101,6 +101,8 @@ def list_versions(db: Database, *, include_inactive: bool = True) -> list[dict]:
         "promoted_at",
         "retired_at",
         "notes",
+        "api_key_env",
+        "fallback_until",
     )
     rows = db.execute(
         f"SELECT {', '.join(columns)} FROM model_versions WHERE {where} ORDER BY created_at DESC, rowid DESC"

@@ -6,7 +6,10 @@ Jobs (``[scheduler]`` settings, cron expressions read in ``scheduler.timezone``)
 - ``monthly`` (``monthly_cron``): the retrain pipeline — build → train →
   evaluate → gate → deploy → report (skipped when nothing new was approved);
 - ``threshold`` (every ``threshold_check_minutes``): the retrain pipeline, as
-  soon as ``retrain_threshold`` approved corrections are not yet in a dataset.
+  soon as ``retrain_threshold`` approved corrections are not yet in a dataset;
+- ``retention`` (``privacy.purge_cron``, while ``privacy.retention_days`` > 0): the
+  privacy purge (``feedback/privacy/retention.py``), which deletes nothing — and
+  says so in the log, every run — until an operator has seen a dry run.
 
 Each job is a plain function over :func:`trainer.pipeline.run_pipeline`, which
 ``tuneloop pipeline run`` calls too.
@@ -54,6 +57,8 @@ from filelock import FileLock, Timeout
 from config.errors import Conflict
 from config.settings import Settings
 from feedback.db import open_db
+from feedback.knowledge.seed import ensure_seeded
+from feedback.privacy import retention
 from trainer.pipeline import PipelineRun, retrain_due, run_pipeline
 
 log = logging.getLogger("tuneloop.scheduler")
@@ -194,6 +199,9 @@ def _run(kind: str, now: datetime | None) -> PipelineRun:
     settings = _SETTINGS["settings"]
     db = open_db(settings.db_path, busy_timeout_ms=settings.database.busy_timeout_ms)
     try:
+        # A scheduler started alone on a fresh data folder seeds the knowledge base, as any process working on
+        # the database does: the retrain's dataset and evaluation read it.
+        ensure_seeded(db, settings.knowledge)
         clock = (lambda: now) if now else None
         run = run_pipeline(db, settings, kind, **({"clock": clock} if clock else {}))
         log.info("%s pipeline %s: %s%s", kind, run.id, run.state, f" ({run.error})" if run.error else "")
@@ -223,7 +231,29 @@ def threshold_job(now: datetime | None = None) -> PipelineRun | None:
     return _run("threshold", now) if due else None
 
 
-JOB_FUNCTIONS = {"weekly": weekly_job, "monthly": monthly_job, "threshold": threshold_job}
+def retention_job(now: datetime | None = None) -> retention.Purge | None:
+    """Delete what is older than ``privacy.retention_days`` (None, and a loud log line, while not allowed)."""
+    settings = _SETTINGS["settings"]
+    db = open_db(settings.db_path, busy_timeout_ms=settings.database.busy_timeout_ms)
+    try:
+        state = retention.status(db, settings)
+        if not state.allowed:
+            preview = retention.purge(db, settings, actor="retention job", now=now, dry_run=True)
+            log.warning(
+                "retention purge deleted nothing: %s. It would delete %s. Run `tuneloop privacy purge --dry-run` "
+                "to see the list and allow it.",
+                state.reason,
+                ", ".join(f"{n} {k}" for k, n in preview.counts.items() if n) or "nothing yet",
+            )
+            return None
+        result = retention.purge(db, settings, actor="retention job", now=now)
+        log.info("retention purge %s: %s", result.id, ", ".join(f"{n} {k}" for k, n in result.counts.items() if n))
+        return result
+    finally:
+        db.close()
+
+
+JOB_FUNCTIONS = {"weekly": weekly_job, "monthly": monthly_job, "threshold": threshold_job, "retention": retention_job}
 
 
 def triggers(settings: Settings) -> dict:
@@ -237,6 +267,8 @@ def triggers(settings: Settings) -> dict:
         found["monthly"] = CronTrigger.from_crontab(s.monthly_cron, timezone=tz)
     if "threshold" in s.jobs and s.retrain_threshold > 0:
         found["threshold"] = IntervalTrigger(minutes=s.threshold_check_minutes, timezone=tz)
+    if "retention" in s.jobs and settings.privacy.retention_days > 0:
+        found["retention"] = CronTrigger.from_crontab(settings.privacy.purge_cron, timezone=tz)
     return found
 
 
@@ -270,7 +302,7 @@ def build_scheduler(settings: Settings, *, clock: Callable[[], datetime] | None 
             JOB_FUNCTIONS[job_id],
             trigger,
             id=job_id,
-            name=f"{job_id} pipeline",
+            name=f"{job_id} pipeline" if job_id != "retention" else "retention purge",
             replace_existing=True,
             next_run_time=trigger.get_next_fire_time(None, now.astimezone(trigger.timezone)),
         )

@@ -23,11 +23,12 @@ from __future__ import annotations
 import datetime
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from sqlite_utils import Database
 
 from config.errors import Conflict, NotFound
+from config.profile import Profile, read_profile
 from config.settings import Settings
 from feedback.db import utc_now, write_transaction
 from feedback.versions import create_candidate
@@ -122,6 +123,64 @@ def start_run(
     )
     _submit(db, chosen, run)
     return Started(poll_run(db, settings, run.id, today=today), created=True)
+
+
+# The dataset settings that shape what a run learns from (they act when `tuneloop dataset build` runs).
+DATASET_KEYS = ("dataset.val_fraction", "dataset.test_fraction", "dataset.views")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What :func:`start_run` would do, and with which settings (``tuneloop train start --dry-run``)."""
+
+    provider: str
+    base_model: str
+    dataset: dict | None  # None: no dataset built yet
+    existing: TrainingRun | None  # the run start_run would return instead of training again
+    training: list[tuple[str, Any, str]]  # (key, value, where it came from) for the provider's settings
+    dataset_settings: list[tuple[str, Any, str]]  # the same for the settings of the next dataset build
+    profile: Profile | None  # the base model folder's fine-tuning profile, when it applies
+
+
+def plan_run(
+    db: Database,
+    settings: Settings,
+    dataset: str | None = "latest",
+    provider: str | None = None,
+    *,
+    today: Clock = utc_today,
+) -> RunPlan:
+    """Everything :func:`start_run` would decide, without writing or submitting anything."""
+    name = provider or settings.training.provider
+    chosen = get_provider(name, settings, db, today=today)
+    try:
+        ds = resolve_dataset(db, dataset)
+    except NotFound:
+        if dataset not in (None, "latest"):
+            raise
+        ds = None
+    key = config_key(name, chosen.base_model(), chosen.hyperparameters())
+    existing = None
+    if ds is not None:
+        existing = find_run(db, ds["id"], key, ("queued", "running")) or find_run(db, ds["id"], key, ("succeeded",))
+    use_profile = name == "local" and settings.training.use_model_profile
+    return RunPlan(
+        provider=name,
+        base_model=chosen.base_model(),
+        dataset=ds,
+        existing=existing,
+        training=_values(settings, ("training.provider", *chosen.setting_keys())),
+        dataset_settings=_values(settings, DATASET_KEYS),
+        profile=read_profile(settings.model_dir) if use_profile else None,
+    )
+
+
+def _values(settings: Settings, keys: tuple[str, ...]) -> list[tuple[str, Any, str]]:
+    values = []
+    for key in keys:
+        section, _, name = key.partition(".")
+        values.append((key, getattr(getattr(settings, section), name), settings.origin(key)))
+    return values
 
 
 def _submit(db: Database, provider: Provider, run: TrainingRun) -> TrainingRun:

@@ -8,8 +8,10 @@ latencies on ``messages_version_time_question``, votes on
 migration m002), so no query joins votes to answers except to fetch the few
 comments shown. A vote belongs to the week its *answer* was written in, so a
 late vote on last week's answer changes last week's numbers, not this week's.
-Latency percentiles use every answer of a week up to :data:`LATENCY_SAMPLE`,
-and an even, deterministic sample of that size beyond. User text in the dict is
+Counts kept from rows that a retention purge or an erasure deleted (``activity_counts``)
+are added in, so trends outlive the words; their latencies are not kept. Latency
+percentiles use every answer of a week up to :data:`LATENCY_SAMPLE`, and an even,
+deterministic sample of that size beyond. User text in the dict is
 masked before it is returned (:mod:`feedback.report.privacy`), so no format can
 carry personal data.
 """
@@ -26,11 +28,13 @@ from config.settings import Settings
 from feedback.db import utc_now
 from feedback.knowledge import lineage
 from feedback.pii import PiiMasker
+from feedback.privacy.counts import kept_counts
 from feedback.ranking import RankingOptions, rank_worst
 from feedback.report import lifecycle
 from feedback.report.changes import changes
 from feedback.report.privacy import mask_report
 from feedback.report.weeks import iso_week_window, last_complete_week, local_date, shift_week, week_monday
+from feedback.shutdown import shutdown_date
 from feedback.text import question_key
 
 FAILED_ANSWERS_WARNING = 0.02  # share of failed answers in a week that earns a warning
@@ -49,6 +53,7 @@ def build_report(db: Database, settings: Settings, *, week: str | None = None, n
     versions = _versions(db)
     answers = _answer_stats(db, list(versions), bounds)
     votes = _vote_stats(db, list(versions), bounds)
+    _add_kept_counts(db, list(versions), bounds, answers, votes)
     active = [v for v in versions if sum(answers[v]["answers"]) or any(votes[v]["ratings"])]
     trend = _trend(weeks, versions, active, answers, votes)
     this_week, last_week = _week_feedback(db, since, until), _week_feedback(db, bounds[-3], since)
@@ -176,6 +181,20 @@ def _vote_stats(db: Database, versions: list[str], bounds: list[str]) -> dict[st
                 [version, bounds[i], bounds[i + 1]],
             ).fetchone()
     return stats
+
+
+def _add_kept_counts(db: Database, versions: list[str], bounds: list[str], answers: dict, votes: dict) -> None:
+    """Add the counts kept from purged and erased rows (``activity_counts``, feedback/privacy/counts.py), so
+    the trends do not change when the words behind them are deleted."""
+    for version in versions:
+        if not any(kept_counts(db, version, bounds[0], bounds[-1])):
+            continue
+        for i in range(len(bounds) - 1):
+            n, failed, ratings, down = kept_counts(db, version, bounds[i], bounds[i + 1])
+            answers[version]["answers"][i] += n
+            answers[version]["failed"][i] += failed
+            votes[version]["ratings"][i] += ratings
+            votes[version]["down"][i] += down
 
 
 def _week_feedback(db: Database, since: str, until: str) -> dict:
@@ -358,10 +377,11 @@ def _shutdown_warnings(versions: dict, week_versions: list[str], answers: dict, 
     for v in dict.fromkeys(week_versions + live):
         row = versions[v]
         for model in dict.fromkeys((row["name"], row["base_model"])):
-            day = cfg.shutdown_dates.get(model)
-            if not day:
+            shuts = shutdown_date(model, cfg.shutdown_dates)
+            if not shuts:
                 continue
-            left = (date.fromisoformat(day) - today).days
+            day = shuts.isoformat()
+            left = (shuts - today).days
             if left > cfg.shutdown_warning_days:
                 continue
             share = answers[v]["answers"][-1] / week_total

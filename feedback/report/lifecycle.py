@@ -90,16 +90,62 @@ def evaluation_events(db: Database, since: str, until: str) -> dict:
     names = _version_names(db)
     for row in result["events"]:
         gate = row.pop("gate", None)
-        metric = (json.loads(gate) if isinstance(gate, str) else gate or {}).get("metric", "chrf")
+        gate = json.loads(gate) if isinstance(gate, str) else gate or {}
+        metric = gate.get("metric", "chrf")
+        row["outcome"] = gate.get("outcome") or {1: "passed", 0: "failed"}.get(row.get("passed"))
         row["candidate_name"] = names.get(row.get("candidate_id"))
         row["incumbent_name"] = names.get(row.get("incumbent_id"))
         metrics = row.get("metrics") if isinstance(row.get("metrics"), dict) else {}
-        row["summary"] = ", ".join(
-            f"{suite} {metric} {m['candidate'][metric]:.3f} vs {m['incumbent'][metric]:.3f}"
-            for suite, m in metrics.items()
-            if m.get("rows") and metric in m.get("candidate", {})
+        row["summary"] = "; ".join(
+            f"{suite.replace('_', ' ')}: " + ", ".join(parts)
+            for suite, entry in metrics.items()
+            if (parts := [_view_summary(view, m, metric) for view, m in _views(entry).items() if m.get("rows")])
         )
+        row["changes"] = _changes(metrics, metric)
     return result
+
+
+def _changes(metrics: dict, metric: str) -> list[dict]:
+    """What the candidate answers differently, one line per suite and view: questions answered word for word
+    (live, candidate) and the gate metric's means — the report's "what the retrain changed" table."""
+    lines = []
+    for suite, entry in metrics.items():
+        for view, m in _views(entry).items():
+            if not m.get("rows"):
+                continue
+            n = m["rows"]
+            lines.append(
+                {
+                    "suite": suite,
+                    "view": view,
+                    "view_words": _VIEW_WORDS.get(view, view),
+                    "rows": n,
+                    "live_right": round(m["incumbent"].get("exact_match", 0) * n),
+                    "candidate_right": round(m["candidate"].get("exact_match", 0) * n),
+                    "metric": metric,
+                    "live": m["incumbent"].get(metric, 0),
+                    "candidate": m["candidate"].get(metric, 0),
+                }
+            )
+    return lines
+
+
+_VIEW_WORDS = {"closed_book": "closed book", "as_served": "as served"}
+
+
+def _views(entry: dict) -> dict:
+    # An evaluation stored before there were views asked closed book (trainer/evaluation/metrics.view_metrics).
+    return {"closed_book": entry} if "rows" in entry else entry
+
+
+def _view_summary(view: str, m: dict, metric: str) -> str:
+    """``closed book 3/3 exact (live 0/3), chrF 1.000 vs 0.553``: what a reader wants to know of one view."""
+    n = m["rows"]
+    right = {role: round(m[role].get("exact_match", 0) * n) for role in ("candidate", "incumbent")}
+    return (
+        f"{_VIEW_WORDS.get(view, view)} {right['candidate']}/{n} exact (live {right['incumbent']}/{n}), "
+        f"{metric} {m['candidate'].get(metric, 0):.3f} vs {m['incumbent'].get(metric, 0):.3f}"
+    )
 
 
 def _version_names(db: Database) -> dict[str, str]:

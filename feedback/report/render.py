@@ -136,6 +136,7 @@ def render_html(report: dict) -> str:
         charts=chart_set(report),
         colors=charts.color,
         events=_events(report),
+        retrains=changed_by_retrain(report),
         series_index={s["model_version_id"]: i for i, s in enumerate(report["trend"]["series"])},
         pct=pct,
         num=num,
@@ -254,6 +255,18 @@ def render_markdown(report: dict) -> str:
     lines += ["", "## Training, evaluation and promotion", ""]
     events = _events(report)
     lines += [f"- {e['at'][:16].replace('T', ' ')} {_md(e['text'])}" for e in events] or ["Nothing yet this week."]
+    for e in changed_by_retrain(report):
+        lines += [
+            "",
+            f"**What {_md(e['candidate_name'] or e['candidate_id'])} answers differently** ({e['outcome']}):",
+            "",
+        ]
+        lines += ["| suite | asked | right, live → candidate | metric, live → candidate |", "|---|---|---|---|"]
+        lines += [
+            f"| {c['suite']} | {c['view_words']} | {c['live_right']}/{c['rows']} → {c['candidate_right']}/{c['rows']} "
+            f"| {c['metric']} {c['live']:.3f} → {c['candidate']:.3f} |"
+            for c in e["changes"]
+        ]
     lines += ["", "## What changed, and who", ""]
     lines += changes_markdown(report.get("changes"))
     lines += ["", f"_Generated {report['generated_at']} by tuneloop._", ""]
@@ -280,6 +293,12 @@ def changes_markdown(changes: dict | None) -> list[str]:
     return lines
 
 
+def changed_by_retrain(report: dict, limit: int = 3) -> list[dict]:
+    """The week's evaluations (newest first, at most ``limit``) with their per-suite, per-view changes."""
+    found = [e for e in report["evaluations"]["events"] if e.get("changes")]
+    return sorted(found, key=lambda e: e["at"], reverse=True)[:limit]
+
+
 def _events(report: dict) -> list[dict]:
     """Training, evaluation and promotion events as one dated list of sentences."""
     events = []
@@ -294,12 +313,12 @@ def _events(report: dict) -> list[dict]:
             }
         )
     for e in report["evaluations"]["events"]:
-        verdict = {1: "passed", 0: "failed"}.get(e.get("passed"), "done")  # True == 1 and False == 0 as keys
+        verdict = e.get("outcome") or {1: "passed", 0: "failed"}.get(e.get("passed"), "done")  # True == 1, False == 0
         candidate = e.get("candidate_name") or e.get("candidate_id") or "?"
         against = f" against {e['incumbent_name']}" if e.get("incumbent_name") else ""
         detail = f" — {e['summary']}" if e.get("summary") else ""
         reasons = e.get("reasons") if isinstance(e.get("reasons"), list) else []
-        why = f" ({'; '.join(map(str, reasons))})" if reasons and verdict == "failed" else ""
+        why = f" ({'; '.join(map(str, reasons))})" if reasons and verdict in ("failed", "inconclusive") else ""
         events.append(
             {"at": e["at"], "kind": "evaluation", "text": f"evaluation of {candidate}{against}: {verdict}{detail}{why}"}
         )

@@ -10,6 +10,7 @@ from server.admin import (
     audit,  # noqa: F401  (the audit log's views)
     knowledge,  # noqa: F401  (the knowledge base's views)
     pages,  # noqa: F401  (its views register on the blueprint)
+    privacy,  # noqa: F401  (erasure, export, retention)
     review,  # noqa: F401  (the review queue's views)
     signin,  # noqa: F401  (password, link and token sign-in)
     sso,  # noqa: F401  (single sign-on)

@@ -35,6 +35,7 @@ NAV = [
     ("admin.knowledge_list", "Knowledge base", "viewer"),
     ("admin.users", "People", "admin"),
     ("admin.audit", "Audit log", "admin"),
+    ("admin.privacy", "Privacy", "admin"),
 ]
 
 

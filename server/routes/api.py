@@ -7,9 +7,12 @@ from typing import Iterator
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 
-from config.errors import Forbidden, ValidationFailed
+from config.errors import Forbidden, NotFound, ValidationFailed
 from feedback import ratings, turns
 from feedback.access import check_visible
+from feedback.audit import Actor
+from feedback.privacy.erase import erase
+from feedback.privacy.subjects import Subject
 from feedback.tokens import pseudonym, token_matches
 from server import metrics
 from server.auth import caller_key_id, publishable
@@ -23,6 +26,8 @@ from server.protocol import (
     ChatResponse,
     ChatStartEvent,
     ClientConfig,
+    ConversationDeleteRequest,
+    ConversationDeleteResponse,
     ConversationResponse,
     ErrorResponse,
     FeedbackRequest,
@@ -33,6 +38,8 @@ from server.protocol import (
 from server.serving import Caller, PendingAnswer
 
 bp = Blueprint("api", __name__, url_prefix="/api")
+# Who asks for, and runs, a conversation's deletion through the API: whoever holds one of its feedback tokens.
+CONVERSATION_OWNER = "the conversation's visitor (DELETE /api/conversations)"
 
 
 def sse(event: str, data: dict) -> str:
@@ -175,6 +182,39 @@ def _blank_to_none(value: str | None) -> str | None:
 def conversation(conversation_id: str):
     conv = turns.get_conversation(get_db(), conversation_id, api_key_id=caller_key_id())
     return jsonify(ConversationResponse.model_validate(conv).model_dump())
+
+
+@bp.delete("/conversations/<conversation_id>")
+@publishable
+@documented(
+    "Delete a conversation and everything derived from it: its messages, ratings, comments and corrections, "
+    "their copies in review evidence, the knowledge base, datasets and reports (the widget's 'delete this "
+    "conversation'). Proven with any of its answers' feedback tokens.",
+    request=ConversationDeleteRequest,
+    response=ConversationDeleteResponse,
+    errors=(400, 401, 403, 404, 422, 429),
+    tag="privacy",
+)
+def delete_conversation(conversation_id: str):
+    gw = gateway()
+    body = parse_body(request, ConversationDeleteRequest)
+    db = get_db()
+    key_id = caller_key_id()
+    check_visible(db, key_id, conversation_id=conversation_id)
+    if check_visible(db, key_id, message_id=body.message_id) != conversation_id:
+        raise NotFound(f"no message {body.message_id!r} in this conversation", field="message_id")
+    if not token_matches(gw.secret, body.message_id, body.feedback_token):
+        raise Forbidden("feedback_token does not match this message", field="feedback_token", code="bad_feedback_token")
+    result = erase(
+        db,
+        gw.settings,
+        Subject.of(conversation=conversation_id),
+        requested_by=CONVERSATION_OWNER,
+        actor=Actor(CONVERSATION_OWNER, via="api"),
+    )
+    return jsonify(
+        ConversationDeleteResponse(conversation_id=conversation_id, deleted=True, erased=result.counts).model_dump()
+    )
 
 
 @bp.get("/config")

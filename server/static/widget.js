@@ -53,6 +53,11 @@
       failed: "Something went wrong: ",
       poweredBy: "Powered by tuneloop",
       sources: "Sources",
+      forget: "Delete this conversation",
+      forgetAsk: "Delete this conversation, with your ratings and comments, from our records? This cannot be undone.",
+      forgetYes: "Delete",
+      forgotten: "The conversation was deleted.",
+      forgetFailed: "The conversation could not be deleted: ",
       reasons: { wrong: "Wrong", incomplete: "Incomplete", unhelpful: "Not helpful", outdated: "Out of date", other: "Other" },
     },
     ko: {
@@ -84,6 +89,11 @@
       failed: "문제가 발생했습니다: ",
       poweredBy: "Powered by tuneloop",
       sources: "출처",
+      forget: "이 대화 삭제",
+      forgetAsk: "이 대화와 평가, 의견을 기록에서 삭제할까요? 되돌릴 수 없습니다.",
+      forgetYes: "삭제",
+      forgotten: "대화가 삭제되었습니다.",
+      forgetFailed: "대화를 삭제하지 못했습니다: ",
       reasons: { wrong: "틀린 답변", incomplete: "불완전함", unhelpful: "도움이 안 됨", outdated: "오래된 정보", other: "기타" },
     },
   };
@@ -102,6 +112,7 @@
     close: "M19 6.41 17.59 5 12 10.59 6.41 5 5 6.41 10.59 12 5 17.59 6.41 19 12 13.41 17.59 19 19 17.59 13.41 12z",
     send: "M2.01 21 23 12 2.01 3 2 10l15 2-15 2z",
     up: "M1 21h4V9H1v12zm22-11c0-1.1-.9-2-2-2h-6.31l.95-4.57.03-.32c0-.41-.17-.79-.44-1.06L14.17 1 7.59 7.59C7.22 7.95 7 8.45 7 9v10c0 1.1.9 2 2 2h9c.83 0 1.54-.5 1.84-1.22l3.02-7.05c.09-.23.14-.47.14-.73v-2z",
+    trash: "M6 19c0 1.1.9 2 2 2h8c1.1 0 2-.9 2-2V7H6v12zM19 4h-3.5l-1-1h-5l-1 1H5v2h14V4z",
     down: "M15 3H6c-.83 0-1.54.5-1.84 1.22l-3.02 7.05c-.09.23-.14.47-.14.73v2c0 1.1.9 2 2 2h6.31l-.95 4.57-.03.32c0 .41.17.79.44 1.06L9.83 23l6.59-6.59c.36-.36.58-.86.58-1.41V5c0-1.1-.9-2-2-2zm4 0v12h4V3h-4z",
   };
 
@@ -170,6 +181,10 @@
     ".btn.ghost{background:transparent;color:var(--muted);border-color:var(--line)}",
     ".error{color:#b91c1c;background:#fef2f2;border:1px solid #fecaca;border-radius:12px;padding:8px 12px;font-size:13px;margin-top:6px}",
     ".banner{margin:0;border-radius:0;border-width:0 0 1px}",
+    ".head .icon-btn[hidden]{display:none}",
+    ".forget{display:flex;flex-wrap:wrap;align-items:center;gap:8px;padding:10px 14px;background:#fffbeb;border-bottom:1px solid #fcd34d;font-size:13px}",
+    ".forget[hidden]{display:none}.forget span{flex:1 1 200px}",
+    ".status{margin:0;padding:8px 14px;font-size:13px;color:#166534;background:#f0fdf4;border-bottom:1px solid #bbf7d0}.status[hidden]{display:none}",
     ".composer{display:flex;align-items:flex-end;gap:8px;padding:12px;border-top:1px solid var(--line);background:#fff}",
     ".composer textarea{flex:1;resize:none;border:1px solid #cbd5e1;border-radius:14px;padding:10px 14px;max-height:140px;min-height:44px;line-height:1.45;background:#fff}",
     ".composer textarea:focus{border-color:var(--accent);outline:none;box-shadow:0 0 0 3px var(--accent-soft)}",
@@ -445,6 +460,7 @@
     this.config = DEFAULT_CONFIG;
     this.voter = voterId();
     this.conversationId = null;
+    this.proof = null; // the newest answer's id and feedback token: what proves this conversation is ours
     this.busy = false;
     host.setAttribute("data-mode", this.mode);
     host.setAttribute("lang", this.lang);
@@ -459,9 +475,9 @@
     return headers;
   };
 
-  Widget.prototype.request = function (path, body) {
+  Widget.prototype.request = function (path, body, method) {
     return fetch(this.gateway + path, {
-      method: body ? "POST" : "GET",
+      method: method || (body ? "POST" : "GET"),
       headers: this.headers(),
       body: body ? JSON.stringify(body) : undefined,
       credentials: "omit",
@@ -480,10 +496,10 @@
     }
   };
 
-  Widget.prototype.call = async function (path, body) {
+  Widget.prototype.call = async function (path, body, method) {
     var response;
     try {
-      response = await this.request(path, body);
+      response = await this.request(path, body, method);
     } catch (e) {
       throw await this.diagnose();
     }
@@ -526,9 +542,27 @@
       el("div", { class: "titles" }, [el("h2", {}, [this.title]), el("p", {}, [t.subtitle])]),
     ]);
     this.panel.appendChild(head);
+    this.forgetButton = el("button", { class: "icon-btn forget-btn", type: "button", "aria-label": t.forget, title: t.forget, hidden: true }, [icon("trash")]);
+    this.forgetButton.addEventListener("click", function () {
+      self.askForget();
+    });
+    head.appendChild(this.forgetButton);
 
     this.banner = el("div", { class: "error banner", role: "alert", hidden: true });
     this.panel.appendChild(this.banner);
+    this.status = el("p", { class: "status", role: "status", hidden: true });
+    this.panel.appendChild(this.status);
+    var forgetYes = el("button", { class: "btn primary", type: "button" }, [t.forgetYes]);
+    var forgetNo = el("button", { class: "btn ghost", type: "button" }, [t.cancel]);
+    this.forgetBar = el("div", { class: "forget", role: "alertdialog", "aria-label": t.forget, hidden: true }, [el("span", {}, [t.forgetAsk]), forgetNo, forgetYes]);
+    forgetYes.addEventListener("click", function () {
+      self.forget();
+    });
+    forgetNo.addEventListener("click", function () {
+      self.forgetBar.hidden = true;
+      self.forgetButton.focus();
+    });
+    this.panel.appendChild(this.forgetBar);
 
     this.log = el("ol", { class: "log", role: "log", "aria-live": "polite", "aria-label": t.messages });
     this.panel.appendChild(this.log);
@@ -642,6 +676,9 @@
           self.conversationId = data.conversation_id;
           answer.messageId = data.message_id;
           answer.token = data.feedback_token;
+          self.proof = { message_id: data.message_id, feedback_token: data.feedback_token };
+          self.forgetButton.hidden = false;
+          self.status.hidden = true;
         } else if (event === "delta") {
           answer.text += data.text;
           answer.body.replaceChildren(renderMarkdown(answer.text)); // elements made here, text as text
@@ -664,6 +701,38 @@
       this.busy = false;
       this.updateSend();
       this.scroll();
+    }
+  };
+
+  Widget.prototype.askForget = function () {
+    if (!this.conversationId || !this.proof) return;
+    this.forgetBar.hidden = false;
+    this.forgetBar.querySelector(".btn.primary").focus();
+  };
+
+  /** Delete this conversation everywhere (DELETE /api/conversations/<id>, proven with an answer's token), then
+   *  start afresh. */
+  Widget.prototype.forget = async function () {
+    this.forgetBar.hidden = true;
+    if (!this.conversationId || !this.proof || this.busy) return;
+    this.busy = true;
+    this.updateSend();
+    try {
+      await this.call("/api/conversations/" + encodeURIComponent(this.conversationId), this.proof, "DELETE");
+      this.conversationId = null;
+      this.proof = null;
+      this.forgetButton.hidden = true;
+      this.log.replaceChildren();
+      this.addGreeting();
+      this.showBanner("");
+      this.status.textContent = this.t.forgotten;
+      this.status.hidden = false;
+      this.input.focus();
+    } catch (error) {
+      this.showBanner(this.t.forgetFailed + this.explain(error));
+    } finally {
+      this.busy = false;
+      this.updateSend();
     }
   };
 

@@ -2,8 +2,9 @@
 
 ``table_upstream`` is an OpenAI-protocol server whose models answer from a table
 (question → answer per model name), so a test can decide exactly how the
-candidate and the live model differ; its ``judge`` model scores an answer 5 when
-it equals the reference and 1 otherwise. ``tests/test_evaluation.py`` and
+candidate and the live model differ — and, with ``served``, how a model answers when the prompt carries the
+knowledge block (as served) rather than the question alone (closed book); its ``judge`` model scores an answer 5
+when it equals the reference and 1 otherwise. ``tests/test_evaluation.py`` and
 ``tests/test_gate.py`` use it.
 """
 
@@ -21,6 +22,7 @@ from werkzeug.wrappers import Request, Response
 
 from config.settings import load_settings
 from feedback.db import open_db, utc_now, write_transaction
+from feedback.knowledge.seed import ensure_seeded
 from feedback.review import create_item
 from feedback.versions import create_candidate, ensure_live_version
 
@@ -31,6 +33,15 @@ class TableUpstream:
     answers: dict[str, dict[str, str]]  # model -> question -> answer
     requests: list[dict] = field(default_factory=list)
     default: str = "I do not know."
+    # model -> question -> answer when the prompt carries the knowledge block (else ``answers`` holds)
+    served: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def answer(self, model: str, messages: list[dict]) -> str:
+        question = messages[-1]["content"]
+        grounded = any(m["role"] == "system" and KNOWLEDGE_HEADER in m["content"] for m in messages)
+        if grounded and question in self.served.get(model, {}):
+            return self.served[model][question]
+        return self.answers[model].get(question, self.default)
 
 
 def _judge_reply(payload: dict) -> str:
@@ -56,8 +67,7 @@ def _table_app(table: TableUpstream):
         if model == "judge":
             text = _judge_reply(payload)
         elif model in table.answers:
-            question = payload["messages"][-1]["content"]
-            text = table.answers[model].get(question, table.default)
+            text = table.answer(model, payload["messages"])
         else:
             body = {"error": {"message": f"The model `{model}` does not exist.", "type": "NotFoundError"}}
             return Response(json.dumps(body), status=404, mimetype="application/json")(environ, start_response)
@@ -108,6 +118,12 @@ TEST_SPLIT = [
     ("What are your hours?", "Weekdays 9 a.m. to 6 p.m. KST."),
     ("쿠폰은 몇 장 쓸 수 있나요?", "주문당 쿠폰은 한 장만 사용할 수 있습니다."),
 ]
+# Golden questions in users' words, with the golden answers.
+REWORDED = [
+    ("delivery takes how many days?", GOLDEN[0][1]),
+    ("택배비 얼마예요", GOLDEN[1][1]),
+]
+KNOWLEDGE_HEADER = "Knowledge:"  # [knowledge] header's default
 
 
 def write_chat_jsonl(path, pairs) -> None:
@@ -149,19 +165,25 @@ class Setup:
 
 
 def make_setup(tmp_path, upstream: TableUpstream, **overrides) -> Setup:
-    """Settings, database, a live ``starter`` and a ``tuned`` candidate, corrections, golden set and a dataset."""
-    golden = tmp_path / "golden.jsonl"
+    """Settings, database, a live ``starter`` and a ``tuned`` candidate, corrections, golden set, reworded set and a
+    dataset; the knowledge base holds the golden and test-split rows, and the corrections once approved."""
+    golden, reworded, knowledge = tmp_path / "golden.jsonl", tmp_path / "reworded.jsonl", tmp_path / "kb.jsonl"
     write_chat_jsonl(golden, GOLDEN)
+    write_chat_jsonl(reworded, REWORDED)
+    write_chat_jsonl(knowledge, GOLDEN + TEST_SPLIT)
     values = {
         "paths.data_dir": str(tmp_path / "var"),
         "model.base_url": upstream.base_url,
         "model.retries": 0,
         "evaluation.golden_file": str(golden),
+        "evaluation.reworded_file": str(reworded),
         "evaluation.concurrency": 2,
+        "knowledge.base_file": str(knowledge),
     }
     values.update(overrides)
     settings = load_settings(env={}, overrides=values)
     db = open_db(settings.db_path)
+    ensure_seeded(db, settings.knowledge)
     live = ensure_live_version(db, name="starter", provider="builtin")
     candidate = create_candidate(db, name="tuned", provider="local", base_model="starter")
     for question, answer in CORRECTIONS:
@@ -170,18 +192,21 @@ def make_setup(tmp_path, upstream: TableUpstream, **overrides) -> Setup:
     return Setup(settings, db, live, candidate, upstream, dataset_id)
 
 
-def fill(upstream: TableUpstream, model: str, pairs, *, wrong: set[str] = frozenset()) -> None:
-    """Let ``model`` answer each question correctly, except those in ``wrong``."""
-    table = upstream.answers.setdefault(model, {})
+def fill(upstream: TableUpstream, model: str, pairs, *, wrong: set[str] = frozenset(), served: bool = False) -> None:
+    """Let ``model`` answer each question correctly, except those in ``wrong``; with ``served``, only when the
+    knowledge block is in the prompt (closed book it answers from ``answers``)."""
+    table = (upstream.served if served else upstream.answers).setdefault(model, {})
     for q, a in pairs:
         table[q] = "Sorry, I cannot help with that." if q in wrong else a
 
 
 @pytest.fixture
 def better_candidate(tmp_path, table_upstream):
-    """The candidate learned both corrections; both models know the golden set and the test split."""
+    """The candidate learned both corrections; the live model answers them only as served, from their corrected
+    knowledge-base entries; both know the golden set, its rewordings and the test split."""
     s = make_setup(tmp_path, table_upstream)
-    fill(table_upstream, "starter", GOLDEN + TEST_SPLIT + CORRECTIONS, wrong={q for q, _ in CORRECTIONS})
-    fill(table_upstream, "tuned", GOLDEN + TEST_SPLIT + CORRECTIONS)
+    fill(table_upstream, "starter", GOLDEN + REWORDED + TEST_SPLIT + CORRECTIONS, wrong={q for q, _ in CORRECTIONS})
+    fill(table_upstream, "starter", CORRECTIONS, served=True)
+    fill(table_upstream, "tuned", GOLDEN + REWORDED + TEST_SPLIT + CORRECTIONS)
     yield s
     s.db.close()

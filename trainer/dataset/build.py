@@ -17,6 +17,10 @@ The pipeline, in order:
 4. **Deduplicate** (:func:`deduplicate`, ``dedupe.py``), corrections first, then base rows, then up-voted answers.
 5. **Split** (:func:`split`, ``split.py``) by near-duplicate group, seeded; groups holding a
    correction go to train.
+5b. **As served** (:func:`add_as_served`, ``as_served.py``): with ``"as_served"`` in ``dataset.views``, each
+   train and validation row also comes with the knowledge block the gateway would send for its question, from
+   the current knowledge base (its change counter is in the manifest); with ``"closed_book"`` not in the views,
+   the twin replaces its row. The test split stays closed book: the evaluation asks it both ways.
 6. **Validate** (``validate.py``) against OpenAI's format rules; any problem stops
    the build with every problem listed by split and row (and the row's lineage).
 7. **Estimate cost** (``cost.py``) per OpenAI base model in ``dataset.prices``.
@@ -56,8 +60,13 @@ from config.errors import ValidationFailed
 from config.settings import Settings
 from feedback import review
 from feedback.db import new_id, utc_now, write_transaction
+from feedback.knowledge import store
+from feedback.knowledge.live import LiveIndex
 from feedback.pii import TYPES, PiiMasker
 from feedback.review_io import ImportRejected
+from feedback.text import question_key
+from modelclient.embeddings import embeddings_from_settings
+from trainer.dataset.as_served import served_twins
 from trainer.dataset.clean import clean_messages
 from trainer.dataset.cost import estimate_costs
 from trainer.dataset.dedupe import answer_key, connected_groups, find_duplicates, prompt_key
@@ -145,10 +154,15 @@ def build_dataset(
     dry_run: bool = False,
     progress: bool = False,
     count_tokens: Callable[[str], int] = estimate_tokens,
+    teacher: list[Example] | None = None,
+    teacher_served: list[Example] | None = None,
 ) -> BuildResult:
     """Build the next dataset version (see the module docstring); :class:`DatasetInvalid` when rows break the rules.
 
-    ``include_upvoted`` and ``seed`` default to ``dataset.include_upvoted_min`` and ``dataset.seed``.
+    ``include_upvoted`` and ``seed`` default to ``dataset.include_upvoted_min`` and ``dataset.seed``. ``teacher``
+    rows (a hosted model's answers, ``tuneloop migrate harvest``; lineage source ``teacher``) rank after the
+    corrections and before the base file: they are what users were served. ``teacher_served`` are the same
+    model's answers asked as served (:func:`add_teacher_served`).
     """
     ds = settings.dataset
     seed = ds.seed if seed is None else seed
@@ -160,10 +174,14 @@ def build_dataset(
     masker = PiiMasker(ds.pii_allowlist)
 
     inputs = gather(db, settings, min_up)
+    inputs.teacher = list(teacher or [])
     prepared, unusable = clean_and_mask(inputs.in_trust_order(), system_prompt, masker, progress=progress)
     kept, replaced, superseded = replace_corrected(prepared, inputs.approved, review.open_items(db), threshold)
     rows, duplicates, conflicts = deduplicate(kept, threshold)
     by_split = split(rows, threshold, val_fraction=ds.val_fraction, test_fraction=ds.test_fraction, seed=seed)
+    served = add_as_served(db, settings, by_split, masker)
+    if teacher_served and "as_served" in served["views"]:
+        served["teacher_rows"] = add_teacher_served(by_split, teacher_served, settings, system_prompt, masker)
     split_rows = {name: [{"messages": ex.messages} for ex in by_split[name]] for name in SPLITS}
     lineage = {name: [_row_lineage(ex) for ex in by_split[name]] for name in SPLITS}
     report = validate_splits(
@@ -188,6 +206,7 @@ def build_dataset(
         report=report,
         costs=costs,
         pii=pii,
+        served=served,
         params={
             "seed": seed,
             "val_fraction": ds.val_fraction,
@@ -198,6 +217,8 @@ def build_dataset(
             "min_examples": ds.min_examples,
             "system_prompt": system_prompt or None,
             "pii_allowlist_entries": len(ds.pii_allowlist),
+            "views": served["views"],
+            "knowledge_seq": served["knowledge_seq"],
         },
     )
     files["manifest.json"] = (json.dumps(manifest, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
@@ -229,10 +250,12 @@ class Inputs:
     approved: list[review.ReviewItem]
     corrections: list[Example]
     upvoted: list[Example]
+    teacher: list[Example] = field(default_factory=list)
 
     def in_trust_order(self) -> list[Example]:
-        """Corrections, then base rows, then up-voted answers: the order in which duplicates are kept."""
-        return self.corrections + self.base + self.upvoted
+        """Corrections, then a teacher's answers, then base rows, then up-voted answers: the order in which
+        duplicates are kept."""
+        return self.corrections + self.teacher + self.base + self.upvoted
 
 
 def gather(db: Database, settings: Settings, min_upvotes: int) -> Inputs:
@@ -328,6 +351,53 @@ def split(
     return by_split
 
 
+def add_as_served(db: Database, settings: Settings, by_split: dict[str, list[Example]], masker: PiiMasker) -> dict:
+    """Phase 5b: the as-served twins of the train and validation rows (see the module docstring), in place.
+
+    Returns what the manifest says about them: the views written, the knowledge base's change counter they were
+    made from, twins per split and why rows got none."""
+    views = list(settings.dataset.views)
+    if "as_served" not in views or not settings.knowledge.enabled:  # without a knowledge base, served = closed book
+        return {"views": ["closed_book"], "knowledge_seq": None, "rows": {}, "skipped": {}}
+    index = LiveIndex.over(db, settings.knowledge, embed=embeddings_from_settings(settings.knowledge))
+    known = {question_key(q) for entry in store.all_entries(db, state="active") for q in entry.questions}
+    made, skipped = {}, Counter()
+    for name in ("train", "val"):
+        twins = served_twins(by_split[name], index, settings, masker, known)
+        if "closed_book" in views:
+            by_split[name] = by_split[name] + twins.rows
+        else:
+            by_split[name] = [twin or ex for ex, twin in zip(by_split[name], twins.of, strict=True)]
+        made[name] = len(twins.rows)
+        skipped.update(twins.skipped)
+    return {"views": views, "knowledge_seq": index.seq, "rows": made, "skipped": dict(sorted(skipped.items()))}
+
+
+def add_teacher_served(
+    by_split: dict[str, list[Example]], rows: list[Example], settings: Settings, system_prompt: str, masker: PiiMasker
+) -> int:
+    """Phase 5c: a teacher's answers asked as served, for the train rows that got no as-served twin, in place.
+
+    A twin needs a knowledge-base entry that holds the row's very question (``as_served.py``), so a question users
+    word their own way only ever trains closed book, and a small model trained on many of those stops reading its
+    context block (measured on the starter model after distilling 212 closed-book teacher answers: golden as served
+    0.80 chrF against the teacher's 1.00, reworded as served 0.17 against 0.67). A teacher asked with the block the
+    gateway retrieves shows the model how to answer with one. Only rows whose closed-book question is in the train
+    split are added (a question replaced by a correction, deduplicated away or split off stays out). Returns how
+    many."""
+    header = settings.knowledge.header
+
+    def served(example: Example) -> bool:
+        return any(m["role"] == "system" and header in m.get("content", "") for m in example.messages)
+
+    closed = {prompt_key(ex.messages) for ex in by_split["train"] if not served(ex)}
+    twinned = {prompt_key(ex.messages) for ex in by_split["train"] if served(ex)}
+    wanted = [ex for ex in rows if prompt_key(ex.messages) in closed - twinned]
+    prepared, _ = clean_and_mask(wanted, system_prompt, masker)
+    by_split["train"] = by_split["train"] + prepared
+    return len(prepared)
+
+
 def describe(
     inputs: Inputs,
     files: dict[str, bytes],
@@ -342,6 +412,7 @@ def describe(
     report: ValidationReport,
     costs: list[dict],
     pii: dict,
+    served: dict,
     params: dict,
 ) -> dict:
     """The manifest: what went in (``params``, inputs), what came out (counts, each file's sha256, tokens,
@@ -356,9 +427,11 @@ def describe(
         "base_rows": len(inputs.base),
         "approved_corrections": len(inputs.approved),
         "upvoted_answers": len(inputs.upvoted),
+        **({"teacher_answers": len(inputs.teacher)} if inputs.teacher else {}),
         "replaced": len(replaced),
         "dropped": len(dropped),
         "conflicts": len(conflicts),
+        "as_served": sum(served["rows"].values()),
     }
     return {
         "format": "OpenAI chat fine-tuning JSONL (train/val/test); preferences.jsonl: OpenAI DPO format",
@@ -378,6 +451,7 @@ def describe(
         "tokens": {**report.tokens, "max_example": report.max_example_tokens, "counting": TOKEN_COUNTING},
         "cost_estimate": {"note": COST_NOTE, "models": costs},
         "pii": pii,
+        "as_served": served,
         "replaced": replaced,
         "dropped": dropped,
         "conflicts": conflicts,

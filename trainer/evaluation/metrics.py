@@ -31,7 +31,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
+from typing import Sequence
 
+import numpy as np
 from sacrebleu.metrics import CHRF
 
 METRICS = ("exact_match", "token_f1", "rouge_l", "chrf")
@@ -121,3 +123,35 @@ def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
     if not rows:
         return {name: 0.0 for name in METRICS}
     return {name: round(sum(r[name] for r in rows) / len(rows), 6) for name in METRICS}
+
+
+# Resamples of the paired bootstrap, and its seed: the same scores always give the same interval.
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+
+
+def paired_interval(candidate: Sequence[float], incumbent: Sequence[float], confidence: float) -> tuple[float, float]:
+    """The paired bootstrap interval of mean(candidate) − mean(incumbent) over the same questions.
+
+    The questions are resampled with replacement :data:`BOOTSTRAP_RESAMPLES` times, each time keeping a question's
+    two scores together (Koehn 2004's paired bootstrap, the one sacrebleu runs for corpus scores, here on the mean
+    of per-question scores), and the middle ``confidence`` share of the resampled differences is the interval. Few
+    questions, or scores that move in both directions, give a wide interval: a difference inside it may be noise.
+    """
+    differences = np.asarray(candidate, dtype=float) - np.asarray(incumbent, dtype=float)
+    if differences.size == 0:
+        raise ValueError("no questions to compare")
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    picks = rng.integers(0, differences.size, size=(BOOTSTRAP_RESAMPLES, differences.size))
+    means = differences[picks].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return round(float(low), 6), round(float(high), 6)
+
+
+def view_metrics(entry: dict | None) -> dict[str, dict]:
+    """One suite's metrics by view (``closed_book``, ``as_served``); an evaluation stored before there were views
+    asked every question closed book, so its metrics are that view's."""
+    if not entry:
+        return {}
+    return {"closed_book": entry} if "rows" in entry else entry

@@ -1,23 +1,33 @@
-"""Candidate versus incumbent: ask both the same questions, score, judge, store, give the verdict.
+"""Candidate versus incumbent: ask both the same questions, closed book and as served; score, judge, store.
 
 :func:`evaluate` checks the pair and the suites (:func:`check_pair`), deploys the
 candidate (idempotent: it must be servable to be asked anything, and deploying
 never makes it live) — and the incumbent too when it is an adapter, which a
 restarted model server may have forgotten (:func:`deploy_pair`) — collects the
-suites (``suites.py``), and asks both models every question (:func:`ask_both`)
-through the gateway's own client (``modelclient.chat.ChatClient``) at temperature
-0, ``evaluation.concurrency`` questions at a time, with a progress bar. Each answer is scored against the
-reference (``metrics.py``); the optional judge (``judge.py``) scores each pair.
+suites (``suites.py``), and puts every question to both models in each of ``evaluation.views``
+(:func:`prompts`):
+
+- **closed book** — the question alone, after ``chat.system_prompt``: what the model knows by itself, which is
+  what fine-tuning changed;
+- **as served** — the prompt the gateway would send for it now: ``feedback.knowledge.grounding.ground()`` over
+  the current knowledge base (``LiveIndex.over``, the same retrieval and the same context block), which is what
+  users get. With the knowledge base off, both views are the same prompt, asked once.
+
+Both models are asked (:func:`ask_both`) through the gateway's own client (``modelclient.chat.ChatClient``) at
+temperature 0, ``evaluation.concurrency`` questions at a time, with a progress bar. Each answer is scored against
+the reference (``metrics.py``); per suite and view the mean scores, the difference and its paired bootstrap
+interval (``gate.confidence``) are stored; the optional judge (``judge.py``) scores each pair.
 The gate's verdict under the current ``[gate]`` settings (``trainer.gate.decide``)
 is stored with the evaluation, but nothing is promoted or rejected here — that is
-``trainer.gate.apply`` (``tuneloop eval --gate``).
+``trainer.gate.apply`` (``tuneloop eval --gate``). The incumbent may be any registered version — the live one,
+a retired one, a hosted model — as long as its server answers to its name.
 
 A failed answer (the model server erred after its retries) scores 0 and is
 counted per suite; when *every* answer of one model failed the evaluation stops
 with that error instead of storing a meaningless comparison.
 
-Storage: one ``evaluations`` row (metrics per suite, verdict, judge summary,
-parameters) and the answers, row by row with their scores, in
+Storage: one ``evaluations`` row (metrics per suite and view, verdict, judge summary,
+parameters) and the answers, one row per question and view with their scores, in
 ``<data_dir>/evaluations/<id>.jsonl`` (``rows_path``).
 """
 
@@ -34,21 +44,27 @@ from sqlite_utils import Database
 from tqdm.auto import tqdm
 
 from config.errors import NotFound, UpstreamError, ValidationFailed
-from config.settings import EVALUATION_SUITES, Settings
+from config.settings import EVALUATION_SUITES, VIEWS, Settings
 from feedback.db import new_id, utc_now, write_transaction
+from feedback.knowledge.grounding import Index, ground
+from feedback.knowledge.live import LiveIndex
 from feedback.versions import ModelVersion
 from modelclient.chat import ChatClient, Target
+from modelclient.embeddings import embeddings_from_settings
 from trainer import gate
 from trainer.deploy import deploy, has_adapter, model_client, version_target
 from trainer.evaluation import judge as judging
-from trainer.evaluation.metrics import mean_scores, score
+from trainer.evaluation.metrics import METRICS, mean_scores, paired_interval, score
 from trainer.evaluation.suites import (
     Case,
     candidate_dataset,
     correction_cases,
     dataset_cases,
     golden_cases,
-    golden_path,
+    golden_paths,
+    reworded_cases,
+    reworded_correction_cases,
+    reworded_path,
 )
 from trainer.registry import resolve_version
 
@@ -74,8 +90,9 @@ _COLUMNS = (
 
 @dataclass
 class Evaluation:
-    """A stored evaluation. ``metrics[suite]`` holds ``rows``, each model's mean scores, the
-    candidate-minus-incumbent ``delta`` and failed ``errors``; ``passed``/``reasons`` are the gate's verdict."""
+    """A stored evaluation. ``metrics[suite][view]`` holds ``rows``, each model's mean scores, the
+    candidate-minus-incumbent ``delta``, its paired bootstrap ``interval`` per metric (at ``confidence``) and failed
+    ``errors``; ``passed``/``reasons`` are the gate's verdict (``gate["outcome"]``: passed, failed, inconclusive)."""
 
     id: str
     candidate_id: str
@@ -100,11 +117,27 @@ class _Answer:
     error: str | None = None
 
 
-def _ask(client: ChatClient, target: Target, case: Case, max_tokens: int) -> _Answer:
+@dataclass(frozen=True)
+class Ask:
+    """One question as put to both models in one view: the messages sent and the entries given (as served)."""
+
+    case: Case
+    view: str
+    messages: list[dict]
+    sources: tuple[str, ...] = ()
+
+
+def _ask(client: ChatClient, target: Target, messages: list[dict], max_tokens: int) -> _Answer:
     try:
-        return _Answer(client.complete([target], case.messages, max_tokens=max_tokens, temperature=0.0).text)
+        return _Answer(client.complete([target], messages, max_tokens=max_tokens, temperature=0.0).text)
     except UpstreamError as exc:
         return _Answer(error=exc.message)
+
+
+_SUITE_CASES = {
+    "corrections": correction_cases,
+    "corrections_reworded": reworded_correction_cases,
+}
 
 
 def _collect(
@@ -115,11 +148,30 @@ def _collect(
     for suite in suites:
         if suite == "test":
             cases += dataset_cases(dataset, settings)
-        elif suite == "corrections":
-            cases += correction_cases(db, settings)
         elif suite == "golden":
             cases += golden_cases(settings)
+        elif suite == "reworded":
+            cases += reworded_cases(settings)
+        else:
+            cases += _SUITE_CASES[suite](db, settings)
     return cases, dataset, dataset_source
+
+
+def knowledge_index(db: Database, settings: Settings) -> LiveIndex | None:
+    """The knowledge base as a gateway worker searches it now (None when it is off: as served is closed book)."""
+    if not settings.knowledge.enabled:
+        return None
+    return LiveIndex.over(db, settings.knowledge, embed=embeddings_from_settings(settings.knowledge))
+
+
+def prompts(cases: list[Case], views: list[str], index: Index | None, settings: Settings) -> list[Ask]:
+    """Each case in each view, as the gateway would send it: ``ground()`` with or without the knowledge base."""
+    asks = []
+    for case in cases:
+        for view in views:
+            grounded = ground(index, settings, case.question, case.history, use_knowledge=view == "as_served")
+            asks.append(Ask(case, view, grounded.messages, tuple(s.entry_id for s in grounded.sources)))
+    return asks
 
 
 def evaluate(
@@ -129,13 +181,17 @@ def evaluate(
     against: ModelVersion | str = "live",
     *,
     suites: list[str] | None = None,
+    views: list[str] | None = None,
     client: ChatClient | None = None,
     progress: bool = False,
     actor: str = "eval",
 ) -> Evaluation:
-    """Evaluate ``candidate`` against ``against`` (the live version by default) and store the result."""
+    """Evaluate ``candidate`` against ``against`` (the live version by default) and store the result.
+
+    ``suites`` and ``views`` default to ``evaluation.suites`` and ``evaluation.views``."""
     started = time.perf_counter()
     candidate, incumbent, suites = check_pair(db, settings, candidate, against, suites)
+    views = [v for v in VIEWS if v in (views or settings.evaluation.views)]
     client = client or model_client(settings)
     deploy_pair(db, settings, candidate, incumbent, client=client, actor=actor)
     cases, dataset, dataset_source = _collect(db, settings, candidate, suites)
@@ -144,30 +200,35 @@ def evaluate(
             f"nothing to evaluate: suites {suites} have no rows (build a dataset, approve "
             "corrections, or check evaluation.golden_file)"
         )
+    index = knowledge_index(db, settings) if "as_served" in views else None
+    asks = prompts(cases, views, index, settings)
     targets = {"candidate": version_target(settings, candidate), "incumbent": version_target(settings, incumbent)}
     judge_target = judging.judge_target(settings)
     answers, verdicts = ask_both(
-        client, targets, cases, settings, judge_target, title=f"{candidate.name} vs {incumbent.name}", progress=progress
+        client, targets, asks, settings, judge_target, title=f"{candidate.name} vs {incumbent.name}", progress=progress
     )
-    rows = _rows(cases, answers, verdicts)
+    rows = _rows(asks, answers, verdicts)
     evaluation = Evaluation(
         id=new_id("ev"),
         candidate_id=candidate.id,
         incumbent_id=incumbent.id,
         dataset_id=dataset["id"] if dataset else None,
         suites=suites,
-        metrics=_suite_metrics(suites, rows),
+        metrics=_suite_metrics(suites, views, rows, settings.gate.confidence),
         rows_path=None,
         passed=None,
         reasons=[],
-        judge=_judge_summary(suites, rows, judge_target),
+        judge=_judge_summary(suites, views, rows, judge_target),
         gate={},
         params={
             "max_tokens": settings.evaluation.max_tokens,
             "temperature": 0.0,
             "candidate": candidate.name,
             "incumbent": incumbent.name,
-            "golden_file": str(golden_path(settings)) if "golden" in suites else None,
+            "views": views,
+            "knowledge_seq": index.seq if index is not None else None,
+            "golden_file": [str(p) for p in golden_paths(settings)] if "golden" in suites else None,
+            "reworded_file": str(reworded_path(settings)) if "reworded" in suites else None,
             "dataset_version": dataset["version"] if dataset else None,
             "dataset_source": dataset_source,
         },
@@ -221,55 +282,67 @@ def deploy_pair(
 def ask_both(
     client: ChatClient,
     targets: dict[str, Target],
-    cases: list[Case],
+    asks: list[Ask],
     settings: Settings,
     judge_target: Target | None,
     *,
     title: str,
     progress: bool = False,
 ) -> tuple[dict[str, list[_Answer]], list[judging.JudgeScore | None]]:
-    """Ask each role's model every case at temperature 0, ``evaluation.concurrency`` at a time with one progress
-    bar, then have the judge (when configured) score each pair. :class:`UpstreamError` when every answer of
-    one model failed: a comparison with nothing on one side means nothing."""
+    """Ask each role's model every prompt at temperature 0, ``evaluation.concurrency`` at a time with one progress
+    bar, then have the judge (when configured) score each pair. The same prompt twice (both views, with the
+    knowledge base off) is asked once. :class:`UpstreamError` when every answer of one model failed: a comparison
+    with nothing on one side means nothing."""
     max_tokens = settings.evaluation.max_tokens
-    total = len(cases) * (3 if judge_target else 2)
+    distinct: dict[str, list[dict]] = {}
+    keys = []
+    for ask in asks:
+        key = json.dumps(ask.messages, ensure_ascii=False, sort_keys=True)
+        distinct.setdefault(key, ask.messages)
+        keys.append(key)
+    total = len(distinct) * 2 + (len(asks) if judge_target else 0)
     with (
         tqdm(total=total, desc=f"evaluating {title}", unit="answer", disable=not progress, dynamic_ncols=True) as bar,
         ThreadPoolExecutor(max_workers=settings.evaluation.concurrency) as pool,
     ):
 
-        def ask(role: str, case: Case) -> _Answer:
-            answer = _ask(client, targets[role], case, max_tokens)
+        def ask(role: str, messages: list[dict]) -> _Answer:
+            answer = _ask(client, targets[role], messages, max_tokens)
             bar.update(1)
             return answer
 
-        futures = {role: [pool.submit(ask, role, case) for case in cases] for role in ROLES}
-        answers = {role: [f.result() for f in futures[role]] for role in ROLES}
+        futures = {role: {k: pool.submit(ask, role, m) for k, m in distinct.items()} for role in ROLES}
+        answered = {role: {k: f.result() for k, f in futures[role].items()} for role in ROLES}
+        answers = {role: [answered[role][k] for k in keys] for role in ROLES}
         for role in ROLES:
-            failed = [a.error for a in answers[role] if a.error]
-            if len(failed) == len(cases):
+            failed = [a.error for a in answered[role].values() if a.error]
+            if len(failed) == len(distinct):
                 raise UpstreamError(f"every answer of the {role} ({targets[role].name}) failed: {failed[0]}")
-        verdicts: list[judging.JudgeScore | None] = [None] * len(cases)
+        verdicts: list[judging.JudgeScore | None] = [None] * len(asks)
         if judge_target:
 
             def judge(i: int) -> judging.JudgeScore:
                 result = judging.judge_pair(
-                    client, judge_target, cases[i], answers["candidate"][i].text, answers["incumbent"][i].text
+                    client, judge_target, asks[i].case, answers["candidate"][i].text, answers["incumbent"][i].text
                 )
                 bar.update(1)
                 return result
 
-            verdicts = list(pool.map(judge, range(len(cases))))
+            verdicts = list(pool.map(judge, range(len(asks))))
     return answers, verdicts
 
 
-def _rows(cases: list[Case], answers: dict[str, list[_Answer]], verdicts: list) -> list[dict]:
+def _rows(asks: list[Ask], answers: dict[str, list[_Answer]], verdicts: list) -> list[dict]:
     rows = []
-    for i, case in enumerate(cases):
+    for i, ask in enumerate(asks):
+        case = ask.case
         row = {
             "suite": case.suite,
+            "view": ask.view,
             "index": case.index,
-            "messages": case.messages,
+            "question": case.question,
+            "messages": ask.messages,
+            "sources": list(ask.sources),
             "reference": case.reference,
             "source": case.source,
         }
@@ -281,27 +354,48 @@ def _rows(cases: list[Case], answers: dict[str, list[_Answer]], verdicts: list) 
     return rows
 
 
-def _suite_metrics(suites: list[str], rows: list[dict]) -> dict:
-    metrics = {}
+def _suite_metrics(suites: list[str], views: list[str], rows: list[dict], confidence: float) -> dict:
+    metrics: dict = {}
     for suite in suites:
-        mine = [r for r in rows if r["suite"] == suite]
-        entry: dict = {"rows": len(mine)}
-        if mine:
-            for role in ROLES:
-                entry[role] = mean_scores([r[role]["scores"] for r in mine])
-            entry["delta"] = {k: round(entry["candidate"][k] - entry["incumbent"][k], 6) for k in entry["candidate"]}
-            entry["errors"] = {role: sum(1 for r in mine if r[role]["error"]) for role in ROLES}
-        metrics[suite] = entry
+        metrics[suite] = {}
+        for view in views:
+            mine = [r for r in rows if r["suite"] == suite and r["view"] == view]
+            entry: dict = {"rows": len(mine)}
+            if mine:
+                for role in ROLES:
+                    entry[role] = mean_scores([r[role]["scores"] for r in mine])
+                entry["delta"] = {k: round(entry["candidate"][k] - entry["incumbent"][k], 6) for k in METRICS}
+                entry["interval"] = {
+                    k: list(
+                        paired_interval(
+                            [r["candidate"]["scores"][k] for r in mine],
+                            [r["incumbent"]["scores"][k] for r in mine],
+                            confidence,
+                        )
+                    )
+                    for k in METRICS
+                }
+                entry["confidence"] = confidence
+                entry["errors"] = {role: sum(1 for r in mine if r[role]["error"]) for role in ROLES}
+            metrics[suite][view] = entry
     return metrics
 
 
-def _judge_summary(suites: list[str], rows: list[dict], target: Target | None) -> dict | None:
+def _judge_summary(suites: list[str], views: list[str], rows: list[dict], target: Target | None) -> dict | None:
     if target is None:
         return None
     summary = {"model": target.name, "suites": {}}
     for suite in suites:
-        scores = [judging.JudgeScore(**r["judge"]) for r in rows if r["suite"] == suite and r["judge"]]
-        summary["suites"][suite] = judging.summarize(scores)
+        summary["suites"][suite] = {
+            view: judging.summarize(
+                [
+                    judging.JudgeScore(**r["judge"])
+                    for r in rows
+                    if r["suite"] == suite and r["view"] == view and r["judge"]
+                ]
+            )
+            for view in views
+        }
     return summary
 
 

@@ -82,6 +82,10 @@ class Provider(abc.ABC):
     def hyperparameters(self) -> dict[str, Any]:
         """The configuration a new run records (and is fingerprinted by)."""
 
+    @abc.abstractmethod
+    def setting_keys(self) -> tuple[str, ...]:
+        """The settings (``section.key``) that decide this provider's runs: what ``train start --dry-run`` lists."""
+
     def check_submit(self) -> None:  # noqa: B027 - optional hook: most providers can always submit
         """Raise :class:`ProviderError` when a new run cannot be submitted now (before any row is written)."""
 

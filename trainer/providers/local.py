@@ -84,6 +84,9 @@ class LocalProvider(Provider):
         values["base_model_path"] = str(self.settings.model_dir.resolve())
         return values
 
+    def setting_keys(self) -> tuple[str, ...]:
+        return ("model_server.model_dir", "model_server.served_name", *(f"training.{key}" for key in LOCAL_KEYS))
+
     def check_submit(self) -> None:
         base = self.settings.model_dir
         if not (base / "config.json").is_file():

@@ -181,6 +181,9 @@ def build_trainer(
         output_dir=str(work_dir / "checkpoints"),
         num_train_epochs=hp["epochs"],
         per_device_train_batch_size=hp["batch_size"],
+        # Rows of like length in one batch: closed-book rows are a few dozen tokens, the same rows as served a few
+        # hundred, and a batch is padded to its longest row.
+        train_sampling_strategy="group_by_length",
         per_device_eval_batch_size=hp["batch_size"],
         gradient_accumulation_steps=hp["gradient_accumulation"],
         learning_rate=hp["learning_rate"],

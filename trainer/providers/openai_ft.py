@@ -79,6 +79,10 @@ class OpenAIProvider(Provider):
             "seed": t.seed,
         }
 
+    def setting_keys(self) -> tuple[str, ...]:
+        keys = ("base_model", "epochs", "batch_size", "lr_multiplier", "suffix", "base_url", "cutoff_date")
+        return (*(f"training.openai_{key}" for key in keys), "training.seed")
+
     def check_submit(self) -> None:
         cutoff = datetime.date.fromisoformat(self.settings.training.openai_cutoff_date)
         today = self.today()
@@ -86,7 +90,9 @@ class OpenAIProvider(Provider):
             raise ProviderRetired(
                 f"OpenAI accepts no new fine-tuning jobs after {cutoff.isoformat()} (see OpenAI's deprecations page); "
                 f"today is {today.isoformat()}. Fine-tune with the local provider instead: "
-                '`tuneloop train start --provider local`, or set training.provider = "local".',
+                '`tuneloop train start --provider local`, or set training.provider = "local". To replace a '
+                "fine-tuned model that serves users before it shuts down, see docs/migrate-from-openai.md "
+                "(`tuneloop migrate plan`).",
                 field="training.provider",
             )
         self.client()  # a missing API key fails here, before any row is written

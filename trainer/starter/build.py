@@ -30,6 +30,7 @@ from filelock import FileLock
 
 from config.settings import PROJECT_ROOT, Settings, StarterSettings
 from trainer.starter.data import Pair, load_pairs, rows_to_pairs
+from trainer.starter.profile import write_starter_profile
 
 # Bump when a change to the training code changes the weights a build produces (forces a rebuild everywhere).
 CODE_VERSION = "starter-1"
@@ -94,6 +95,7 @@ def build_starter(
     digest = fingerprint(pairs, params)
     with FileLock(str(out_dir.parent / f".{out_dir.name}.lock")):
         if not force and built_fingerprint(out_dir) == digest:
+            write_starter_profile(out_dir)  # a model built before profiles existed gets one
             echo(f"starter model in {out_dir} is up to date")
             return BuildResult(out_dir=out_dir, fingerprint=digest, built=False)
         # Imported only when there is something to train (see the module docstring).
@@ -114,6 +116,7 @@ def build_starter(
                 train_seconds=trained.report.seconds,
                 epochs=trained.report.epochs,
             )
+            write_starter_profile(staging)
             _write_manifest(staging, result, params)
             _replace_dir(staging, out_dir)
         except BaseException:
