@@ -4,7 +4,7 @@ A real gateway (``tuneloop serve``: gunicorn, 2 gevent workers) on the real buil
 tiny model; Schemathesis's own command line generates requests from the spec — valid and invalid — and checks
 every answer: never a 5xx, a status the spec lists, the documented content type, headers and body schema
 (streamed events included), invalid input refused. Seeded, and bounded in examples per operation so it fits
-the suite's time (7–14 s of fuzzing here). The full-length run —
+the suite's time (11–26 s of fuzzing here, one worker). The full-length run —
 ``FUZZ_EXAMPLES=500 pytest tests/test_fuzz_openapi.py`` — and its figures are in docs/benchmarks.md,
 "API conformance".
 
