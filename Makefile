@@ -21,12 +21,12 @@ UV := $(VENV)-lock/bin/uv
 UV_COMPILE := $(UV) pip compile --quiet --python-version 3.11 --generate-hashes --no-emit-package torch \
 	--find-links /opt/wheels --custom-compile-command "make lock"
 
-.PHONY: run test lint install install-test browser bench lock clean
+.PHONY: run test lint install install-test browser node bench lock clean
 
 run: $(RUNTIME_STAMP)
 	$(BIN)/tuneloop up
 
-test: $(TEST_STAMP) browser lint
+test: $(TEST_STAMP) browser node lint
 	@# pytest exits 5 when it collected no test: that must fail, loudly.
 	@set +e; $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
@@ -74,6 +74,17 @@ $(UV):
 browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
 		$(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+
+# The JavaScript clients and tools the tests drive (tests/node/package.json: the Vercel AI SDK, axe-core), at the
+# locked versions (package-lock.json, integrity-checked by npm ci); reinstalled only when the lock changes.
+NODE_STAMP := tests/node/node_modules/.package-lock.json
+node: $(NODE_STAMP)
+
+$(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq --no-install-recommends nodejs npm; }
+	npm ci --prefix tests/node --no-audit --no-fund
+	touch $@
 
 bench: $(TEST_STAMP)
 	$(BIN)/python bench/gateway.py

@@ -158,8 +158,18 @@ class ModelSettings:
     timeout_s: float = 120.0
     retries: int = 2
     fallbacks: list[FallbackModel] = field(default_factory=list)
+    # Other names /v1 answers with the live model (a client's default, e.g. "gpt-4o-mini"); any other name
+    # that is not served is a 404 model_not_found.
+    aliases: list[str] = field(default_factory=list)
 
     def __post_init__(self):
+        for alias in self.aliases:
+            _check(
+                isinstance(alias, str) and alias.strip() == alias != "",
+                "model.aliases",
+                f"each alias must be a non-empty name without surrounding spaces, got {alias!r}",
+            )
+        _check(len(set(self.aliases)) == len(self.aliases), "model.aliases", "lists a name twice")
         _check(
             self.provider in ("builtin", "vllm", "openai"),
             "model.provider",

@@ -662,6 +662,32 @@ def m011_privacy_lifecycle(db: Database) -> None:
 
 
 @MIGRATIONS()
+def m012_responses(db: Database) -> None:
+    # /v1/responses (issue 20): a stored response names the turn that answered it, so GET /v1/responses/{id}
+    # can rebuild it and previous_response_id can continue its conversation. The answer itself stays in
+    # `messages` (one copy of every turn); this row keeps only what the Responses API echoes back that a
+    # turn does not hold. Written after the turn, so both foreign keys hold, and erasing a conversation
+    # takes its responses with it.
+    db.execute(
+        """
+        CREATE TABLE responses (
+            id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            message_id TEXT NOT NULL UNIQUE REFERENCES messages(id) ON DELETE CASCADE,
+            previous_response_id TEXT,
+            instructions TEXT,
+            max_output_tokens INTEGER,
+            temperature REAL,
+            top_p REAL,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX responses_conversation ON responses(conversation_id)")
+
+
+@MIGRATIONS()
 def m013_model_version_server_key_and_fallback(db: Database) -> None:
     # A version served somewhere else than model.base_url may need another key: after `tuneloop migrate`
     # the open model's server must never be sent the hosted model's key, nor the other way round. And the

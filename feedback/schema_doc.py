@@ -29,6 +29,13 @@ TABLE_NOTES = {
         "A conversation, with the API key that started it (others cannot read it) and a keyed hash of the caller's "
         "user id."
     ),
+    "responses": (
+        "Responses stored by `POST /v1/responses` (unless the request said `store: false`): the turn that "
+        "answered it (`message_id`, whose conversation it continues), the response it followed, and what the "
+        "Responses API echoes back that a turn does not hold (instructions, sampling, the client's metadata). "
+        "`GET /v1/responses/{id}` rebuilds the response from this row and its message; the conversation's key "
+        "rule (feedback/access.py) decides who may read or continue it."
+    ),
     "rate_limit_counters": (
         'Rate-limit counts (`limits.storage_uri = "database://"`, the default), shared by every gateway '
         "worker on the database: one row per limit and caller (`key`: flask-limiter's, naming the route, the "

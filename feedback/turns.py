@@ -160,16 +160,23 @@ def get_conversation(
     }
 
 
-def history(db: Database, conversation_id: str, turns: int) -> list[dict[str, str]]:
-    """The last ``turns`` answered user/assistant pairs, oldest first, as chat messages."""
+def history(
+    db: Database, conversation_id: str, turns: int, *, until_message_id: str | None = None
+) -> list[dict[str, str]]:
+    """The last ``turns`` answered user/assistant pairs, oldest first, as chat messages.
+
+    ``until_message_id``: only up to and including that answer — what a Responses API
+    ``previous_response_id`` continues from (going back to an earlier response branches from there).
+    """
     if turns <= 0:
         return []
+    until = "AND a.seq <= (SELECT seq FROM messages WHERE id = ?)" if until_message_id else ""
     rows = db.execute(
-        """SELECT u.content, a.content FROM messages a
+        f"""SELECT u.content, a.content FROM messages a
            JOIN messages u ON u.conversation_id = a.conversation_id AND u.seq = a.seq - 1 AND u.role = 'user'
-           WHERE a.conversation_id = ? AND a.role = 'assistant' AND a.error IS NULL
+           WHERE a.conversation_id = ? AND a.role = 'assistant' AND a.error IS NULL {until}
            ORDER BY a.seq DESC LIMIT ?""",
-        [conversation_id, turns],
+        [conversation_id, *([until_message_id] if until_message_id else []), turns],
     ).fetchall()
     messages: list[dict[str, str]] = []
     for question, answer in reversed(rows):

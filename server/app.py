@@ -28,7 +28,7 @@ from server.context import EXTENSION, Gateway, close_db, get_db
 from server.errors import register_error_handlers
 from server.proxies import TrustedProxies
 from server.rate_limits import install_limits
-from server.routes import api, openai_compat, ops, pages
+from server.routes import api, openai_compat, ops, pages, responses
 from server.serving import ChatService, ModelRouter
 
 API_PREFIXES = ("/api/", "/v1/")
@@ -91,7 +91,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         expose_headers=["Retry-After", "X-Tuneloop-Message-Id", "X-Tuneloop-Conversation-Id"],
         max_age=600,
     )
-    for blueprint in (api.bp, openai_compat.bp, ops.bp, pages.bp, admin.bp):
+    for blueprint in (api.bp, openai_compat.bp, responses.bp, ops.bp, pages.bp, admin.bp):
         app.register_blueprint(blueprint)
     install_limits(app, settings, pool.connection)
     # Outermost, so every layer below (limits, votes, sign-in throttling) sees the client's address.

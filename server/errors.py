@@ -2,15 +2,20 @@
 
 Domain code raises :mod:`config.errors`; this module maps them — and Werkzeug's
 own HTTP errors (404 route, 405, 413 body too large) and anything unexpected —
-to the one error shape with the class's status. No stack trace, no HTML page,
-on any API path. Admin pages (HTML) render the same message as text.
+to one error shape per API family, with the class's status. No stack trace, no
+HTML page, on any API path. Admin pages (HTML) render the same message as text.
+
+- ``/api`` and pages: ours, ``{"error": {"code", "message", "field"?}}``.
+- ``/v1`` (every path under it, unknown ones and wrong methods included): OpenAI's,
+  ``{"error": {"message", "type", "param", "code"}}``, so the OpenAI SDKs raise the
+  exception class of the status and show our message. ``param`` is our ``field``.
 """
 
 from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from config.errors import TuneloopError
@@ -32,12 +37,43 @@ _HTTP_CODES = {
 }
 
 
+# OpenAI's error ``type`` for a status; a status not listed is an ``invalid_request_error`` (4xx) or a
+# ``server_error`` (5xx), as OpenAI's own API answers them.
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+OPENAI_PREFIX = "/v1"
+V1_ROUTES = "POST /v1/chat/completions, POST /v1/responses, GET /v1/responses/{id} and GET /v1/models"
+
+
+def openai_family(path: str) -> bool:
+    """Whether ``path`` is on the OpenAI-compatible API (``/v1`` and everything under it)."""
+    return path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/")
+
+
+def openai_error(code: str, message: str, status: int | None, field: str | None = None) -> dict:
+    """OpenAI's error body. ``status`` None: an error inside a stream (after the first byte), a server error."""
+    if status is None or status >= 500:
+        kind = "server_error"
+    else:
+        kind = _OPENAI_TYPES.get(status, "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": field, "code": code}}
+
+
+def openai_in_band(body: dict) -> dict:
+    """Our in-stream error body (``serving._in_band``) in OpenAI's shape, for a /v1 stream."""
+    error = body["error"]
+    return openai_error(error["code"], error["message"], None, error.get("field"))
+
+
 def error_response(code: str, message: str, status: int, field: str | None = None, headers: dict | None = None):
-    """A Flask response in the one error shape."""
-    body = {"code": code, "message": message}
-    if field:
-        body["field"] = field
-    response = jsonify({"error": body})
+    """A Flask response in the error shape of the API family the request is on."""
+    if has_request_context() and openai_family(request.path):
+        payload = openai_error(code, message, status, field)
+    else:
+        body = {"code": code, "message": message}
+        if field:
+            body["field"] = field
+        payload = {"error": body}
+    response = jsonify(payload)
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -65,6 +101,10 @@ def register_error_handlers(app: Flask) -> None:
         message = exc.description or exc.name
         if status == 413:
             message = f"request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes"
+        if status == 404 and openai_family(request.path):
+            # What OpenAI answers (the SDKs show it), plus what is here: a client with the wrong base URL or an
+            # API this gateway lacks learns which.
+            message = f"Invalid URL ({request.method} {request.path}): this gateway's OpenAI API serves {V1_ROUTES}"
         headers = {}
         if status == 429:
             headers["Retry-After"] = _retry_after(exc)

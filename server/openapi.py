@@ -15,7 +15,8 @@ from werkzeug.http import HTTP_STATUS_CODES
 
 from config.settings import Settings
 from server.context import gateway
-from server.protocol import SETTINGS_ENUM, ErrorResponse, EventData
+from server.errors import openai_family
+from server.protocol import SETTINGS_ENUM, ErrorResponse, EventData, OpenAIErrorResponse
 
 DOC_ATTR = "_tuneloop_openapi"
 # The public API, and the admin API's privacy routes (erasure and export on request are made by scripts too).
@@ -110,10 +111,11 @@ def build_spec(app: Flask, version: str) -> dict:
                 ok["content"] = content
             op["responses"]["200"] = ok
             statuses = set(meta["errors"]) | set(ALWAYS) | (set(WITH_BODY) if meta["request"] is not None else set())
+            error_model = OpenAIErrorResponse if openai_family(rule.rule) else ErrorResponse  # one shape per family
             for status in sorted(statuses):
                 op["responses"][str(status)] = {
                     "description": HTTP_STATUS_CODES.get(status, "Error"),
-                    "content": {"application/json": {"schema": ref(ErrorResponse)}},
+                    "content": {"application/json": {"schema": ref(error_model)}},
                 }
             paths.setdefault(path, {})[method.lower()] = op
     _settings_enums(schemas, gateway(app).settings)

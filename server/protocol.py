@@ -23,6 +23,10 @@ MAX_STOP = 16
 MAX_STOP_CHARS = 256
 MIN_TEMPERATURE = 1e-5  # vLLM's _SAMPLING_EPS: a lower temperature samples greedily
 StopSequence = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
+MODEL_FIELD = (
+    "A model this gateway serves (GET /v1/models) or a name in model.aliases; empty: the live model. "
+    "Any other name: 404 model_not_found."
+)
 # A field whose allowed values are a setting: ``/openapi.json`` lists that setting's values as its enum.
 SETTINGS_ENUM = "x-enum-from-setting"
 
@@ -203,6 +207,23 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class OpenAIErrorBody(BaseModel):
+    """OpenAI's error object: what the SDKs read (``message`` is what they show)."""
+
+    message: str
+    type: str = Field(
+        description="invalid_request_error, authentication_error, permission_error, rate_limit_error or server_error."
+    )
+    param: str | None = Field(description="The request field at fault, when one is (our `field`).")
+    code: str | None = Field(description="tuneloop's error code (model_not_found, validation_failed…).")
+
+
+class OpenAIErrorResponse(BaseModel):
+    """Every error on /v1, in OpenAI's shape (server/errors.py)."""
+
+    error: OpenAIErrorBody
+
+
 # A stream's events for /openapi.json: each SSE event name (``message`` when the stream sends data lines only)
 # with what its data line holds, as JSON of one of these models or as this literal text.
 EventData = tuple[type[BaseModel] | str, ...]
@@ -243,7 +264,7 @@ class OpenAIMessage(BaseModel):
 class OpenAIChatRequest(BaseModel):
     # Unknown OpenAI parameters are accepted and ignored, as a compatible server should.
     model_config = ConfigDict(extra="ignore")
-    model: str = ""
+    model: str = Field("", description=MODEL_FIELD)
     messages: list[OpenAIMessage] = Field(min_length=1)
     stream: bool = False
     max_tokens: int | None = Field(None, ge=1)
@@ -325,6 +346,7 @@ class OpenAIUsage(BaseModel):
 class OpenAIAnswer(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    refusal: None = Field(None, description="Always null: the gateway's models answer in content.")
 
 
 class OpenAIChoice(BaseModel):
@@ -372,7 +394,7 @@ class OpenAIChatChunk(BaseModel):
 
     The first chunk carries the role and the ``tuneloop`` ids; then one per piece of text; then one with the
     ``finish_reason``; then one with no choices and the ``usage``; then ``data: [DONE]``. An error after the
-    first byte is a ``data:`` line holding an ErrorResponse instead, and the stream ends.
+    first byte is a ``data:`` line holding an OpenAIErrorResponse instead, and the stream ends.
     """
 
     id: str
@@ -392,7 +414,7 @@ class OpenAIChatChunk(BaseModel):
         return body
 
 
-OPENAI_STREAM_EVENTS: dict[str, EventData] = {"message": (OpenAIChatChunk, ErrorResponse, "[DONE]")}
+OPENAI_STREAM_EVENTS: dict[str, EventData] = {"message": (OpenAIChatChunk, OpenAIErrorResponse, "[DONE]")}
 
 
 class OpenAIModelCard(BaseModel):

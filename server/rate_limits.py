@@ -119,6 +119,7 @@ def install_limits(app: Flask, settings: Settings, connection: Callable[[], Cont
     per_endpoint = {
         "api.chat": limits.chat,
         "openai.chat_completions": limits.chat,
+        "responses.create_response": limits.chat,
         "api.feedback": limits.feedback,
         "api.delete_conversation": limits.feedback,
     }

@@ -19,6 +19,7 @@ from playwright.sync_api import expect
 
 from feedback import review
 from tests.plugins.accounts import PASSWORD, add_person
+from tests.plugins.axe import assert_accessible
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("sso_secret")]
 
@@ -173,3 +174,53 @@ def test_a_disabled_persons_open_session_stops_on_its_next_request(site, person,
     leaver.get_by_placeholder("sub").fill("leaver")
     leaver.get_by_role("button", name="Authorize").click()
     expect(leaver.get_by_role("alert")).to_contain_text("the account leaver@corp.example is disabled")
+
+
+# Every admin page that renders HTML, reached as an admin: axe-core's WCAG 2.1 A/AA audit (tests/plugins/axe.py).
+ADMIN_PAGES = ["/admin/", "/admin/review", "/admin/worst", "/admin/knowledge", "/admin/knowledge/new"]
+ADMIN_PAGES += ["/admin/reports", "/admin/privacy", "/admin/users", "/admin/audit", "/admin/account"]
+
+
+def test_the_sign_in_page_every_admin_page_and_the_html_report_pass_the_accessibility_audit(site, person, gateway_db):
+    item = queued(gateway_db)
+    add_person(gateway_db, "admin", "lead@corp.example", name="Team Lead")
+    lead = person()
+    lead.goto(f"{site}/admin/login")
+    assert_accessible(lead, "the sign-in page")
+    lead.get_by_label("E-mail address").fill("lead@corp.example")
+    lead.get_by_label("Password").fill("not the password")
+    lead.get_by_role("button", name="Sign in", exact=True).click()
+    expect(lead.get_by_role("alert")).to_be_visible()
+    assert_accessible(lead, "the sign-in page with its error")
+    password_sign_in(lead, site, "lead@corp.example")
+    for path in ADMIN_PAGES:
+        lead.goto(site + path)
+        expect(lead.get_by_role("heading").first).to_be_visible()
+        assert_accessible(lead, path)
+
+    lead.goto(f"{site}/admin/review/{item}")
+    expect(lead.get_by_role("heading", name=QUESTION)).to_be_visible()
+    assert_accessible(lead, "/admin/review/<item>")
+    lead.goto(f"{site}/admin/knowledge")
+    lead.locator("table a[href*='/admin/knowledge/']").first.click()
+    lead.wait_for_url(re.compile(r"/admin/knowledge/(?!new)[^/?]+$"))
+    assert_accessible(lead, "/admin/knowledge/<entry>")
+
+    lead.get_by_role("link", name="Weekly reports").click()
+    lead.get_by_label("ISO week").fill(this_week())
+    lead.get_by_role("button", name="Build now").click()
+    expect(lead.get_by_role("heading", name="What changed, and who")).to_be_visible()
+    assert lead.url == f"{site}/admin/reports/{this_week()}", lead.url  # the HTML weekly report itself
+    assert_accessible(lead, "the HTML weekly report")
+
+    lead.goto(f"{site}/admin/users")
+    lead.get_by_label("e-mail address").fill("newcomer@corp.example")
+    lead.get_by_role("button", name="Add").click()
+    link = lead.locator("#signin-link")
+    expect(link).to_be_visible()
+    assert_accessible(lead, "/admin/users with a new sign-in link")
+    newcomer = person()
+    newcomer.goto(link.inner_text())
+    expect(newcomer.get_by_role("heading").first).to_be_visible()
+    assert "/admin/welcome/" in newcomer.url
+    assert_accessible(newcomer, "the one-time sign-in link's welcome page")

@@ -234,7 +234,7 @@ def test_each_bad_adapter_is_refused_with_its_reason_while_base_and_live_keep_an
             fault_file.unlink(missing_ok=True)
             assert r.status_code == 400, (name, r.text)
             error = r.json()["error"]
-            assert error["code"] == "adapter_refused" and error["field"] == "lora_path"
+            assert error["code"] == "adapter_refused" and error["param"] == "lora_path"
             assert words in error["message"] and str(folder) in error["message"], error["message"]
         time.sleep(0.5)  # after
     finally:

@@ -104,6 +104,13 @@ def test_fallbacks_are_typed():
         load_settings(env={}, overrides={"model.fallbacks": [{"nmae": "typo"}]})
 
 
+def test_model_aliases_are_names_listed_once():
+    assert load_settings(env={}, overrides={"model.aliases": ["gpt-4o-mini"]}).model.aliases == ["gpt-4o-mini"]
+    for bad, why in ((["gpt-4o", "gpt-4o"], "lists a name twice"), ([" gpt-4o"], "surrounding spaces"), ([""], "")):
+        with pytest.raises(ConfigError, match="^model.aliases: .*" + why):
+            load_settings(env={}, overrides={"model.aliases": bad})
+
+
 # --- fine-tuning profiles: what a model folder brings, below what the user sets -----------------------
 
 

@@ -4,9 +4,16 @@ A real gateway (``tuneloop serve``: gunicorn, 2 gevent workers) on the real buil
 tiny model; Schemathesis's own command line generates requests from the spec — valid and invalid — and checks
 every answer: never a 5xx, a status the spec lists, the documented content type, headers and body schema
 (streamed events included), invalid input refused. Seeded, and bounded in examples per operation so it fits
-the suite's time (7–14 s of fuzzing here). The full-length run —
+the suite's time (11–26 s of fuzzing here, one worker). The full-length run —
 ``FUZZ_EXAMPLES=500 pytest tests/test_fuzz_openapi.py`` — and its figures are in docs/benchmarks.md,
 "API conformance".
+
+One worker, not two: CPython 3.11 keeps the AST builder's recursion counter in interpreter-wide state, so two
+threads inside ``ast.parse`` at once corrupt it and one raises ``SystemError: AST constructor recursion depth
+mismatch`` (fixed in 3.12). Hypothesis parses filter predicates' source while it builds strategies and its GC
+callback lets the other thread run mid-parse: with two Schemathesis worker threads, 5 of 6 runs crashed once
+/v1/responses was in the spec. Nothing in the spec is recursive; the race needs two threads.
+``FUZZ_SEED`` picks another seed (the suite's is fixed).
 
 One check is left out: ``positive_data_acceptance`` (every schema-valid request accepted). /v1 refuses a
 conversation whose last message is not the user's or is blank, which JSON Schema cannot say ("the last item").
@@ -26,6 +33,7 @@ import pytest
 from tests.plugins.gateway import start_gunicorn_gateway, stop_gateway
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "15"))
+SEED = os.environ.get("FUZZ_SEED", "20261204")
 CHECKS = ",".join(
     [
         "not_a_server_error",
@@ -68,9 +76,9 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(fuzzed_gatew
             "--max-examples",
             str(EXAMPLES),
             "--seed",
-            "20261204",
+            SEED,
             "--workers",
-            "2",
+            "1",  # one thread: see the module docstring (CPython 3.11's ast.parse is not thread-safe)
             "--request-timeout",
             "30",
             "--generation-database",
@@ -88,8 +96,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(fuzzed_gatew
     )
     figures = json.loads(report.read_text())
     summary = proc.stdout[-6000:] + proc.stderr[-2000:]
-    print(f"schemathesis: {figures['test_cases']} in {figures['running_time']:.1f} s")
-    assert figures["operations"]["tested"] == figures["operations"]["total"] == 12, summary
+    print(f"schemathesis (seed {SEED}): {figures['test_cases']} in {figures['running_time']:.1f} s")
+    assert figures["operations"]["tested"] == figures["operations"]["total"] == 15, summary
     assert figures["test_cases"]["generated"] >= 100, summary  # it really ran
     assert figures["failures"] == [] and figures["errors"] == [], summary
     assert proc.returncode == 0, summary

@@ -19,7 +19,7 @@ def sdk(gw) -> openai.OpenAI:
 def test_openai_sdk_non_streaming_logs_a_rateable_turn(gunicorn_gateway):
     client = sdk(gunicorn_gateway)
     completion = client.chat.completions.create(
-        model="anything",
+        model="starter",
         messages=[{"role": "system", "content": "sys"}, {"role": "user", "content": "환불 규정이 궁금해요"}],
     )
     assert completion.choices[0].message.content == "echo: 환불 규정이 궁금해요"

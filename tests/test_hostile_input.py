@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.plugins.common import error_field
 from tests.plugins.gateway import start_gunicorn_gateway, stop_gateway
 
 SURROGATE = '"\\ud800"'  # JSON text of a lone UTF-16 surrogate
@@ -57,7 +58,7 @@ def test_unholdable_json_is_a_400_naming_the_field_and_nothing_is_stored(client,
     assert r.status_code == 400, r.get_data(as_text=True)[:300]
     error = r.get_json()["error"]
     assert error["code"] == "invalid_json"
-    assert error.get("field") == field
+    assert error_field(path, error) == field
     assert stored_rows(gateway_db) == (0, 0, 0)
 
 
@@ -90,7 +91,7 @@ def test_a_text_part_whose_text_is_not_a_string_is_a_422_naming_it(client, gatew
     body = '{"messages": [{"role": "user", "content": [{"type": "text", "text": %s}]}]}' % text
     r = raw_post(client, "/v1/chat/completions", body)
     assert r.status_code == 422
-    assert r.get_json()["error"]["field"] == "messages.0.content.0.text"
+    assert r.get_json()["error"]["param"] == "messages.0.content.0.text"
     assert stored_rows(gateway_db) == (0, 0, 0)
 
 
@@ -101,17 +102,17 @@ def test_text_parts_are_joined_and_other_parts_are_refused_not_dropped(client, g
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
     r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": parts + [image]}]})
     assert r.status_code == 422
-    assert r.get_json()["error"]["field"] == "messages.0.content.2.type"
+    assert r.get_json()["error"]["param"] == "messages.0.content.2.type"
     assert stored_rows(gateway_db) == (1, 2, 0)
 
 
 def test_wrong_types_in_a_union_name_the_field_as_the_client_wrote_it(client):
     r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": 42}]})
-    assert r.status_code == 422 and r.get_json()["error"]["field"] == "messages.0.content"
+    assert r.status_code == 422 and r.get_json()["error"]["param"] == "messages.0.content"
     r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "stop": 5})
-    assert r.status_code == 422 and r.get_json()["error"]["field"] == "stop"
+    assert r.status_code == 422 and r.get_json()["error"]["param"] == "stop"
     r = client.post("/v1/chat/completions", json={"messages": [{"role": "user"}]})
-    assert r.status_code == 422 and r.get_json()["error"]["field"] == "messages.0.content"
+    assert r.status_code == 422 and r.get_json()["error"]["param"] == "messages.0.content"
 
 
 def test_valid_unicode_everywhere_still_goes_through(client, gateway_db):

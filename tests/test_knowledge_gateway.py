@@ -77,7 +77,7 @@ def test_the_openai_route_returns_sources_in_the_tuneloop_field(client, fake_ups
     assert closed["tuneloop"]["sources"] == []
     assert fake_upstream.log.requests[-1]["messages"] == [{"role": "user", "content": "postage cost?"}]
     bad = client.post("/v1/chat/completions", json=ask | {"tuneloop": {"knowledge": False, "x": 1}})
-    assert bad.status_code == 422 and bad.get_json()["error"]["field"] == "tuneloop.x"
+    assert bad.status_code == 422 and bad.get_json()["error"]["param"] == "tuneloop.x"
 
 
 def test_knowledge_off_in_settings_answers_closed_book(make_gateway, fake_upstream):

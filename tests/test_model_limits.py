@@ -11,6 +11,8 @@ import logging
 
 import pytest
 
+from tests.plugins.common import error_field
+
 KOREAN_4000 = ("배송은 얼마나 걸리나요? 환불은 어떻게 하나요? " * 200)[:4000]
 
 
@@ -47,7 +49,7 @@ def test_max_tokens_over_the_models_limit_is_a_422_naming_it(
     error = r.get_json()["error"]
     # Checked before the model is asked when the gateway knows the limit; otherwise the model's refusal,
     # which names max_tokens (what the gateway sent it).
-    assert error["field"] == (name if provider == "builtin" else "max_tokens")
+    assert error["param"] == (name if provider == "builtin" else "max_tokens")
     assert "512" in error["message"]
     assert_no_address(r, model_server)
     assert_nothing_stored(gateway_db)
@@ -57,7 +59,7 @@ def test_max_tokens_over_the_models_limit_is_a_422_naming_it(
 @pytest.mark.parametrize("stop", [[f"s{i}" for i in range(1000)], ["x"] * 17, [""], ["y" * 257]])
 def test_a_stop_list_the_model_cannot_take_is_a_422_on_stop(gateway_on_model, gateway_db, model_server, stop):
     r = gateway_on_model().post("/v1/chat/completions", json=ask_v1(stop=stop))
-    assert r.status_code == 422 and r.get_json()["error"]["field"].split(".")[0] == "stop"  # stop, or stop.0
+    assert r.status_code == 422 and r.get_json()["error"]["param"].split(".")[0] == "stop"  # stop, or stop.0
     assert_no_address(r, model_server)
     assert_nothing_stored(gateway_db)
 
@@ -75,7 +77,7 @@ def test_a_message_too_long_for_the_models_context_is_a_413_naming_it(
     r = gateway_on_model().post(path, json=body)
     assert r.status_code == 413, r.get_data(as_text=True)
     assert r.get_json()["error"]["code"] == "context_length_exceeded"
-    assert r.get_json()["error"]["field"] == field
+    assert error_field(path, r.get_json()["error"]) == field
     assert_no_address(r, model_server)
     assert_nothing_stored(gateway_db)
 

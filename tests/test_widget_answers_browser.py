@@ -12,6 +12,7 @@ import pytest
 from playwright.sync_api import expect
 
 from feedback.knowledge import store
+from tests.plugins.axe import assert_accessible
 from tests.test_widget_browser import XSS_IMG, XSS_SCRIPT, answers, send
 
 pytestmark = pytest.mark.browser
@@ -44,6 +45,7 @@ def test_markdown_in_answers_is_rendered_as_elements(page, live_gateway):
     expect(link).to_have_attribute("rel", "noopener noreferrer nofollow")
     expect(link).to_have_attribute("target", "_blank")
     assert "**" not in text.inner_text()
+    assert_accessible(page, "an answer with Markdown lists, code and a link")
     assert page.errors == []
 
 
@@ -88,6 +90,7 @@ def test_sources_are_listed_under_the_answer_collapsed_and_reachable_by_keyboard
     page.keyboard.press("Enter")
     expect(sources.locator("li").first).to_be_visible()
     expect(sources.locator("li").first).to_have_text(SHIPPING)
+    assert_accessible(page, "an answer with its sources open")
     entry = store.entry_for_question(gateway_db, SHIPPING)
     assert sources.locator("li").first.get_attribute("data-entry") == entry.id
 

@@ -18,6 +18,7 @@ import pytest
 from playwright.sync_api import expect
 
 from feedback import apikeys
+from tests.plugins.axe import assert_accessible
 
 pytestmark = pytest.mark.browser
 
@@ -39,7 +40,7 @@ def doc_snippet() -> str:
 def host_page(snippet: str) -> str:
     """Somebody else's shop, with the snippet and CSS that would wreck an unprotected widget."""
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>Acme shop</title>{HOSTILE_CSS}</head>"
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Acme shop</title>{HOSTILE_CSS}</head>"
         f"<body><h1>Acme shop</h1>{snippet}</body></html>"
     )
 
@@ -47,8 +48,9 @@ def host_page(snippet: str) -> str:
 def plain_page(snippet: str) -> str:
     """A bare page for screenshots: the widget with its default title."""
     snippet = snippet.replace('data-title="Support" ', "")
+    lang = re.search(r'data-lang="(\w+)"', snippet).group(1)  # the host page is in the widget's language
     return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>shop</title></head>"
+        f"<!doctype html><html lang='{lang}'><head><meta charset='utf-8'><title>shop</title></head>"
         f"<body style='margin:0;background:#e2e8f0'>{snippet}</body></html>"
     )
 
@@ -148,6 +150,32 @@ def test_demo_page_streams_answers_and_a_thumbs_down_lands_on_the_right_message(
     ]
     # Both answers went into one conversation.
     assert rows(gateway_db, "SELECT COUNT(DISTINCT conversation_id) FROM messages") == [(1,)]
+    assert page.errors == []
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+def test_the_chat_page_passes_the_accessibility_audit_before_and_after_an_answer_and_a_rating(page, live_gateway, lang):
+    # axe-core, WCAG 2.1 A/AA, the widget's open shadow root included (tests/plugins/axe.py).
+    page.goto(live_gateway() + f"/?lang={lang}")
+    expect(page.get_by_role("heading", name={"en": "Support", "ko": "고객 지원"}[lang])).to_be_visible()
+    assert_accessible(page, f"the chat page before a question ({lang})")
+    send(page, "Where is my order?")
+    answer = answers(page).nth(0)
+    expect(answer.locator(".text")).to_have_text("echo: Where is my order?")
+    assert_accessible(page, f"the chat page after an answer ({lang})")
+    answer.get_by_role("button", name={"en": "Bad answer", "ko": "아쉬운 답변"}[lang]).click()
+    expect(answer.locator("form.fb")).to_be_visible()
+    assert_accessible(page, f"the chat page's feedback form open ({lang})")
+    answer.get_by_text({"en": "Incomplete", "ko": "불완전함"}[lang], exact=True).click()
+    answer.locator("form.fb button[type=submit]").click()
+    expect(answer.locator(".note")).to_have_text(
+        {"en": "Thanks for your feedback!", "ko": "소중한 의견 감사합니다!"}[lang]
+    )
+    answer.get_by_role("button", name={"en": "Good answer", "ko": "좋은 답변"}[lang]).click()
+    expect(answer.get_by_role("button", name={"en": "Good answer", "ko": "좋은 답변"}[lang])).to_have_attribute(
+        "aria-pressed", "true"
+    )
+    assert_accessible(page, f"the chat page after a rating ({lang})")
     assert page.errors == []
 
 
@@ -331,24 +359,42 @@ def test_keyboard_only_thumbs_down_with_a_reason(page, embedded, gateway_db):
 @pytest.mark.parametrize(
     "lang, strings",
     [
-        ("en", {"title": "Support", "down": "Bad answer", "reason": "Incomplete", "placeholder": "Type your message…"}),
+        (
+            "en",
+            {
+                "title": "Support",
+                "down": "Bad answer",
+                "reason": "Incomplete",
+                "placeholder": "Type your message…",
+                "thanks": "Thanks for your feedback!",
+            },
+        ),
         (
             "ko",
-            {"title": "고객 지원", "down": "아쉬운 답변", "reason": "불완전함", "placeholder": "메시지를 입력하세요…"},
+            {
+                "title": "고객 지원",
+                "down": "아쉬운 답변",
+                "reason": "불완전함",
+                "placeholder": "메시지를 입력하세요…",
+                "thanks": "소중한 의견 감사합니다!",
+            },
         ),
     ],
 )
 def test_both_languages_and_screenshots(page, embedded, tmp_path, lang, strings):
     page.set_viewport_size({"width": 440, "height": 780})
     embedded(lang=lang, html=plain_page)
+    assert_accessible(page, f"the widget closed ({lang})")
     page.get_by_role("button", name={"en": "Open chat", "ko": "채팅 열기"}[lang]).click()
     expect(page.get_by_role("heading", name=strings["title"])).to_be_visible()
     expect(page.get_by_placeholder(strings["placeholder"])).to_be_visible()
+    assert_accessible(page, f"the widget open, before a question ({lang})")
 
     question = {"en": "How long does delivery take?", "ko": "배송은 얼마나 걸리나요?"}[lang]
     send(page, question)
     answer = answers(page).nth(0)
     expect(answer.locator(".text")).to_have_text("echo: " + question)
+    assert_accessible(page, f"the widget after an answer ({lang})")
     answer.get_by_role("button", name=strings["down"]).click()
     answer.get_by_text(strings["reason"], exact=True).click()
     comment = {"en": "It doesn't say when my order ships.", "ko": "언제 발송되는지 알려주지 않아요."}[lang]
@@ -363,3 +409,7 @@ def test_both_languages_and_screenshots(page, embedded, tmp_path, lang, strings)
     assert (width, height) == (440, 780)
     if os.environ.get("TUNELOOP_UPDATE_SCREENSHOTS"):
         (DOCS / shot.name).write_bytes(shot.read_bytes())
+    assert_accessible(page, f"the widget's feedback form open ({lang})")
+    answer.locator("form.fb button[type=submit]").click()
+    expect(answer.locator(".note")).to_have_text(strings["thanks"])
+    assert_accessible(page, f"the widget after a rating ({lang})")

@@ -9,8 +9,9 @@ passed in) and serves:
 - ``POST /v1/chat/completions`` (streaming as SSE, or one JSON body)
 - ``POST /v1/load_lora_adapter``, ``POST /v1/unload_lora_adapter`` (vLLM's bodies and answers)
 
-Errors are ``{"error": {"code", "message", "field"?}}`` (server/errors.py); an
-error after a stream has started is sent in-band as a ``data:`` line, as OpenAI does.
+Errors are OpenAI's (and vLLM's) ``{"error": {"message", "type", "param", "code"}}`` on ``/v1``,
+ours elsewhere (server/errors.py); an error after a stream has started is sent in-band as a
+``data:`` line, as OpenAI does.
 A chat request waits until the model's worker has switched to its adapter before
 the response starts, so a failed switch is a plain 503 a gateway can fall back on.
 """

@@ -19,11 +19,12 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context
 
 from server.auth import caller_key_id, publishable
 from server.context import gateway, get_db
+from server.errors import openai_in_band
 from server.model_limits import check_sampling
+from server.model_names import check_model, listed_names
 from server.openapi import documented
 from server.protocol import (
     OPENAI_STREAM_EVENTS,
-    ErrorResponse,
     OpenAIAnswer,
     OpenAIChatChunk,
     OpenAIChatRequest,
@@ -31,6 +32,7 @@ from server.protocol import (
     OpenAIChoice,
     OpenAIChunkChoice,
     OpenAIDelta,
+    OpenAIErrorResponse,
     OpenAIIds,
     OpenAIModelCard,
     OpenAIModelList,
@@ -60,6 +62,7 @@ bp = Blueprint("openai", __name__, url_prefix="/v1")
 def chat_completions():
     gw = gateway()
     body = parse_body(request, OpenAIChatRequest)
+    check_model(body.model, gw.router.served_names(), gw.settings.model.aliases)
     question = body.user_message(gw.settings.gateway.max_message_chars)
     params = body.sampling()
     check_sampling(params, gw.settings, max_tokens_field=body.max_tokens_field)
@@ -123,7 +126,7 @@ def _chunks(pending: PendingAnswer, created: int) -> Iterator[str]:
         if kind == "delta":
             yield delta(value)
         elif kind == "error":
-            yield line(ErrorResponse.model_validate(value).model_dump(exclude_none=True))  # in-band; the SDK raises it
+            yield line(OpenAIErrorResponse.model_validate(openai_in_band(value)).model_dump())  # the SDK raises it
         else:
             yield chunk([OpenAIChunkChoice(delta=OpenAIDelta(), finish_reason=value.finish_reason or "stop")])
             yield chunk([], usage=OpenAIUsage.of(pending.reply.usage))
@@ -131,9 +134,14 @@ def _chunks(pending: PendingAnswer, created: int) -> Iterator[str]:
 
 
 @bp.get("/models")
-@documented("The models this gateway serves (OpenAI list shape).", response=OpenAIModelList, tag="openai")
+@documented(
+    "The models this gateway serves (OpenAI list shape): the live model, any canaries, then model.aliases.",
+    response=OpenAIModelList,
+    tag="openai",
+)
 def models():
-    router = gateway().router
+    gw = gateway()
     created = int(time.time())
-    cards = [OpenAIModelCard(id=name, created=created, owned_by="tuneloop") for name in router.served_names()]
+    names = listed_names(gw.router.served_names(), gw.settings.model.aliases)
+    cards = [OpenAIModelCard(id=name, created=created, owned_by="tuneloop") for name in names]
     return jsonify(OpenAIModelList(data=cards).model_dump())

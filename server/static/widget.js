@@ -143,7 +143,8 @@
     ".head .titles{flex:1;min-width:0}",
     ".icon-btn{border:0;background:transparent;color:inherit;width:34px;height:34px;border-radius:10px;cursor:pointer;display:flex;align-items:center;justify-content:center}",
     ".head .icon-btn:hover{background:rgba(255,255,255,.18)}",
-    ".log{flex:1;overflow-y:auto;margin:0;padding:18px 16px;list-style:none;background:#f8fafc;display:flex;flex-direction:column;gap:14px}",
+    ".log{flex:1;overflow-y:auto;padding:18px 16px;background:#f8fafc}",
+    ".thread{margin:0;padding:0;list-style:none;display:flex;flex-direction:column;gap:14px}",
     ".msg{display:flex;flex-direction:column;max-width:86%}",
     ".msg.user{align-self:flex-end;align-items:flex-end}",
     ".msg.assistant{align-self:flex-start}",
@@ -190,7 +191,7 @@
     ".composer textarea:focus{border-color:var(--accent);outline:none;box-shadow:0 0 0 3px var(--accent-soft)}",
     ".send{width:44px;height:44px;border-radius:50%;border:0;background:var(--accent);color:#fff;cursor:pointer;display:flex;align-items:center;justify-content:center;flex:none}",
     ".send:disabled{opacity:.45;cursor:default}",
-    ".foot{text-align:center;font-size:11px;color:#94a3b8;padding:0 0 8px;background:#fff}",
+    ".foot{text-align:center;font-size:11px;color:var(--muted);padding:0 0 8px;background:#fff}",
     ".text.md{white-space:normal}",
     ".md p{margin:0 0 .6em}.md>:last-child{margin-bottom:0}",
     ".md ul,.md ol{margin:.2em 0 .6em;padding-left:1.4em}.md li{margin:.1em 0}",
@@ -564,8 +565,11 @@
     });
     this.panel.appendChild(this.forgetBar);
 
-    this.log = el("ol", { class: "log", role: "log", "aria-live": "polite", "aria-label": t.messages });
-    this.panel.appendChild(this.log);
+    // The live region scrolls; the messages inside it are a list. (role="log" is not allowed on an <ol>, and
+    // an <li> needs a list parent: axe-core's aria-allowed-role and listitem rules.)
+    this.log = el("ol", { class: "thread" });
+    this.scroller = el("div", { class: "log", role: "log", "aria-live": "polite", "aria-label": t.messages }, [this.log]);
+    this.panel.appendChild(this.scroller);
     this.addGreeting();
 
     this.input = el("textarea", { rows: 1, placeholder: t.placeholder, "aria-label": t.placeholder, maxlength: DEFAULT_CONFIG.max_message_chars });
@@ -646,7 +650,7 @@
   };
 
   Widget.prototype.scroll = function () {
-    this.log.scrollTop = this.log.scrollHeight;
+    this.scroller.scrollTop = this.scroller.scrollHeight;
   };
 
   Widget.prototype.submit = function () {

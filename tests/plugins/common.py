@@ -54,3 +54,21 @@ def wait_until_healthy(process, url: str, log_path, *, what: str, timeout_s: flo
     raise RuntimeError(
         f"{what} did not answer {url} within {timeout_s} s:\n{Path(log_path).read_text(errors='replace')[-3000:]}"
     )
+
+
+def error_body(path: str, code: str, message: str, field: str | None, kind: str = "invalid_request_error") -> dict:
+    """The ``error`` object a request to ``path`` must answer with, in its API family's one shape (server/errors.py):
+    ``{"code", "message", "field"?}`` on ``/api``, OpenAI's ``{"message", "type", "param", "code"}`` on ``/v1``."""
+    if path.startswith("/v1/"):
+        return {"message": message, "type": kind, "param": field, "code": code}
+    return {"code": code, "message": message} | ({"field": field} if field else {})
+
+
+def error_field(path: str, error: dict) -> str | None:
+    """The request field an ``error`` object names: ``field`` on ``/api``, OpenAI's ``param`` on ``/v1``
+    (where ``field`` must be absent: one shape per API family)."""
+    if path.startswith("/v1/"):
+        assert "field" not in error, error
+        return error["param"]
+    assert "param" not in error, error
+    return error.get("field")
