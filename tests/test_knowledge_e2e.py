@@ -176,5 +176,5 @@ def test_a_long_chat_never_gets_a_502(gateway, db):
         json={"messages": [{"role": "user", "content": "배송 " * 600}]},
         timeout=60,
     )
-    assert v1.status_code == 413 and v1.json()["error"]["field"] == "messages"
+    assert v1.status_code == 413 and v1.json()["error"]["param"] == "messages"
     assert " 502 " not in gateway.log()
