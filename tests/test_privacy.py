@@ -208,15 +208,29 @@ def test_export_holds_the_subjects_data_and_where_it_was_copied_but_no_one_elses
     asks_five_times(c, "bob", "Ymark9", comment=False)
     answer = say(c, "bob", "Another question Ymark9")
     vote(c, "bob", answer, "up", reason=None)
+    via_responses = c.post(
+        "/v1/responses",
+        json={
+            "model": "starter",
+            "input": "Ymark9 once more",
+            "user": "bob",
+            "instructions": "Be kind to Ymark9",
+            "metadata": {"ticket": "Ymark9-T1"},
+        },
+    )
+    assert via_responses.status_code == 200, via_responses.get_data(as_text=True)
     item = collect(db)
     data = export(db, settings, Subject.of(user="bob"), actor=OPS)
     text = json.dumps(data)
     assert "xmark9" not in text.lower()
-    assert len(data["conversations"]) == 6 and sum(len(c["ratings"]) for c in data["conversations"]) == 6
+    assert len(data["conversations"]) == 7 and sum(len(c["ratings"]) for c in data["conversations"]) == 6
+    (sent,) = [r for conv in data["conversations"] for r in conv["responses"]]
+    assert sent["id"] == via_responses.get_json()["id"]
+    assert (sent["instructions"], sent["metadata"]) == ("Be kind to Ymark9", {"ticket": "Ymark9-T1"})
     assert data["conversations"][0]["messages"][0]["content"].startswith("Where is my parcel?")
     (copied,) = data["copies"]["review_items"]
     assert copied["id"] == item.id and "evidence.variants" in copied["fields"]
-    assert audit.entries(db, audit.Filters(action="privacy.export"))[0].details == {"kind": "user", "conversations": 6}
+    assert audit.entries(db, audit.Filters(action="privacy.export"))[0].details == {"kind": "user", "conversations": 7}
 
 
 def test_the_widget_deletes_its_conversation_with_an_answers_token_and_nothing_else(c, db):

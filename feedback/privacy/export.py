@@ -50,6 +50,12 @@ def _conversation(db: Database, conversation_id: str, voter_refs: list[str] | No
             WHERE m.conversation_id = :c {mine} ORDER BY f.created_at""",
         {"c": conversation_id, "voters": json.dumps(voter_refs or [])},
     ).fetchall()
+    # What a /v1/responses caller sent beside the messages (instructions, metadata) is theirs too.
+    responses = db.execute(
+        """SELECT id, message_id, previous_response_id, instructions, metadata, created_at FROM responses
+           WHERE conversation_id = ? ORDER BY created_at""",
+        [conversation_id],
+    ).fetchall()
     return {
         "id": conversation_id,
         "created_at": created_at,
@@ -58,6 +64,17 @@ def _conversation(db: Database, conversation_id: str, voter_refs: list[str] | No
         "metadata": json.loads(metadata or "{}"),
         "messages": [dict(zip(_MESSAGE, row, strict=True)) for row in messages],
         "ratings": _ratings(ratings),
+        "responses": [
+            {
+                "id": rid,
+                "message_id": message_id,
+                "previous_response_id": previous,
+                "instructions": instructions,
+                "metadata": json.loads(metadata or "{}"),
+                "created_at": at,
+            }
+            for rid, message_id, previous, instructions, metadata, at in responses
+        ],
     }
 
 
