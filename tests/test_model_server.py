@@ -207,7 +207,7 @@ def test_lora_adapter_loads_answers_differently_and_unloads(model_server, client
         ask(client, "faq-v2", question)
     assert ask(client, model_server.name, question).choices[0].message.content == base_answer
     gone = httpx2.post(model_server.base_url + "/unload_lora_adapter", json={"lora_name": "faq-v2"})
-    assert gone.status_code == 404 and gone.json()["error"]["field"] == "lora_name"
+    assert gone.status_code == 404 and gone.json()["error"]["param"] == "lora_name"
 
 
 def test_a_full_model_folder_can_be_served_under_a_name(model_server, client, tiny_model_dir, tiny_model_rows):
@@ -238,7 +238,7 @@ def test_bad_adapter_loads_are_refused_clearly(model_server, body, status, field
     r = httpx2.post(model_server.base_url + "/load_lora_adapter", json=body)
     assert r.status_code == status
     error = r.json()["error"]
-    assert error["field"] == field and error["message"] and error["code"]
+    assert error["param"] == field and error["message"] and error["code"]
 
 
 def test_an_adapter_that_does_not_fit_the_model_is_refused_and_harmless(
@@ -251,7 +251,7 @@ def test_an_adapter_that_does_not_fit_the_model_is_refused_and_harmless(
         {k: torch.zeros(v.shape[0] + 1, v.shape[1]) for k, v in weights.items()}, str(bad / "adapter_model.safetensors")
     )
     r = httpx2.post(model_server.base_url + "/load_lora_adapter", json={"lora_name": "wrong", "lora_path": str(bad)})
-    assert r.status_code == 400 and r.json()["error"]["field"] == "lora_path"
+    assert r.status_code == 400 and r.json()["error"]["param"] == "lora_path"
     assert "wrong" not in [m.id for m in client.models.list().data]
     question, answer = qa(tiny_model_rows[2])
     assert ask(client, model_server.name, question).choices[0].message.content == answer
