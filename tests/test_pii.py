@@ -194,9 +194,13 @@ def _values_in(text: str) -> list[str]:
     return found
 
 
-def test_a_real_build_writes_no_personal_data_anywhere(db, settings, tmp_path):
+@pytest.mark.parametrize("views", [["closed_book"], ["closed_book", "as_served"]], ids=["closed-book", "shipped"])
+def test_a_real_build_writes_no_personal_data_anywhere(db, settings, tmp_path, views):
     # Every sentence reaches the build three ways: as base rows, as approved corrections
-    # (with the answer users voted down for the preference pairs), and as up-voted answers.
+    # (with the answer users voted down for the preference pairs), and as up-voted answers. Closed book the
+    # masking is counted exactly; the shipped default also renders each row as served (its knowledge block
+    # quotes entries holding the same values), so there every value is masked at least as often, and nothing
+    # is left in any file either way.
     base = tmp_path / "base.jsonl"
     filler = [json.loads(line) for line in (PROJECT_ROOT / "data" / "faq.jsonl").read_text().splitlines()[:30]]
     rows = filler + [
@@ -230,6 +234,7 @@ def test_a_real_build_writes_no_personal_data_anywhere(db, settings, tmp_path):
             "paths.data_dir": str(settings.data_dir),
             "dataset.base_file": str(base),
             "dataset.near_duplicate_threshold": 0.99,
+            "dataset.views": views,
         },
     )
     result = build_dataset(db, built_settings, include_upvoted=3)
@@ -238,9 +243,12 @@ def test_a_real_build_writes_no_personal_data_anywhere(db, settings, tmp_path):
         expected.update(counts)
     # Base rows carry each value twice (question and answer), corrections twice, up-voted answers twice.
     by_source = result.pii["by_source"]
-    assert by_source["base"] == {t: 2 * n for t, n in expected.items() if n}
-    assert by_source["review"] == {t: 2 * n for t, n in expected.items() if n}
-    assert by_source["feedback"] == {t: 2 * n for t, n in expected.items() if n}
+    twice = {t: 2 * n for t, n in expected.items() if n}
+    for source in ("base", "review", "feedback"):
+        if views == ["closed_book"]:
+            assert by_source[source] == twice, source
+        else:
+            assert all(by_source[source].get(t, 0) >= n for t, n in twice.items()), (source, by_source[source])
     assert result.pii["preferences"] == {t: 3 * n for t, n in expected.items() if n}  # question, chosen, rejected
     assert result.counts["sources"] == {"base": len(rows), "review": len(ALL), "feedback": len(ALL)}
     # The search below finds every value in the unmasked input, so finding none afterwards means something.
@@ -252,7 +260,11 @@ def test_a_real_build_writes_no_personal_data_anywhere(db, settings, tmp_path):
         assert _values_in(text) == [], path.name
     manifest = json.loads((Path(result.path) / "manifest.json").read_text())
     masked_rows = [r for split in manifest["rows"].values() for r in split if r.get("masked")]
-    assert len(masked_rows) == 3 * len(ALL) == manifest["pii"]["rows_masked"]
+    if views == ["closed_book"]:
+        assert len(masked_rows) == 3 * len(ALL) == manifest["pii"]["rows_masked"]
+    else:
+        assert len(masked_rows) == manifest["pii"]["rows_masked"] >= 3 * len(ALL)
+        assert sum(manifest["as_served"]["rows"].values()) > 0, "the shipped build rendered rows as served"
 
 
 def test_the_weekly_report_carries_no_personal_data_in_any_format(db, tmp_path, httpserver, smtp_server):
