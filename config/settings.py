@@ -775,7 +775,7 @@ class SchedulerSettings:
     monthly_cron: str = "0 3 1 * *"
     retrain_threshold: int = 0
     threshold_check_minutes: float = 10.0
-    jobs: list[str] = field(default_factory=lambda: ["weekly", "monthly", "threshold", "retention"])
+    jobs: list[str] = field(default_factory=lambda: list(SCHEDULER_JOBS))
     misfire_grace_s: int = 86400
     poll_interval_s: float = 10.0
 
