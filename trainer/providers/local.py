@@ -33,6 +33,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from config.profile import PROFILE_KEYS
 from config.settings import PROJECT_ROOT, Settings
 from trainer.providers.base import CandidateSpec, PollResult, Provider, ProviderError
 from trainer.providers.runs import TrainingRun, latest_event_data
@@ -42,25 +43,9 @@ ERROR_FILE = "error.json"
 LOG_FILE = "worker.log"
 LOCK_FILE = "worker.lock"
 WORKER_MODULE = "trainer.providers.local_worker"
-# [training] keys a local run records as its hyperparameters.
-LOCAL_KEYS = (
-    "method",
-    "lora_r",
-    "lora_alpha",
-    "lora_dropout",
-    "target_modules",
-    "epochs",
-    "early_stopping_patience",
-    "learning_rate",
-    "batch_size",
-    "gradient_accumulation",
-    "max_length",
-    "seed",
-    "device",
-    "cpu_threads",
-    "save_total_limit",
-    "launcher",
-)
+# [training] keys a local run records as its hyperparameters: every key a fine-tuning profile may set (each
+# changes the weights), then the ones about this machine and run.
+LOCAL_KEYS = (*PROFILE_KEYS["training"], "seed", "device", "cpu_threads", "save_total_limit", "launcher")
 
 # Workers this process started. Their exit must be reaped through Popen, or a
 # finished worker would linger as a zombie that still "exists".
