@@ -3,12 +3,16 @@
     .venv/bin/python bench/retrieval.py            # what docs/benchmarks.md records (about a minute)
     .venv/bin/python bench/retrieval.py --quick    # 2,000 synthetic entries, fewer queries (smoke test)
     .venv/bin/python bench/retrieval.py --dev-only # while tuning: the held-out test rewordings stay unseen
+    .venv/bin/python bench/retrieval.py --heldout data/rewordings-holdout2.jsonl  # only recall on that file
 
 1. **Recall** — recall@1 and recall@3, by language, of each method compared (the rows of
    "Methods") on ``data/rewordings.jsonl`` (``dev``: what methods and parameters were chosen on;
    ``test``: held out, looked at only for the final figures) and ``data/paraphrases.jsonl``, with the
-   184 FAQ rows as the knowledge base (one entry per row, its question and answer). Golden rows (exact
-   FAQ questions) are a sanity check: they must all be found.
+   184 FAQ rows as the knowledge base (one entry per row, its question and answer, and for the methods
+   that say so the row's alternate questions from ``data/faq-alternates.jsonl``, as ``tuneloop`` seeds
+   them). Golden rows (exact FAQ questions) are a sanity check: they must all be found. ``--heldout FILE``
+   (rows as in ``data/rewordings.jsonl``) prints only recall@1 / @3 by language of the default method on
+   that file, and nothing else: a held-out set stays unread.
 2. **Threshold** — the right entry's score (wherever it is in the top 3) for the dev rewordings and the
    paraphrases, against the best (wrong) entry's score for questions the base cannot answer, and what
    each ``[knowledge] min_score`` keeps of the one and empties of the other.
@@ -91,24 +95,41 @@ class Method:
     synonyms: bool
     weights: TermWeights
     config: RetrievalConfig
+    alternates: bool = False  # the FAQ rows' alternate questions (data/faq-alternates.jsonl) as more questions
 
     def retriever(self, entries) -> Retriever:
         synonyms = Synonyms.load() if self.synonyms else Synonyms.empty()
         return Retriever(entries, analyzer=Analyzer(synonyms, self.weights), config=self.config)
 
+    def faq_retriever(self, faq: list[dict]) -> Retriever:
+        """This method over the FAQ rows (with their alternate questions when the method has them)."""
+        return self.retriever(faq_entries(faq, load_alternates() if self.alternates else None))
 
-DEFAULT = Method("default: words + n-grams + answer + synonyms", True, TermWeights(), RetrievalConfig())
+
+# The rows before alternate questions: best question only, answer weight 0.7 (the defaults then).
+ONE_QUESTION = RetrievalConfig(answer_weight=0.7, pooled_weight=0.0)
+DEFAULT = Method(
+    "default: + questions pooled (0.5), answer 0.5", True, TermWeights(), RetrievalConfig(), alternates=True
+)
 METHODS = [
     Method(
         "character n-grams, question (probe's baseline)",
         False,
         TermWeights(word=0.0, korean_ngram=1.0, english_ngram=1.0),
-        RetrievalConfig(answer_weight=0.0),
+        RetrievalConfig(answer_weight=0.0, pooled_weight=0.0),
     ),
-    Method("+ words (stemmed, stop words, particles)", False, TermWeights(), RetrievalConfig(answer_weight=0.0)),
-    Method("+ answer (noisy-OR, 0.7)", False, TermWeights(), RetrievalConfig()),
-    Method("+ synonyms, question only", True, TermWeights(), RetrievalConfig(answer_weight=0.0)),
+    Method(
+        "+ words (stemmed, stop words, particles)",
+        False,
+        TermWeights(),
+        RetrievalConfig(answer_weight=0.0, pooled_weight=0.0),
+    ),
+    Method("+ answer (noisy-OR, 0.7)", False, TermWeights(), ONE_QUESTION),
+    Method("+ synonyms, question only", True, TermWeights(), RetrievalConfig(answer_weight=0.0, pooled_weight=0.0)),
+    Method("words + n-grams + answer + synonyms (the default before alternates)", True, TermWeights(), ONE_QUESTION),
+    Method("+ alternate questions, best question", True, TermWeights(), ONE_QUESTION, alternates=True),
     DEFAULT,
+    Method("default scoring, no alternate questions (a base without them)", True, TermWeights(), RetrievalConfig()),
 ]
 
 
@@ -116,8 +137,33 @@ def load(name: str) -> list[dict]:
     return [json.loads(line) for line in (DATA / name).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def faq_entries(faq: list[dict]) -> list[Entry]:
-    return [Entry(f"faq-{i}", (r["messages"][0]["content"],), r["messages"][1]["content"]) for i, r in enumerate(faq)]
+def load_alternates() -> dict[int, list[str]]:
+    """FAQ line -> its alternate questions (data/faq-alternates.jsonl)."""
+    return {r["alternates_of"]: r["questions"] for r in load("faq-alternates.jsonl")}
+
+
+def faq_entries(faq: list[dict], alternates: dict[int, list[str]] | None = None) -> list[Entry]:
+    """One entry per FAQ row: its question (and its alternate questions, when given) and its answer."""
+    alternates = alternates or {}
+    return [
+        Entry(f"faq-{i}", (r["messages"][0]["content"], *alternates.get(i, ())), r["messages"][1]["content"])
+        for i, r in enumerate(faq)
+    ]
+
+
+def heldout_queries(path: Path) -> list[tuple[str, int, str]]:
+    """[(query, FAQ line, lang)] of a rewordings file (the format of data/rewordings.jsonl)."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [(r["messages"][0]["content"], r["rewording_of"], r["lang"]) for r in rows]
+
+
+def report_heldout(path: Path, faq: list[dict]) -> dict:
+    """Recall@1 / @3 by language of the default method on ``path``: aggregates only, no question is printed."""
+    result = recall(DEFAULT.faq_retriever(faq), heldout_queries(path))
+    print(f"Held-out set {path.name} (default method; aggregates only)")
+    print(f"  {'set':18s} {'lang':4s} {'recall@1':>16s} {'recall@3':>16s}")
+    print_recall(path.stem[:18], result)
+    return result
 
 
 def query_sets() -> dict[str, list[tuple[str, int, str]]]:
@@ -184,9 +230,9 @@ def quantiles(values: list[float]) -> str:
 
 
 def synthesize(faq: list[dict], n: int, seed: int = 7) -> list[Entry]:
-    """``n`` entries: the FAQ's own, then recombinations of its questions and answers (see the docstring)."""
+    """``n`` entries: the FAQ's own (with their alternate questions), then recombinations (see the docstring)."""
     rng = random.Random(seed)
-    entries = faq_entries(faq)
+    entries = faq_entries(faq, load_alternates())
     by_lang: dict[str, list[tuple[str, str]]] = {"ko": [], "en": []}
     for r in faq:
         q, a = r["messages"][0]["content"], r["messages"][1]["content"]
@@ -277,7 +323,15 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--dev-only", action="store_true", help="leave the held-out test rewordings out (use while tuning)"
     )
+    parser.add_argument(
+        "--heldout", type=Path, metavar="FILE", help="only recall@1/@3 by language on this rewordings file"
+    )
     args = parser.parse_args(argv)
+    if args.heldout:
+        figures = report_heldout(args.heldout, load("faq.jsonl"))
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=1))
+        return 0
     if hasattr(os, "sched_setaffinity"):
         cores = sorted(os.sched_getaffinity(0))[:2]
         os.sched_setaffinity(0, cores)
@@ -291,7 +345,7 @@ def main(argv=None) -> int:
     print("1. Recall (knowledge base: the 184 FAQ rows)")
     print(f"  {'set':18s} {'lang':4s} {'recall@1':>16s} {'recall@3':>16s}")
     for method in METHODS:
-        retriever = method.retriever(faq_entries(faq))
+        retriever = method.faq_retriever(faq)
         print(f"  -- {method.name}")
         figures["methods"][method.name] = {}
         for name in ("rewordings dev", "rewordings test", "paraphrases", "golden"):
@@ -303,7 +357,7 @@ def main(argv=None) -> int:
                 print_recall(name, result)
 
     print("\n2. Threshold (default method; dev rewordings + paraphrases, and questions the FAQ cannot answer)")
-    retriever = DEFAULT.retriever(faq_entries(faq))
+    retriever = DEFAULT.faq_retriever(faq)
     scores = threshold_figures(retriever, sets["rewordings dev"] + sets["paraphrases"])
     figures["threshold"] = scores
     right, unanswerable = scores["right_in_top3"], scores["unanswerable_best"]

@@ -45,16 +45,16 @@ def test_first_start_imports_the_bundled_faq_once_with_its_lines(seeded, setting
     entry = store.entry_for_question(seeded, "how much is the SHIPPING fee")  # found by question key
     line = next(i for i, r in enumerate(rows, 1) if r["messages"][0]["content"] == SHIPPING)
     assert (entry.question, entry.answer, entry.lang) == (SHIPPING, SHIPPING_ANSWER, "en")
+    # Version 1 is the FAQ row; version 2 adds its bundled alternate questions (tests/test_knowledge_alternates.py).
     assert (entry.source_kind, entry.source_ref, entry.state, entry.version) == (
         "base",
         f"data/faq.jsonl:{line}",
         "active",
-        1,
+        2,
     )
-    assert (
-        entry.created_by == "system"
-        and store.history(seeded, entry.id)[0].reason == "first start: imported data/faq.jsonl"
-    )
+    first, *_ = reversed(store.history(seeded, entry.id))
+    assert entry.created_by == "system" and first.reason == "first start: imported data/faq.jsonl"
+    assert (first.version, first.questions) == (1, (SHIPPING,))
     assert store.state_counts(seeded) == {"active": len(rows), "retired": 0}
     korean = store.entry_for_question(seeded, rows[-1]["messages"][0]["content"])
     assert korean.lang == "ko"
@@ -183,7 +183,9 @@ def test_export_then_import_round_trips_and_edits_apply(seeded, tmp_path, fmt):
 
     assert io.read_rows(path)[1] == []
     records = [dict(r) for _, r in read_records(path)[0]]
-    shipping = next(r for r in records if r["questions"] in (SHIPPING, [SHIPPING]))
+    first_question = {"csv": lambda r: r["questions"].split("\n")[0], "jsonl": lambda r: r["questions"][0]}[fmt]
+    shipping = next(r for r in records if first_question(r) == SHIPPING)  # with its alternate questions
+    seeded_version = store.entry_for_question(seeded, SHIPPING).version
     shipping["answer"] = "Shipping is 3,500 won."
     shipping["questions"] = [SHIPPING, "postage?"] if fmt == "jsonl" else f"{SHIPPING}\npostage?"
     records[0]["state"] = "retired"
@@ -192,7 +194,8 @@ def test_export_then_import_round_trips_and_edits_apply(seeded, tmp_path, fmt):
     summary = io.import_file(seeded, path, actor="ana")
     assert (summary.created, summary.updated, summary.retired) == (1, 1, 1)
     entry = store.entry_for_question(seeded, "postage")
-    assert (entry.question, entry.answer, entry.version) == (SHIPPING, "Shipping is 3,500 won.", 2)
+    assert (entry.questions, entry.answer) == ((SHIPPING, "postage?"), "Shipping is 3,500 won.")
+    assert entry.version == seeded_version + 1
     assert store.history(seeded, entry.id)[0].reason == f"imported kb.{fmt}"
     new = store.entry_for_question(seeded, "Do you ship abroad?")
     line = next(row.line for row in io.read_rows(path)[0] if row.questions == ("Do you ship abroad?",))

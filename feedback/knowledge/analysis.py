@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -157,6 +158,20 @@ class Analyzer:
 
     def terms(self, text: str) -> dict[str, float]:
         """Weighted terms of ``text``: term → ``kind weight · (1 + ln count)`` (sublinear, as in TF-IDF)."""
+        return self._weighted(self._counts(text))
+
+    def pooled_terms(self, texts: Iterable[str]) -> dict[str, float]:
+        """The weighted terms of several texts as one document (counts added; no n-gram spans two texts)."""
+        counts: Counter[str] = Counter()
+        for text in texts:
+            counts.update(self._counts(text))
+        return self._weighted(counts)
+
+    def _weighted(self, counts: Counter[str]) -> dict[str, float]:
+        weights = self.weights
+        return {term: kind_weight(term, weights) * (1.0 + math.log(count)) for term, count in counts.items()}
+
+    def _counts(self, text: str) -> Counter[str]:
         weights = self.weights
         terms: Counter[str] = Counter()
         korean_run: list[str] = []
@@ -182,7 +197,7 @@ class Analyzer:
             for n in weights.korean_ngram_sizes:
                 for i in range(len(joined) - n + 1):
                     terms["k:" + joined[i : i + n]] += 1
-        return {term: kind_weight(term, weights) * (1.0 + math.log(count)) for term, count in terms.items()}
+        return terms
 
 
 def kind_weight(term: str, weights: TermWeights) -> float:

@@ -11,16 +11,22 @@ The retriever is in memory, one per gateway worker, and follows the knowledge ba
 question is indexed on its own, so a reviewed or up-voted rewording added to an entry's questions is
 found the next time anyone asks it that way: that is how retrieval learns phrasings from the loop. The
 answer is indexed too, with less weight (``answer_weight``): it often carries the user's word
-("deliver" → "delivered by our partner courier").
+("deliver" → "delivered by our partner courier"). So are all the entry's questions together, as one document
+(``pooled_weight``): with several phrasings per entry (the bundled FAQ ships 5–6 per entry,
+``data/faq-alternates.jsonl``), a question whose words are spread over two phrasings still finds the entry.
 
 **Lexical ranking** (always on): :class:`~feedback.knowledge.analysis.Analyzer` terms (synonyms folded,
-English words stemmed, Korean particles stripped, character n-grams for spacing and typos) in two
-:class:`~feedback.knowledge.sparse.SparseIndex` — questions and answers — scored by TF-IDF cosine. An
-entry's lexical score is a noisy-OR of its best question's cosine ``q`` and its answer's cosine ``a``::
+English words stemmed, Korean particles stripped, character n-grams for spacing and typos) in three
+:class:`~feedback.knowledge.sparse.SparseIndex` — each question, the questions pooled, the answer — scored by
+TF-IDF cosine. An entry's question score mixes its best question's cosine ``q`` with its pooled questions'
+cosine ``p``, and its lexical score is a noisy-OR of that with its answer's cosine ``a``::
 
-    lexical = 1 - (1 - q) · (1 - answer_weight · a)
+    question = (1 - pooled_weight) · q + pooled_weight · p
+    lexical  = 1 - (1 - question) · (1 - answer_weight · a)
 
-so the same question asked again scores 1.0, the answer can only add, and the result stays in [0, 1].
+so the answer can only add and the result stays in [0, 1]. A query that is one of an entry's questions
+(same ``question_key``: case, spacing and punctuation aside) scores 1.0 and ranks first, whatever the other
+entries score.
 Entries in the other language than the query's are multiplied by ``other_language``.
 
 **Dense ranking** (optional): given ``embed(texts) -> list[list[float]]`` (e.g.
@@ -103,12 +109,13 @@ class Hit:
 class RetrievalConfig:
     """How the rankings are combined (defaults measured on the dev rewordings, docs/benchmarks.md)."""
 
-    answer_weight: float = 0.7
+    answer_weight: float = 0.5
+    pooled_weight: float = 0.5
     other_language: float = 0.5
     dense_weight: float = 0.5
 
     def __post_init__(self):
-        for name in ("answer_weight", "other_language", "dense_weight"):
+        for name in ("answer_weight", "pooled_weight", "other_language", "dense_weight"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be within 0..1, got {value}")
@@ -139,6 +146,8 @@ class Retriever:
         self._lock = threading.RLock()
         self._questions = SparseIndex()
         self._answers = SparseIndex()
+        self._pooled = SparseIndex()
+        self._exact: dict[str, int] = {}  # question_key -> ordinal of the entry that has that question
         self._dense = DenseIndex() if embed else None
         self._ordinal: dict[str, int] = {}
         self._stored: list[_Stored | None] = []
@@ -178,11 +187,12 @@ class Retriever:
             ordinals = [self._new_ordinal(entry, questions) for entry, questions in prepared]
             # Generators: each text's terms live only until the index has turned them into ids (holding
             # them all at 20,000 entries took 500 MB at the peak).
-            analyze = self.analyzer.terms
+            analyze, pooled = self.analyzer.terms, self.analyzer.pooled_terms
             self._questions.add_many(
                 (o, analyze(q)) for o, (_, questions) in zip(ordinals, prepared, strict=True) for q in questions
             )
             self._answers.add_many((o, analyze(e.answer)) for o, (e, _) in zip(ordinals, prepared, strict=True))
+            self._pooled.add_many((o, pooled(qs)) for o, (_, qs) in zip(ordinals, prepared, strict=True))
             if vectors is not None:
                 offset = 0
                 for entry, questions in prepared:
@@ -195,6 +205,7 @@ class Retriever:
         vectors = self._embed_questions(list(questions))
         q_terms = [self.analyzer.terms(q) for q in questions]
         a_terms = self.analyzer.terms(entry.answer)
+        p_terms = self.analyzer.pooled_terms(questions)
         with self._lock:
             ordinal = self._ordinal.get(entry.entry_id)
             if ordinal is not None and self._stored[ordinal] is not None:
@@ -203,6 +214,7 @@ class Retriever:
             for terms in q_terms:
                 self._questions.add(ordinal, terms)
             self._answers.add(ordinal, a_terms)
+            self._pooled.add(ordinal, p_terms)
             if vectors is not None:
                 self._add_vectors(ordinal, vectors)
 
@@ -226,6 +238,8 @@ class Retriever:
         if self._stored[ordinal] is None:
             self._count += 1
         self._stored[ordinal] = _Stored(entry, questions)
+        for question in questions:
+            self._exact[question_key(question)] = ordinal
         self._lang[ordinal] = 1 if entry.lang == "ko" else 0
         return ordinal
 
@@ -234,6 +248,11 @@ class Retriever:
             self._questions.remove(slot)
         for slot in self._answers.slots_of(ordinal):
             self._answers.remove(slot)
+        for slot in self._pooled.slots_of(ordinal):
+            self._pooled.remove(slot)
+        for question in self._stored[ordinal].questions:
+            if self._exact.get(question_key(question)) == ordinal:
+                del self._exact[question_key(question)]
         if self._dense is not None:
             self._dense.remove(ordinal)
 
@@ -269,9 +288,9 @@ class Retriever:
         terms = self.analyzer.terms(query)
         query_lang = 1 if language_of(query) == "ko" else 0
         with self._lock:
-            return self._search(terms, query_lang, query_vector, k, min_score)
+            return self._search(terms, query_lang, query_vector, k, min_score, question_key(query))
 
-    def _search(self, terms, query_lang: int, query_vector, k: int, min_score: float) -> list[Hit]:
+    def _search(self, terms, query_lang: int, query_vector, k: int, min_score: float, key: str) -> list[Hit]:
         n = len(self._stored)
         if n == 0:
             return []
@@ -280,7 +299,9 @@ class Retriever:
         q_owners = self._questions.owners()
         best_q = _best_by_owner(q_scores, q_owners, n)
         best_a = _best_by_owner(self._answers.scores(terms), self._answers.owners(), n)
-        lexical = 1.0 - (1.0 - best_q) * (1.0 - config.answer_weight * best_a)
+        pooled = _best_by_owner(self._pooled.scores(terms), self._pooled.owners(), n)
+        question = (1.0 - config.pooled_weight) * best_q + config.pooled_weight * pooled
+        lexical = 1.0 - (1.0 - question) * (1.0 - config.answer_weight * best_a)
         if config.other_language < 1.0:
             lexical = np.where(self._lang[:n] == query_lang, lexical, lexical * config.other_language)
         score = lexical
@@ -293,6 +314,10 @@ class Retriever:
             else:
                 dense = self._dense.best_by_owner(cosines, n)
                 score = (1.0 - config.dense_weight) * lexical + config.dense_weight * dense
+        exact = self._exact.get(key)
+        if exact is not None:  # one of the entry's own questions: first, and the only 1.0
+            score = np.minimum(score, 0.9999)
+            score[exact] = 1.0
         candidates = np.flatnonzero(score >= max(min_score, 1e-9))
         if not len(candidates):
             return []

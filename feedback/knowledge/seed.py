@@ -10,6 +10,10 @@ newer (a correction approved meanwhile). Because that record
 exists afterwards, a restart never imports again over reviewers' edits, even when the file changed (then it
 logs how to import the new file on purpose: ``tuneloop kb import``). Two processes starting at once
 seed once: the check and the import run in one ``BEGIN IMMEDIATE`` transaction.
+
+A knowledge base seeded from the bundled FAQ also gets the bundled alternate questions
+(``data/faq-alternates.jsonl``, :mod:`feedback.knowledge.alternates`): right after the first import, and at the
+next start of a database seeded before they shipped — only on entries still equal to their FAQ row, never twice.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from config.errors import ConfigError
 from config.settings import PROJECT_ROOT, KnowledgeSettings
 from feedback import review
 from feedback.db import utc_now, write_transaction
-from feedback.knowledge import io
+from feedback.knowledge import alternates, io
 from feedback.review_io import ImportRejected
 
 BUNDLED_BASE = PROJECT_ROOT / "data" / "faq.jsonl"
@@ -70,6 +74,7 @@ def ensure_seeded(db: Database, settings: KnowledgeSettings) -> int | None:
         changed = base_changed(db, settings)
         if changed:
             log.warning(changed)
+        _add_bundled_alternates(db)
         return None
     path = base_file(settings)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -95,6 +100,7 @@ def ensure_seeded(db: Database, settings: KnowledgeSettings) -> int | None:
         db.execute(
             "UPDATE kb_state SET base_path = ?, base_sha256 = ?, seeded_at = ? WHERE id = 1", [name, digest, utc_now()]
         )
+        _add_bundled_alternates(db)
     log.info(
         "knowledge base seeded from %s: %d entries (%d rows kept an existing entry), %d earlier corrections live",
         name,
@@ -103,6 +109,15 @@ def ensure_seeded(db: Database, settings: KnowledgeSettings) -> int | None:
         published,
     )
     return summary.created
+
+
+def _add_bundled_alternates(db: Database) -> int:
+    """The bundled alternate questions, when this base was seeded from the bundled FAQ (else 0)."""
+    row = db.execute("SELECT base_path FROM kb_state WHERE id = 1").fetchone()
+    bundled = display_name(BUNDLED_BASE)
+    if row is None or row[0] != bundled:
+        return 0
+    return alternates.add_alternates(db, base=BUNDLED_BASE, base_name=bundled, actor=SEED_ACTOR)
 
 
 def _seeded(db: Database) -> bool:

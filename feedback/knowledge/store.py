@@ -170,6 +170,14 @@ def all_entries(db: Database, *, state: str | None = None) -> list[KBEntry]:
     return _select(db, where, params, "ORDER BY rowid")
 
 
+def entries_from(db: Database, source_kind: str, ref_prefix: str, *, state: str | None = None) -> list[KBEntry]:
+    """Entries of one source kind whose ``source_ref`` starts with ``ref_prefix`` (e.g. ``data/faq.jsonl:``)."""
+    where, params = "source_kind = ? AND substr(source_ref, 1, ?) = ?", [source_kind, len(ref_prefix), ref_prefix]
+    if state is not None:
+        where, params = where + " AND state = ?", [*params, state]
+    return _select(db, where, params)
+
+
 def changed_since(db: Database, seq: int) -> list[KBEntry]:
     """Entries (active or retired) changed after the counter stood at ``seq``, in the order they changed."""
     return _select(db, "changed_seq > ?", [seq], "ORDER BY changed_seq, rowid")
