@@ -114,9 +114,7 @@ def seed_without_alternates(db, settings, monkeypatch) -> dict[int, store.KBEntr
     return entries
 
 
-def test_a_database_seeded_before_gets_them_at_next_start_except_on_entries_people_changed(
-    db, settings, monkeypatch
-):
+def test_a_database_seeded_before_gets_them_at_next_start_except_on_entries_people_changed(db, settings, monkeypatch):
     entries = seed_without_alternates(db, settings, monkeypatch)
     shipping = next(e for e in entries.values() if e.question == SHIPPING)
     edited = store.update_entry(db, entries[0].id, actor="ana", questions=[entries[0].question, "how to buy?"])

@@ -48,9 +48,9 @@ def test_a_correction_of_the_same_question_replaces_that_entry(kb, live):
     seq = store.current_seq(kb)
     approved = review.approve(kb, item.id, answer=FIXED, reviewer="ana")
     updated = store.get_entry(kb, entry.id)
-    assert (updated.answer, updated.version, updated.state) == (FIXED, 2, "active")
+    assert (updated.answer, updated.version, updated.state) == (FIXED, entry.version + 1, "active")
     assert updated.question == SHIPPING  # the shown question stays
-    assert (approved.kb_entry_id, approved.kb_entry_version_before) == (entry.id, 1)
+    assert (approved.kb_entry_id, approved.kb_entry_version_before) == (entry.id, entry.version)
     last = store.history(kb, entry.id)[0]
     assert (last.actor, last.reason) == ("ana", f"approved review item {item.id}")
     assert store.current_seq(kb) == seq + 1  # the change every worker's index picks up
@@ -63,7 +63,9 @@ def test_an_entry_asked_in_other_words_is_fixed_through_lineage(kb, live):
     assert lineage.built_on(kb, item.evidence["message_ids"]) == {entry.id: 6}
     review.approve(kb, item.id, answer=FIXED, reviewer="ana")
     updated = store.get_entry(kb, entry.id)
-    assert updated.answer == FIXED and updated.questions == (SHIPPING, POSTAGE)  # the wording is learned
+    # The wording is learned, after the entry's own questions (the FAQ's and its bundled alternates).
+    assert updated.answer == FIXED and updated.questions == (*entry.questions, POSTAGE)
+    assert updated.question == SHIPPING
     assert store.entry_for_question(kb, "Postage cost") == updated
 
 
@@ -97,8 +99,10 @@ def test_rejecting_an_approved_correction_restores_the_entry_as_it_was(kb, live)
     assert store.get_entry(kb, entry.id).answer == FIXED + " Jeju +3,000 won."
     review.reject(kb, item.id, reviewer="bo", note="the old price holds after all")
     restored = store.get_entry(kb, entry.id)
-    assert (restored.answer, restored.state, restored.version) == (OUTDATED, "active", 4)
-    assert [h.actor for h in store.history(kb, entry.id)] == ["bo", "ana", "ana", "system"]
+    assert (restored.answer, restored.state, restored.version) == (OUTDATED, "active", entry.version + 3)
+    assert restored.questions == entry.questions
+    # Seeded by the system (the FAQ row, then its bundled alternate questions), then the review's three changes.
+    assert [h.actor for h in store.history(kb, entry.id)] == ["bo", "ana", "ana", "system", "system"]
 
 
 def test_a_reviewer_can_choose_the_entry_or_a_new_one(kb, live):
@@ -109,7 +113,7 @@ def test_a_reviewer_can_choose_the_entry_or_a_new_one(kb, live):
     with pytest.raises(Conflict) as info:
         review.approve(kb, item.id, answer="Ask support.", reviewer="ana", kb_entry="new")
     assert entry.id in info.value.message
-    assert review.get_item(kb, item.id).status == "pending" and store.get_entry(kb, entry.id).version == 1
+    assert review.get_item(kb, item.id).status == "pending" and store.get_entry(kb, entry.id) == entry
     approved = review.approve(kb, item.id, answer="Ask support.", reviewer="ana", kb_entry=other.id)
     assert approved.kb_entry_id == other.id and store.get_entry(kb, other.id).answer == "Ask support."
     assert store.entry_for_question(kb, SHIPPING).id == entry.id  # the question stays with its entry

@@ -37,7 +37,7 @@ def test_the_answer_is_grounded_and_returns_its_sources(client, fake_upstream, s
         "SELECT entry_id, rank, entry_version FROM message_sources WHERE message_id = ? ORDER BY rank",
         [body["message_id"]],
     ).fetchall()
-    assert [row[0] for row in stored] == [s["id"] for s in body["sources"]] and stored[0][1:] == (1, 1)
+    assert [row[0] for row in stored] == [s["id"] for s in body["sources"]] and stored[0][1:] == (1, shipping.version)
     conversation = client.get(f"/api/conversations/{body['conversation_id']}").get_json()
     answer = conversation["messages"][1]
     assert [s["id"] for s in answer["sources"]] == [s["id"] for s in body["sources"]]
