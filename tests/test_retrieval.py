@@ -140,6 +140,35 @@ def test_query_language_is_preferred_for_mixed_words(faq_retriever):
     assert top_id(faq_retriever, "VIP perks") == "faq-153"
 
 
+def test_an_entrys_own_question_ranks_it_first_even_among_many_phrasings():
+    # With the bundled alternates, "can I cancel once the order has been dispatched" (an alternate of the
+    # shipped-orders entry) and its answer score this question as high as its own entry's question does.
+    alternates = {r["alternates_of"]: r["questions"] for r in _rows("faq-alternates.jsonl")}
+    retriever = Retriever(
+        Entry(f"faq-{i}", (r["messages"][0]["content"], *alternates[i]), r["messages"][1]["content"])
+        for i, r in enumerate(FAQ)
+    )
+    for query in ("I want to cancel my order before it ships.", "i want to CANCEL my order before it ships"):
+        first, second = retriever.search(query, k=2)
+        assert (first.entry_id, first.score) == ("faq-3", 1.0) and second.score < 1.0
+    # Once the entry loses that question, it is no longer an exact match.
+    entry = retriever.get("faq-3")
+    retriever.upsert(Entry("faq-3", entry.questions[1:], entry.answer, entry.lang))
+    assert retriever.search("I want to cancel my order before it ships.", k=1)[0].score < 1.0
+
+
+def test_an_entrys_questions_together_find_words_spread_over_two_of_them():
+    entry = Entry("kb-jeju", ("how long does delivery take", "do you ship to jeju island"), "2-3 days, Jeju too.")
+    other = Entry("kb-other", ("refund to my card",), "3-5 days.")
+    both = "how long does delivery take to jeju island"
+    alone = RetrievalConfig(answer_weight=0.0, pooled_weight=0.0)
+    pooled = RetrievalConfig(answer_weight=0.0, pooled_weight=1.0)
+    best_one = Retriever([entry, other], config=alone).search(both, k=1)[0]
+    together = Retriever([entry, other], config=pooled).search(both, k=1)[0]
+    assert best_one.entry_id == together.entry_id == "kb-jeju"
+    assert best_one.score < 0.85 < together.score  # each phrasing holds half the words; both hold them all
+
+
 # --- following changes -------------------------------------------------------------------------------
 
 
