@@ -1,10 +1,11 @@
-"""The token loop: one answer, token by token, with a KV cache, exact stop strings, seeds and usage.
+"""The token loop: a batch of answers, token by token, with a KV cache, exact stop strings, seeds and usage.
 
 Written by hand rather than with ``model.generate`` + a streamer so that what the
-wire promises is exact: text is sent as soon as it is final (never half a UTF-8
-character, never the start of a stop string that may still complete), a stop
-string is cut from the answer, ``seed`` fixes sampling, and the token counts are
-the tokens actually produced.
+wire promises is exact for every answer of a batch: text is sent as soon as it is
+final (never half a UTF-8 character, never the start of a stop string that may
+still complete), a stop string is cut from the answer, ``seed`` fixes sampling,
+and the token counts are the tokens actually produced. There is one path: an
+answer alone is a batch of one.
 """
 
 from __future__ import annotations
@@ -197,11 +198,6 @@ def run_batch(model, tokenizer, requests: list[Request]) -> None:
         inputs = torch.tensor([[row.produced[-1]] for row in rows], device=device)
         mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)
         positions = positions[:, -1:] + 1
-
-
-def run_generation(model, tokenizer, prompt_ids: list[int], params: SamplingParams, out: Generation) -> None:
-    """Produce one answer into ``out``: a batch of one."""
-    run_batch(model, tokenizer, [Request(prompt_ids, params, out)])
 
 
 def _pick(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
