@@ -284,6 +284,7 @@ class ModelServerSettings:
     max_new_tokens: int = 512
     torch_threads: int = 1
     adapter_check: str = "scratch"
+    max_batch: int = 8
 
     def __post_init__(self):
         _check(1 <= self.port <= 65535, "model_server.port", f"must be 1..65535, got {self.port}")
@@ -296,6 +297,7 @@ class ModelServerSettings:
         _check(self.threads >= 1, "model_server.threads", "must be >= 1")
         _check(self.max_new_tokens >= 1, "model_server.max_new_tokens", "must be >= 1")
         _check(self.torch_threads >= 0, "model_server.torch_threads", "must be >= 0 (0 = one per core)")
+        _check(self.max_batch >= 1, "model_server.max_batch", "must be >= 1 (1 = one answer at a time)")
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ def test_public_host_requires_keys_by_default():
         ({"TUNELOOP_LIMITS__ENABLED": "maybe"}, "limits.enabled"),
         ({"TUNELOOP_GATEWAY__COLOUR": "blue"}, "gateway.colour"),
         ({"TUNELOOP_MODEL__BASE_URL": "localhost:8001"}, "model.base_url"),
+        ({"TUNELOOP_MODEL_SERVER__MAX_BATCH": "0"}, "model_server.max_batch"),
     ],
 )
 def test_bad_values_stop_with_the_key_named(env, key):

@@ -5,7 +5,7 @@
 passed in) and serves:
 
 - ``GET /health`` (``degraded`` with the reasons while an adapter has failed), ``GET /v1/models``,
-  ``GET /metrics`` (Prometheus: adapter loads, switch failures, reloads, pauses)
+  ``GET /metrics`` (Prometheus: adapter loads, switch failures, reloads, pauses, batch sizes)
 - ``POST /v1/chat/completions`` (streaming as SSE, or one JSON body)
 - ``POST /v1/load_lora_adapter``, ``POST /v1/unload_lora_adapter`` (vLLM's bodies and answers)
 
@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             max_new_tokens=ms.max_new_tokens,
             torch_threads=ms.torch_threads,
             adapter_check=ms.adapter_check,
+            max_batch=ms.max_batch,
         )
         engine.load_base(ms.served_name, settings.model_dir)
     app = Flask(__name__)

@@ -1,10 +1,11 @@
-"""The token loop: one answer, token by token, with a KV cache, exact stop strings, seeds and usage.
+"""The token loop: a batch of answers, token by token, with a KV cache, exact stop strings, seeds and usage.
 
 Written by hand rather than with ``model.generate`` + a streamer so that what the
-wire promises is exact: text is sent as soon as it is final (never half a UTF-8
-character, never the start of a stop string that may still complete), a stop
-string is cut from the answer, ``seed`` fixes sampling, and the token counts are
-the tokens actually produced.
+wire promises is exact for every answer of a batch: text is sent as soon as it is
+final (never half a UTF-8 character, never the start of a stop string that may
+still complete), a stop string is cut from the answer, ``seed`` fixes sampling,
+and the token counts are the tokens actually produced. There is one path: an
+answer alone is a batch of one.
 """
 
 from __future__ import annotations
@@ -95,51 +96,108 @@ class Generation:
         self._events.put(("done", None))
 
     def fail(self, error: TuneloopError) -> None:
+        if self.finish_reason is not None:
+            return  # finished before its batch failed: the answer stands
         if not self._started.is_set():
             self._failed_to_start = error
             self._started.set()
         self._events.put(("error", error))
 
 
+@dataclass(frozen=True)
+class Request:
+    """One answer to produce: the templated prompt, how to sample, where the text goes."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    out: Generation
+
+
+class _Row:
+    """One answer of a batch being decoded: its own generator, tokens so far, and text already sent."""
+
+    def __init__(self, request: Request, device, tokenizer, eos: set[int]):
+        self.params = request.params
+        self.out = request.out
+        self.generator = torch.Generator(device=device)
+        seed = self.params.seed % (1 << 63) if self.params.seed is not None else secrets.randbits(63)
+        self.generator.manual_seed(seed)
+        self.produced: list[int] = []
+        self.sent = 0  # characters of the decoded answer already emitted
+        self._tokenizer = tokenizer
+        self._eos = eos
+
+    def advance(self, logits: torch.Tensor) -> bool:
+        """Pick the next token from ``logits``, send what became final; True when the answer is finished."""
+        token = _pick(logits, self.params, self.generator)
+        self.produced.append(token)
+        if token in self._eos:
+            return self._finish("stop")
+        text = self._tokenizer.decode(self.produced, skip_special_tokens=True)
+        cut = _find_stop(text, self.params.stop, self.sent)
+        if cut is not None:
+            self.out.emit(text[self.sent : cut])
+            self.out.finish("stop", len(self.produced))
+            return True
+        ready = _settled_length(text, self.params.stop)
+        if ready > self.sent:
+            self.out.emit(text[self.sent : ready])
+            self.sent = ready
+        if len(self.produced) >= self.params.max_tokens:
+            return self._finish("length")
+        return False
+
+    def _finish(self, reason: str) -> bool:
+        # Nothing more will come, so what was held back (a partial stop string) is final.
+        self.out.emit(self._tokenizer.decode(self.produced, skip_special_tokens=True)[self.sent :])
+        self.out.finish(reason, len(self.produced))
+        return True
+
+
 @torch.inference_mode()
-def run_generation(model, tokenizer, prompt_ids: list[int], params: SamplingParams, out: Generation) -> None:
-    """Produce the answer to ``prompt_ids`` into ``out`` (runs on the model's worker thread)."""
-    if out.cancelled:
-        return
+def run_batch(model, tokenizer, requests: list[Request]) -> None:
+    """Produce the answers to ``requests`` together, one forward pass per token (runs on the model's worker thread).
+
+    Prompts are left-padded to the longest; the attention mask hides the padding and
+    each row's position ids start at 0, so every row sees exactly what it would see
+    alone (a batch of one is plain decoding). A row that ends (end of turn, stop
+    string, ``max_tokens``, cancelled) leaves the batch and the KV cache at once.
+    """
     device = model.device
     eos = _eos_ids(model, tokenizer)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(params.seed % (1 << 63) if params.seed is not None else secrets.randbits(63))
-    produced: list[int] = []
-    sent = 0  # characters of the decoded answer already emitted
-    inputs = torch.tensor([prompt_ids], device=device)
+    rows = [_Row(r, device, tokenizer, eos) for r in requests if not r.out.cancelled]
+    prompts = [r.prompt_ids for r in requests if not r.out.cancelled]
+    if not rows:
+        return
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # any id: it is masked out
+    inputs = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = None
-    reason, cut_at_stop = "length", False
-    for _ in range(params.max_tokens):
-        if out.cancelled:
-            return
-        output = model(input_ids=inputs, past_key_values=cache, use_cache=True)
+    while True:
+        output = model(
+            input_ids=inputs,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         cache = output.past_key_values
-        token = _pick(output.logits[0, -1], params, generator)
-        produced.append(token)
-        if token in eos:
-            reason = "stop"
-            break
-        text = tokenizer.decode(produced, skip_special_tokens=True)
-        cut = _find_stop(text, params.stop, sent)
-        if cut is not None:
-            out.emit(text[sent:cut])
-            reason, cut_at_stop = "stop", True
-            break
-        ready = _settled_length(text, params.stop)
-        if ready > sent:
-            out.emit(text[sent:ready])
-            sent = ready
-        inputs = torch.tensor([[token]], device=device)
-    if not cut_at_stop:
-        # Nothing more will come, so what was held back (a partial stop string) is final.
-        out.emit(tokenizer.decode(produced, skip_special_tokens=True)[sent:])
-    out.finish(reason, len(produced))
+        logits = output.logits[:, -1]
+        going = [i for i, row in enumerate(rows) if not row.out.cancelled and not row.advance(logits[i])]
+        going = [i for i in going if not rows[i].out.cancelled]  # a client that left meanwhile
+        if not going:
+            return
+        if len(going) < len(rows):
+            keep = torch.tensor(going, device=device)
+            cache.batch_select_indices(keep)
+            mask, positions = mask[keep], positions[keep]
+            rows = [rows[i] for i in going]
+        inputs = torch.tensor([[row.produced[-1]] for row in rows], device=device)
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)
+        positions = positions[:, -1:] + 1
 
 
 def _pick(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:

@@ -2,10 +2,12 @@
 
 Every loaded model lives on its own worker thread (:class:`ModelWorker`) that
 runs, in arrival order, everything that touches its weights: generations,
-switching the active LoRA adapter, loading and deleting adapters. That is the
-"one generation at a time per model" rule and the queue in one place; request
-threads only wait on the answer's events, so a slow client never holds the
-model and a disconnected one cancels its answer.
+switching the active LoRA adapter, loading and deleting adapters. When it takes
+an answer it also takes the answers already queued behind it for the same
+adapter (up to ``model_server.max_batch``, never past other work) and decodes
+them as one batch (:func:`decode.run_batch`); answers arriving meanwhile wait
+for the next batch. Request threads only wait on the answer's events, so a slow
+client never holds the model and a disconnected one cancels its answer.
 
 Names are one namespace, as in vLLM: the base model, LoRA adapters on top of it
 (``POST /v1/load_lora_adapter`` with a PEFT folder) and separate full models
@@ -33,9 +35,9 @@ import gc
 import itertools
 import json
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +48,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from config.errors import InvalidRequest, NotFound, TuneloopError, ValidationFailed
 from server.model_server.checks import Fingerprints, activate, attach, probe, probe_ids, verify
-from server.model_server.decode import Generation, SamplingParams, run_generation
+from server.model_server.decode import Generation, Request, SamplingParams, run_batch
 from server.model_server.metrics import ServerMetrics
 
 log = logging.getLogger("tuneloop.model_server")
@@ -84,6 +86,54 @@ def pick_device(device: str) -> str:
 
 
 @dataclass(frozen=True)
+class _Answer:
+    """A queued generation job: the request and the adapter it must run with (None: the base)."""
+
+    request: Request
+    adapter: str | None
+
+
+class _Jobs:
+    """A worker's FIFO of jobs (an :class:`_Answer`, a ``(fn, future)`` call, or ``None`` to stop).
+
+    Unlike ``queue.Queue`` it lets the worker take the answers queued behind the
+    one it got, to decode them in the same batch.
+    """
+
+    def __init__(self):
+        self._items: deque = deque()
+        self._ready = threading.Condition()
+
+    def put(self, job) -> None:
+        with self._ready:
+            self._items.append(job)
+            self._ready.notify()
+
+    def get(self):
+        with self._ready:
+            while not self._items:
+                self._ready.wait()
+            return self._items.popleft()
+
+    def take_answers(self, adapter: str | None, limit: int) -> list[_Answer]:
+        """Remove and return up to ``limit`` queued answers for ``adapter``, stopping at the first job of another kind.
+
+        Answers for other adapters stay queued in their order; nothing moves ahead of
+        adapter work or a call queued before it. Answers already cancelled are dropped.
+        """
+        taken: list[_Answer] = []
+        with self._ready:
+            kept: list = []
+            while self._items and len(taken) < limit and isinstance(self._items[0], _Answer):
+                job = self._items.popleft()
+                if job.request.out.cancelled:
+                    continue
+                (taken if job.adapter == adapter else kept).append(job)
+            self._items.extendleft(reversed(kept))
+        return taken
+
+
+@dataclass(frozen=True)
 class AttachedAdapter:
     """An adapter on a worker's model: its served name and the folder it is (re)loaded from."""
 
@@ -110,6 +160,7 @@ class ModelWorker:
         metrics: ServerMetrics,
         on_dropped: Callable[[str, str, str], None] | None = None,
         torch_threads: int = 0,
+        max_batch: int = 1,
     ):
         self.name = name
         self.path = path
@@ -125,8 +176,9 @@ class ModelWorker:
         self._metrics = metrics
         self._on_dropped = on_dropped
         self._torch_threads = torch_threads
+        self._max_batch = max_batch
         self._active_adapter: str | None = None
-        self._jobs: queue.Queue = queue.Queue()
+        self._jobs = _Jobs()
         self._thread = threading.Thread(target=self._run, name=f"model:{name}", daemon=True)
         self._thread.start()
 
@@ -139,43 +191,51 @@ class ModelWorker:
     def generate(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None) -> Generation:
         """Queue an answer; returns at once with a :class:`Generation` to iterate."""
         out = Generation(prompt_tokens=len(prompt_ids))
-
-        def job() -> None:
-            try:
-                self._switch(adapter)
-            except TuneloopError as exc:  # this request only; the model was repaired for the next one
-                out.fail(exc)
-                return
-            out.start()
-            try:
-                run_generation(self.model, self.tokenizer, prompt_ids, params, out)
-            except Exception as exc:  # noqa: BLE001 - the request gets a 500, the worker lives on
-                log.exception("generation failed on %s", self.name)
-                out.fail(TuneloopError(f"generation failed: {type(exc).__name__}: {exc}"))
-
-        self._jobs.put((job, None))
+        self._jobs.put(_Answer(Request(prompt_ids, params, out), adapter))
         return out
 
     def stop(self) -> None:
         """Finish the queued jobs, then end the thread."""
-        self._jobs.put((None, None))
+        self._jobs.put(None)
 
     def _run(self) -> None:
         if self._torch_threads:
             torch.set_num_threads(self._torch_threads)
         while True:
-            fn, future = self._jobs.get()
-            if fn is None:
+            job = self._jobs.get()
+            if job is None:
                 return
-            if future is None:
-                fn()
+            if isinstance(job, _Answer):
+                if job.request.out.cancelled:
+                    continue  # its client left while it waited
+                self._answer([job, *self._jobs.take_answers(job.adapter, self._max_batch - 1)])
                 continue
+            fn, future = job
             try:
                 future.set_result(fn())
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
                 future.set_exception(exc)
 
     # --- everything below runs on the worker thread only ----------------------------------
+
+    def _answer(self, batch: list[_Answer]) -> None:
+        """Switch to the batch's adapter, then decode its answers together."""
+        try:
+            self._switch(batch[0].adapter)
+        except TuneloopError as exc:  # these requests only; the model was repaired for the next ones
+            for job in batch:
+                job.request.out.fail(exc)
+            return
+        for job in batch:
+            job.request.out.start()
+        self._metrics.batch_size.observe(len(batch))
+        try:
+            run_batch(self.model, self.tokenizer, [job.request for job in batch])
+        except Exception as exc:  # noqa: BLE001 - the unfinished requests get a 500, the worker lives on
+            log.exception("generation failed on %s", self.name)
+            error = TuneloopError(f"generation failed: {type(exc).__name__}: {exc}")
+            for job in batch:
+                job.request.out.fail(error)
 
     def _label(self, internal: str | None) -> str:
         if internal is None:
@@ -336,7 +396,10 @@ class Engine:
         max_new_tokens: int = 512,
         torch_threads: int = 0,
         adapter_check: str = "scratch",
+        max_batch: int = 8,
     ):
+        if max_batch < 1:
+            raise InvalidRequest("model_server.max_batch must be >= 1", field="model_server.max_batch")
         if adapter_check not in ADAPTER_CHECKS:
             raise InvalidRequest(
                 f"model_server.adapter_check must be one of {ADAPTER_CHECKS}", field="model_server.adapter_check"
@@ -345,6 +408,7 @@ class Engine:
         self.max_new_tokens = max_new_tokens
         self.torch_threads = torch_threads  # 0: torch's default (one per core)
         self.adapter_check = adapter_check
+        self.max_batch = max_batch  # answers decoded together per model; 1: one at a time
         self.metrics = ServerMetrics()
         self.base: ModelWorker | None = None
         self._models: dict[str, ModelWorker] = {}
@@ -546,6 +610,7 @@ class Engine:
                 metrics=self.metrics,
                 on_dropped=self._adapter_dropped,
                 torch_threads=self.torch_threads,
+                max_batch=self.max_batch,
             )
         except Exception as exc:  # noqa: BLE001 - the probe generation raised: not servable
             raise ModelLoadError(f"the model in {folder} cannot answer: {type(exc).__name__}: {exc}") from exc

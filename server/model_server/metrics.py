@@ -1,4 +1,4 @@
-"""Prometheus metrics of the built-in model server (``GET /metrics``): adapter loads, failures, pauses.
+"""Prometheus metrics of the built-in model server (``GET /metrics``): adapter loads, failures, pauses, batches.
 
 The server is one process, so each :class:`ServerMetrics` keeps its own registry
 (tests run several engines in one process; a global registry would refuse the
@@ -10,6 +10,7 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _PAUSE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class ServerMetrics:
@@ -53,6 +54,12 @@ class ServerMetrics:
             "tuneloop_model_server_adapter_check_seconds",
             "Time to check an adapter in a scratch copy of the base model (answers do not wait).",
             buckets=_PAUSE_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "tuneloop_model_server_batch_size",
+            "Answers decoded together in one batch (model_server.max_batch at most).",
+            buckets=_BATCH_BUCKETS,
             registry=r,
         )
         self.failed_adapters = Gauge(
