@@ -23,7 +23,8 @@ SQLite file — and compares with a baseline taken in the same run, because a sh
 3. **answers** — every rewording (or one split: ``dev`` / ``test`` of ``data/rewordings.jsonl``, ``holdout2`` =
    ``data/rewordings-holdout2.jsonl``) asked through ``/api/chat`` of the gateway on the built-in
    model server running the starter model (``--model-dir``, default ``var/models/starter``; build it with
-   ``tuneloop starter build``; one gateway worker, the model server answers one at a time anyway), with the
+   ``tuneloop starter build``; one gateway worker, questions asked one after another: the figure is right
+   answers, not speed), with the
    knowledge base and, as the baseline, without (``knowledge: false``).
    Right = the answer equals the FAQ answer after ``question_key`` normalisation (case, punctuation,
    spacing). Also: how often the right entry was the first source. The model folder's ``starter.json`` says

@@ -34,7 +34,7 @@ def engine(tiny_model_dir):
 def requests_of_every_kind(rows: list[dict]) -> list[tuple[list[dict], dict]]:
     """(messages, params): prompts of different lengths, with stop strings, max_tokens, seeds, greedy or not."""
     pairs = [qa(r) for r in rows]
-    (q0, a0), (q1, a1), (q2, _), (q3, _), (q4, a4), (q5, _) = pairs[:6]
+    (_, a0), (q1, a1), (q4, a4) = pairs[0], pairs[1], pairs[4]
     history = [
         {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": q1},
@@ -307,3 +307,42 @@ def test_concurrent_adapter_and_base_requests_each_get_their_own_model(model_ser
         httpx2.post(model_server.base_url + "/unload_lora_adapter", json=unload, timeout=60)
     base_answers = dict(qa(r) for r in tiny_model_rows)
     assert results == [base_answers[q] if m == model_server.name else tiny_lora.answers[q] for q, m in order]
+
+
+def test_a_failed_switch_fails_only_the_batch_waiting_for_that_adapter(engine, tiny_lora, tiny_model_rows, monkeypatch):
+    from server.model_server import engine as engine_module
+    from server.model_server.engine import ModelUnavailable
+
+    engine.load("switch-lora", tiny_lora.path)
+    question, base_answer = qa(tiny_model_rows[3])
+    messages = [{"role": "user", "content": question}]
+    real_activate = engine_module.activate
+
+    def broken(model, internal):
+        if internal is not None:
+            raise RuntimeError("enable_adapters raised")
+        real_activate(model, internal)
+
+    switch_failures = engine.metrics.switch_failures.labels("starter")
+    failures_before = switch_failures._value.get()
+    monkeypatch.setattr(engine_module, "activate", broken)
+    try:
+        generations = held(
+            engine,
+            lambda: [
+                engine.generate("switch-lora", messages, **GREEDY),
+                engine.generate("starter", messages, **GREEDY),
+                engine.generate("switch-lora", messages, **GREEDY),
+            ],
+        )
+        failed = [generations[0], generations[2]]
+        for generation in failed:
+            with pytest.raises(ModelUnavailable, match="enable_adapters raised"):
+                generation.wait_started()
+        assert generations[1].collect() == base_answer  # the base's batch, after the reload, is untouched
+        assert switch_failures._value.get() == failures_before + 1  # one switch, for both adapter answers
+        monkeypatch.setattr(engine_module, "activate", real_activate)
+        assert engine.generate("switch-lora", messages, **GREEDY).collect() == tiny_lora.answers[question]
+    finally:
+        monkeypatch.setattr(engine_module, "activate", real_activate)
+        engine.unload("switch-lora")

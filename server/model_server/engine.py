@@ -24,8 +24,8 @@ adapter fails"):
   :func:`checks.verify` proves the base and every other adapter still give their
   recorded logits; if cleaning up raises or the logits moved, the model is
   reloaded from disk (with the adapters that still pass) before the next request;
-- a switch that fails while serving fails only that request (503
-  ``adapter_unavailable``), and the worker's record of the active adapter is
+- a switch that fails while serving fails only that request, or the batch
+  waiting for that adapter (503 ``adapter_unavailable``), and the worker's record of the active adapter is
   only ever set after a switch succeeded.
 """
 
