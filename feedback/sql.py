@@ -98,14 +98,19 @@ def json_number(db: Any, column: str, key: str) -> str:
 def like(column: str, placeholder: str = "?") -> str:
     """``column LIKE placeholder``, blind to ASCII case on both engines (SQLite's ``LIKE``; PostgreSQL's is not).
 
-    Pair with :func:`like_pattern`, whose ``\\`` escapes this clause declares.
+    Pair with :func:`like_pattern` or :func:`escape_like`, whose ``\\`` escapes this clause declares.
     """
     return f"lower({column}) LIKE lower({placeholder}) ESCAPE '\\'"
 
 
+def escape_like(text: str) -> str:
+    """``text`` with ``\\``, ``%`` and ``_`` escaped, to match itself literally in a :func:`like` pattern."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def like_pattern(text: str) -> str:
-    """``%text%`` with ``\\``, ``%`` and ``_`` escaped: a :func:`like` parameter that finds ``text`` anywhere."""
-    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    """``%text%``, ``text`` escaped: a :func:`like` parameter that finds ``text`` anywhere."""
+    return f"%{escape_like(text)}%"
 
 
 def same_text(column: str, placeholder: str = "?") -> str:
