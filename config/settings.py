@@ -91,6 +91,14 @@ def sqlite_url_path(target: str) -> str:
     return target[len(SQLITE_URL_PREFIX) :] if target.startswith(SQLITE_URL_PREFIX) else target
 
 
+def _port_ok(url: str) -> bool:
+    try:
+        urlsplit(url).port  # noqa: B018 - urllib checks the port only when it is read
+    except ValueError:  # "db:five"
+        return False
+    return True
+
+
 def redact_url(url: str) -> str:
     """``url`` with its password replaced by ``***``, fit for a message or a log line."""
     if "://" not in url:
@@ -127,12 +135,8 @@ class DatabaseSettings:
             return
         scheme = urlsplit(url).scheme if "://" in url else ""
         if scheme in POSTGRES_SCHEMES:
-            parts = urlsplit(url)
-            _check(
-                bool(parts.netloc or parts.query),
-                "database.url",
-                f"{redact_url(url)} names no server (postgresql://USER:PASSWORD@HOST:PORT/DATABASE)",
-            )
+            bad_port = f"{redact_url(url)} has a bad port (postgresql://USER:PASSWORD@HOST:PORT/DATABASE)"
+            _check(_port_ok(url), "database.url", bad_port)
             # One spelling from here on: libpq and psycopg accept both, messages and logs show one.
             object.__setattr__(self, "url", "postgresql" + url[len(scheme) :])
         elif scheme == "sqlite":
@@ -930,7 +934,7 @@ class Settings:
 
     @property
     def db_path(self) -> Path:
-        """The SQLite file: ``database.url``'s ``sqlite:///PATH``, else ``database.path``, else ``<data_dir>/tuneloop.db``."""
+        """The SQLite file: ``sqlite:///PATH`` in ``database.url``, else ``database.path``, else the data dir's."""
         if self.database.url.startswith(SQLITE_URL_PREFIX):
             return Path(sqlite_url_path(self.database.url)).expanduser()
         return Path(self.database.path).expanduser() if self.database.path else self.data_dir / "tuneloop.db"

@@ -32,7 +32,6 @@ import time
 from typing import Any, Iterator, Sequence
 
 import psycopg
-from psycopg import errors as pg_errors
 from psycopg import waiting
 from psycopg.adapt import Dumper, Loader
 from psycopg.pq import TransactionStatus
@@ -80,6 +79,18 @@ def storage_failure(exc: BaseException) -> StorageError | None:
     log.warning("database failure %s: %s", state or "connection lost", str(exc).strip().splitlines()[0:1])
     reason = _REASONS.get(state[:2], _REASONS.get(state, "the database failed"))
     return StorageError(f"the database is unavailable: {reason} (SQLSTATE {state or 'none: connection lost'})")
+
+
+@contextlib.contextmanager
+def storage_errors() -> Iterator[None]:
+    """Re-raise a psycopg error that means the store failed as :class:`StorageError`; others unchanged."""
+    try:
+        yield
+    except (psycopg.Error, PoolTimeout) as exc:
+        failure = storage_failure(exc)
+        if failure is None:
+            raise
+        raise failure from exc
 
 
 _REASONS = {
@@ -222,28 +233,22 @@ class PgDatabase:
     def execute(self, sql: str, params: Any = None) -> psycopg.Cursor:
         """Run one statement written with ``?`` / ``:name`` placeholders; a DB-API cursor of tuples."""
         cursor = self.conn.cursor()
-        try:
+        with storage_errors():
             cursor.execute(translate(sql), _params(params))
-        except psycopg.Error as exc:
-            raise storage_failure(exc) or exc
         return cursor
 
     def executemany(self, sql: str, seq_of_params) -> psycopg.Cursor:
         """Run one statement once per parameter set."""
         cursor = self.conn.cursor()
-        try:
+        with storage_errors():
             cursor.executemany(translate(sql), [_params(p) for p in seq_of_params])
-        except psycopg.Error as exc:
-            raise storage_failure(exc) or exc
         return cursor
 
     def query(self, sql: str, params: Any = None) -> Iterator[dict]:
         """The rows of a query as dicts, as sqlite-utils' ``Database.query`` yields them."""
         cursor = self.conn.cursor(row_factory=dict_row)
-        try:
+        with storage_errors():
             cursor.execute(translate(sql), _params(params))
-        except psycopg.Error as exc:
-            raise storage_failure(exc) or exc
         yield from cursor
 
     def table_names(self) -> list[str]:
@@ -265,16 +270,13 @@ class PgDatabase:
     def write_transaction(self, *, lock: str | None = "store", durable: bool = True) -> Iterator["PgDatabase"]:
         """``BEGIN`` + ``pg_advisory_xact_lock(lock)``; nested: a savepoint (see ``feedback.db.write_transaction``)."""
         nested = self.in_transaction
-        try:
-            with self.conn.transaction():
-                if lock:
-                    # The lock is the transaction's: released by COMMIT or ROLLBACK, never left behind.
-                    self.conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"tuneloop:{lock}"])
-                if not durable and not nested:
-                    self.conn.execute("SET LOCAL synchronous_commit = off")
-                yield self
-        except psycopg.Error as exc:
-            raise storage_failure(exc) or exc
+        with storage_errors(), self.conn.transaction():
+            if lock:
+                # The lock is the transaction's: released by COMMIT or ROLLBACK, never left behind.
+                self.conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"tuneloop:{lock}"])
+            if not durable and not nested:
+                self.conn.execute("SET LOCAL synchronous_commit = off")
+            yield self
         if not nested:
             from feedback.db import note_write  # the façade keeps the per-store proof of writability
 
@@ -283,11 +285,8 @@ class PgDatabase:
     @contextlib.contextmanager
     def savepoint(self) -> Iterator["PgDatabase"]:
         """A savepoint (or, outside a transaction, a transaction): a failure inside leaves the rest usable."""
-        try:
-            with self.conn.transaction():
-                yield self
-        except psycopg.Error as exc:
-            raise storage_failure(exc) or exc
+        with storage_errors(), self.conn.transaction():
+            yield self
 
     def writable(self) -> dict:
         """``{"ok": True, "proof": …}`` or ``{"ok": False, "error": …}``: can this store take writes now?"""
@@ -323,9 +322,9 @@ def open_db(url: str, *, busy_timeout_ms: int, migrate: bool, connect_timeout_s:
     _configure(conn)
     db = PgDatabase(conn, redact_url(url))
     try:
-        if migrate:
+        if migrate:  # then also prove the role may use what it migrated: start-up fails here, not on a request
             migrations_postgres.apply_migrations(db)
-        migrations_postgres.check_rights(db, url)
+            migrations_postgres.check_rights(db, url)
     except BaseException:
         conn.close()
         raise
@@ -386,10 +385,8 @@ class PgPool:
 
     def acquire(self) -> PgDatabase:
         """A connection for the caller's exclusive use until :meth:`release`."""
-        try:
+        with storage_errors():
             conn = self._pool.getconn()
-        except (PoolTimeout, psycopg.Error) as exc:
-            raise storage_failure(exc) or exc
         return PgDatabase(conn, self.store_key)
 
     def release(self, db: PgDatabase) -> None:

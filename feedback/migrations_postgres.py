@@ -69,7 +69,8 @@ CREATE TABLE model_versions (
     base_url text COLLATE "C",
     adapter_path text COLLATE "C",
     training_run_id text COLLATE "C",
-    status text COLLATE "C" NOT NULL CHECK (status IN ('candidate', 'live', 'canary', 'retired', 'rejected', 'standby')),
+    status text COLLATE "C" NOT NULL
+        CHECK (status IN ('candidate', 'live', 'canary', 'retired', 'rejected', 'standby')),
     traffic_weight double precision NOT NULL DEFAULT 0,
     created_at text COLLATE "C" NOT NULL,
     promoted_at text COLLATE "C",
@@ -413,7 +414,8 @@ CREATE INDEX messages_version_time_question ON messages(model_version_id, create
 CREATE INDEX feedback_version_answered ON feedback(model_version_id, answered_at, question_key, rating);
 CREATE UNIQUE INDEX review_items_one_open ON review_items(question_key) WHERE status IN ('pending', 'approved');
 CREATE INDEX review_items_status ON review_items(status, created_at);
-CREATE UNIQUE INDEX training_runs_one_active ON training_runs(dataset_id, config_key) WHERE state IN ('queued', 'running');
+CREATE UNIQUE INDEX training_runs_one_active ON training_runs(dataset_id, config_key)
+    WHERE state IN ('queued', 'running');
 CREATE INDEX training_runs_state ON training_runs(state, created_at);
 CREATE INDEX training_events_run ON training_events(run_id, id);
 CREATE UNIQUE INDEX training_events_external ON training_events(run_id, external_id) WHERE external_id IS NOT NULL;
@@ -484,23 +486,24 @@ def pending(db: "PgDatabase") -> list[str]:
 
 def apply_migrations(db: "PgDatabase") -> list[str]:
     """Apply what is pending, under the migrate lock (one process at a time); returns what this call applied."""
-    if not pending(db):
-        return []
-    conn = db.conn
-    # A migration may take minutes on a large store: the lock waits without a timeout.
-    conn.execute("SET lock_timeout = 0")
-    conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", [MIGRATE_LOCK])
     try:
-        return _apply_locked(db)
+        if not pending(db):
+            return []
+        conn = db.conn
+        # A migration may take minutes on a large store: the lock waits without a timeout.
+        conn.execute("SET lock_timeout = 0")
+        conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", [MIGRATE_LOCK])
+        try:
+            return _apply_locked(db)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [MIGRATE_LOCK])
+            conn.execute("RESET lock_timeout")
     except psycopg.errors.InsufficientPrivilege as exc:
         raise ConfigError(
-            f"database.url: the role may not change the schema ({exc.diag.message_primary}); run"
-            " `tuneloop db migrate` as the database owner, or grant the rights",
+            f"database.url: the role may not use or change the store's schema ({exc.diag.message_primary});"
+            " run `tuneloop db migrate` as the database's owner, or grant the role its rights",
             field="database.url",
         ) from None
-    finally:
-        conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [MIGRATE_LOCK])
-        conn.execute("RESET lock_timeout")
 
 
 def _apply_locked(db: "PgDatabase") -> list[str]:
