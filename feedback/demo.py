@@ -229,9 +229,10 @@ def seed_demo(
         # A live row registered moments ago (by this call, on a fresh store) gets the demo's
         # history: created before the canary week, promoted after it.
         db.execute(
-            "UPDATE model_versions SET promoted_at = ?, created_at = MIN(created_at, ?) "
-            "WHERE id = ? AND promoted_at >= ?",
-            [utc_text(promoted), utc_text(canary_start), live.id, utc_text(now - timedelta(minutes=10))],
+            # created_at becomes the earlier of the two (PostgreSQL has no two-argument MIN)
+            "UPDATE model_versions SET promoted_at = ?, "
+            "created_at = CASE WHEN created_at < ? THEN created_at ELSE ? END WHERE id = ? AND promoted_at >= ?",
+            [utc_text(promoted), *[utc_text(canary_start)] * 2, live.id, utc_text(now - timedelta(minutes=10))],
         )
 
     conversations, messages, votes = [], [], []

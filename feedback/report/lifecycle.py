@@ -21,7 +21,8 @@ TIME_COLUMNS = ("finished_at", "decided_at", "completed_at", "updated_at", "crea
 def _columns(db: Database, table: str) -> set[str] | None:
     if table not in db.table_names():
         return None
-    return {row[1] for row in db.execute(f"PRAGMA table_info('{table}')").fetchall()}
+    # A query's description names the columns on both engines (PRAGMA table_info is SQLite's alone).
+    return {column[0] for column in db.execute(f"SELECT * FROM {table} LIMIT 0").description}
 
 
 def _time_column(columns: set[str]) -> str | None:
