@@ -17,7 +17,7 @@ from flask import Flask, g, request
 from flask_cors import CORS
 
 from config.settings import Settings, load_settings
-from feedback.db import ConnectionPool, open_db
+from feedback.db import open_store, open_store_pool
 from feedback.knowledge.live import LiveIndex
 from feedback.knowledge.seed import ensure_seeded
 from feedback.secrets import instance_secret
@@ -52,8 +52,10 @@ def init_app(app: Flask, settings: Settings) -> None:
     """Wire the store, the model router, auth, limits, CORS, metrics and routes onto ``app``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per upstream call is noise
-    db = open_db(settings.db_path, busy_timeout_ms=settings.database.busy_timeout_ms)
-    pool = ConnectionPool(settings.db_path, busy_timeout_ms=settings.database.busy_timeout_ms)
+    db = open_store(settings)
+    # The pool is made here, in the worker after gunicorn's fork: a PostgreSQL pool's connections and
+    # threads would not survive the fork.
+    pool = open_store_pool(settings)
     secret = settings.gateway.secret_key or instance_secret(db, "feedback_token")
     ensure_seeded(db, settings.knowledge)  # first start only: the base file becomes the knowledge base
     router = ModelRouter(settings, pool.connection)

@@ -8,7 +8,7 @@ from flask import Flask, current_app, g
 from sqlite_utils import Database
 
 from config.settings import Settings
-from feedback.db import ConnectionPool, open_db
+from feedback.db import ConnectionPool, open_store
 from feedback.knowledge.live import LiveIndex
 from server.serving import ChatService, ModelRouter
 
@@ -21,14 +21,14 @@ class Gateway:
 
     settings: Settings
     secret: str
-    pool: ConnectionPool
+    pool: ConnectionPool  # or feedback.db_postgres.PgPool: the same interface
     router: ModelRouter
     chat: ChatService
     knowledge: LiveIndex  # this worker's index of the knowledge base, kept current (feedback/knowledge/live.py)
 
     def connect(self) -> Database:
         """A new connection of the caller's own (tools, tests); requests use :attr:`pool`."""
-        return open_db(self.settings.db_path, busy_timeout_ms=self.settings.database.busy_timeout_ms, migrate=False)
+        return open_store(self.settings, migrate=False)
 
 
 def gateway(app: Flask | None = None) -> Gateway:

@@ -1,4 +1,5 @@
-"""The SQLite store: migrations, turns, ratings, keys — on real database files."""
+"""The store: migrations (SQLite files here; PostgreSQL in test_store_postgres.py), and turns, ratings, keys —
+on a real SQLite file and on a real PostgreSQL database (the ``db`` tests run on both engines)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from config.errors import Conflict, NotFound
 from feedback import apikeys, ratings, turns, versions
 from feedback.db import open_db, write_transaction
 from feedback.migrations import MIGRATIONS
+from feedback.sql import integrity_errors
+
+pytestmark = pytest.mark.engines
 
 
 def test_migrations_from_empty_create_every_table(tmp_path):
@@ -108,7 +112,7 @@ def test_failed_insert_leaves_nothing_behind(db):
     t = _turn(db)
     clash = turns.Turn(conversation_id=turns.new_conversation_id(), question="x", answer="y", model_version_id=None)
     clash.assistant_message_id = t.assistant_message_id  # primary-key clash on the second insert
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(integrity_errors()):
         turns.record_turn(db, clash)
     assert db.execute("SELECT COUNT(*) FROM conversations WHERE id = ?", [clash.conversation_id]).fetchone()[0] == 0
     assert db.execute("SELECT COUNT(*) FROM messages WHERE id = ?", [clash.user_message_id]).fetchone()[0] == 0
@@ -148,7 +152,7 @@ def test_only_one_live_version(db):
     versions.ensure_live_version(db, name="a", provider="builtin")
     again = versions.ensure_live_version(db, name="b", provider="builtin")
     assert again.name == "a"  # a live version is never replaced by configuration
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(integrity_errors()):
         with write_transaction(db):
             db.execute(
                 "INSERT INTO model_versions (id, name, provider, base_model, status, created_at) "
