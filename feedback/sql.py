@@ -14,7 +14,7 @@ SQLite-only                                 here
 ``SUM(rating < 0)``                         ``SUM(`` :func:`flag` ``)``
 ``except sqlite3.IntegrityError``           :func:`integrity_errors`, :func:`is_unique_violation`
 ``except sqlite3.Error``                    :func:`driver_errors`, :func:`storage_errors`
-a failed statement the transaction survives  :func:`savepoint`
+``db.conn.executemany(…)``                  :func:`executemany`
 ==========================================  =============================================
 
 Written elsewhere by hand, because no helper makes them shorter: ``INSERT … ON CONFLICT DO
@@ -31,11 +31,10 @@ psycopg's exceptions only once that module has loaded it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from config.errors import StorageError
@@ -157,28 +156,10 @@ def storage_errors() -> tuple[type[BaseException], ...]:
     return (StorageError, *driver_errors())
 
 
-@contextlib.contextmanager
-def savepoint(db: Any, name: str = "tuneloop_statement") -> Iterator[None]:
-    """Let the enclosing transaction survive a statement that fails inside this block.
-
-    PostgreSQL aborts the whole transaction on any error, so code that catches a failed INSERT
-    and carries on needs the statement in a savepoint; SQLite undoes just the statement, but a
-    savepoint also undoes the block's earlier statements the same way on both engines. Outside a
-    transaction there is nothing to protect and nothing is issued.
-    """
-    native = getattr(db, "savepoint", None)
-    if callable(native):  # the PostgreSQL handle knows whether it is inside a transaction
-        with native():
-            yield
-        return
-    if not db.conn.in_transaction:
-        yield
-        return
-    db.execute(f"SAVEPOINT {name}")
-    try:
-        yield
-    except BaseException:
-        db.execute(f"ROLLBACK TO SAVEPOINT {name}")
-        db.execute(f"RELEASE SAVEPOINT {name}")
-        raise
-    db.execute(f"RELEASE SAVEPOINT {name}")
+def executemany(db: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+    """Run ``sql`` once per row of parameters: the PostgreSQL handle's ``executemany`` (which translates the
+    placeholders), or the SQLite connection's (``sqlite_utils.Database`` has none of its own)."""
+    if dialect(db) == "postgresql":
+        db.executemany(sql, rows)
+    else:
+        db.conn.executemany(sql, rows)

@@ -10,7 +10,6 @@ import sqlite_utils
 
 from config.errors import StorageError
 from feedback import sql
-from feedback.db import write_transaction
 
 
 class _PostgresText:
@@ -143,18 +142,6 @@ def test_driver_and_storage_errors_catch_what_a_failing_store_raises(store):
         raise StorageError("disk full")
 
 
-def test_savepoint_lets_the_transaction_go_on_after_a_failed_statement(store):
-    with write_transaction(store):
-        store.execute("INSERT INTO t (id) VALUES ('d')")
-        with pytest.raises(sql.integrity_errors()), sql.savepoint(store):
-            store.execute("INSERT INTO t (id) VALUES ('e')")
-            store.execute("INSERT INTO t (id) VALUES ('a')")  # fails: the block's 'e' is undone with it
-        store.execute("INSERT INTO t (id) VALUES ('f')")
-    assert _ids(store, "1=1", []) == ["a", "b", "c", "d", "f"]
-
-
-def test_savepoint_outside_a_transaction_issues_nothing(store):
-    with sql.savepoint(store):
-        store.execute("INSERT INTO t (id) VALUES ('d')")
-    assert not store.conn.in_transaction
-    assert _ids(store, "id = 'd'", []) == ["d"]
+def test_executemany_runs_once_per_row_on_a_sqlite_utils_database(store):
+    sql.executemany(store, "INSERT INTO t (id, rating) VALUES (?, ?)", [("d", 1), ("e", -1)])
+    assert _ids(store, "rating = -1", []) == ["b", "e"]
