@@ -41,7 +41,13 @@ from config.errors import StorageError
 
 Dialect = Literal["sqlite", "postgresql"]
 
-_UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE for a unique or primary-key violation
+# The constraint a violation broke: SQLite says it in the message, PostgreSQL in the SQLSTATE.
+_CONSTRAINTS = {
+    "unique": ("UNIQUE constraint failed", "23505"),  # a primary key too
+    "check": ("CHECK constraint failed", "23514"),
+    "not_null": ("NOT NULL constraint failed", "23502"),
+    "foreign_key": ("FOREIGN KEY constraint failed", "23503"),
+}
 
 
 def dialect(db: Any) -> Dialect:
@@ -139,11 +145,20 @@ def integrity_errors() -> tuple[type[BaseException], ...]:
     return (sqlite3.IntegrityError, *_loaded("psycopg", "IntegrityError"))
 
 
+def constraint_kind(exc: BaseException) -> str | None:
+    """Which kind of constraint ``exc`` broke: ``"unique"`` (primary keys too), ``"check"``, ``"not_null"``,
+    ``"foreign_key"``; None for anything else."""
+    sqlite = isinstance(exc, sqlite3.IntegrityError)
+    sqlstate = getattr(exc, "sqlstate", None)
+    for kind, (message, code) in _CONSTRAINTS.items():
+        if (sqlite and message in str(exc)) or (not sqlite and sqlstate == code):
+            return kind
+    return None
+
+
 def is_unique_violation(exc: BaseException) -> bool:
     """Whether ``exc`` is a unique / primary-key violation (not a check, foreign-key or not-null one)."""
-    if isinstance(exc, sqlite3.IntegrityError):
-        return "UNIQUE constraint failed" in str(exc)
-    return getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION or getattr(exc, "kind", None) == "unique"
+    return constraint_kind(exc) == "unique"
 
 
 def driver_errors() -> tuple[type[BaseException], ...]:

@@ -114,14 +114,15 @@ def test_integrity_errors_catch_a_unique_violation_and_tell_it_from_other_constr
     store.execute("CREATE TABLE c (id TEXT PRIMARY KEY, n INTEGER NOT NULL CHECK (n > 0))")
     with pytest.raises(sql.integrity_errors()) as unique:
         store.execute("INSERT INTO t (id) VALUES ('a')")
-    assert sql.is_unique_violation(unique.value)
-    for bad in ("INSERT INTO c VALUES ('x', 0)", "INSERT INTO c VALUES ('x', NULL)"):
+    assert sql.is_unique_violation(unique.value) and sql.constraint_kind(unique.value) == "unique"
+    for bad, kind in (("INSERT INTO c VALUES ('x', 0)", "check"), ("INSERT INTO c VALUES ('x', NULL)", "not_null")):
         with pytest.raises(sql.integrity_errors()) as other:
             store.execute(bad)
+        assert sql.constraint_kind(other.value) == kind
         assert not sql.is_unique_violation(other.value)
 
 
-def test_is_unique_violation_reads_postgresql_sqlstate():
+def test_constraint_kind_reads_postgresql_sqlstate():
     class UniqueViolation(Exception):
         sqlstate = "23505"
 
@@ -129,8 +130,9 @@ def test_is_unique_violation_reads_postgresql_sqlstate():
         sqlstate = "23503"
 
     assert sql.is_unique_violation(UniqueViolation())
+    assert sql.constraint_kind(ForeignKeyViolation()) == "foreign_key"
     assert not sql.is_unique_violation(ForeignKeyViolation())
-    assert not sql.is_unique_violation(ValueError("UNIQUE constraint failed"))
+    assert sql.constraint_kind(ValueError("UNIQUE constraint failed")) is None  # not a driver's exception
 
 
 def test_driver_and_storage_errors_catch_what_a_failing_store_raises(store):
