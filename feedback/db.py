@@ -239,8 +239,17 @@ def write_transaction(db, *, lock: str | None = "store", durable: bool = True):
     timeout surfaces as :class:`StorageError`, so callers answer 503 instead of a stack trace.
     """
     if dialect(db) == POSTGRESQL:
-        return db.write_transaction(lock=lock, durable=durable)
+        return _postgres_write_transaction(db, lock=lock, durable=durable)
     return _sqlite_write_transaction(db)
+
+
+@contextlib.contextmanager
+def _postgres_write_transaction(db, *, lock: str | None, durable: bool):
+    nested = db.in_transaction
+    with db.write_transaction(lock=lock, durable=durable):
+        yield db
+    if not nested:
+        note_write(db)
 
 
 def savepoint(db):

@@ -190,6 +190,24 @@ class _NumericAsNumber(Loader):
             return float(text)
 
 
+class StoreConnection(psycopg.Connection):
+    """psycopg's connection, plus the two ``sqlite3.Connection`` members application code reaches via ``db.conn``.
+
+    ``db.conn.in_transaction`` and ``db.conn.executemany(sql, rows)`` (``?`` placeholders, translated) work
+    as on SQLite; anything else on ``db.conn`` is psycopg's own, so portable code calls ``db.execute`` etc.
+    """
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.info.transaction_status != TransactionStatus.IDLE
+
+    def executemany(self, sql: str, seq_of_params) -> psycopg.Cursor:
+        cursor = self.cursor()
+        with storage_errors():
+            cursor.executemany(translate(sql), [_params(p) for p in seq_of_params])
+        return cursor
+
+
 def _configure(conn: psycopg.Connection) -> None:
     conn.adapters.register_dumper(bool, _BoolAsInt)
     conn.adapters.register_loader("numeric", _NumericAsNumber)
@@ -226,7 +244,7 @@ class PgDatabase:
 
     dialect = DIALECT
 
-    def __init__(self, conn: psycopg.Connection, store_key: str):
+    def __init__(self, conn: StoreConnection, store_key: str):
         self.conn = conn
         self.store_key = store_key  # the redacted URL: where this process's last commit is remembered
 
@@ -239,10 +257,7 @@ class PgDatabase:
 
     def executemany(self, sql: str, seq_of_params) -> psycopg.Cursor:
         """Run one statement once per parameter set."""
-        cursor = self.conn.cursor()
-        with storage_errors():
-            cursor.executemany(translate(sql), [_params(p) for p in seq_of_params])
-        return cursor
+        return self.conn.executemany(sql, seq_of_params)
 
     def query(self, sql: str, params: Any = None) -> Iterator[dict]:
         """The rows of a query as dicts, as sqlite-utils' ``Database.query`` yields them."""
@@ -264,7 +279,7 @@ class PgDatabase:
     @property
     def in_transaction(self) -> bool:
         """True while a transaction is open on this connection."""
-        return self.conn.info.transaction_status != TransactionStatus.IDLE
+        return self.conn.in_transaction
 
     @contextlib.contextmanager
     def write_transaction(self, *, lock: str | None = "store", durable: bool = True) -> Iterator["PgDatabase"]:
@@ -277,10 +292,6 @@ class PgDatabase:
             if not durable and not nested:
                 self.conn.execute("SET LOCAL synchronous_commit = off")
             yield self
-        if not nested:
-            from feedback.db import note_write  # the façade keeps the per-store proof of writability
-
-            note_write(self)
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator["PgDatabase"]:
@@ -314,7 +325,7 @@ class PgDatabase:
 def open_db(url: str, *, busy_timeout_ms: int, migrate: bool, connect_timeout_s: float) -> PgDatabase:
     """One connection of its own to the PostgreSQL store at ``url``, migrated unless ``migrate`` is false."""
     try:
-        conn = psycopg.connect(
+        conn = StoreConnection.connect(
             url, **connect_kwargs(busy_timeout_ms=busy_timeout_ms, connect_timeout_s=connect_timeout_s)
         )
     except psycopg.Error as exc:
@@ -355,6 +366,7 @@ class PgPool:
         check_gevent_wait()
         self.store_key = redact_url(url)
         self._last_used: dict[int, float] = {}
+        self._out: set[int] = set()  # ids of the connections handed out and not yet back
         self._lock = threading.Lock()
         self._pool = ConnectionPool(
             url,
@@ -365,6 +377,7 @@ class PgPool:
             max_lifetime=3600,
             kwargs=connect_kwargs(busy_timeout_ms=busy_timeout_ms, connect_timeout_s=connect_timeout_s),
             configure=_configure,
+            connection_class=StoreConnection,
             check=self._check_if_idle,
             name=APPLICATION_NAME,
             open=False,
@@ -387,11 +400,19 @@ class PgPool:
         """A connection for the caller's exclusive use until :meth:`release`."""
         with storage_errors():
             conn = self._pool.getconn()
+        with self._lock:
+            self._out.add(id(conn))
         return PgDatabase(conn, self.store_key)
 
     def release(self, db: PgDatabase) -> None:
-        """Give a connection back (an open transaction is rolled back first)."""
+        """Give a connection back (an open transaction is rolled back first); one ``open_db`` made is closed."""
         conn = db.conn
+        with self._lock:
+            ours = id(conn) in self._out
+            self._out.discard(id(conn))
+        if not ours:  # the start-up connection (server/app.py): the pool keeps only its own
+            conn.close()
+            return
         if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()

@@ -1,5 +1,7 @@
 """The store's schema on PostgreSQL: the baseline, the ``_migrations`` ledger, and the one migrator.
 
+Every ``db`` here is the PostgreSQL handle (``feedback.db_postgres.PgDatabase``).
+
 SQLite keeps sqlite-utils' migrations and their ``_sqlite_migrations`` ledger (``feedback/migrations.py``).
 PostgreSQL gets the same named migrations in its own ledger, ``_migrations`` (migration_set, name,
 applied_at), so a migration keeps one identity on both engines:
@@ -24,19 +26,13 @@ identity (insertion order), or the id itself where the id was SQLite's rowid.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import psycopg
-
 from config.errors import ConfigError
 from config.settings import redact_url
 from feedback.migrations import MIGRATIONS
 
-if TYPE_CHECKING:
-    from feedback.db_postgres import PgDatabase
-
 LEDGER = "_migrations"
 MIGRATE_LOCK = "tuneloop:migrate"
+INSUFFICIENT_PRIVILEGE = "42501"  # SQLSTATE (psycopg is imported by feedback/db_postgres.py only)
 
 # The named migrations the baseline stands for (all of them, in order, up to this one).
 BASELINE_COVERS = "m013_model_version_server_key_and_fallback"
@@ -467,7 +463,7 @@ def baseline_names() -> list[str]:
     return names[: names.index(BASELINE_COVERS) + 1]
 
 
-def applied(db: "PgDatabase") -> list[str]:
+def applied(db) -> list[str]:
     """The names of the migrations applied to this PostgreSQL store, in the order they were applied."""
     exists = db.execute("SELECT to_regclass(?) IS NOT NULL", [LEDGER]).fetchone()[0]
     if not exists:
@@ -478,13 +474,13 @@ def applied(db: "PgDatabase") -> list[str]:
     return [name for (name,) in rows]
 
 
-def pending(db: "PgDatabase") -> list[str]:
+def pending(db) -> list[str]:
     """The names of the migrations this store still needs, in order."""
     done = set(applied(db))
     return [m.name for m in MIGRATIONS._migrations if m.name not in done]
 
 
-def apply_migrations(db: "PgDatabase") -> list[str]:
+def apply_migrations(db) -> list[str]:
     """Apply what is pending, under the migrate lock (one process at a time); returns what this call applied."""
     try:
         if not pending(db):
@@ -498,7 +494,9 @@ def apply_migrations(db: "PgDatabase") -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [MIGRATE_LOCK])
             conn.execute("RESET lock_timeout")
-    except psycopg.errors.InsufficientPrivilege as exc:
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
+            raise
         raise ConfigError(
             f"database.url: the role may not use or change the store's schema ({exc.diag.message_primary});"
             " run `tuneloop db migrate` as the database's owner, or grant the role its rights",
@@ -506,7 +504,7 @@ def apply_migrations(db: "PgDatabase") -> list[str]:
         ) from None
 
 
-def _apply_locked(db: "PgDatabase") -> list[str]:
+def _apply_locked(db) -> list[str]:
     conn = db.conn
     done: list[str] = []
     with conn.transaction():
@@ -528,14 +526,14 @@ def _apply_locked(db: "PgDatabase") -> list[str]:
     return done
 
 
-def _record(db: "PgDatabase", name: str) -> None:
+def _record(db, name: str) -> None:
     db.execute(
         f"INSERT INTO {LEDGER} (migration_set, name, applied_at) VALUES (?, ?, clock_timestamp()::text)",
         [MIGRATIONS.name, name],
     )
 
 
-def check_rights(db: "PgDatabase", url: str) -> None:
+def check_rights(db, url: str) -> None:
     """Refuse to start, naming ``database.url``, when the role cannot read and write the store's tables."""
     if pending(db):
         raise ConfigError(
