@@ -167,7 +167,10 @@ def import_base(db: Database, settings: Settings, source: str | Path) -> dict:
     }
     try:
         with write_transaction(db):
-            db["dataset_bases"].insert(record)
+            db.execute(  # plain SQL, not sqlite-utils' table API: the PostgreSQL handle has none
+                f"INSERT INTO dataset_bases ({', '.join(record)}) VALUES ({', '.join('?' for _ in record)})",
+                list(record.values()),
+            )
     except BaseException:
         target.unlink(missing_ok=True)
         raise
