@@ -239,7 +239,7 @@ def test_cli_attributes_changes_to_as_and_checks_its_role(run, db):
 
 
 def test_rotating_the_admin_token(run, db, make_gateway, settings):
-    app = make_gateway(**{"paths.data_dir": str(settings.data_dir), "database.url": settings.database.url})
+    app = make_gateway(**{"paths.data_dir": str(settings.data_dir)})
     old = run("admin", "token").output.strip()
     client = app.test_client()
     assert client.post("/admin/login", data={"token": old}).status_code == 302
