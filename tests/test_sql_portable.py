@@ -13,6 +13,7 @@ import sqlite_utils
 
 from config.errors import StorageError
 from feedback import sql
+from feedback.db import write_transaction
 
 
 class _PostgresText:
@@ -299,3 +300,41 @@ db.execute(f"SELECT SUM({sql.flag('rating < 0')}), MIN(at) FROM t WHERE 1=1 AND 
 print("a reply from the model, like the last one, where the sum is min(a, b)")
 '''
     assert sqlite_only_constructs(source, "probe.py") == []
+
+
+@pytest.mark.engines
+def test_each_helper_answers_the_same_on_both_engines(db):
+    with write_transaction(db):
+        db.execute("CREATE TABLE probe (id TEXT PRIMARY KEY, name TEXT, rating INTEGER, data TEXT)")
+        sql.executemany(
+            db,
+            "INSERT INTO probe (id, name, rating, data) VALUES (?, ?, ?, ?)",
+            [
+                ("a", "Alice", 1, '{"score": 2.5, "report": {"week": "2026-W48"}}'),
+                ("b", "bob_50%", -1, '{"score": 10, "file_id": null}'),
+                ("c", None, None, "{}"),
+            ],
+        )
+
+    def ids(where: str, params) -> list[str]:
+        return [row[0] for row in db.execute(f"SELECT id FROM probe WHERE {where} ORDER BY id", params).fetchall()]
+
+    assert ids(*sql.in_list(db, "id", ["a", "c", "zz"])) == ["a", "c"]
+    assert ids(*sql.in_list(db, "id", [], negate=True)) == ["a", "b", "c"]
+    assert ids(*sql.in_list(db, "id", [])) == []
+    assert ids(*sql.in_list(db, "id", ["b"], name="ids")) == ["b"]
+    assert ids(sql.like("name"), [sql.like_pattern("ALI")]) == ["a"]
+    assert ids(sql.like("name"), [sql.like_pattern("_50%")]) == ["b"]
+    assert ids(sql.same_text("name"), ["ALICE"]) == ["a"]
+    week, score = sql.json_text(db, "data", "$.report.week"), sql.json_number(db, "data", "$.score")
+    rows = db.execute(f"SELECT id, {week}, {score} FROM probe ORDER BY {score} DESC NULLS LAST, id").fetchall()
+    assert [tuple(r) for r in rows] == [("b", None, 10), ("a", "2026-W48", 2.5), ("c", None, None)]
+    assert ids(f"{sql.json_text(db, 'data', '$.file_id')} IS NULL", []) == ["a", "b", "c"]  # JSON null is NULL
+    summed = db.execute(f"SELECT SUM({sql.flag('rating < 0')}), SUM({sql.flag('rating > 0')}) FROM probe").fetchone()
+    assert tuple(summed) == (1, 1)
+    with pytest.raises(sql.integrity_errors()) as unique:
+        with write_transaction(db):
+            db.execute("INSERT INTO probe (id) VALUES ('a')")
+    assert sql.is_unique_violation(unique.value)
+    with pytest.raises(sql.driver_errors()):
+        db.execute("SELECT nope FROM probe")
