@@ -13,6 +13,8 @@ from feedback.migrations import MIGRATIONS
 from feedback.ranking import RankingOptions, cluster_keys, rank_worst, wilson_lower_bound
 from feedback.text import question_key, similarity
 
+pytestmark = pytest.mark.engines  # the db tests run on SQLite and on PostgreSQL
+
 WEEK = ("2026-11-15T15:00:00.000Z", "2026-11-22T15:00:00.000Z")  # 2026-W47 in Asia/Seoul
 INSIDE = "2026-11-18T03:00:00.000Z"
 BEFORE = "2026-11-10T03:00:00.000Z"
@@ -290,6 +292,7 @@ def test_rows_without_a_key_are_keyed_from_their_question(db):
     assert (group.votes, group.down, group.asked) == (6, 5, 6)
 
 
+@pytest.mark.engines("sqlite")  # a SQLite query plan
 def test_ranking_counts_read_indexes_only(db):
     for sql, index in (
         (

@@ -27,6 +27,8 @@ from feedback.report.deliver import deliver_report, webhook_payload
 from feedback.report.weeks import iso_week_window, last_complete_week, shift_week
 from tests.test_ranking import ask, make_version
 
+pytestmark = pytest.mark.engines  # the db tests run on SQLite and on PostgreSQL
+
 W47 = "2026-W47"
 NOW = datetime(2026, 11, 23, 0, 30, tzinfo=timezone.utc)  # Monday morning in Seoul
 THIS = "2026-11-18T03:00:00.000Z"  # Wed of W47 (KST)
@@ -132,6 +134,7 @@ def test_warnings_few_ratings_and_announced_shutdown(db, store, tmp_path):
     assert "model_shutdown" not in kinds and "few_ratings" not in kinds
 
 
+@pytest.mark.engines("sqlite")  # drops tables to play an older SQLite schema
 def test_later_sections_say_nothing_yet_until_their_tables_exist(db, store, tmp_path):
     settings = report_settings(tmp_path)
     with write_transaction(db):
