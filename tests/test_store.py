@@ -158,3 +158,12 @@ def test_only_one_live_version(db):
                 "INSERT INTO model_versions (id, name, provider, base_model, status, created_at) "
                 "VALUES ('x', 'x', 'p', 'x', 'live', 't')"
             )
+
+
+def test_a_question_as_long_as_the_gateway_allows_is_recorded_and_rated(db):
+    """4,000 Korean characters (~12 KB): no index entry may hold it whole (PostgreSQL's must fit in a page)."""
+    question = "".join(chr(0xAC00 + (i * 7919) % 11172) for i in range(4000))
+    t = _turn(db, question, "답변")
+    ratings.record_rating(db, message_id=t.assistant_message_id, voter_ref="v", rating="down")
+    stored = db.execute("SELECT question_key FROM feedback WHERE message_id = ?", [t.assistant_message_id]).fetchone()
+    assert len(stored[0]) == 4000
