@@ -160,7 +160,7 @@ def open_items(db: Database) -> list[ReviewItem]:
 
 def approved_items(db: Database) -> list[ReviewItem]:
     """Every approved item, oldest decision first (what the dataset builder trains on)."""
-    return _select(db, "status = 'approved'", [], "ORDER BY decided_at, id")
+    return _select(db, "status = 'approved'", [], "ORDER BY decided_at NULLS FIRST, id")  # SQLite's order, said
 
 
 def _filters(status: str | None, search: str | None) -> tuple[str, list]:

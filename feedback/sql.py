@@ -14,7 +14,7 @@ SQLite-only                                 here
 ``SUM(rating < 0)``                         ``SUM(`` :func:`flag` ``)``
 ``except sqlite3.IntegrityError``           :func:`integrity_errors`, :func:`is_unique_violation`
 ``except sqlite3.Error``                    :func:`driver_errors`, :func:`storage_errors`
-a failed statement the transaction survives  :func:`savepoint`
+``db.conn.executemany(…)``                  :func:`executemany`
 ==========================================  =============================================
 
 Written elsewhere by hand, because no helper makes them shorter: ``INSERT … ON CONFLICT DO
@@ -31,18 +31,23 @@ psycopg's exceptions only once that module has loaded it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from config.errors import StorageError
 
 Dialect = Literal["sqlite", "postgresql"]
 
-_UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE for a unique or primary-key violation
+# The constraint a violation broke: SQLite says it in the message, PostgreSQL in the SQLSTATE.
+_CONSTRAINTS = {
+    "unique": ("UNIQUE constraint failed", "23505"),  # a primary key too
+    "check": ("CHECK constraint failed", "23514"),
+    "not_null": ("NOT NULL constraint failed", "23502"),
+    "foreign_key": ("FOREIGN KEY constraint failed", "23503"),
+}
 
 
 def dialect(db: Any) -> Dialect:
@@ -140,11 +145,20 @@ def integrity_errors() -> tuple[type[BaseException], ...]:
     return (sqlite3.IntegrityError, *_loaded("psycopg", "IntegrityError"))
 
 
+def constraint_kind(exc: BaseException) -> str | None:
+    """Which kind of constraint ``exc`` broke: ``"unique"`` (primary keys too), ``"check"``, ``"not_null"``,
+    ``"foreign_key"``; None for anything else."""
+    sqlite = isinstance(exc, sqlite3.IntegrityError)
+    sqlstate = getattr(exc, "sqlstate", None)
+    for kind, (message, code) in _CONSTRAINTS.items():
+        if (sqlite and message in str(exc)) or (not sqlite and sqlstate == code):
+            return kind
+    return None
+
+
 def is_unique_violation(exc: BaseException) -> bool:
     """Whether ``exc`` is a unique / primary-key violation (not a check, foreign-key or not-null one)."""
-    if isinstance(exc, sqlite3.IntegrityError):
-        return "UNIQUE constraint failed" in str(exc)
-    return getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION or getattr(exc, "kind", None) == "unique"
+    return constraint_kind(exc) == "unique"
 
 
 def driver_errors() -> tuple[type[BaseException], ...]:
@@ -157,28 +171,10 @@ def storage_errors() -> tuple[type[BaseException], ...]:
     return (StorageError, *driver_errors())
 
 
-@contextlib.contextmanager
-def savepoint(db: Any, name: str = "tuneloop_statement") -> Iterator[None]:
-    """Let the enclosing transaction survive a statement that fails inside this block.
-
-    PostgreSQL aborts the whole transaction on any error, so code that catches a failed INSERT
-    and carries on needs the statement in a savepoint; SQLite undoes just the statement, but a
-    savepoint also undoes the block's earlier statements the same way on both engines. Outside a
-    transaction there is nothing to protect and nothing is issued.
-    """
-    native = getattr(db, "savepoint", None)
-    if callable(native):  # the PostgreSQL handle knows whether it is inside a transaction
-        with native():
-            yield
-        return
-    if not db.conn.in_transaction:
-        yield
-        return
-    db.execute(f"SAVEPOINT {name}")
-    try:
-        yield
-    except BaseException:
-        db.execute(f"ROLLBACK TO SAVEPOINT {name}")
-        db.execute(f"RELEASE SAVEPOINT {name}")
-        raise
-    db.execute(f"RELEASE SAVEPOINT {name}")
+def executemany(db: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+    """Run ``sql`` once per row of parameters: the PostgreSQL handle's ``executemany`` (which translates the
+    placeholders), or the SQLite connection's (``sqlite_utils.Database`` has none of its own)."""
+    if dialect(db) == "postgresql":
+        db.executemany(sql, rows)
+    else:
+        db.conn.executemany(sql, rows)

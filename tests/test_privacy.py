@@ -31,6 +31,8 @@ from trainer.dataset.build import build_dataset
 from trainer.providers.runs import create_run
 from trainer.providers.runs import log as log_event
 
+pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
+
 OPS = Actor("ops@example.com", via="cli")
 FOREVER = {"since": "2000-01-01T00:00:00.000Z", "until": "2100-01-01T00:00:00.000Z"}
 

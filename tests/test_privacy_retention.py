@@ -26,6 +26,8 @@ from tests.plugins.gateway import write_config
 from trainer.dataset.build import build_dataset
 from trainer.scheduler import build_scheduler, run_due
 
+pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
+
 NOW = datetime.now(timezone.utc)
 SEOUL_WEEK = lambda moment: week_label(local_date(utc_text(moment), "Asia/Seoul"))  # noqa: E731
 

@@ -16,7 +16,7 @@ import pytest
 from feedback import apikeys
 from feedback.knowledge import store
 
-pytestmark = pytest.mark.engines  # the db tests run on SQLite and on PostgreSQL
+pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
 
 
 def events(response) -> list[tuple[str, dict]]:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import sqlite3
+from pathlib import Path
 
 import pytest
 import sqlite_utils
 
 from config.errors import StorageError
 from feedback import sql
-from feedback.db import write_transaction
 
 
 class _PostgresText:
@@ -115,14 +117,15 @@ def test_integrity_errors_catch_a_unique_violation_and_tell_it_from_other_constr
     store.execute("CREATE TABLE c (id TEXT PRIMARY KEY, n INTEGER NOT NULL CHECK (n > 0))")
     with pytest.raises(sql.integrity_errors()) as unique:
         store.execute("INSERT INTO t (id) VALUES ('a')")
-    assert sql.is_unique_violation(unique.value)
-    for bad in ("INSERT INTO c VALUES ('x', 0)", "INSERT INTO c VALUES ('x', NULL)"):
+    assert sql.is_unique_violation(unique.value) and sql.constraint_kind(unique.value) == "unique"
+    for bad, kind in (("INSERT INTO c VALUES ('x', 0)", "check"), ("INSERT INTO c VALUES ('x', NULL)", "not_null")):
         with pytest.raises(sql.integrity_errors()) as other:
             store.execute(bad)
+        assert sql.constraint_kind(other.value) == kind
         assert not sql.is_unique_violation(other.value)
 
 
-def test_is_unique_violation_reads_postgresql_sqlstate():
+def test_constraint_kind_reads_postgresql_sqlstate():
     class UniqueViolation(Exception):
         sqlstate = "23505"
 
@@ -130,8 +133,9 @@ def test_is_unique_violation_reads_postgresql_sqlstate():
         sqlstate = "23503"
 
     assert sql.is_unique_violation(UniqueViolation())
+    assert sql.constraint_kind(ForeignKeyViolation()) == "foreign_key"
     assert not sql.is_unique_violation(ForeignKeyViolation())
-    assert not sql.is_unique_violation(ValueError("UNIQUE constraint failed"))
+    assert sql.constraint_kind(ValueError("UNIQUE constraint failed")) is None  # not a driver's exception
 
 
 def test_driver_and_storage_errors_catch_what_a_failing_store_raises(store):
@@ -143,18 +147,155 @@ def test_driver_and_storage_errors_catch_what_a_failing_store_raises(store):
         raise StorageError("disk full")
 
 
-def test_savepoint_lets_the_transaction_go_on_after_a_failed_statement(store):
-    with write_transaction(store):
-        store.execute("INSERT INTO t (id) VALUES ('d')")
-        with pytest.raises(sql.integrity_errors()), sql.savepoint(store):
-            store.execute("INSERT INTO t (id) VALUES ('e')")
-            store.execute("INSERT INTO t (id) VALUES ('a')")  # fails: the block's 'e' is undone with it
-        store.execute("INSERT INTO t (id) VALUES ('f')")
-    assert _ids(store, "1=1", []) == ["a", "b", "c", "d", "f"]
+def test_executemany_runs_once_per_row_on_a_sqlite_utils_database(store):
+    sql.executemany(store, "INSERT INTO t (id, rating) VALUES (?, ?)", [("d", 1), ("e", -1)])
+    assert _ids(store, "rating = -1", []) == ["b", "e"]
 
 
-def test_savepoint_outside_a_transaction_issues_nothing(store):
-    with sql.savepoint(store):
-        store.execute("INSERT INTO t (id) VALUES ('d')")
-    assert not store.conn.in_transaction
-    assert _ids(store, "id = 'd'", []) == ["d"]
+# --- the guard: no new SQLite-only SQL in application code ---------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+APPLICATION = ("cli", "config", "feedback", "modelclient", "server", "trainer")
+
+# The seam itself, and what is SQLite-specific on purpose (each says why).
+ALLOWED = {
+    "feedback/db.py": "the seam: SQLite's PRAGMAs and BEGIN IMMEDIATE live here",
+    "feedback/db_postgres.py": "the seam's PostgreSQL side",
+    "feedback/migrations.py": "SQLite's shipped migrations (PostgreSQL has its own baseline)",
+    "feedback/migrations_postgres.py": "PostgreSQL's baseline and runner",
+    "feedback/health.py": "the store's probes, per engine",
+    "feedback/schema_doc.py": "reads each engine's catalogue",
+    "feedback/sql.py": "renders the SQLite and the PostgreSQL form of each construct",
+    "feedback/privacy/disk.py": "SQLite's free-space wipe (VACUUM, WAL checkpoint); does nothing on PostgreSQL",
+    "trainer/scheduler.py": "the scheduler's own SQLite job-store file, not the store",
+}
+
+# (what, pattern over a string literal's text, the portable form to use instead)
+SQLITE_ONLY = [
+    ("json_each", re.compile(r"\bjson_each\s*\(", re.I), "feedback.sql.in_list"),
+    ("json_extract", re.compile(r"\bjson_extract\s*\(", re.I), "feedback.sql.json_text / json_number"),
+    ("INSERT OR …", re.compile(r"\bINSERT\s+OR\s+(IGNORE|REPLACE|ABORT|FAIL|ROLLBACK)\b", re.I), "ON CONFLICT …"),
+    ("REPLACE INTO", re.compile(r"^\s*REPLACE\s+INTO\b", re.I), "INSERT … ON CONFLICT DO UPDATE"),
+    ("COLLATE NOCASE", re.compile(r"\bCOLLATE\s+NOCASE\b", re.I), "feedback.sql.same_text"),
+    ("sqlite_master", re.compile(r"\bsqlite_(master|schema|sequence)\b", re.I), "db.table_names()"),
+    ("PRAGMA", re.compile(r"^\s*PRAGMA\b", re.I), "a seam function in feedback/db.py"),
+    ("AUTOINCREMENT", re.compile(r"\bAUTOINCREMENT\b", re.I), "an identity column (pg-core's baseline)"),
+    ("WHERE 1", re.compile(r"\bWHERE\s+1\b(?!\s*=)", re.I), "WHERE 1=1"),
+    (
+        "SUM of a comparison",
+        re.compile(r"\bSUM\s*\([^()]*(<|>|=|\bIS\b|\bAND\b|\bOR\b)", re.I),
+        "SUM(feedback.sql.flag(…))",
+    ),
+    ("scalar MIN/MAX", re.compile(r"\b(MIN|MAX)\s*\([^()]*,", re.I), "CASE WHEN a < b THEN a ELSE b END"),
+    ("untyped NULL test", re.compile(r"(\?|:\w+)\s+IS\s+(NOT\s+)?NULL\b", re.I), "CAST(? AS TEXT) IS NULL"),
+    ("bare LIKE", re.compile(r"(?<!\))\s+LIKE\s", re.I), "feedback.sql.like (case-blind on both engines)"),
+    (
+        "SQLite-only function",
+        re.compile(
+            r"\b(IFNULL|GROUP_CONCAT|IIF|INSTR|PRINTF|JULIANDAY|STRFTIME|TOTAL_CHANGES|LAST_INSERT_ROWID)\s*\(", re.I
+        ),
+        "a function both engines have (COALESCE, string_agg via a helper, …)",
+    ),
+]
+# A literal is SQL (or a piece of it) when it holds one of these; the code writes SQL keywords in capitals,
+# so prose ("a reply from the model") is left alone.
+SQL_WORDS = re.compile(
+    r"\b(SELECT|INSERT|UPDATE|DELETE|WHERE|FROM|JOIN|ORDER BY|GROUP BY|PRAGMA|REPLACE|LIKE|COLLATE|IS NULL|"
+    r"IS NOT NULL|SUM|MIN|MAX|AUTOINCREMENT)\b|\b(json_each|json_extract|sqlite_\w+)\b"
+)
+
+
+def _sources() -> list[Path]:
+    return sorted(p for top in APPLICATION for p in (ROOT / top).rglob("*.py") if ".venv" not in p.parts)
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+def _texts(tree: ast.AST) -> list[tuple[int, str]]:
+    """Every string literal that is not a docstring, with f-strings' holes as ``{}``."""
+    skip = _docstrings(tree)
+    inside_fstrings = {id(v) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for v in node.values}
+    texts = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            texts.append((node.lineno, "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if id(node) not in skip and id(node) not in inside_fstrings:
+                texts.append((node.lineno, node.value))
+    return texts
+
+
+def sqlite_only_constructs(source: str, where: str) -> list[str]:
+    """``where:line: what (use …)`` for each SQLite-only construct in the SQL literals and driver use of a
+    module's ``source``."""
+    tree = ast.parse(source)
+    found = []
+    for line, text in _texts(tree):
+        if not SQL_WORDS.search(text):
+            continue
+        for what, pattern, instead in SQLITE_ONLY:
+            if pattern.search(text):
+                found.append(f"{where}:{line}: {what} (use {instead})")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "lastrowid":
+            found.append(f"{where}:{node.lineno}: cursor.lastrowid (use INSERT … RETURNING id)")
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "sqlite3":
+            found.append(f"{where}:{node.lineno}: sqlite3.{node.attr} (use feedback.sql's *_errors())")
+    return found
+
+
+def test_application_sql_has_no_sqlite_only_construct():
+    found = [
+        problem
+        for path in _sources()
+        if path.relative_to(ROOT).as_posix() not in ALLOWED
+        for problem in sqlite_only_constructs(path.read_text(encoding="utf-8"), path.relative_to(ROOT).as_posix())
+    ]
+    assert found == [], "SQLite-only SQL (docs: feedback/sql.py):\n" + "\n".join(found)
+
+
+def test_the_allow_list_names_files_that_exist():
+    assert [name for name in ALLOWED if not (ROOT / name).is_file()] == []
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'db.execute("SELECT id FROM t WHERE id IN (SELECT value FROM json_each(?))", [ids])',
+        "db.execute(\"SELECT json_extract(data, '$.a') FROM t\")",
+        'db.execute("INSERT OR IGNORE INTO t (id) VALUES (?)", [1])',
+        'db.execute("SELECT id FROM t WHERE name = ? COLLATE NOCASE", [n])',
+        'db.execute("SELECT name FROM sqlite_master")',
+        'db.execute("PRAGMA table_info(t)")',
+        'where = "1"\ndb.execute(f"SELECT id FROM t WHERE 1 ORDER BY id")',
+        'db.execute("SELECT SUM(rating < 0) FROM feedback")',
+        'db.execute("UPDATE t SET at = MIN(at, ?)", [x])',
+        'db.execute("SELECT COUNT(*) FROM t WHERE (? IS NULL OR at > ?)", [x, x])',
+        "db.execute(\"SELECT id FROM t WHERE name LIKE ? ESCAPE '\\\\'\", [p])",
+        'db.execute("SELECT IFNULL(a, 0) FROM t")',
+        'db.execute("INSERT INTO t (a) VALUES (1)").lastrowid',
+        "try:\n    pass\nexcept sqlite3.IntegrityError:\n    pass",
+    ],
+)
+def test_the_guard_catches_each_construct(source):
+    found = sqlite_only_constructs(source, "probe.py")
+    assert len(found) == 1 and found[0].startswith("probe.py:"), found
+
+
+def test_the_guard_passes_the_portable_forms():
+    source = '''"""A docstring may say json_each( and INSERT OR IGNORE: it is not SQL that runs."""
+in_ids, params = sql.in_list(db, "id", ids)
+db.execute(f"SELECT id FROM t WHERE {in_ids} AND {sql.like('name')}", params)
+db.execute("INSERT INTO t (id) VALUES (?) ON CONFLICT DO NOTHING RETURNING id", [1]).fetchall()
+db.execute(f"SELECT SUM({sql.flag('rating < 0')}), MIN(at) FROM t WHERE 1=1 AND (CAST(? AS TEXT) IS NULL)", [x])
+print("a reply from the model, like the last one, where the sum is min(a, b)")
+'''
+    assert sqlite_only_constructs(source, "probe.py") == []

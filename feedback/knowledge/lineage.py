@@ -16,14 +16,15 @@ from typing import Sequence
 from sqlite_utils import Database
 
 from feedback.knowledge.prompt import Snippet
-from feedback.sql import flag, in_list
+from feedback.sql import executemany, flag, in_list
 
 
 def record_sources(db: Database, message_id: str, sources: Sequence[Snippet]) -> None:
     """Write the entries an answer was given (call inside the transaction that writes the message)."""
     if not sources:
         return
-    db.conn.executemany(
+    executemany(
+        db,
         "INSERT INTO message_sources (message_id, rank, entry_id, entry_version, score) VALUES (?, ?, ?, ?, ?)",
         [(message_id, rank, s.entry_id, s.version, s.score) for rank, s in enumerate(sources, start=1)],
     )

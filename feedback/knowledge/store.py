@@ -31,9 +31,9 @@ from sqlite_utils import Database
 
 from config.errors import Conflict, NotFound, ValidationFailed
 from feedback import audit
-from feedback.db import new_id, utc_now, write_transaction
+from feedback.db import new_id, savepoint, utc_now, write_transaction
 from feedback.knowledge.analysis import language_of
-from feedback.sql import in_list, integrity_errors, like, like_pattern, savepoint
+from feedback.sql import in_list, integrity_errors, like, like_pattern
 from feedback.text import question_key
 
 STATES = ("active", "retired")

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 
 from sqlite_utils import Database
 
+from feedback.db import savepoint
 from feedback.privacy.texts import Texts
 from feedback.review import ReviewItem, list_items
-from feedback.sql import integrity_errors, savepoint
+from feedback.sql import integrity_errors
 from feedback.text import question_key
 
 # Evidence lists of texts, and the fields of each entry that hold a user's words.
