@@ -10,7 +10,7 @@ import pytest
 
 from config.errors import Conflict, NotFound
 from feedback import apikeys, ratings, turns, versions
-from feedback.db import open_db, write_transaction
+from feedback.db import open_db, savepoint, write_transaction
 from feedback.migrations import MIGRATIONS
 from feedback.sql import integrity_errors
 
@@ -158,3 +158,23 @@ def test_only_one_live_version(db):
                 "INSERT INTO model_versions (id, name, provider, base_model, status, created_at) "
                 "VALUES ('x', 'x', 'p', 'x', 'live', 't')"
             )
+
+
+def test_a_question_as_long_as_the_gateway_allows_is_recorded_and_rated(db):
+    """4,000 Korean characters (~12 KB): no index entry may hold it whole (PostgreSQL's must fit in a page)."""
+    question = "".join(chr(0xAC00 + (i * 7919) % 11172) for i in range(4000))
+    t = _turn(db, question, "답변")
+    ratings.record_rating(db, message_id=t.assistant_message_id, voter_ref="v", rating="down")
+    stored = db.execute("SELECT question_key FROM feedback WHERE message_id = ?", [t.assistant_message_id]).fetchone()
+    assert len(stored[0]) == 4000
+
+
+def test_a_failed_statement_in_a_savepoint_leaves_the_transaction_usable(db):
+    with write_transaction(db):
+        db.execute("INSERT INTO instance_secrets (name, value, created_at) VALUES ('a', 'v', 't')")
+        with pytest.raises(integrity_errors()), savepoint(db):
+            db.execute("INSERT INTO instance_secrets (name, value, created_at) VALUES ('b', 'v', 't')")
+            db.execute("INSERT INTO instance_secrets (name, value, created_at) VALUES ('a', 'w', 't')")
+        db.execute("INSERT INTO instance_secrets (name, value, created_at) VALUES ('c', 'v', 't')")
+    rows = db.execute("SELECT name, value FROM instance_secrets ORDER BY name").fetchall()
+    assert [tuple(r) for r in rows] == [("a", "v"), ("c", "v")]  # b went with the failed savepoint

@@ -8,7 +8,8 @@ One database is migrated once as a template; every test gets a fresh copy (``CRE
 TEMPLATE``, ~50 ms), so tests never see each other's rows.
 
 A test module opts its ``db`` tests into both engines with ``pytestmark = pytest.mark.engines``; the
-``engine`` fixture is then "sqlite" and "postgresql" in turn (only "sqlite" elsewhere). When no
+``engine`` fixture is then "sqlite" and "postgresql" in turn (only "sqlite" elsewhere). A test about one
+engine's own behaviour (a SQLite query plan) narrows it with ``@pytest.mark.engines("sqlite")``. When no
 PostgreSQL can be found or started, the PostgreSQL runs FAIL: a storage test that quietly skipped its
 second engine would prove nothing. A developer without PostgreSQL may set
 ``TUNELOOP_TEST_POSTGRES=off`` to run SQLite only (CI never sets it).
@@ -40,10 +41,13 @@ def pytest_configure(config):
 def pytest_generate_tests(metafunc):
     if "engine" not in metafunc.fixturenames:
         return
-    if metafunc.definition.get_closest_marker("engines") is None:
+    marker = metafunc.definition.get_closest_marker("engines")
+    if marker is None:
         return  # the engine fixture's default: SQLite, and test ids as they always were
-    off = os.environ.get(OPT_OUT, "").lower() in ("off", "0", "no", "false")
-    metafunc.parametrize("engine", ENGINES[:1] if off else ENGINES, indirect=True)
+    engines = marker.args or ENGINES  # a test that is about one engine says so: @pytest.mark.engines("sqlite")
+    if os.environ.get(OPT_OUT, "").lower() in ("off", "0", "no", "false"):
+        engines = [e for e in engines if e != "postgresql"]
+    metafunc.parametrize("engine", engines, indirect=True)
 
 
 @pytest.fixture
