@@ -7,7 +7,7 @@ import re
 import pytest
 
 from feedback import review
-from feedback.db import open_store
+from feedback.db import open_store, write_transaction
 from feedback.knowledge import lineage, store
 from feedback.knowledge.prompt import Snippet
 from server.admin import admin_token
@@ -58,7 +58,7 @@ def test_the_list_searches_tries_a_question_and_shows_ratings(app, token, db):
     entry = store.entry_for_question(db, SHIPPING)
     version = make_version(db, "older", "retired")
     message_id = ask(db, version, "postage?", down=1)
-    with db.conn:
+    with write_transaction(db):  # commits on either engine (a psycopg connection closes on exit)
         lineage.record_sources(db, message_id, [Snippet(entry.id, SHIPPING, entry.answer, 0.7, 1)])
     client = app.test_client()
     page = client.get("/admin/knowledge?q=30,000 won", headers=bearer(token)).get_data(as_text=True)
