@@ -252,6 +252,20 @@ def _postgres_write_transaction(db, *, lock: str | None, durable: bool):
         note_write(db)
 
 
+def column_names(db, table: str) -> list[str]:
+    """The columns of ``table``, in order, on either engine ([] when there is no such table)."""
+    if dialect(db) == POSTGRESQL:
+        return [
+            name
+            for (name,) in db.execute(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position",
+                [table],
+            )
+        ]
+    return [row[1] for row in db.execute("SELECT * FROM pragma_table_info(?)", [table])]
+
+
 def savepoint(db):
     """``with savepoint(db):`` — statements whose failure the caller catches and survives.
 

@@ -76,7 +76,8 @@ def storage_failure(exc: BaseException) -> StorageError | None:
     if not lost and not state.startswith(_STORAGE_SQLSTATES):
         return None
     # The client sees a 503 with the SQLSTATE; the server's own words (which may name hosts) go to the log.
-    log.warning("database failure %s: %s", state or "connection lost", str(exc).strip().splitlines()[0:1])
+    first_line = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+    log.warning("database failure %s: %s", state or "connection lost", first_line)
     reason = _REASONS.get(state[:2], _REASONS.get(state, "the database failed"))
     return StorageError(f"the database is unavailable: {reason} (SQLSTATE {state or 'none: connection lost'})")
 

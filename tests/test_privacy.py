@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from cli.main import cli
 from feedback import apikeys, audit, review
 from feedback.audit import Actor
-from feedback.db import open_store, write_transaction
+from feedback.db import column_names, open_store, write_transaction
 from feedback.knowledge import store
 from feedback.privacy.erase import erase, masker
 from feedback.privacy.export import export
@@ -78,7 +78,7 @@ def marker_rows(db, marker: str) -> int:
     """Rows of any table holding ``marker`` in any column, in any letter case."""
     found = 0
     for table in db.table_names():
-        columns = [column[0] for column in db.execute(f"SELECT * FROM {table} LIMIT 0").description]  # any engine
+        columns = column_names(db, table)
         if not columns:
             continue
         where = " OR ".join(f"lower(CAST({col} AS TEXT)) LIKE ?" for col in columns)

@@ -178,3 +178,22 @@ def test_a_failed_statement_in_a_savepoint_leaves_the_transaction_usable(db):
         db.execute("INSERT INTO instance_secrets (name, value, created_at) VALUES ('c', 'v', 't')")
     rows = db.execute("SELECT name, value FROM instance_secrets ORDER BY name").fetchall()
     assert [tuple(r) for r in rows] == [("a", "v"), ("c", "v")]  # b went with the failed savepoint
+
+
+def test_db_status_and_migrate_on_the_sqlite_file(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    env = {"TUNELOOP_PATHS__DATA_DIR": str(tmp_path / "var"), "TUNELOOP_DATABASE__URL": None, "DATABASE_URL": None}
+    runner = CliRunner()
+    before = runner.invoke(cli, ["db", "status"], env=env)
+    assert before.exit_code == 0 and "created on first start" in before.output
+    assert not (tmp_path / "var" / "tuneloop.db").exists()  # status changes nothing
+    done = runner.invoke(cli, ["db", "migrate"], env=env)
+    assert done.exit_code == 0 and f"applied {len(MIGRATIONS._migrations)} migration(s): m001_core" in done.output
+    again = runner.invoke(cli, ["db", "migrate"], env=env)
+    assert "applied 0 migration(s); already up to date" in again.output
+    after = runner.invoke(cli, ["db", "status"], env=env)
+    assert f"store: SQLite {tmp_path / 'var' / 'tuneloop.db'}" in after.output
+    assert f"{len(MIGRATIONS._migrations)} applied, 0 pending" in after.output
