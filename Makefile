@@ -21,12 +21,12 @@ UV := $(VENV)-lock/bin/uv
 UV_COMPILE := $(UV) pip compile --quiet --python-version 3.11 --generate-hashes --no-emit-package torch \
 	--find-links /opt/wheels --custom-compile-command "make lock"
 
-.PHONY: run test lint install install-test browser node bench lock clean
+.PHONY: run test lint install install-test browser postgres node bench lock clean
 
 run: $(RUNTIME_STAMP)
 	$(BIN)/tuneloop up
 
-test: $(TEST_STAMP) browser node lint
+test: $(TEST_STAMP) browser postgres node lint
 	@# pytest exits 5 when it collected no test: that must fail, loudly.
 	@set +e; $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
@@ -74,6 +74,12 @@ $(UV):
 browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
 		$(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+
+# The storage tests run on SQLite and on a throw-away PostgreSQL server (tests/plugins/postgres.py) started from
+# Debian's binaries under /usr/lib/postgresql; only the binaries are needed, the package's own cluster is not used.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends postgresql; }
 
 # The JavaScript clients and tools the tests drive (tests/node/package.json: the Vercel AI SDK, axe-core), at the
 # locked versions (package-lock.json, integrity-checked by npm ci); reinstalled only when the lock changes.

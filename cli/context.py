@@ -19,7 +19,7 @@ from config.errors import Forbidden
 from config.settings import Settings, load_settings
 from feedback import accounts
 from feedback.audit import Actor
-from feedback.db import open_db
+from feedback.db import open_store
 from feedback.knowledge.seed import ensure_seeded
 
 
@@ -41,7 +41,7 @@ class CliContext:
     @cached_property
     def db(self) -> Database:
         """The migrated database; on the very first open, the knowledge base is seeded (knowledge.base_file)."""
-        db = open_db(self.settings.db_path, busy_timeout_ms=self.settings.database.busy_timeout_ms)
+        db = open_store(self.settings)
         ensure_seeded(db, self.settings.knowledge)
         return db
 

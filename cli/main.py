@@ -13,6 +13,7 @@ import click
 from cli import (
     context,
     dataset,
+    db,
     demo,
     evaluate,
     kb,
@@ -108,6 +109,7 @@ for _command in (
     *scheduler.COMMANDS,
     *users.COMMANDS,
     *privacy.COMMANDS,
+    *db.COMMANDS,
 ):
     cli.add_command(_command)
 

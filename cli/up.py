@@ -23,7 +23,7 @@ from cli.supervisor import Child, ChildFailed, Supervisor, tuneloop_argv
 from config.errors import ConfigError, TuneloopError
 from config.settings import Settings
 from feedback import accounts
-from feedback.db import open_db
+from feedback.db import open_store
 from feedback.process_status import write_status
 from server.admin.auth import admin_token
 from trainer.deploy import deploy_serving
@@ -57,7 +57,7 @@ def _uses_builtin_model(settings: Settings) -> bool:
 
 def _redeploy(settings: Settings) -> None:
     """Load the live and canary adapters into the (re)started model server; a failure is logged, not fatal."""
-    db = open_db(settings.db_path, busy_timeout_ms=settings.database.busy_timeout_ms, migrate=False)
+    db = open_store(settings, migrate=False)
     try:
         loaded = [r for r in deploy_serving(db, settings, actor="tuneloop up") if r.action == "loaded"]
     except TuneloopError as exc:

@@ -25,7 +25,7 @@ import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from config.errors import ConfigError
 from config.profile import Profile, read_profile
@@ -33,6 +33,7 @@ from config.profile import Profile, read_profile
 DEFAULT_TOML = Path(__file__).with_name("default.toml")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "TUNELOOP_"
+DATABASE_URL_ENV = "DATABASE_URL"  # honoured for database.url when TUNELOOP_DATABASE__URL is not set
 
 
 def env_secret(variable: str) -> str:
@@ -76,13 +77,86 @@ class PathsSettings:
         _check(bool(self.data_dir), "paths.data_dir", "must not be empty")
 
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")  # "postgres://" is the alias Heroku-style platforms hand out
+SQLITE_URL_PREFIX = "sqlite:///"
+
+
+def is_postgres_url(target: str) -> bool:
+    """True for a ``postgresql://`` (or ``postgres://``) URL: the store is a PostgreSQL server."""
+    return urlsplit(target).scheme in POSTGRES_SCHEMES if "://" in target else False
+
+
+def sqlite_url_path(target: str) -> str:
+    """The file a SQLite target names: ``sqlite:///var/x.db`` → ``var/x.db``; a plain path as it is."""
+    return target[len(SQLITE_URL_PREFIX) :] if target.startswith(SQLITE_URL_PREFIX) else target
+
+
+def _port_ok(url: str) -> bool:
+    try:
+        urlsplit(url).port  # noqa: B018 - urllib checks the port only when it is read
+    except ValueError:  # "db:five"
+        return False
+    return True
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, fit for a message or a log line."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if colon else netloc
+    query = "&".join(
+        f"{k}=***" if k.lower() == "password" else f"{k}={v}" if v or "=" in pair else k
+        for pair in parts.query.split("&")
+        if pair
+        for k, _, v in [pair.partition("=")]
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 @dataclass(frozen=True)
 class DatabaseSettings:
     path: str = ""
+    url: str = field(default="", repr=False)  # may hold a password: never in a repr, a log line or a message
     busy_timeout_ms: int = 5000
+    pool_size: int = 10
+    connect_timeout_s: float = 10.0
 
     def __post_init__(self):
         _check(self.busy_timeout_ms >= 0, "database.busy_timeout_ms", "must be >= 0")
+        _check(1 <= self.pool_size <= 1000, "database.pool_size", "must be between 1 and 1000")
+        _check(self.connect_timeout_s > 0, "database.connect_timeout_s", "must be > 0")
+        url = self.url.strip()
+        if not url:
+            return
+        scheme = urlsplit(url).scheme if "://" in url else ""
+        if scheme in POSTGRES_SCHEMES:
+            bad_port = f"{redact_url(url)} has a bad port (postgresql://USER:PASSWORD@HOST:PORT/DATABASE)"
+            _check(_port_ok(url), "database.url", bad_port)
+            # One spelling from here on: libpq and psycopg accept both, messages and logs show one.
+            object.__setattr__(self, "url", "postgresql" + url[len(scheme) :])
+        elif scheme == "sqlite":
+            _check(
+                url.startswith(SQLITE_URL_PREFIX) and len(url) > len(SQLITE_URL_PREFIX),
+                "database.url",
+                f"{url} is not sqlite:///PATH (three slashes, then the file)",
+            )
+        else:
+            _check(
+                False,
+                "database.url",
+                f"{redact_url(url)} is not a database URL: use postgresql://USER:PASSWORD@HOST:PORT/DATABASE,"
+                " sqlite:///PATH, or leave it empty for the embedded store",
+            )
+
+    @property
+    def is_postgres(self) -> bool:
+        """True when ``url`` puts the store in PostgreSQL."""
+        return is_postgres_url(self.url)
 
 
 @dataclass(frozen=True)
@@ -862,8 +936,15 @@ class Settings:
 
     @property
     def db_path(self) -> Path:
-        """``database.path``, or ``<data_dir>/tuneloop.db`` when it is empty."""
+        """The SQLite file: ``sqlite:///PATH`` in ``database.url``, else ``database.path``, else the data dir's."""
+        if self.database.url.startswith(SQLITE_URL_PREFIX):
+            return Path(sqlite_url_path(self.database.url)).expanduser()
         return Path(self.database.path).expanduser() if self.database.path else self.data_dir / "tuneloop.db"
+
+    @property
+    def store(self) -> str | Path:
+        """Where the store is, as ``feedback.db.open_db`` takes it: the PostgreSQL URL, else the SQLite file."""
+        return self.database.url if self.database.is_postgres else self.db_path
 
     @property
     def model_dir(self) -> Path:
@@ -933,9 +1014,7 @@ def _assemble(layers: list[tuple[str, dict]]) -> Settings:
         _merge(raw, values)
         for section, keys in values.items():
             for key in keys if isinstance(keys, Mapping) else ():
-                origins[f"{section}.{key}"] = (
-                    f"environment {ENV_PREFIX}{section.upper()}__{key.upper()}" if label == "environment" else label
-                )
+                origins[f"{section}.{key}"] = _env_origin(section, key, values) if label == "environment" else label
     return dataclasses.replace(_build(Settings, raw, ""), origins=origins)
 
 
@@ -978,11 +1057,24 @@ def _from_env(env: Mapping[str, str]) -> dict:
             continue
         section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
         nested.setdefault(section, {})[key] = _EnvString(value)
+    # DATABASE_URL is what container platforms and most servers (Open WebUI, LiteLLM) read; ours wins over it.
+    if env.get(DATABASE_URL_ENV) and "url" not in nested.get("database", {}):
+        nested.setdefault("database", {})["url"] = _DatabaseUrlEnv(env[DATABASE_URL_ENV])
     return nested
+
+
+def _env_origin(section: str, key: str, env_values: dict) -> str:
+    if isinstance(env_values.get(section, {}).get(key), _DatabaseUrlEnv):
+        return f"environment {DATABASE_URL_ENV}"
+    return f"environment {ENV_PREFIX}{section.upper()}__{key.upper()}"
 
 
 class _EnvString(str):
     """A value that came from the environment: converted to the field's type."""
+
+
+class _DatabaseUrlEnv(_EnvString):
+    """``database.url`` taken from ``DATABASE_URL``."""
 
 
 def _build(cls: type, raw: Any, prefix: str):

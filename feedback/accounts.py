@@ -145,7 +145,7 @@ def get_user(db: Database, ref: str) -> Account:
 
 def list_users(db: Database) -> list[Account]:
     """Every account, admins first, then by e-mail."""
-    return _select(db, "1 ORDER BY disabled_at IS NOT NULL, role = 'admin' DESC, role = 'reviewer' DESC, email", [])
+    return _select(db, "1=1 ORDER BY disabled_at IS NOT NULL, role = 'admin' DESC, role = 'reviewer' DESC, email", [])
 
 
 def admin_exists(db: Database) -> bool:

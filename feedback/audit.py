@@ -28,6 +28,7 @@ from sqlite_utils import Database
 
 from config.errors import ValidationFailed
 from feedback.db import utc_now, write_transaction
+from feedback.sql import escape_like, like, like_pattern, same_text
 
 VIAS = ("web", "api", "cli", "system")
 # What each action means, in the words the audit page and the weekly report use.
@@ -147,9 +148,9 @@ def record(db: Database, actor: str | None, action: str, target: str | None = No
         raise ValueError(f"unknown audit action {action!r}; add it to feedback.audit.ACTIONS")
     who = as_actor(actor)
     with write_transaction(db):
-        cursor = db.execute(
+        ((entry_id,),) = db.execute(
             """INSERT INTO audit_log (at, actor, actor_name, actor_id, via, action, target, details)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
             [
                 utc_now(),
                 str(who),
@@ -160,8 +161,8 @@ def record(db: Database, actor: str | None, action: str, target: str | None = No
                 target,
                 json.dumps(scrub(details), ensure_ascii=False, sort_keys=True, default=str),
             ],
-        )
-    return cursor.lastrowid
+        ).fetchall()  # all of it: an INSERT … RETURNING left unfinished would hold the transaction open
+    return entry_id
 
 
 @dataclass(frozen=True)
@@ -186,14 +187,14 @@ class Filters:
 
     def where(self) -> tuple[str, list]:
         """SQL condition and parameters."""
-        clauses, params = ["1"], []
+        clauses, params = ["1=1"], []
         if self.actor:
-            clauses.append("(actor = ? COLLATE NOCASE OR actor_name LIKE ? ESCAPE '\\')")
-            params += [self.actor.strip(), "%" + _like(self.actor.strip()) + "%"]
+            clauses.append(f"({same_text('actor')} OR {like('actor_name')})")
+            params += [self.actor.strip(), like_pattern(self.actor.strip())]
         if self.action:
             if self.action.endswith("."):
-                clauses.append("action LIKE ? ESCAPE '\\'")
-                params.append(_like(self.action) + "%")
+                clauses.append(like("action"))
+                params.append(escape_like(self.action) + "%")
             else:
                 clauses.append("action = ?")
                 params.append(self.action)
@@ -207,10 +208,6 @@ class Filters:
             clauses.append("at < ?")
             params.append(self.until.replace(" ", "T"))
         return " AND ".join(clauses), params
-
-
-def _like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 _COLUMNS = ("id", "at", "actor", "actor_name", "actor_id", "via", "action", "target", "details")

@@ -1,6 +1,12 @@
-"""Opening the SQLite store, and the transaction helper every writer uses.
+"""Opening the store, and the transaction helpers every writer uses: the one façade over both engines.
 
-``open_db(path)`` is the only way in: it sets the connection pragmas (WAL, a busy
+The store is SQLite (a file: the embedded default) or PostgreSQL (a ``postgresql://`` URL: the shared
+store for several hosts, ``feedback/db_postgres.py``, the only module that imports psycopg). Application
+code never asks which: it takes a ``db`` handle (``execute``, ``executemany``, ``query``), writes portable
+SQL with ``?`` placeholders, and writes through :func:`write_transaction` and :func:`savepoint`. Why a thin
+seam and not SQLAlchemy: docs/architecture.md ("One store, two engines").
+
+``open_db(path_or_url)`` is the only way in. On SQLite it sets the connection pragmas (WAL, a busy
 timeout, foreign keys, ``synchronous=NORMAL``, ``secure_delete``) and applies any pending named
 migrations, so every process — gateway, scheduler, CLI, tests — sees the same
 schema. The web layer migrates once at start-up and then opens cheap
@@ -39,12 +45,78 @@ from typing import Iterator
 import sqlite_utils
 
 from config.errors import StorageError
+from config.settings import Settings, is_postgres_url, sqlite_url_path
 from feedback.migrations import MIGRATIONS
 
+SQLITE = "sqlite"
+POSTGRESQL = "postgresql"
 
-def open_db(path: str | Path, *, busy_timeout_ms: int = 5000, migrate: bool = True) -> sqlite_utils.Database:
-    """Open (creating if needed) the database at ``path`` and bring its schema up to date."""
-    path = Path(path)
+
+def dialect(db) -> str:
+    """``"sqlite"`` or ``"postgresql"``: which engine the handle ``db`` talks to."""
+    return getattr(db, "dialect", SQLITE)
+
+
+def open_db(
+    target: str | Path,
+    *,
+    busy_timeout_ms: int = 5000,
+    migrate: bool = True,
+    connect_timeout_s: float = 10.0,
+):
+    """Open the store at ``target`` and bring its schema up to date (unless ``migrate`` is false).
+
+    ``target`` is a SQLite file (a path, or ``sqlite:///path``; created if needed) or a
+    ``postgresql://`` URL. A PostgreSQL server that cannot be reached, or a role without the
+    rights the store needs, raises :class:`ConfigError` naming ``database.url``.
+    """
+    if is_postgres_url(str(target)):
+        from feedback import db_postgres  # only a PostgreSQL store loads psycopg
+
+        return db_postgres.open_db(
+            str(target), busy_timeout_ms=busy_timeout_ms, migrate=migrate, connect_timeout_s=connect_timeout_s
+        )
+    return _open_sqlite(Path(sqlite_url_path(str(target))), busy_timeout_ms=busy_timeout_ms, migrate=migrate)
+
+
+def open_pool(target: str | Path, *, busy_timeout_ms: int = 5000, size: int = 10, connect_timeout_s: float = 10.0):
+    """This process's pool of connections to the (already migrated) store at ``target``.
+
+    Create it in the process that uses it (a gateway worker, after the fork): a PostgreSQL
+    pool's connections and threads do not survive ``fork``. ``size`` bounds a PostgreSQL pool;
+    a SQLite pool keeps up to 32 idle connections, opening more as needed.
+    """
+    if is_postgres_url(str(target)):
+        from feedback import db_postgres
+
+        return db_postgres.PgPool(
+            str(target), size=size, busy_timeout_ms=busy_timeout_ms, connect_timeout_s=connect_timeout_s
+        )
+    return ConnectionPool(sqlite_url_path(str(target)), busy_timeout_ms=busy_timeout_ms)
+
+
+def open_store(settings: Settings, *, migrate: bool = True):
+    """The store ``settings`` name (``database.url``, else the SQLite file under ``paths``), opened and migrated."""
+    return open_db(
+        settings.store,
+        busy_timeout_ms=settings.database.busy_timeout_ms,
+        migrate=migrate,
+        connect_timeout_s=settings.database.connect_timeout_s,
+    )
+
+
+def open_store_pool(settings: Settings):
+    """This process's connection pool to the store ``settings`` name (see :func:`open_pool`)."""
+    database = settings.database
+    return open_pool(
+        settings.store,
+        busy_timeout_ms=database.busy_timeout_ms,
+        size=database.pool_size,
+        connect_timeout_s=database.connect_timeout_s,
+    )
+
+
+def _open_sqlite(path: Path, *, busy_timeout_ms: int, migrate: bool) -> sqlite_utils.Database:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), timeout=busy_timeout_ms / 1000, check_same_thread=False)
@@ -127,33 +199,102 @@ def begin_immediate(db: sqlite_utils.Database, *, wait: bool = True) -> None:
         conn.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
 
 
-def database_path(db: sqlite_utils.Database) -> str | None:
-    """The resolved file of a database :func:`open_db` opened; None for one opened elsewhere."""
+def database_path(db) -> str | None:
+    """The resolved file of a SQLite database :func:`open_db` opened; None for one opened elsewhere or a server."""
+    opened = _OPENED.get(db) if dialect(db) == SQLITE else None
+    return opened.path if opened else None
+
+
+def _store_key(db) -> str | None:
+    # What a commit is remembered under: the SQLite file, or the PostgreSQL server and database.
+    if dialect(db) == POSTGRESQL:
+        return db.store_key
     opened = _OPENED.get(db)
     return opened.path if opened else None
 
 
-def last_write_age(db: sqlite_utils.Database) -> float | None:
-    """Seconds since this process last committed a write to ``db``'s file; None if it has not."""
-    opened = _OPENED.get(db)
-    at = _LAST_WRITE.get(opened.path) if opened else None
+def last_write_age(db) -> float | None:
+    """Seconds since this process last committed a write to ``db``'s store; None if it has not."""
+    key = _store_key(db)
+    at = _LAST_WRITE.get(key) if key else None
     return None if at is None else time.monotonic() - at
 
 
-def note_write(db: sqlite_utils.Database) -> None:
-    """Remember that a write to ``db``'s file just committed (proof that it takes writes)."""
-    opened = _OPENED.get(db)
-    if opened:
-        _LAST_WRITE[opened.path] = time.monotonic()
+def note_write(db) -> None:
+    """Remember that a write to ``db``'s store just committed (proof that it takes writes)."""
+    key = _store_key(db)
+    if key:
+        _LAST_WRITE[key] = time.monotonic()
+
+
+def write_transaction(db, *, lock: str | None = "store", durable: bool = True):
+    """A write transaction: committed on success, rolled back on any error; nested use becomes a savepoint.
+
+    SQLite: ``BEGIN IMMEDIATE``, one writer at a time for the whole file (``lock`` and
+    ``durable`` change nothing). PostgreSQL: ``BEGIN`` and a transaction-scoped advisory lock
+    named ``lock`` ("store", the default, serialises writers as SQLite does; a narrower name
+    such as ``f"vote:{message_id}"`` lets unrelated writers run side by side; None takes no lock,
+    for a single atomic statement). ``durable=False`` commits without waiting for the WAL flush
+    (counters a crash may lose). A full disk, a read-only store or a lock wait past the busy
+    timeout surfaces as :class:`StorageError`, so callers answer 503 instead of a stack trace.
+    """
+    if dialect(db) == POSTGRESQL:
+        return _postgres_write_transaction(db, lock=lock, durable=durable)
+    return _sqlite_write_transaction(db)
 
 
 @contextlib.contextmanager
-def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
-    """A ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error.
+def _postgres_write_transaction(db, *, lock: str | None, durable: bool):
+    nested = db.in_transaction
+    with db.write_transaction(lock=lock, durable=durable):
+        yield db
+    if not nested:
+        note_write(db)
 
-    Nested use becomes a savepoint. A full disk or read-only file surfaces as
-    :class:`StorageError` so callers answer 503 instead of a stack trace.
+
+def column_names(db, table: str) -> list[str]:
+    """The columns of ``table``, in order, on either engine ([] when there is no such table)."""
+    if dialect(db) == POSTGRESQL:
+        return [
+            name
+            for (name,) in db.execute(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position",
+                [table],
+            )
+        ]
+    return [row[1] for row in db.execute("SELECT * FROM pragma_table_info(?)", [table])]
+
+
+def savepoint(db):
+    """``with savepoint(db):`` — statements whose failure the caller catches and survives.
+
+    On PostgreSQL an error aborts the whole transaction unless it happened inside a savepoint;
+    on SQLite the savepoint rolls back the failed statements' partial work the same way.
+    Outside a transaction it is a transaction of its own.
     """
+    if dialect(db) == POSTGRESQL:
+        return db.savepoint()
+    return _sqlite_savepoint(db)
+
+
+@contextlib.contextmanager
+def _sqlite_savepoint(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    name = f"tuneloop_{secrets.token_hex(8)}"
+    conn = db.conn
+    conn.execute(f"SAVEPOINT {name}")
+    try:
+        yield db
+    except BaseException:
+        if conn.in_transaction:  # a RAISE(ROLLBACK) may have ended everything already
+            conn.execute(f"ROLLBACK TO {name}")
+            conn.execute(f"RELEASE {name}")
+        raise
+    conn.execute(f"RELEASE {name}")
+
+
+@contextlib.contextmanager
+def _sqlite_write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
     conn = db.conn
     if conn.in_transaction:
         with db.atomic():

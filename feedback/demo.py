@@ -36,6 +36,7 @@ from config.settings import PROJECT_ROOT, Settings
 from feedback import versions
 from feedback.db import new_id, write_transaction
 from feedback.report.weeks import utc_text, week_label, week_monday
+from feedback.sql import executemany
 from feedback.text import has_hangul, question_key
 
 DEMO_SOURCE = "demo"
@@ -229,9 +230,10 @@ def seed_demo(
         # A live row registered moments ago (by this call, on a fresh store) gets the demo's
         # history: created before the canary week, promoted after it.
         db.execute(
-            "UPDATE model_versions SET promoted_at = ?, created_at = MIN(created_at, ?) "
-            "WHERE id = ? AND promoted_at >= ?",
-            [utc_text(promoted), utc_text(canary_start), live.id, utc_text(now - timedelta(minutes=10))],
+            # created_at becomes the earlier of the two (PostgreSQL has no two-argument MIN)
+            "UPDATE model_versions SET promoted_at = ?, "
+            "created_at = CASE WHEN created_at < ? THEN created_at ELSE ? END WHERE id = ? AND promoted_at >= ?",
+            [utc_text(promoted), *[utc_text(canary_start)] * 2, live.id, utc_text(now - timedelta(minutes=10))],
         )
 
     conversations, messages, votes = [], [], []
@@ -252,17 +254,20 @@ def seed_demo(
         day += timedelta(days=1)
 
     with write_transaction(db):
-        db.conn.executemany(
+        executemany(
+            db,
             "INSERT INTO conversations (id, created_at, user_ref, source, metadata) VALUES (?, ?, ?, ?, '{}')",
             conversations,
         )
-        db.conn.executemany(
+        executemany(
+            db,
             """INSERT INTO messages (id, conversation_id, seq, role, content, model_version_id, created_at,
                    latency_ms, tokens_in, tokens_out, finish_reason, error, question_key)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             messages,
         )
-        db.conn.executemany(
+        executemany(
+            db,
             """INSERT INTO feedback (id, message_id, voter_ref, rating, reason, comment, correction, created_at,
                    updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             votes,

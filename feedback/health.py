@@ -15,6 +15,9 @@ the database unwritable (issue 14). Now:
   writer holds the lock, that writer shows the database takes writes: the check
   passes and says so, rather than pulling a gateway out of a load balancer
   because the scheduler is writing.
+
+On PostgreSQL a recent commit is proof too; without one the probe asks the server whether it takes
+writes (``PgDatabase.writable``: not a standby, not read-only, the role may insert).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from feedback.db import begin_immediate, database_path, is_busy, last_write_age, note_write
+from feedback.db import POSTGRESQL, begin_immediate, database_path, dialect, is_busy, last_write_age, note_write
 
 PROOF_S = 30.0  # how long a commit (or a successful lock probe) counts as proof of writability
 MIN_FREE_BYTES = 16 * 1024 * 1024  # below this the next write may fail with "database or disk is full"
@@ -34,6 +37,8 @@ MIN_FREE_BYTES = 16 * 1024 * 1024  # below this the next write may fail with "da
 
 def database_check(db: sqlite_utils.Database) -> dict:
     """``{"ok": True, "proof": …}`` or ``{"ok": False, "error": …}`` for the database behind ``db``."""
+    if dialect(db) == POSTGRESQL:
+        return _server_check(db)
     path = database_path(db)
     if path is not None:
         problem = _file_problem(Path(path))
@@ -51,6 +56,15 @@ def database_check(db: sqlite_utils.Database) -> dict:
     db.conn.execute("ROLLBACK")
     note_write(db)
     return {"ok": True, "proof": "took the write lock"}
+
+
+def _server_check(db) -> dict:
+    # PostgreSQL: no file to look at and no lock to probe. A recent commit is proof; otherwise ask the server
+    # whether it takes writes (not a standby, not read-only, the role may insert) — one cheap query.
+    age = last_write_age(db)
+    if age is not None and age < PROOF_S:
+        return {"ok": True, "proof": f"a write committed {age:.1f} s ago"}
+    return db.writable()
 
 
 def _file_problem(path: Path) -> str | None:

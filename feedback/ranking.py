@@ -35,7 +35,6 @@ those are indexed and probed.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -46,6 +45,7 @@ from sqlite_utils import Database
 from config.errors import NotFound, ValidationFailed
 from feedback import versions
 from feedback.knowledge import lineage, store
+from feedback.sql import flag, in_list
 from feedback.text import fold_numbers, ngrams, question_key
 
 
@@ -252,7 +252,7 @@ def _counts(db: Database, version: str, since: str, until: str) -> tuple[Counter
     downs: Counter = Counter()
     # feedback carries its answer's version, time and key (migration m002), so no join.
     for key, n, d in db.execute(
-        """SELECT question_key, COUNT(*), SUM(rating < 0) FROM feedback
+        f"""SELECT question_key, COUNT(*), SUM({flag("rating < 0")}) FROM feedback
            WHERE model_version_id = :version AND answered_at >= :since AND answered_at < :until
            GROUP BY question_key""",
         window,
@@ -270,12 +270,13 @@ def _count_unkeyed(db: Database, window: dict, asked: Counter, votes: Counter, d
     for counter in (asked, votes, downs):
         counter.pop(None, None)
     rows = db.execute(
-        """SELECT u.content, a.error IS NULL, COUNT(f.id), COALESCE(SUM(f.rating < 0), 0) FROM messages a
+        f"""SELECT u.content, {flag("a.error IS NULL")}, COUNT(f.id), COALESCE(SUM({flag("f.rating < 0")}), 0)
+           FROM messages a
            JOIN messages u ON u.conversation_id = a.conversation_id AND u.seq = a.seq - 1
            LEFT JOIN feedback f ON f.message_id = a.id
            WHERE a.model_version_id = :version AND a.created_at >= :since AND a.created_at < :until
              AND a.question_key IS NULL
-           GROUP BY a.id""",
+           GROUP BY a.id, u.content, a.error""",  # one u per a: PostgreSQL wants every selected column grouped
         window,
     )
     for text, answered, n, d in rows:
@@ -326,16 +327,17 @@ def cluster_keys(keys: list[str], threshold: float) -> dict[str, list[str]]:
 def _attach_evidence(db: Database, groups: list[QuestionGroup], version: str, since: str, until: str) -> None:
     leader_of = {key: g.question_key for g in groups for key in g.keys}
     by_leader = {g.question_key: g for g in groups}
+    in_keys, keys = in_list(db, "f.question_key", leader_of, name="keys")
     rows = db.execute(
-        """SELECT a.id, f.question_key, u.content, a.content, f.rating, f.reason, f.comment, f.correction,
+        f"""SELECT a.id, f.question_key, u.content, a.content, f.rating, f.reason, f.comment, f.correction,
                   f.updated_at
            FROM feedback f
            JOIN messages a ON a.id = f.message_id
            JOIN messages u ON u.conversation_id = a.conversation_id AND u.seq = a.seq - 1
            WHERE f.model_version_id = :version AND f.answered_at >= :since AND f.answered_at < :until
-             AND f.question_key IN (SELECT value FROM json_each(:keys))
+             AND {in_keys}
            ORDER BY f.updated_at DESC""",
-        {"version": version, "since": since, "until": until, "keys": json.dumps(list(leader_of))},
+        {"version": version, "since": since, "until": until, **keys},
     ).fetchall()
     collected: dict[str, dict] = {
         leader: {

@@ -23,11 +23,14 @@ def hit(db: Database, key: str, window_s: float, amount: int = 1, now: datetime 
     now = now or datetime.now(timezone.utc)
     at, ends = utc_text(now), utc_text(now + timedelta(seconds=window_s))
     with write_transaction(db):
+        # The stored row's columns carry the table's name: in PostgreSQL's DO UPDATE a bare one is ambiguous.
         row = db.execute(
             """INSERT INTO rate_limit_counters (key, hits, window_ends_at) VALUES (:key, :amount, :ends)
                ON CONFLICT (key) DO UPDATE SET
-                 hits = CASE WHEN window_ends_at <= :at THEN :amount ELSE hits + :amount END,
-                 window_ends_at = CASE WHEN window_ends_at <= :at THEN :ends ELSE window_ends_at END
+                 hits = CASE WHEN rate_limit_counters.window_ends_at <= :at THEN :amount
+                             ELSE rate_limit_counters.hits + :amount END,
+                 window_ends_at = CASE WHEN rate_limit_counters.window_ends_at <= :at THEN :ends
+                                       ELSE rate_limit_counters.window_ends_at END
                RETURNING hits, window_ends_at""",
             {"key": key, "amount": amount, "ends": ends, "at": at},
         ).fetchone()

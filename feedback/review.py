@@ -27,7 +27,6 @@ given — an :class:`feedback.audit.Actor` from the pages and the CLI.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import asdict, dataclass, field
 
 from sqlite_utils import Database
@@ -37,6 +36,7 @@ from feedback import audit
 from feedback.db import new_id, utc_now, write_transaction
 from feedback.knowledge import corrections
 from feedback.ranking import RankingOptions, rank_worst
+from feedback.sql import integrity_errors, json_number, like, like_pattern
 from feedback.text import fold_numbers, question_key, similarity
 
 STATUSES = ("pending", "approved", "rejected")
@@ -140,7 +140,7 @@ def _row_to_item(row) -> ReviewItem:
     return ReviewItem(**values)
 
 
-def _select(db: Database, where: str = "1", params: list | dict = (), suffix: str = "") -> list[ReviewItem]:
+def _select(db: Database, where: str = "1=1", params: list | dict = (), suffix: str = "") -> list[ReviewItem]:
     sql = f"SELECT {', '.join(_COLUMNS)} FROM review_items WHERE {where} {suffix}"
     return [_row_to_item(row) for row in db.execute(sql, params).fetchall()]
 
@@ -160,19 +160,19 @@ def open_items(db: Database) -> list[ReviewItem]:
 
 def approved_items(db: Database) -> list[ReviewItem]:
     """Every approved item, oldest decision first (what the dataset builder trains on)."""
-    return _select(db, "status = 'approved'", [], "ORDER BY decided_at, id")
+    return _select(db, "status = 'approved'", [], "ORDER BY decided_at NULLS FIRST, id")  # SQLite's order, said
 
 
 def _filters(status: str | None, search: str | None) -> tuple[str, list]:
-    where, params = ["1"], []
+    where, params = ["1=1"], []
     if status:
         if status not in STATUSES:
             raise ValidationFailed(f"status must be one of {', '.join(STATUSES)}; got {status!r}", field="status")
         where.append("status = ?")
         params.append(status)
     if search and search.strip():
-        where.append("(question LIKE ? ESCAPE '\\' OR answer LIKE ? ESCAPE '\\' OR id = ?)")
-        pattern = "%" + search.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where.append(f"({like('question')} OR {like('answer')} OR id = ?)")
+        pattern = like_pattern(search.strip())
         params += [pattern, pattern, search.strip()]
     return " AND ".join(where), params
 
@@ -187,7 +187,7 @@ def list_items(
         db,
         where,
         params + [int(limit), int(offset)],
-        "ORDER BY created_at DESC, json_extract(evidence, '$.score') DESC, id LIMIT ? OFFSET ?",
+        f"ORDER BY created_at DESC, {json_number(db, 'evidence', '$.score')} DESC NULLS LAST, id LIMIT ? OFFSET ?",
     )
 
 
@@ -307,7 +307,7 @@ def _insert(db: Database, item: ReviewItem) -> None:
             f"INSERT INTO review_items ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})",
             [values[c] for c in _COLUMNS],
         )
-    except sqlite3.IntegrityError as exc:
+    except integrity_errors() as exc:
         raise Conflict(f"the question {item.question!r} is already pending or approved", field="question") from exc
 
 
@@ -391,7 +391,7 @@ def _update(db: Database, item_id: str, changes: dict) -> ReviewItem:
     sets = ", ".join(f"{k} = ?" for k in changes)
     try:
         db.execute(f"UPDATE review_items SET {sets} WHERE id = ?", [*changes.values(), item_id])
-    except sqlite3.IntegrityError as exc:
+    except integrity_errors() as exc:
         raise Conflict("another pending or approved item already holds this question", field="question") from exc
     return get_item(db, item_id)
 

@@ -16,7 +16,7 @@ def instance_secret(db: Database, name: str) -> str:
         return row[0]
     with write_transaction(db):
         db.execute(
-            "INSERT OR IGNORE INTO instance_secrets (name, value, created_at) VALUES (?, ?, ?)",
+            "INSERT INTO instance_secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
             [name, secrets.token_urlsafe(32), utc_now()],
         )
         return db.execute("SELECT value FROM instance_secrets WHERE name = ?", [name]).fetchone()[0]

@@ -67,8 +67,9 @@ def reserve_attempt(db: Database, limits: list[Limit], now: datetime | None = No
         at = utc_text(now)
         ids = [
             db.execute(
-                "INSERT INTO signin_attempts (scope, key, at) VALUES (?, ?, ?)", [limit.scope, limit.key, at]
-            ).lastrowid
+                "INSERT INTO signin_attempts (scope, key, at) VALUES (?, ?, ?) RETURNING id",
+                [limit.scope, limit.key, at],
+            ).fetchall()[0][0]  # fetchall: an INSERT … RETURNING left unfinished would hold the transaction open
             for limit in limits
         ]
         longest = max((limit.window_s for limit in limits), default=0)

@@ -17,14 +17,14 @@ from flask import Flask, g, request
 from flask_cors import CORS
 
 from config.settings import Settings, load_settings
-from feedback.db import ConnectionPool, open_db
+from feedback.db import open_store, open_store_pool
 from feedback.knowledge.live import LiveIndex
 from feedback.knowledge.seed import ensure_seeded
 from feedback.secrets import instance_secret
 from modelclient.embeddings import embeddings_from_settings
 from server import admin, metrics
 from server.auth import authenticate
-from server.context import EXTENSION, Gateway, close_db, get_db
+from server.context import EXTENSION, Gateway, close_db, connection_for, get_db
 from server.errors import register_error_handlers
 from server.proxies import TrustedProxies
 from server.rate_limits import install_limits
@@ -52,16 +52,19 @@ def init_app(app: Flask, settings: Settings) -> None:
     """Wire the store, the model router, auth, limits, CORS, metrics and routes onto ``app``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per upstream call is noise
-    db = open_db(settings.db_path, busy_timeout_ms=settings.database.busy_timeout_ms)
-    pool = ConnectionPool(settings.db_path, busy_timeout_ms=settings.database.busy_timeout_ms)
+    db = open_store(settings)
+    # The pool is made here, in the worker after gunicorn's fork: a PostgreSQL pool's connections and
+    # threads would not survive the fork.
+    pool = open_store_pool(settings)
     secret = settings.gateway.secret_key or instance_secret(db, "feedback_token")
     ensure_seeded(db, settings.knowledge)  # first start only: the base file becomes the knowledge base
-    router = ModelRouter(settings, pool.connection)
+    connection = connection_for(pool)
+    router = ModelRouter(settings, connection)
     router.prime(db)
     pool.release(db)  # the start-up connection stays open in the pool for the worker's life
-    knowledge = LiveIndex(settings.knowledge, pool.connection, embed=embeddings_from_settings(settings.knowledge))
+    knowledge = LiveIndex(settings.knowledge, connection, embed=embeddings_from_settings(settings.knowledge))
     knowledge.load()
-    chat = ChatService(settings=settings, router=router, secret=secret, connection=pool.connection, knowledge=knowledge)
+    chat = ChatService(settings=settings, router=router, secret=secret, connection=connection, knowledge=knowledge)
     gw = Gateway(settings=settings, secret=secret, pool=pool, router=router, chat=chat, knowledge=knowledge)
     app.extensions[EXTENSION] = gw
     app.teardown_appcontext(close_db)
@@ -93,7 +96,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     )
     for blueprint in (api.bp, openai_compat.bp, responses.bp, ops.bp, pages.bp, admin.bp):
         app.register_blueprint(blueprint)
-    install_limits(app, settings, pool.connection)
+    install_limits(app, settings, connection)
     # Outermost, so every layer below (limits, votes, sign-in throttling) sees the client's address.
     app.wsgi_app = TrustedProxies(app.wsgi_app, settings.gateway.trusted_proxies)
 

@@ -15,6 +15,8 @@ from datetime import datetime, timedelta, timezone
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 
+from feedback.sql import flag
+
 CACHE_S = 10.0
 PIPELINE_STATES = ("pending", "running", "succeeded", "failed", "skipped")
 
@@ -38,7 +40,7 @@ class LoopCollector:
         try:
             since = (datetime.now(timezone.utc) - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%S")
             up, total = db.execute(
-                "SELECT COALESCE(SUM(rating > 0), 0), COUNT(*) FROM feedback WHERE created_at >= ?", [since]
+                f"SELECT COALESCE(SUM({flag('rating > 0')}), 0), COUNT(*) FROM feedback WHERE created_at >= ?", [since]
             ).fetchone()
             (pending,) = db.execute("SELECT COUNT(*) FROM review_items WHERE status = 'pending'").fetchone()
             live = db.execute("SELECT id, name FROM model_versions WHERE status = 'live'").fetchone()

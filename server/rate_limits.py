@@ -15,7 +15,6 @@ flask-limiter does the rest: the limits per route (``[limits]``), 429 with ``Ret
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from datetime import datetime
@@ -26,9 +25,9 @@ from flask_limiter import Limiter
 from limits.storage import Storage
 from sqlite_utils import Database
 
-from config.errors import StorageError
 from config.settings import Settings
 from feedback import rate_counters
+from feedback.sql import storage_errors
 
 DATABASE_SCHEME = "database"
 PURGE_EVERY_S = 60.0  # how often a worker deletes the counters of ended windows
@@ -67,7 +66,7 @@ class DatabaseStorage(Storage):
 
     @property
     def base_exceptions(self) -> tuple[type[Exception], ...]:
-        return (sqlite3.Error, StorageError)
+        return storage_errors()  # read when an error is raised: psycopg's classes count once it is loaded
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         with self._writing, self.connection() as db:
@@ -91,7 +90,7 @@ class DatabaseStorage(Storage):
             with self.connection() as db:
                 db.execute("SELECT 1 FROM rate_limit_counters LIMIT 1").fetchall()
             return True
-        except sqlite3.Error:
+        except storage_errors():
             return False
 
     def reset(self) -> int | None:

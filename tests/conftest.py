@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.plugins.common",
+    "tests.plugins.postgres",
     "tests.plugins.upstream",
     "tests.plugins.model",
     "tests.plugins.starter_model",

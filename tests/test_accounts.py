@@ -19,6 +19,8 @@ from server.admin.sso import identity_from_claims, role_from_claims
 from tests.plugins.accounts import PASSWORD
 from tests.test_ranking import make_version
 
+pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
+
 
 def entries(db, action: str | None = None) -> list[audit.Entry]:
     return audit.entries(db, audit.Filters(action=action or ""), limit=1000)
@@ -166,7 +168,12 @@ def test_sso_settings_are_checked():
 
 @pytest.fixture
 def run(settings):
-    env = {"TUNELOOP_PATHS__DATA_DIR": str(settings.data_dir), "USER": "deploy-bot", "TUNELOOP_AS": None}
+    env = {
+        "TUNELOOP_PATHS__DATA_DIR": str(settings.data_dir),
+        "TUNELOOP_DATABASE__URL": settings.database.url,  # the test's store, on either engine
+        "USER": "deploy-bot",
+        "TUNELOOP_AS": None,
+    }
 
     def invoke(*args, **extra_env):
         return CliRunner().invoke(cli, list(args), env={**env, **extra_env})

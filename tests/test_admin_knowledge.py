@@ -7,12 +7,14 @@ import re
 import pytest
 
 from feedback import review
-from feedback.db import open_db
+from feedback.db import open_store, write_transaction
 from feedback.knowledge import lineage, store
 from feedback.knowledge.prompt import Snippet
 from server.admin import admin_token
 from tests.test_admin_auth import HOSTILE, bearer, csrf_of, login
 from tests.test_ranking import ask, make_version
+
+pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
 
 BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 SHIPPING = "How much is the shipping fee?"
@@ -25,7 +27,7 @@ def app(make_gateway):
 
 @pytest.fixture
 def db(app):
-    database = open_db(app.extensions["tuneloop"].settings.db_path)
+    database = open_store(app.extensions["tuneloop"].settings)
     yield database
     database.close()
 
@@ -56,7 +58,7 @@ def test_the_list_searches_tries_a_question_and_shows_ratings(app, token, db):
     entry = store.entry_for_question(db, SHIPPING)
     version = make_version(db, "older", "retired")
     message_id = ask(db, version, "postage?", down=1)
-    with db.conn:
+    with write_transaction(db):  # commits on either engine (a psycopg connection closes on exit)
         lineage.record_sources(db, message_id, [Snippet(entry.id, SHIPPING, entry.answer, 0.7, 1)])
     client = app.test_client()
     page = client.get("/admin/knowledge?q=30,000 won", headers=bearer(token)).get_data(as_text=True)

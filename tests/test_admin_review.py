@@ -7,11 +7,13 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from feedback import review
-from feedback.db import open_db
+from feedback.db import open_store
 from feedback.report.weeks import utc_text
 from server.admin import admin_token
 from tests.test_admin_auth import HOSTILE, bearer, csrf_of, login
 from tests.test_ranking import ask
+
+pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
 
 CORRECTION = "배송비는 3,000원이며 30,000원 이상 무료입니다."
 BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
@@ -24,7 +26,7 @@ def app(make_gateway):
 
 @pytest.fixture
 def store(app):
-    db = open_db(app.extensions["tuneloop"].settings.db_path)
+    db = open_store(app.extensions["tuneloop"].settings)
     yield db
     db.close()
 

@@ -11,7 +11,7 @@ import pytest
 
 from config.errors import ConfigError
 from config.profile import PROFILE_FILE, write_profile
-from config.settings import DEFAULT_TOML, SECTIONS, Settings, load_settings
+from config.settings import DEFAULT_TOML, SECTIONS, Settings, load_settings, redact_url
 
 
 def _documented_keys() -> dict[str, set[str]]:
@@ -76,6 +76,10 @@ def test_public_host_requires_keys_by_default():
         ({"TUNELOOP_GATEWAY__COLOUR": "blue"}, "gateway.colour"),
         ({"TUNELOOP_MODEL__BASE_URL": "localhost:8001"}, "model.base_url"),
         ({"TUNELOOP_MODEL_SERVER__MAX_BATCH": "0"}, "model_server.max_batch"),
+        ({"TUNELOOP_DATABASE__URL": "mysql://u:pw@db/x"}, "database.url"),
+        ({"DATABASE_URL": "postgresql://u:pw@db:port/x"}, "database.url"),
+        ({"TUNELOOP_DATABASE__URL": "sqlite://relative.db"}, "database.url"),
+        ({"TUNELOOP_DATABASE__POOL_SIZE": "0"}, "database.pool_size"),
     ],
 )
 def test_bad_values_stop_with_the_key_named(env, key):
@@ -178,3 +182,26 @@ def test_an_origins_section_in_a_config_file_is_refused(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_settings(mine, env={})
     assert info.value.message.startswith("origins: unknown setting")
+
+
+def test_database_url_from_either_variable_ours_first_and_the_password_never_shown():
+    pg = load_settings(env={"DATABASE_URL": "postgres://app:pw-123@db.internal:5432/tuneloop"})
+    assert pg.database.url == "postgresql://app:pw-123@db.internal:5432/tuneloop"  # the alias, one spelling
+    assert pg.store == pg.database.url and pg.database.is_postgres
+    assert pg.origin("database.url") == "environment DATABASE_URL"
+    assert "pw-123" not in repr(pg) and "pw-123" not in repr(pg.database)
+    ours = load_settings(env={"DATABASE_URL": "postgres://a@b/c", "TUNELOOP_DATABASE__URL": "sqlite:///x/t.db"})
+    assert ours.origin("database.url") == "environment TUNELOOP_DATABASE__URL"
+    assert not ours.database.is_postgres and str(ours.store) == "x/t.db" == str(ours.db_path)
+    embedded = load_settings(env={}, overrides={"paths.data_dir": "/srv/t"})
+    assert str(embedded.store) == "/srv/t/tuneloop.db"
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"DATABASE_URL": "mysql://app:pw-123@db/x"})
+    assert "pw-123" not in info.value.message and "app:***@db" in info.value.message
+
+
+def test_redact_url_hides_passwords_in_the_userinfo_and_the_query():
+    assert redact_url("postgresql://u:p@h:5/d?sslmode=require&password=q") == (
+        "postgresql://u:***@h:5/d?sslmode=require&password=***"
+    )
+    assert redact_url("postgresql://u@/d?host=/run/pg") == "postgresql://u@/d?host=/run/pg"

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from config.settings import PROJECT_ROOT, load_settings
-from feedback import review
+from feedback import review, sql
 from feedback.db import write_transaction
 from feedback.knowledge.grounding import ground
 from feedback.knowledge.live import LiveIndex
@@ -26,6 +26,8 @@ from trainer.dataset.as_served import ANSWERS_DIFFER, NOT_IN_KNOWLEDGE
 from trainer.dataset.cost import estimate_costs
 from trainer.dataset.dedupe import connected_groups, prompt_key
 from trainer.dataset.validate import check_example, validate_splits
+
+pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
 
 FAQ = PROJECT_ROOT / "data" / "faq.jsonl"
 FAQ_ROWS = [json.loads(line) for line in FAQ.read_text(encoding="utf-8").splitlines()]
@@ -277,13 +279,20 @@ def test_an_invalid_build_writes_nothing_and_names_the_rows(db, settings):
 
 def test_a_failed_write_leaves_no_partial_version(db, settings):
     with write_transaction(db):  # the database refuses the row, as a full disk would
-        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON datasets BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        if sql.dialect(db) == "postgresql":
+            db.execute(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql"
+                " AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$"
+            )
+            db.execute("CREATE TRIGGER refuse BEFORE INSERT ON datasets FOR EACH ROW EXECUTE FUNCTION refuse()")
+        else:
+            db.execute("CREATE TRIGGER refuse BEFORE INSERT ON datasets BEGIN SELECT RAISE(ABORT, 'disk full'); END")
     with pytest.raises(Exception, match="disk full"):
         build_dataset(db, settings)
     assert [p.name for p in settings.datasets_dir.iterdir()] == [".build.lock"]
     assert list_datasets(db) == []
     with write_transaction(db):
-        db.execute("DROP TRIGGER refuse")
+        db.execute("DROP TRIGGER refuse" + (" ON datasets" if sql.dialect(db) == "postgresql" else ""))
     result = build_dataset(db, settings)
     assert result.version == 1 and result.path.name == "v1" and len(list_datasets(db)) == 1
 
@@ -341,7 +350,7 @@ def test_cost_estimate():
 def test_cli_dry_run_build_list_and_preferences(db, settings, tmp_path):
     item = review.create_item(db, question=FEE_KO, evidence={"answers": [{"answer": FEE_KO_OLD, "up": 1, "down": 5}]})
     review.approve(db, item.id, answer=FEE_KO_NEW, reviewer="ana")
-    env = {"TUNELOOP_PATHS__DATA_DIR": str(settings.data_dir)}
+    env = {"TUNELOOP_PATHS__DATA_DIR": str(settings.data_dir), "TUNELOOP_DATABASE__URL": settings.database.url}
     runner = CliRunner()
     dry = runner.invoke(cli, ["dataset", "build", "--dry-run"], env=env)
     assert dry.exit_code == 0 and "would write v1" in dry.output and "replaced 1 base rows" in dry.output

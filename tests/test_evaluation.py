@@ -28,6 +28,8 @@ from trainer.evaluation.judge import parse_reply
 from trainer.evaluation.run import evaluate, get_evaluation, list_evaluations, read_rows
 from trainer.evaluation.suites import reworded_correction_cases
 
+pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
+
 # --- metrics, computed by hand ------------------------------------------------------------------
 
 

@@ -17,6 +17,8 @@ from tests.plugins.gateway import write_config
 from trainer import gate, registry
 from trainer.evaluation.run import evaluate
 
+pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
+
 
 def _metrics(corrections: tuple, golden: tuple, rows: int = 5) -> dict:
     """Corrections closed book and golden as served: (candidate, incumbent[, interval low, high])."""

@@ -9,6 +9,8 @@ import pytest
 from feedback import apikeys
 from tests.plugins.common import error_body
 
+pytestmark = pytest.mark.engines
+
 
 def events(response) -> list[tuple[str, dict]]:
     """Parse a text/event-stream body into (event, data) pairs."""

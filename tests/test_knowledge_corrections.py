@@ -6,10 +6,13 @@ import pytest
 
 from config.errors import Conflict
 from feedback import review
+from feedback.db import write_transaction
 from feedback.knowledge import lineage, seed, store
 from feedback.knowledge.prompt import Snippet
 from feedback.ranking import RankingOptions
 from tests.test_ranking import WEEK, ask_many, make_version
+
+pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
 
 SHIPPING = "How much is the shipping fee?"
 OUTDATED = "Shipping costs 3,000 won per order and is free for orders of 30,000 won or more."
@@ -33,7 +36,7 @@ def collect(db, live, question, *, grounded_on=None, down=6, answers=8, top_n=1)
     ask_many(db, live, question, answers=answers, down=down, answer="It is 3,000 won.", correction=FIXED)
     if grounded_on is not None:
         ids = [r[0] for r in db.execute("SELECT id FROM messages WHERE role = 'assistant'").fetchall()]
-        with db.conn:
+        with write_transaction(db):
             for message_id in ids:
                 lineage.record_sources(db, message_id, [Snippet(grounded_on.id, grounded_on.question, "", 0.6, 1)])
     result = review.collect_worst(

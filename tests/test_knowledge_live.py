@@ -9,11 +9,13 @@ import pytest
 from config.errors import PayloadTooLarge, StorageError
 from config.settings import load_settings
 from feedback import review
-from feedback.db import ConnectionPool
+from feedback.db import open_store_pool
 from feedback.knowledge import live, seed, store
 from feedback.knowledge.budget import Budget, EstimateCounter, TokenizerCounter, estimate_tokens
 from feedback.knowledge.grounding import ground
 from feedback.knowledge.live import LiveIndex
+
+pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
 
 SHIPPING = "How much is the shipping fee?"
 FIXED = "Shipping is 3,500 won per order, free from 50,000 won."
@@ -39,7 +41,7 @@ def worker(settings, kb):
     pools = []
 
     def make() -> tuple[LiveIndex, Clock]:
-        pool = ConnectionPool(settings.db_path)
+        pool = open_store_pool(settings)
         pools.append(pool)
         clock = Clock()
         index = LiveIndex(settings.knowledge, pool.connection, clock=clock)

@@ -18,6 +18,8 @@ from feedback.knowledge import io, seed, store
 from feedback.migrations import MIGRATIONS
 from feedback.review_io import ImportRejected, read_records
 
+pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
+
 SHIPPING = "How much is the shipping fee?"
 SHIPPING_ANSWER = "Shipping costs 3,000 won per order and is free for orders of 30,000 won or more."
 

@@ -153,6 +153,18 @@ def test_nothing_imports_the_cli():
     assert offenders == []
 
 
+def test_only_the_postgresql_engine_imports_psycopg():
+    """psycopg stays out of every process on SQLite, and under gevent it must load after the patching:
+    one module imports it, and only when the store is PostgreSQL (feedback/db.py imports that module lazily)."""
+    importers = sorted(
+        str(path.relative_to(ROOT))
+        for package in OURS
+        for path in (ROOT / package).rglob("*.py")
+        if any(m.split(".")[0] in ("psycopg", "psycopg_pool") for m in imported_modules(path))
+    )
+    assert importers == ["feedback/db_postgres.py"]
+
+
 def test_no_import_cycles_between_our_modules():
     cycles = import_cycles(ROOT, OURS)
     assert [describe(c, ROOT, OURS) for c in cycles] == []

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from cli.main import cli
 from config.errors import UpstreamError
 from config.settings import PROJECT_ROOT, load_settings
-from feedback.db import open_db
+from feedback.db import open_db, open_store
 from feedback.migrations import MIGRATIONS
 from feedback.review import approve, create_item
 from feedback.shutdown import shutdown_date
@@ -38,6 +38,8 @@ from trainer.migration import serving
 from trainer.migration import teacher as teaching
 from trainer.starter import load_pairs
 
+pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
+
 KEY_ENV = "TUNELOOP_TEST_TEACHER_KEY"
 FAQ = load_pairs(PROJECT_ROOT / "data" / "faq.jsonl")
 # Questions users asked the hosted model (one with an e-mail address and a phone number in it).
@@ -50,8 +52,9 @@ NEW_ANSWER = "Couriers deliver every day, Sundays included."
 
 
 @pytest.fixture
-def platform(tmp_path, fake_teacher, httpserver, monkeypatch):
-    """A gateway serving the fake ft: model, users' questions answered, one correction approved."""
+def platform(tmp_path, fake_teacher, httpserver, monkeypatch, database_url):
+    """A gateway serving the fake ft: model, users' questions answered, one correction approved (on the test's
+    engine: the config file the CLI reads names the same store)."""
     monkeypatch.setenv(KEY_ENV, TEACHER_KEY)
     fake_teacher.teach(FAQ)
     values = {
@@ -63,6 +66,7 @@ def platform(tmp_path, fake_teacher, httpserver, monkeypatch):
         "migrate.harvest_reworded": False,
         "dataset.val_fraction": 0.0,
         "dataset.test_fraction": 0.0,
+        **({"database.url": database_url} if database_url else {}),
     }
     settings = gateway_settings(tmp_path / "var", httpserver.url_for("/v1"), **values)
     app = create_app(settings=settings)
@@ -70,7 +74,7 @@ def platform(tmp_path, fake_teacher, httpserver, monkeypatch):
     for n, question in enumerate(ASKED * 2):  # each asked twice: asked of the teacher once
         reply = client.post("/api/chat", json={"message": question, "user": f"u{n}"})
         assert reply.status_code == 200, reply.get_json()
-    db = open_db(settings.db_path)
+    db = open_store(settings)
     item = create_item(db, question=CORRECTED, origin="manual")
     approve(db, item.id, answer=NEW_ANSWER, reviewer="reviewer@test")
     fake_teacher.answered.clear()
@@ -166,6 +170,7 @@ def test_the_reworded_suite_is_never_harvested(platform, fake_teacher):
 def _flat(settings) -> dict:
     return {
         "paths.data_dir": str(settings.data_dir),
+        "database.url": settings.database.url,  # the same store, on either engine
         "model.base_url": settings.model.base_url,
         "model.provider": "openai",
         "model.name": FT_MODEL,

@@ -28,6 +28,8 @@ from trainer.pipeline import (
     run_pipeline,
 )
 
+pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
+
 TRAINING = {
     "training.epochs": 12,
     "training.learning_rate": 0.01,
@@ -262,7 +264,7 @@ def test_a_stored_hand_off_this_version_does_not_know_is_refused_by_name(setting
 
 def test_pipeline_status_shows_a_stored_run_as_text_and_json(tmp_path, settings, db):
     _store_old_run(db, "pl_old", "monthly", "deploy", dict(OLD_MONTHLY_CONTEXT), [dict(s) for s in OLD_MONTHLY_STEPS])
-    env = {"TUNELOOP_PATHS__DATA_DIR": str(tmp_path / "var")}
+    env = {"TUNELOOP_PATHS__DATA_DIR": str(tmp_path / "var"), "TUNELOOP_DATABASE__URL": settings.database.url}
     text = CliRunner().invoke(cli, ["pipeline", "status"], env=env, catch_exceptions=False).output
     assert "pl_old  monthly   running   step deploy" in text
     assert "  gate     succeeded candidate mv_old rejected; live model unchanged: golden" in text

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from cli.main import cli
 from feedback import apikeys, audit, review
 from feedback.audit import Actor
-from feedback.db import open_db
+from feedback.db import column_names, open_store, write_transaction
 from feedback.knowledge import store
 from feedback.privacy.erase import erase, masker
 from feedback.privacy.export import export
@@ -31,6 +31,8 @@ from trainer.dataset.build import build_dataset
 from trainer.providers.runs import create_run
 from trainer.providers.runs import log as log_event
 
+pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
+
 OPS = Actor("ops@example.com", via="cli")
 FOREVER = {"since": "2000-01-01T00:00:00.000Z", "until": "2100-01-01T00:00:00.000Z"}
 
@@ -47,7 +49,7 @@ def c(app):
 
 @pytest.fixture
 def db(app):
-    database = open_db(app.extensions["tuneloop"].settings.db_path)
+    database = open_store(app.extensions["tuneloop"].settings)
     yield database
     database.close()
 
@@ -76,7 +78,7 @@ def marker_rows(db, marker: str) -> int:
     """Rows of any table holding ``marker`` in any column, in any letter case."""
     found = 0
     for table in db.table_names():
-        columns = [row[1] for row in db.execute(f"PRAGMA table_info('{table}')")]
+        columns = column_names(db, table)
         if not columns:
             continue
         where = " OR ".join(f"lower(CAST({col} AS TEXT)) LIKE ?" for col in columns)
@@ -321,7 +323,7 @@ def test_the_admin_export_is_a_download_and_the_api_does_the_same_as_the_page(ap
 def test_the_erasure_lists_what_already_left_the_machine(make_gateway, tmp_path):
     app = make_gateway(**{"dataset.include_upvoted_min": 1, "report.webhook_url": "https://hooks.example.com/t"})
     c, settings = app.test_client(), app.extensions["tuneloop"].settings
-    db = open_db(settings.db_path)
+    db = open_store(settings)
     vote(c, "alice", say(c, "alice", "Can I pay with points at the Lmark14 branch?"), "up", reason=None)
     built = build_dataset(db, settings)
     week = shift_week(last_complete_week(settings.report.timezone), 1)  # this week, where the chat is
@@ -335,7 +337,7 @@ def test_the_erasure_lists_what_already_left_the_machine(make_gateway, tmp_path)
     )
     candidate = create_candidate(db, name="tiny-ft-1", provider="builtin", base_model="tiny")
     sent = {"step": "report", "state": "succeeded", "delivered": ["webhook"], "finished_at": "2026-12-01T09:00:00Z"}
-    with db.conn:
+    with write_transaction(db):  # commits on either engine (a psycopg connection closes on exit)
         db.execute("UPDATE training_runs SET state = 'succeeded', output = 'ft:gpt-x:acme' WHERE id = ?", [hosted.id])
         db.execute("UPDATE training_runs SET candidate_version_id = ? WHERE id = ?", [candidate.id, local.id])
         db.execute(
@@ -359,7 +361,8 @@ def test_the_erasure_lists_what_already_left_the_machine(make_gateway, tmp_path)
 def test_the_cli_erases_only_when_told_who_asked_and_logs_counts_never_content(c, db, settings, tmp_path):
     asks_five_times(c, "alice", "Cmark15")
     asks_five_times(c, "bob", "Dmark15", comment=False)
-    config = write_config(tmp_path / "t.toml", {"paths": {"data_dir": str(settings.data_dir)}})
+    store = {"database": {"url": settings.database.url}} if settings.database.url else {}
+    config = write_config(tmp_path / "t.toml", {"paths": {"data_dir": str(settings.data_dir)}, **store})
     run = lambda *args: CliRunner().invoke(cli, ["--config", str(config), "privacy", *args], env={"USER": "lee"})  # noqa: E731
 
     status = run("status")

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from cli.main import cli
 from config.settings import load_settings
 from feedback import audit, ratings, review, turns, versions
-from feedback.db import open_db, utc_text
+from feedback.db import open_db, utc_text, write_transaction
 from feedback.migrations import MIGRATIONS
 from feedback.privacy import retention
 from feedback.privacy.knowledge_base import ERASED
@@ -25,6 +25,8 @@ from feedback.report.weeks import local_date, week_label
 from tests.plugins.gateway import write_config
 from trainer.dataset.build import build_dataset
 from trainer.scheduler import build_scheduler, run_due
+
+pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
 
 NOW = datetime.now(timezone.utc)
 SEOUL_WEEK = lambda moment: week_label(local_date(utc_text(moment), "Asia/Seoul"))  # noqa: E731
@@ -35,8 +37,9 @@ def make_settings(tmp_path, **overrides):
 
 
 @pytest.fixture
-def settings(tmp_path):
-    return make_settings(tmp_path, **{"privacy.retention_days": 30, "dataset.include_upvoted_min": 1})
+def settings(tmp_path, database_url):
+    store = {"database.url": database_url} if database_url else {}  # the test's engine
+    return make_settings(tmp_path, **{"privacy.retention_days": 30, "dataset.include_upvoted_min": 1, **store})
 
 
 @pytest.fixture
@@ -62,7 +65,7 @@ def backdate(db, turn: turns.Turn, days: float, *, rated_days: float | None = No
     at = utc_text(NOW - timedelta(days=days))
     voted = utc_text(NOW - timedelta(days=days if rated_days is None else rated_days))
     cid = turn.conversation_id
-    with db.conn:
+    with write_transaction(db):  # commits on either engine (a psycopg connection closes on exit)
         db.execute("UPDATE conversations SET created_at = ? WHERE id = ?", [at, cid])
         db.execute("UPDATE messages SET created_at = ? WHERE conversation_id = ?", [at, cid])
         db.execute(
@@ -127,7 +130,7 @@ def test_approved_corrections_are_kept_without_personal_data_and_older_open_item
         reviewer="ana", evidence=evidence,
     )  # fmt: skip
     gone = review.create_item(db, question="Is my order from Jmark4 lost?")
-    with db.conn:
+    with write_transaction(db):  # commits on either engine (a psycopg connection closes on exit)
         db.execute("UPDATE review_items SET created_at = ?", [utc_text(NOW - timedelta(days=40))])
     result = retention.purge(db, settings, actor="ops")
     assert result.counts["review_items_stripped"] == 1 and result.counts["review_items_deleted"] == 1

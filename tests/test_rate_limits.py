@@ -20,6 +20,8 @@ from feedback.db import open_db
 from server.proxies import TrustedProxies
 from tests.plugins.gateway import start_gunicorn_gateway, stop_gateway
 
+pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
+
 
 def chat(url: str) -> tuple[int, dict]:
     request = urllib.request.Request(

@@ -9,6 +9,8 @@ from feedback.report import lifecycle
 from feedback.versions import canary_versions, create_candidate, ensure_live_version, get_version, live_version
 from trainer import registry
 
+pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
+
 
 def _statuses(db) -> dict[str, str]:
     return dict(db.execute("SELECT name, status FROM model_versions").fetchall())

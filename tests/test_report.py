@@ -16,7 +16,7 @@ from bench import analytics
 from cli.main import cli
 from config.errors import ConfigError
 from config.settings import load_settings
-from feedback import turns
+from feedback import sql, turns
 from feedback.db import write_transaction
 from feedback.demo import has_demo, remove_demo, seed_demo
 from feedback.knowledge import lineage
@@ -26,6 +26,8 @@ from feedback.report import build_report, generate_report, list_reports, render_
 from feedback.report.deliver import deliver_report, webhook_payload
 from feedback.report.weeks import iso_week_window, last_complete_week, shift_week
 from tests.test_ranking import ask, make_version
+
+pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
 
 W47 = "2026-W47"
 NOW = datetime(2026, 11, 23, 0, 30, tzinfo=timezone.utc)  # Monday morning in Seoul
@@ -136,8 +138,10 @@ def test_later_sections_say_nothing_yet_until_their_tables_exist(db, store, tmp_
     settings = report_settings(tmp_path)
     with write_transaction(db):
         # A store from before the review queue and training existed (later migrations add them).
+        # PostgreSQL refuses to drop a table others' foreign keys point at unless told to drop those keys too.
+        cascade = " CASCADE" if sql.dialect(db) == "postgresql" else ""
         for table in ("evaluations", "training_runs", "review_items"):
-            db.execute(f"DROP TABLE IF EXISTS {table}")
+            db.execute(f"DROP TABLE IF EXISTS {table}{cascade}")
     report = build_report(db, settings, week=W47, now=NOW)
     assert report["review_queue"] == {"available": False}
     assert report["training"] == {"available": False, "events": []}

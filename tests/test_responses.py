@@ -16,6 +16,8 @@ import pytest
 from feedback import apikeys
 from feedback.knowledge import store
 
+pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
+
 
 def events(response) -> list[tuple[str, dict]]:
     """The SSE events of a response: (event name, data)."""

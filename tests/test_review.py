@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sqlite3
 
 import pytest
 from click.testing import CliRunner
@@ -12,13 +11,15 @@ from click.testing import CliRunner
 from cli.main import cli
 from config.errors import ConfigError, Conflict, ValidationFailed
 from config.settings import load_settings
-from feedback import accounts, review
+from feedback import accounts, review, sql
 from feedback.db import write_transaction
 from feedback.ranking import RankingOptions
 from feedback.review_io import ImportRejected, export_items, import_items, read_records
 from tests.plugins.common import free_port
 from tests.test_ranking import WEEK, ask_many, make_version
 from trainer.review_drafts import draft_answers
+
+pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
 
 SHIPPING = "How much is the shipping fee?"
 SUNDAY = "Do you deliver on Sundays?"
@@ -220,7 +221,7 @@ def test_bad_jsonl_lines_are_reported_and_nothing_is_imported(db, queued, tmp_pa
 
 
 def test_cli_round_trip_and_errors(db, queued, settings, tmp_path):
-    env = {"TUNELOOP_PATHS__DATA_DIR": str(settings.data_dir)}
+    env = {"TUNELOOP_PATHS__DATA_DIR": str(settings.data_dir), "TUNELOOP_DATABASE__URL": settings.database.url}
     runner = CliRunner()
     listed = runner.invoke(cli, ["review", "list", "--status", "pending"], env=env)
     assert listed.exit_code == 0 and SHIPPING in listed.output and "2 pending" in listed.output
@@ -292,10 +293,12 @@ def test_migration_keeps_one_open_item_per_question_in_sql(db):
     with write_transaction(db):
         db.execute("""INSERT INTO review_items (id, question, question_key, status, created_at, updated_at)
                       VALUES ('a', 'q', 'q', 'pending', 't', 't')""")
-    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+    with pytest.raises(sql.integrity_errors()) as unique:
         with write_transaction(db):
             db.execute("""INSERT INTO review_items (id, question, question_key, status, answer, created_at, updated_at)
                           VALUES ('b', 'q', 'q', 'approved', 'a', 't', 't')""")
-    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):  # approved without an answer is refused
+    assert sql.constraint_kind(unique.value) == "unique"
+    with pytest.raises(sql.integrity_errors()) as check:  # approved without an answer is refused
         with write_transaction(db):
             db.execute("UPDATE review_items SET status = 'approved' WHERE id = 'a'")
+    assert sql.constraint_kind(check.value) == "check"

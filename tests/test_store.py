@@ -1,4 +1,5 @@
-"""The SQLite store: migrations, turns, ratings, keys — on real database files."""
+"""The store: migrations (SQLite files here; PostgreSQL in test_store_postgres.py), and turns, ratings, keys —
+on a real SQLite file and on a real PostgreSQL database (the ``db`` tests run on both engines)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import pytest
 
 from config.errors import Conflict, NotFound
 from feedback import apikeys, ratings, turns, versions
-from feedback.db import open_db, write_transaction
+from feedback.db import open_db, savepoint, write_transaction
 from feedback.migrations import MIGRATIONS
+from feedback.sql import integrity_errors
+
+pytestmark = pytest.mark.engines
 
 
 def test_migrations_from_empty_create_every_table(tmp_path):
@@ -108,7 +112,7 @@ def test_failed_insert_leaves_nothing_behind(db):
     t = _turn(db)
     clash = turns.Turn(conversation_id=turns.new_conversation_id(), question="x", answer="y", model_version_id=None)
     clash.assistant_message_id = t.assistant_message_id  # primary-key clash on the second insert
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(integrity_errors()):
         turns.record_turn(db, clash)
     assert db.execute("SELECT COUNT(*) FROM conversations WHERE id = ?", [clash.conversation_id]).fetchone()[0] == 0
     assert db.execute("SELECT COUNT(*) FROM messages WHERE id = ?", [clash.user_message_id]).fetchone()[0] == 0
@@ -148,9 +152,48 @@ def test_only_one_live_version(db):
     versions.ensure_live_version(db, name="a", provider="builtin")
     again = versions.ensure_live_version(db, name="b", provider="builtin")
     assert again.name == "a"  # a live version is never replaced by configuration
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(integrity_errors()):
         with write_transaction(db):
             db.execute(
                 "INSERT INTO model_versions (id, name, provider, base_model, status, created_at) "
                 "VALUES ('x', 'x', 'p', 'x', 'live', 't')"
             )
+
+
+def test_a_question_as_long_as_the_gateway_allows_is_recorded_and_rated(db):
+    """4,000 Korean characters (~12 KB): no index entry may hold it whole (PostgreSQL's must fit in a page)."""
+    question = "".join(chr(0xAC00 + (i * 7919) % 11172) for i in range(4000))
+    t = _turn(db, question, "답변")
+    ratings.record_rating(db, message_id=t.assistant_message_id, voter_ref="v", rating="down")
+    stored = db.execute("SELECT question_key FROM feedback WHERE message_id = ?", [t.assistant_message_id]).fetchone()
+    assert len(stored[0]) == 4000
+
+
+def test_a_failed_statement_in_a_savepoint_leaves_the_transaction_usable(db):
+    with write_transaction(db):
+        db.execute("INSERT INTO instance_secrets (name, value, created_at) VALUES ('a', 'v', 't')")
+        with pytest.raises(integrity_errors()), savepoint(db):
+            db.execute("INSERT INTO instance_secrets (name, value, created_at) VALUES ('b', 'v', 't')")
+            db.execute("INSERT INTO instance_secrets (name, value, created_at) VALUES ('a', 'w', 't')")
+        db.execute("INSERT INTO instance_secrets (name, value, created_at) VALUES ('c', 'v', 't')")
+    rows = db.execute("SELECT name, value FROM instance_secrets ORDER BY name").fetchall()
+    assert [tuple(r) for r in rows] == [("a", "v"), ("c", "v")]  # b went with the failed savepoint
+
+
+def test_db_status_and_migrate_on_the_sqlite_file(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    env = {"TUNELOOP_PATHS__DATA_DIR": str(tmp_path / "var"), "TUNELOOP_DATABASE__URL": None, "DATABASE_URL": None}
+    runner = CliRunner()
+    before = runner.invoke(cli, ["db", "status"], env=env)
+    assert before.exit_code == 0 and "created on first start" in before.output
+    assert not (tmp_path / "var" / "tuneloop.db").exists()  # status changes nothing
+    done = runner.invoke(cli, ["db", "migrate"], env=env)
+    assert done.exit_code == 0 and f"applied {len(MIGRATIONS._migrations)} migration(s): m001_core" in done.output
+    again = runner.invoke(cli, ["db", "migrate"], env=env)
+    assert "applied 0 migration(s); already up to date" in again.output
+    after = runner.invoke(cli, ["db", "status"], env=env)
+    assert f"store: SQLite {tmp_path / 'var' / 'tuneloop.db'}" in after.output
+    assert f"{len(MIGRATIONS._migrations)} applied, 0 pending" in after.output

@@ -26,6 +26,8 @@ from trainer.providers import ProviderError, ProviderRetired, get_provider
 from trainer.providers.runs import create_run, get_run, list_events
 from trainer.training import cancel_run, poll_run, resume_runs, run_checkpoints, start_run
 
+pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
+
 BEFORE_CUTOFF = datetime.date(2026, 11, 20)
 KEY_ENV = "TUNELOOP_TEST_OPENAI_KEY"
 FAQ_ROWS = [json.loads(line) for line in (PROJECT_ROOT / "data" / "faq.jsonl").read_text(encoding="utf-8").splitlines()]

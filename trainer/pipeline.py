@@ -188,6 +188,10 @@ class PipelineRun:
         return {**asdict(self), "context": _json(self.context), "steps": [s.to_json() for s in self.steps]}
 
 
+# Named, not *: on PostgreSQL the table also has a rowid column, which is no PipelineRun field.
+_COLUMNS = ", ".join(f.name for f in fields(PipelineRun))
+
+
 def _from_row(row) -> PipelineRun:
     values = dict(row)
     values["context"] = RunContext.from_json(json.loads(values["context"] or "{}"))
@@ -199,7 +203,7 @@ def _from_row(row) -> PipelineRun:
 
 def get_pipeline_run(db: Database, run_id: str) -> PipelineRun:
     """One run by id (:class:`NotFound` otherwise)."""
-    rows = list(db.query("SELECT * FROM pipeline_runs WHERE id = ?", [run_id]))
+    rows = list(db.query(f"SELECT {_COLUMNS} FROM pipeline_runs WHERE id = ?", [run_id]))
     if not rows:
         raise NotFound(f"no pipeline run {run_id!r}", field="run_id")
     return _from_row(rows[0])
@@ -209,7 +213,7 @@ def list_pipeline_runs(db: Database, *, kind: str | None = None, limit: int = 20
     """Runs, newest first."""
     where, params = ("WHERE kind = ?", [kind]) if kind else ("", [])
     rows = db.query(
-        f"SELECT * FROM pipeline_runs {where} ORDER BY started_at DESC, rowid DESC LIMIT ?", [*params, limit]
+        f"SELECT {_COLUMNS} FROM pipeline_runs {where} ORDER BY started_at DESC, rowid DESC LIMIT ?", [*params, limit]
     )
     return [_from_row(r) for r in rows]
 
@@ -238,7 +242,7 @@ def open_run(db: Database, kind: str, *, now: datetime) -> tuple[PipelineRun, bo
     with write_transaction(db):
         rows = list(
             db.query(
-                "SELECT * FROM pipeline_runs WHERE kind = ? AND state IN ('pending', 'running') "
+                f"SELECT {_COLUMNS} FROM pipeline_runs WHERE kind = ? AND state IN ('pending', 'running') "
                 "ORDER BY started_at DESC, rowid DESC LIMIT 1",
                 [kind],
             )
@@ -266,7 +270,9 @@ def new_corrections(db: Database) -> int:
     """Approved corrections decided after the newest dataset was built (all approved ones if none was)."""
     (last,) = db.execute("SELECT MAX(created_at) FROM datasets").fetchone()
     (count,) = db.execute(
-        "SELECT COUNT(*) FROM review_items WHERE status = 'approved' AND (? IS NULL OR decided_at > ?)", [last, last]
+        # CAST: PostgreSQL must know the type of a parameter that is only tested for NULL.
+        "SELECT COUNT(*) FROM review_items WHERE status = 'approved' AND (CAST(? AS TEXT) IS NULL OR decided_at > ?)",
+        [last, last],
     ).fetchone()
     return count
 

@@ -86,7 +86,7 @@ def resolve_version(db: Database, ref: str) -> ModelVersion:
 def list_versions(db: Database, *, include_inactive: bool = True) -> list[dict]:
     """Every version (newest first) with its status, weight and dates; ``include_inactive=False``
     keeps only live, canary and candidate ones."""
-    where = "1" if include_inactive else "status IN ('live', 'canary', 'candidate')"
+    where = "1=1" if include_inactive else "status IN ('live', 'canary', 'candidate')"
     columns = (
         "id",
         "name",
@@ -149,7 +149,7 @@ def record_event(
 
 def events(db: Database, version_id: str | None = None, *, limit: int = 100) -> list[ModelEvent]:
     """History rows, newest first; of one version (as subject or as the replaced live one) when given."""
-    where, params = ("1", []) if version_id is None else ("version_id = ? OR previous_live_id = ?", [version_id] * 2)
+    where, params = ("1=1", []) if version_id is None else ("version_id = ? OR previous_live_id = ?", [version_id] * 2)
     rows = db.execute(
         f"""SELECT id, version_id, event, previous_live_id, evaluation_id, actor, reason, details, created_at
             FROM model_events WHERE {where} ORDER BY created_at DESC, rowid DESC LIMIT {int(limit)}""",

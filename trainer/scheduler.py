@@ -56,7 +56,7 @@ from filelock import FileLock, Timeout
 
 from config.errors import Conflict
 from config.settings import Settings
-from feedback.db import open_db
+from feedback.db import open_store
 from feedback.knowledge.seed import ensure_seeded
 from feedback.privacy import retention
 from trainer.pipeline import PipelineRun, retrain_due, run_pipeline
@@ -197,7 +197,7 @@ def hold_lock(settings: Settings, *, wait: bool = False) -> FileLock:
 
 def _run(kind: str, now: datetime | None) -> PipelineRun:
     settings = _SETTINGS["settings"]
-    db = open_db(settings.db_path, busy_timeout_ms=settings.database.busy_timeout_ms)
+    db = open_store(settings)
     try:
         # A scheduler started alone on a fresh data folder seeds the knowledge base, as any process working on
         # the database does: the retrain's dataset and evaluation read it.
@@ -223,7 +223,7 @@ def monthly_job(now: datetime | None = None) -> PipelineRun:
 def threshold_job(now: datetime | None = None) -> PipelineRun | None:
     """Retrain when ``scheduler.retrain_threshold`` approved corrections wait for a dataset (else nothing)."""
     settings = _SETTINGS["settings"]
-    db = open_db(settings.db_path, busy_timeout_ms=settings.database.busy_timeout_ms)
+    db = open_store(settings)
     try:
         due = retrain_due(db, settings)
     finally:
@@ -234,7 +234,7 @@ def threshold_job(now: datetime | None = None) -> PipelineRun | None:
 def retention_job(now: datetime | None = None) -> retention.Purge | None:
     """Delete what is older than ``privacy.retention_days`` (None, and a loud log line, while not allowed)."""
     settings = _SETTINGS["settings"]
-    db = open_db(settings.db_path, busy_timeout_ms=settings.database.busy_timeout_ms)
+    db = open_store(settings)
     try:
         state = retention.status(db, settings)
         if not state.allowed:

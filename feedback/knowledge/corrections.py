@@ -21,7 +21,6 @@ created entry is retired), again with who and why.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import replace
 
@@ -31,6 +30,7 @@ from config.errors import ValidationFailed
 from feedback.knowledge import store
 from feedback.knowledge.store import KBEntry
 from feedback.pii import PiiMasker
+from feedback.sql import in_list
 from feedback.text import question_key
 
 NEW = "new"
@@ -57,11 +57,8 @@ def approval_target(db: Database, item, target: str | None = None) -> KBEntry | 
 def _grounded_on(db: Database, message_ids: list[str]) -> KBEntry | None:
     if not message_ids:
         return None
-    rows = db.execute(
-        """SELECT s.entry_id FROM message_sources s
-           WHERE s.rank = 1 AND s.message_id IN (SELECT value FROM json_each(?))""",
-        [json.dumps(list(message_ids))],
-    ).fetchall()
+    in_messages, params = in_list(db, "s.message_id", message_ids)
+    rows = db.execute(f"SELECT s.entry_id FROM message_sources s WHERE s.rank = 1 AND {in_messages}", params).fetchall()
     counts = Counter(entry_id for (entry_id,) in rows)
     if not counts:
         return None

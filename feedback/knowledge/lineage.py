@@ -16,13 +16,15 @@ from typing import Sequence
 from sqlite_utils import Database
 
 from feedback.knowledge.prompt import Snippet
+from feedback.sql import executemany, flag, in_list
 
 
 def record_sources(db: Database, message_id: str, sources: Sequence[Snippet]) -> None:
     """Write the entries an answer was given (call inside the transaction that writes the message)."""
     if not sources:
         return
-    db.conn.executemany(
+    executemany(
+        db,
         "INSERT INTO message_sources (message_id, rank, entry_id, entry_version, score) VALUES (?, ?, ?, ?, ?)",
         [(message_id, rank, s.entry_id, s.version, s.score) for rank, s in enumerate(sources, start=1)],
     )
@@ -40,12 +42,14 @@ def conversation_sources(
 
     The question shown is the entry's first question now (what a user clicking through would find).
     """
-    where = "m.conversation_id = ?" if conversation_id else "s.message_id IN (SELECT value FROM json_each(?))"
+    where, params = (
+        ("m.conversation_id = ?", [conversation_id]) if conversation_id else in_list(db, "s.message_id", message_ids)
+    )
     rows = db.execute(
         f"""SELECT s.message_id, s.entry_id, e.questions, s.score, s.entry_version FROM message_sources s
             JOIN messages m ON m.id = s.message_id JOIN kb_entries e ON e.id = s.entry_id
             WHERE {where} ORDER BY s.message_id, s.rank""",
-        [conversation_id or json.dumps(list(message_ids))],
+        params,
     ).fetchall()
     found: dict[str, list[dict]] = {}
     for message_id, entry_id, questions, score, version in rows:
@@ -57,11 +61,12 @@ def conversation_sources(
 
 def built_on(db: Database, message_ids: Sequence[str]) -> dict[str, int]:
     """How many of these answers were built on each entry (rank 1), most first."""
+    in_messages, params = in_list(db, "message_id", message_ids)
     rows = db.execute(
-        """SELECT entry_id, COUNT(*) FROM message_sources
-           WHERE rank = 1 AND message_id IN (SELECT value FROM json_each(?))
+        f"""SELECT entry_id, COUNT(*) FROM message_sources
+           WHERE rank = 1 AND {in_messages}
            GROUP BY entry_id ORDER BY COUNT(*) DESC, entry_id""",
-        [json.dumps(list(message_ids))],
+        params,
     ).fetchall()
     return dict(rows)
 
@@ -73,11 +78,12 @@ def rated_entries(db: Database, *, since: str, until: str, limit: int = 10) -> l
     Each vote carries its answer's time (``feedback.answered_at``) and is cast after it, so ``created_at >= since``
     bounds the scan by an index.
     """
+    down = f"SUM({flag('f.rating < 0')})"  # spelled out in HAVING: PostgreSQL's cannot name an output column
     rows = db.execute(
-        """SELECT s.entry_id, SUM(f.rating < 0) AS down, SUM(f.rating > 0), COUNT(DISTINCT f.message_id)
+        f"""SELECT s.entry_id, {down} AS down, SUM({flag("f.rating > 0")}), COUNT(DISTINCT f.message_id)
            FROM feedback f JOIN message_sources s ON s.message_id = f.message_id AND s.rank = 1
            WHERE f.created_at >= :since AND f.answered_at >= :since AND f.answered_at < :until
-           GROUP BY s.entry_id HAVING down > 0
+           GROUP BY s.entry_id HAVING {down} > 0
            ORDER BY down DESC, s.entry_id LIMIT :limit""",
         {"since": since, "until": until, "limit": int(limit)},
     ).fetchall()
@@ -92,12 +98,10 @@ def entry_ratings(db: Database, entry_id: str) -> dict:
 def _with_questions(db: Database, rows: list[dict]) -> list[dict]:
     if not rows:
         return rows
+    in_ids, params = in_list(db, "id", [r["id"] for r in rows])
     found = dict(
         (i, (json.loads(q)[0], state))
-        for i, q, state in db.execute(
-            "SELECT id, questions, state FROM kb_entries WHERE id IN (SELECT value FROM json_each(?))",
-            [json.dumps([r["id"] for r in rows])],
-        ).fetchall()
+        for i, q, state in db.execute(f"SELECT id, questions, state FROM kb_entries WHERE {in_ids}", params).fetchall()
     )
     for row in rows:
         row["question"], row["state"] = found.get(row["id"], ("", "retired"))
@@ -106,13 +110,14 @@ def _with_questions(db: Database, rows: list[dict]) -> list[dict]:
 
 def ratings_by_entry(db: Database, entry_ids: Sequence[str]) -> dict[str, dict]:
     """:func:`entry_ratings` for many entries at once (entries no answer was built on are left out)."""
+    in_entries, params = in_list(db, "s.entry_id", entry_ids)
     rows = db.execute(
-        """SELECT s.entry_id, COUNT(DISTINCT s.message_id), COALESCE(SUM(f.rating < 0), 0),
-                  COALESCE(SUM(f.rating > 0), 0)
+        f"""SELECT s.entry_id, COUNT(DISTINCT s.message_id), COALESCE(SUM({flag("f.rating < 0")}), 0),
+                  COALESCE(SUM({flag("f.rating > 0")}), 0)
            FROM message_sources s LEFT JOIN feedback f ON f.message_id = s.message_id
-           WHERE s.rank = 1 AND s.entry_id IN (SELECT value FROM json_each(?))
+           WHERE s.rank = 1 AND {in_entries}
            GROUP BY s.entry_id""",
-        [json.dumps(list(entry_ids))],
+        params,
     ).fetchall()
     return {i: {"answers": n, "down": d, "up": u} for i, n, d, u in rows}
 

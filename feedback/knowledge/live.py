@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sqlite3
 import threading
 import time
 from typing import Callable, ContextManager
 
 from sqlite_utils import Database
 
-from config.errors import StorageError
 from config.settings import KnowledgeSettings
 from feedback.knowledge import store
 from feedback.knowledge.prompt import Snippet
 from feedback.knowledge.retrieval import Embed, Entry, Retriever, retriever_from_settings
 from feedback.knowledge.store import KBEntry
+from feedback.sql import storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ class LiveIndex:
         try:
             self._checked_at = now
             return self._catch_up()
-        except (sqlite3.Error, StorageError) as exc:  # a busy or failing store must not fail the chat
+        except storage_errors() as exc:  # a busy or failing store must not fail the chat
             log.warning("knowledge index not refreshed (still at seq %d): %s", self.seq, exc)
             return 0
         finally:

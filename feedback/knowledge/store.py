@@ -24,7 +24,6 @@ takes the database first, so the CLI, the admin pages, the review queue and the 
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import asdict, dataclass, replace
 from typing import Iterable, Sequence
 
@@ -32,8 +31,9 @@ from sqlite_utils import Database
 
 from config.errors import Conflict, NotFound, ValidationFailed
 from feedback import audit
-from feedback.db import new_id, utc_now, write_transaction
+from feedback.db import new_id, savepoint, utc_now, write_transaction
 from feedback.knowledge.analysis import language_of
+from feedback.sql import in_list, integrity_errors, like, like_pattern
 from feedback.text import question_key
 
 STATES = ("active", "retired")
@@ -122,7 +122,7 @@ def _row_to_entry(row) -> KBEntry:
     return KBEntry(**values)
 
 
-def _select(db: Database, where: str = "1", params: Sequence | dict = (), suffix: str = "") -> list[KBEntry]:
+def _select(db: Database, where: str = "1=1", params: Sequence | dict = (), suffix: str = "") -> list[KBEntry]:
     sql = f"SELECT {', '.join(_COLUMNS)} FROM kb_entries WHERE {where} {suffix}"
     return [_row_to_entry(row) for row in db.execute(sql, params).fetchall()]
 
@@ -154,7 +154,7 @@ def get_entries(db: Database, entry_ids: Iterable[str]) -> dict[str, KBEntry]:
     ids = list(dict.fromkeys(entry_ids))
     if not ids:
         return {}
-    rows = _select(db, "id IN (SELECT value FROM json_each(?))", [json.dumps(ids)])
+    rows = _select(db, *in_list(db, "id", ids))
     return {entry.id: entry for entry in rows}
 
 
@@ -184,15 +184,15 @@ def changed_since(db: Database, seq: int) -> list[KBEntry]:
 
 
 def _filters(state: str | None, search: str | None) -> tuple[str, list]:
-    where, params = ["1"], []
+    where, params = ["1=1"], []
     if state:
         if state not in STATES:
             raise ValidationFailed(f"state must be one of {', '.join(STATES)}; got {state!r}", field="state")
         where.append("state = ?")
         params.append(state)
     if search and search.strip():
-        pattern = "%" + search.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        where.append("(questions LIKE ? ESCAPE '\\' OR answer LIKE ? ESCAPE '\\' OR id = ?)")
+        pattern = like_pattern(search.strip())
+        where.append(f"({like('questions')} OR {like('answer')} OR id = ?)")
         params += [pattern, pattern, search.strip()]
     return " AND ".join(where), params
 
@@ -518,8 +518,11 @@ def _write(db: Database, entry: KBEntry, actor: str, reason: str) -> None:
         return
     for question in entry.questions:
         try:
-            db.execute("INSERT INTO kb_question_keys (key, entry_id) VALUES (?, ?)", [question_key(question), entry.id])
-        except sqlite3.IntegrityError:
+            with savepoint(db):
+                db.execute(
+                    "INSERT INTO kb_question_keys (key, entry_id) VALUES (?, ?)", [question_key(question), entry.id]
+                )
+        except integrity_errors():
             holder = db.execute(
                 "SELECT entry_id FROM kb_question_keys WHERE key = ?", [question_key(question)]
             ).fetchone()

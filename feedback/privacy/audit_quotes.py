@@ -15,6 +15,9 @@ from sqlite_utils import Database
 
 from feedback.privacy.knowledge_base import ERASED
 from feedback.privacy.texts import Texts
+from feedback.sql import like
+
+QUOTING = ("'review.%'", "'kb.%'")  # the audit actions whose details may quote a user's words
 
 QUOTE_CHARS = 200  # what an audit entry quotes of a question, at most
 
@@ -44,7 +47,7 @@ def redact_quotes(db: Database, texts: Texts, questions: dict[str, str]) -> int:
     """
     changed = 0
     rows = db.execute(
-        "SELECT id, target, details FROM audit_log WHERE action LIKE 'review.%' OR action LIKE 'kb.%'"
+        f"SELECT id, target, details FROM audit_log WHERE {like('action', QUOTING[0])} OR {like('action', QUOTING[1])}"
     ).fetchall()
     for entry_id, target, details in rows:
         before = json.loads(details or "{}")

@@ -8,9 +8,9 @@ adds them into its own weeks; a vote counts in the hour its answer was written, 
 
 from __future__ import annotations
 
-import json
-
 from sqlite_utils import Database
+
+from feedback.sql import flag, in_list
 
 # 2026-11-21T05:44:39.123Z → 2026-11-21T05:00:00.000Z (stored times are ISO-8601 UTC text)
 _HOUR = "substr({column}, 1, 13) || ':00:00.000Z'"
@@ -21,27 +21,30 @@ def roll_up(db: Database, *, conversation_ids: list[str] = (), vote_ids: list[st
 
     Call inside the transaction that deletes them.
     """
-    conversations, votes = json.dumps(list(conversation_ids)), json.dumps(list(vote_ids))
+    in_conversations, conversations = in_list(db, "conversation_id", conversation_ids, name="c")
+    in_votes, votes = in_list(db, "id", vote_ids, name="v")
+    # The stored row's columns carry the table's name: in PostgreSQL's DO UPDATE a bare one is ambiguous.
     db.execute(
         f"""INSERT INTO activity_counts (model_version_id, hour, answers, failed)
             SELECT model_version_id, {_HOUR.format(column="created_at")}, COUNT(*), COUNT(error) FROM messages
-            WHERE conversation_id IN (SELECT value FROM json_each(:c)) AND role = 'assistant'
+            WHERE {in_conversations} AND role = 'assistant'
               AND model_version_id IS NOT NULL
             GROUP BY 1, 2
             ON CONFLICT (model_version_id, hour) DO UPDATE
-              SET answers = answers + excluded.answers, failed = failed + excluded.failed""",
-        {"c": conversations},
+              SET answers = activity_counts.answers + excluded.answers,
+                  failed = activity_counts.failed + excluded.failed""",
+        conversations,
     )
     db.execute(
         f"""INSERT INTO activity_counts (model_version_id, hour, ratings, down)
-            SELECT model_version_id, {_HOUR.format(column="answered_at")}, COUNT(*), SUM(rating < 0) FROM feedback
-            WHERE (message_id IN (SELECT id FROM messages WHERE conversation_id IN (SELECT value FROM json_each(:c)))
-                   OR id IN (SELECT value FROM json_each(:v)))
+            SELECT model_version_id, {_HOUR.format(column="answered_at")}, COUNT(*), SUM({flag("rating < 0")})
+            FROM feedback
+            WHERE (message_id IN (SELECT id FROM messages WHERE {in_conversations}) OR {in_votes})
               AND model_version_id IS NOT NULL AND answered_at IS NOT NULL
             GROUP BY 1, 2
             ON CONFLICT (model_version_id, hour) DO UPDATE
-              SET ratings = ratings + excluded.ratings, down = down + excluded.down""",
-        {"c": conversations, "v": votes},
+              SET ratings = activity_counts.ratings + excluded.ratings, down = activity_counts.down + excluded.down""",
+        {**conversations, **votes},
     )
 
 

@@ -30,6 +30,7 @@ import time
 from sqlite_utils import Database
 
 from feedback.db import database_path, write_transaction
+from feedback.sql import dialect
 
 
 def wipe_sqlite_free_space(db: Database, *, wait_s: float = 10.0) -> dict:
@@ -37,8 +38,11 @@ def wipe_sqlite_free_space(db: Database, *, wait_s: float = 10.0) -> dict:
     file may hold text freed before ``secure_delete``, then checkpoint and truncate the WAL.
 
     Returns what was done: ``{"vacuumed", "wal_truncated", "wal_frames_left", "seconds"}``. Call outside any
-    transaction.
+    transaction. On PostgreSQL nothing, ``{}``: dead rows, WAL and backups there are the operator's
+    (docs/privacy.md, "On PostgreSQL").
     """
+    if dialect(db) == "postgresql":
+        return {}
     started = time.monotonic()
     (clean,) = db.execute("SELECT free_space_clean FROM privacy_state WHERE id = 1").fetchone()
     vacuumed = False

@@ -23,7 +23,6 @@ erasure or purge, from the ids its row keeps (:func:`finish_unfinished`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 
 from sqlite_utils import Database
@@ -51,6 +50,7 @@ from feedback.privacy.outside import copies_outside
 from feedback.privacy.subjects import Rows, Subject, find_rows, reference_secret, subject_hash
 from feedback.privacy.texts import Texts, own_texts
 from feedback.report.weeks import local_date, week_label
+from feedback.sql import in_list
 
 
 @dataclass
@@ -102,15 +102,13 @@ def week_of(stored: str, tz: str) -> str:
 
 def row_counts(db: Database, rows: Rows) -> dict:
     """How many conversations, messages, ratings, comments and corrections ``rows`` hold."""
-    conversations, votes = json.dumps(rows.conversation_ids), json.dumps(rows.vote_ids)
-    messages = db.execute(
-        "SELECT COUNT(*) FROM messages WHERE conversation_id IN (SELECT value FROM json_each(?))", [conversations]
-    ).fetchone()[0]
+    in_conversations, conversations = in_list(db, "conversation_id", rows.conversation_ids)
+    in_votes, votes = in_list(db, "id", rows.vote_ids)
+    messages = db.execute(f"SELECT COUNT(*) FROM messages WHERE {in_conversations}", conversations).fetchone()[0]
     ratings, comments, corrections = db.execute(
-        """SELECT COUNT(*), COUNT(NULLIF(trim(comment), '')), COUNT(NULLIF(trim(correction), '')) FROM feedback
-           WHERE message_id IN (SELECT id FROM messages WHERE conversation_id IN (SELECT value FROM json_each(?)))
-              OR id IN (SELECT value FROM json_each(?))""",
-        [conversations, votes],
+        f"""SELECT COUNT(*), COUNT(NULLIF(trim(comment), '')), COUNT(NULLIF(trim(correction), '')) FROM feedback
+           WHERE message_id IN (SELECT id FROM messages WHERE {in_conversations}) OR {in_votes}""",
+        [*conversations, *votes],
     ).fetchone()
     return {
         "conversations": len(rows.conversation_ids),
@@ -124,10 +122,12 @@ def row_counts(db: Database, rows: Rows) -> dict:
 
 def _activity_weeks(db: Database, rows: Rows, tz: str) -> set[str]:
     """Report weeks that counted the subject: when their answers were written (votes count there too)."""
+    in_conversations, conversations = in_list(db, "conversation_id", rows.conversation_ids)
+    in_votes, votes = in_list(db, "id", rows.vote_ids)
     stamps = db.execute(
-        """SELECT created_at FROM messages WHERE conversation_id IN (SELECT value FROM json_each(?))
-           UNION SELECT answered_at FROM feedback WHERE id IN (SELECT value FROM json_each(?))""",
-        [json.dumps(rows.conversation_ids), json.dumps(rows.vote_ids)],
+        f"""SELECT created_at FROM messages WHERE {in_conversations}
+           UNION SELECT answered_at FROM feedback WHERE {in_votes}""",
+        [*conversations, *votes],
     ).fetchall()
     return {week_of(stamp, tz) for (stamp,) in stamps if stamp}
 
@@ -138,18 +138,13 @@ def _change_store(db: Database, settings: Settings, rows: Rows, texts: Texts, *,
     tz = settings.report.timezone
     counts = row_counts(db, rows)
     weeks = _activity_weeks(db, rows, tz)
-    message_ids = {
-        row[0]
-        for row in db.execute(
-            "SELECT id FROM messages WHERE conversation_id IN (SELECT value FROM json_each(?))",
-            [json.dumps(rows.conversation_ids)],
-        )
-    }
+    in_conversations, conversations = in_list(db, "conversation_id", rows.conversation_ids)
+    message_ids = {row[0] for row in db.execute(f"SELECT id FROM messages WHERE {in_conversations}", conversations)}
     roll_up(db, conversation_ids=rows.conversation_ids, vote_ids=rows.vote_ids)
-    db.execute("DELETE FROM feedback WHERE id IN (SELECT value FROM json_each(?))", [json.dumps(rows.vote_ids)])
-    db.execute(
-        "DELETE FROM conversations WHERE id IN (SELECT value FROM json_each(?))", [json.dumps(rows.conversation_ids)]
-    )
+    in_votes, votes = in_list(db, "id", rows.vote_ids)
+    db.execute(f"DELETE FROM feedback WHERE {in_votes}", votes)
+    in_ids, ids = in_list(db, "id", rows.conversation_ids)
+    db.execute(f"DELETE FROM conversations WHERE {in_ids}", ids)
     items = scrub_review_queue(db, texts, message_ids, now)
     reason = f"erasure on request {erasure_id}"
     kb = scrub_knowledge(db, texts, actor=actor, reason=reason)

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import copy
 import json
-import sqlite3
 from dataclasses import dataclass, field
 
 from sqlite_utils import Database
 
+from feedback.db import savepoint
 from feedback.privacy.texts import Texts
 from feedback.review import ReviewItem, list_items
+from feedback.sql import integrity_errors
 from feedback.text import question_key
 
 # Evidence lists of texts, and the fields of each entry that hold a user's words.
@@ -108,11 +109,12 @@ def scrub_review_queue(db: Database, texts: Texts, message_ids: set[str], now: s
         if change.action == "update":
             sets = ", ".join(f"{name} = ?" for name in change.columns)
             try:
-                db.execute(
-                    f"UPDATE review_items SET {sets}, updated_at = ? WHERE id = ?",
-                    [*change.columns.values(), now, item.id],
-                )
-            except sqlite3.IntegrityError:
+                with savepoint(db):  # on PostgreSQL the refused UPDATE must not abort the whole erasure
+                    db.execute(
+                        f"UPDATE review_items SET {sets}, updated_at = ? WHERE id = ?",
+                        [*change.columns.values(), now, item.id],
+                    )
+            except integrity_errors():
                 change = ItemChange(item, "delete", pieces=change.pieces)
         if change.action == "delete":
             db.execute("DELETE FROM review_items WHERE id = ?", [item.id])

@@ -3,9 +3,9 @@ since the cutoff. A conversation goes whole, never cut in half, so what stays st
 
 from __future__ import annotations
 
-import json
-
 from sqlite_utils import Database
+
+from feedback.sql import in_list
 
 # The condition on ``conversations c`` (parameter ``:cutoff``, an ISO-8601 UTC text as stored).
 IDLE_SINCE = """c.created_at < :cutoff
@@ -58,10 +58,7 @@ def active_hours(db: Database, conversation_ids: list[str] | None = None, *, cut
     answers were (the hours the weekly report counts them in) — of ``conversation_ids``, or of every conversation
     idle since ``cutoff``."""
     if conversation_ids is not None:
-        where, params = (
-            "x.conversation_id IN (SELECT value FROM json_each(:ids))",
-            {"ids": json.dumps(conversation_ids)},
-        )
+        where, params = in_list(db, "x.conversation_id", conversation_ids, name="ids")
     else:
         where, params = (
             f"x.conversation_id IN (SELECT c.id FROM conversations c WHERE {IDLE_SINCE})",

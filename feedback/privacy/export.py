@@ -22,6 +22,7 @@ from feedback.privacy.files import Gone, quoting_reports, scrub_datasets, scrub_
 from feedback.privacy.subjects import Subject, find_rows, reference_secret
 from feedback.privacy.texts import Texts, own_texts
 from feedback.review import list_items
+from feedback.sql import in_list
 
 FORMAT = "tuneloop personal data export, version 1"
 _MESSAGE = ("id", "role", "content", "created_at", "model", "error")
@@ -43,12 +44,13 @@ def _conversation(db: Database, conversation_id: str, voter_refs: list[str] | No
            LEFT JOIN model_versions v ON v.id = m.model_version_id WHERE m.conversation_id = ? ORDER BY m.seq""",
         [conversation_id],
     ).fetchall()
-    mine = "" if voter_refs is None else "AND f.voter_ref IN (SELECT value FROM json_each(:voters))"
+    in_voters, voters = in_list(db, "f.voter_ref", voter_refs or [], name="voters")
+    mine = "" if voter_refs is None else f"AND {in_voters}"
     ratings = db.execute(
         f"""SELECT f.message_id, f.rating, f.reason, f.comment, f.correction, f.created_at, f.updated_at
             FROM feedback f JOIN messages m ON m.id = f.message_id
             WHERE m.conversation_id = :c {mine} ORDER BY f.created_at""",
-        {"c": conversation_id, "voters": json.dumps(voter_refs or [])},
+        {"c": conversation_id, **voters},
     ).fetchall()
     # What a /v1/responses caller sent beside the messages (instructions, metadata) is theirs too.
     responses = db.execute(
@@ -117,10 +119,11 @@ def export(db: Database, settings: Settings, subject: Subject, *, actor) -> dict
     rows = find_rows(db, reference_secret(db, settings), subject)
     voters = rows.voter_refs if subject.kind == "user" else None
     conversations = [_conversation(db, cid, voters) for cid in rows.conversation_ids]
+    in_votes, votes = in_list(db, "id", rows.vote_ids)
     elsewhere = db.execute(
-        """SELECT message_id, rating, reason, comment, correction, created_at, updated_at FROM feedback
-           WHERE id IN (SELECT value FROM json_each(?)) ORDER BY created_at""",
-        [json.dumps(rows.vote_ids)],
+        f"""SELECT message_id, rating, reason, comment, correction, created_at, updated_at FROM feedback
+           WHERE {in_votes} ORDER BY created_at""",
+        votes,
     ).fetchall()
     texts = Texts.of(own_texts(db, rows.conversation_ids, rows.vote_ids), masker(settings))
     message_ids = {m["id"] for c in conversations for m in c["messages"]}

@@ -21,6 +21,7 @@ from sqlite_utils import Database
 
 from feedback.knowledge import store
 from feedback.privacy.texts import Texts
+from feedback.sql import like
 
 ERASED = "[erased on request]"
 
@@ -40,7 +41,7 @@ def _learned_entries(db: Database) -> list[store.KBEntry]:
     ids = [
         row[0]
         for row in db.execute(
-            """SELECT DISTINCT entry_id FROM kb_history WHERE reason LIKE 'approved review item %'
+            f"""SELECT DISTINCT entry_id FROM kb_history WHERE {like("reason", "'approved review item %'")}
                UNION SELECT id FROM kb_entries WHERE source_kind = 'review'"""
         )
     ]

@@ -125,7 +125,7 @@ def get(db: Database, erasure_id: str) -> ErasureRecord | None:
 
 def recent(db: Database, *, limit: int = 100, kind: str | None = None) -> list[ErasureRecord]:
     """Runs newest first (of one ``kind`` when given)."""
-    where, params = ("kind = ?", [kind]) if kind else ("1", [])
+    where, params = ("kind = ?", [kind]) if kind else ("1=1", [])
     rows = db.execute(
         f"SELECT {', '.join(_COLUMNS)} FROM erasures WHERE {where} ORDER BY started_at DESC, rowid DESC LIMIT ?",
         [*params, int(limit)],

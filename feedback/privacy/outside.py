@@ -21,6 +21,7 @@ import json
 from sqlite_utils import Database
 
 from config.settings import Settings
+from feedback.sql import in_list, json_text
 
 
 def _delivered_reports(db: Database, settings: Settings, weeks: list[str]) -> list[dict]:
@@ -28,8 +29,9 @@ def _delivered_reports(db: Database, settings: Settings, weeks: list[str]) -> li
     configured = [c for c, on in (("webhook", settings.report.webhook_url), ("email", settings.report.smtp_host)) if on]
     for week in weeks:
         sent = []
+        report_week = json_text(db, "context", "$.report.week")
         for steps, finished in db.execute(
-            "SELECT steps, finished_at FROM pipeline_runs WHERE json_extract(context, '$.report.week') = ?", [week]
+            f"SELECT steps, finished_at FROM pipeline_runs WHERE {report_week} = ?", [week]
         ):
             for step in json.loads(steps or "[]"):
                 if step.get("step") == "report" and step.get("delivered"):
@@ -61,19 +63,20 @@ def _training(db: Database, dataset_ids: list[str]) -> list[dict]:
     found = []
     if not dataset_ids:
         return found
+    in_datasets, params = in_list(db, "r.dataset_id", dataset_ids)
     runs = db.execute(
-        """SELECT r.id, r.provider, r.output, d.version, v.name, v.status FROM training_runs r
+        f"""SELECT r.id, r.provider, r.output, d.version, v.name, v.status FROM training_runs r
            JOIN datasets d ON d.id = r.dataset_id LEFT JOIN model_versions v ON v.id = r.candidate_version_id
-           WHERE r.dataset_id IN (SELECT value FROM json_each(?)) ORDER BY r.created_at""",
-        [json.dumps(dataset_ids)],
+           WHERE {in_datasets} ORDER BY r.created_at""",
+        params,
     ).fetchall()
     for run_id, provider, output, version, model, status in runs:
         if provider == "openai":
+            file_id = json_text(db, "data", "$.file_id")
             files = [
                 row[0]
                 for row in db.execute(
-                    "SELECT DISTINCT json_extract(data, '$.file_id') FROM training_events"
-                    " WHERE run_id = ? AND json_extract(data, '$.file_id') IS NOT NULL",
+                    f"SELECT DISTINCT {file_id} FROM training_events WHERE run_id = ? AND {file_id} IS NOT NULL",
                     [run_id],
                 )
             ]

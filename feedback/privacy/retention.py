@@ -47,6 +47,7 @@ from feedback.privacy.knowledge_base import ERASED
 from feedback.privacy.subjects import Rows
 from feedback.privacy.texts import Texts
 from feedback.review import ReviewItem, list_items
+from feedback.sql import in_list
 
 BATCH = 500  # conversations deleted per transaction
 REQUESTED_BY = "the retention period (privacy.retention_days)"
@@ -251,7 +252,8 @@ def purge(
             del counts["votes_on_other_conversations"]
             run.weeks |= _weeks(active_hours(db, batch), tz)
             roll_up(db, conversation_ids=batch)
-            db.execute("DELETE FROM conversations WHERE id IN (SELECT value FROM json_each(?))", [json.dumps(batch)])
+            in_batch, params = in_list(db, "id", batch)
+            db.execute(f"DELETE FROM conversations WHERE {in_batch}", params)
             run.note(counts)
     stamp = utc_now()
     with write_transaction(db):

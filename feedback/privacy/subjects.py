@@ -10,7 +10,6 @@ conversation" reaches them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from sqlite_utils import Database
@@ -18,6 +17,7 @@ from sqlite_utils import Database
 from config.errors import NotFound, ValidationFailed
 from config.settings import Settings
 from feedback.secrets import instance_secret
+from feedback.sql import in_list
 from feedback.tokens import pseudonym
 
 KINDS = ("user", "conversation")
@@ -109,21 +109,19 @@ def find_rows(db: Database, secret: str, subject: Subject) -> Rows:
     key_ids, scope = _key_ids(db, subject.key)
     user_refs = [pseudonym(secret, "user", f"{key_id}:{subject.value}") for key_id in key_ids]
     voter_refs = [pseudonym(secret, "voter", f"{key_id}:{subject.value}") for key_id in key_ids]
+    in_users, params = in_list(db, "user_ref", user_refs)
     conversations = [
-        row[0]
-        for row in db.execute(
-            "SELECT id FROM conversations WHERE user_ref IN (SELECT value FROM json_each(?)) ORDER BY created_at, id",
-            [json.dumps(user_refs)],
-        )
+        row[0] for row in db.execute(f"SELECT id FROM conversations WHERE {in_users} ORDER BY created_at, id", params)
     ]
+    in_voters, voters = in_list(db, "f.voter_ref", voter_refs)
+    other_conversation, others = in_list(db, "m.conversation_id", conversations, negate=True)
     votes = [
         row[0]
         for row in db.execute(
-            """SELECT f.id FROM feedback f JOIN messages m ON m.id = f.message_id
-               WHERE f.voter_ref IN (SELECT value FROM json_each(?))
-                 AND m.conversation_id NOT IN (SELECT value FROM json_each(?))
+            f"""SELECT f.id FROM feedback f JOIN messages m ON m.id = f.message_id
+               WHERE {in_voters} AND {other_conversation}
                ORDER BY f.created_at, f.id""",
-            [json.dumps(voter_refs), json.dumps(conversations)],
+            [*voters, *others],
         )
     ]
     return Rows(conversations, votes, scope, voter_refs)

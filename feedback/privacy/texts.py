@@ -23,6 +23,7 @@ from typing import Iterable, Iterator
 from sqlite_utils import Database
 
 from feedback.pii import PiiMasker
+from feedback.sql import in_list
 from feedback.text import question_key
 
 MIN_QUOTE = 12  # a key at least this long also matches inside longer strings; shorter ones only whole
@@ -84,41 +85,36 @@ def strings_in(value) -> Iterator[str]:
 
 def own_texts(db: Database, conversation_ids: list[str], vote_ids: list[str]) -> list[str]:
     """What the subject wrote and was answered, less what someone else wrote too (module docstring)."""
-    conversations, votes = json.dumps(conversation_ids), json.dumps(vote_ids)
-    in_scope = (
-        """(m.conversation_id IN (SELECT value FROM json_each(:c)) OR f.id IN (SELECT value FROM json_each(:v)))"""
-    )
+    in_conversations, conversations = in_list(db, "m.conversation_id", conversation_ids, name="c")
+    in_votes, votes = in_list(db, "f.id", vote_ids, name="v")
+    in_scope = f"({in_conversations} OR {in_votes})"
     written = {
-        row[0]
-        for row in db.execute(
-            "SELECT content FROM messages WHERE conversation_id IN (SELECT value FROM json_each(?))", [conversations]
-        )
+        row[0] for row in db.execute(f"SELECT m.content FROM messages m WHERE {in_conversations}", conversations)
     }
     for comment, correction in db.execute(
         f"SELECT f.comment, f.correction FROM feedback f JOIN messages m ON m.id = f.message_id WHERE {in_scope}",
-        {"c": conversations, "v": votes},
+        {**conversations, **votes},
     ):
         written.update((comment, correction))
     written = {text.strip() for text in written if text and text.strip()}
     if not written:
         return []
-    texts = json.dumps(sorted(written))
+    in_texts, texts = in_list(db, "trim(m.content)", sorted(written), name="t")
+    out_of_scope, _ = in_list(db, "m.conversation_id", conversation_ids, negate=True, name="c")
     shared = {
         row[0]
         for row in db.execute(
-            """SELECT trim(content) FROM messages
-                 WHERE trim(content) IN (SELECT value FROM json_each(:t))
-                   AND conversation_id NOT IN (SELECT value FROM json_each(:c))""",
-            {"t": texts, "c": conversations},
+            f"SELECT trim(m.content) FROM messages m WHERE {in_texts} AND {out_of_scope}", {**texts, **conversations}
         )
     }
     for column in ("comment", "correction"):
+        in_texts, texts = in_list(db, f"trim(f.{column})", sorted(written), name="t")
         shared.update(
             row[0]
             for row in db.execute(
                 f"""SELECT trim(f.{column}) FROM feedback f JOIN messages m ON m.id = f.message_id
-                    WHERE trim(f.{column}) IN (SELECT value FROM json_each(:t)) AND NOT {in_scope}""",
-                {"t": texts, "c": conversations, "v": votes},
+                    WHERE {in_texts} AND NOT {in_scope}""",
+                {**texts, **conversations, **votes},
             )
         )
     company = _company_keys(db)

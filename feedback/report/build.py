@@ -35,6 +35,7 @@ from feedback.report.changes import changes
 from feedback.report.privacy import mask_report
 from feedback.report.weeks import iso_week_window, last_complete_week, local_date, shift_week, week_monday
 from feedback.shutdown import shutdown_date
+from feedback.sql import flag
 from feedback.text import question_key
 
 FAILED_ANSWERS_WARNING = 0.02  # share of failed answers in a week that earns a warning
@@ -176,7 +177,7 @@ def _vote_stats(db: Database, versions: list[str], bounds: list[str]) -> dict[st
             continue
         for i in range(weeks):
             entry["ratings"][i], entry["down"][i] = db.execute(
-                """SELECT COUNT(*), COALESCE(SUM(rating < 0), 0) FROM feedback
+                f"""SELECT COUNT(*), COALESCE(SUM({flag("rating < 0")}), 0) FROM feedback
                    WHERE model_version_id = ? AND answered_at >= ? AND answered_at < ?""",
                 [version, bounds[i], bounds[i + 1]],
             ).fetchone()
@@ -201,7 +202,7 @@ def _week_feedback(db: Database, since: str, until: str) -> dict:
     """Thumbs-down reasons and suggested corrections on the week's answers."""
     # A vote is cast after its answer, so created_at >= since bounds the scan by an index.
     rows = db.execute(
-        """SELECT reason, COUNT(*), SUM(correction IS NOT NULL AND trim(correction) != '') FROM feedback
+        f"""SELECT reason, COUNT(*), SUM({flag("correction IS NOT NULL AND trim(correction) != ''")}) FROM feedback
            WHERE created_at >= :since AND answered_at >= :since AND answered_at < :until AND rating < 0
            GROUP BY reason""",
         {"since": since, "until": until},

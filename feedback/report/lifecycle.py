@@ -15,13 +15,15 @@ from datetime import datetime
 
 from sqlite_utils import Database
 
+from feedback.db import column_names
+
 TIME_COLUMNS = ("finished_at", "decided_at", "completed_at", "updated_at", "created_at", "started_at")
 
 
 def _columns(db: Database, table: str) -> set[str] | None:
     if table not in db.table_names():
         return None
-    return {row[1] for row in db.execute(f"PRAGMA table_info('{table}')").fetchall()}
+    return set(column_names(db, table))
 
 
 def _time_column(columns: set[str]) -> str | None:

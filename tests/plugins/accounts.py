@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 
 from feedback import accounts
-from feedback.db import open_db
+from feedback.db import open_store
 
 PASSWORD = "correct horse battery staple"
 
@@ -21,7 +21,7 @@ def csrf_field(html: str) -> str:
 
 def add_person(where, role: str, email: str | None = None, *, name: str | None = None, password: str = PASSWORD):
     """An account with ``role`` and ``password`` (made as the CLI would) in ``where``: an app's store or a database."""
-    db = open_db(where.extensions["tuneloop"].settings.db_path) if isinstance(where, Flask) else where
+    db = open_store(where.extensions["tuneloop"].settings) if isinstance(where, Flask) else where
     try:
         email = email or f"{role}@example.com"
         account = accounts.add_user(db, email, role=role, name=name or role.capitalize(), actor="test")

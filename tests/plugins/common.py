@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from config.settings import load_settings
-from feedback.db import open_db
+from feedback.db import open_store
 
 
 def free_port() -> int:
@@ -18,15 +18,18 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def settings(tmp_path):
-    """Default settings with every path inside the test's own temporary folder."""
-    return load_settings(env={}, overrides={"paths.data_dir": str(tmp_path / "var")})
+def settings(tmp_path, database_url):
+    """Default settings with every path inside the test's own temporary folder (and the test's engine's store)."""
+    overrides = {"paths.data_dir": str(tmp_path / "var")}
+    if database_url:
+        overrides["database.url"] = database_url
+    return load_settings(env={}, overrides=overrides)
 
 
 @pytest.fixture
 def db(settings):
-    """A freshly migrated database file."""
-    database = open_db(settings.db_path)
+    """A freshly migrated store: a SQLite file, or (in a module marked ``engines``) PostgreSQL in turn."""
+    database = open_store(settings)
     yield database
     database.close()
 

@@ -1,4 +1,4 @@
-"""Gateway fixtures: a real app on a real SQLite file, pointed at a real upstream."""
+"""Gateway fixtures: a real app on a real SQLite file (or PostgreSQL database), pointed at a real upstream."""
 
 from __future__ import annotations
 
@@ -25,10 +25,12 @@ def gateway_settings(data_dir: Path, base_url: str, **overrides):
 
 
 @pytest.fixture
-def make_gateway(tmp_path, fake_upstream):
-    """Factory: ``make_gateway(**overrides)`` → a Flask app talking to the fake upstream."""
+def make_gateway(tmp_path, fake_upstream, database_url):
+    """Factory: ``make_gateway(**overrides)`` → a Flask app talking to the fake upstream (on the test's engine)."""
 
     def make(base_url: str | None = None, **overrides):
+        if database_url:
+            overrides.setdefault("database.url", database_url)
         settings = gateway_settings(tmp_path / "var", base_url or fake_upstream.base_url, **overrides)
         return create_app(settings=settings)
 
@@ -42,9 +44,9 @@ def client(make_gateway):
 
 
 @pytest.fixture
-def gateway_db(tmp_path):
+def gateway_db(tmp_path, database_url):
     """The database the test gateways write to (open after the app exists)."""
-    db = open_db(tmp_path / "var" / "tuneloop.db")
+    db = open_db(database_url or tmp_path / "var" / "tuneloop.db")
     yield db
     db.close()
 

@@ -35,6 +35,7 @@ from config.settings import PROJECT_ROOT, Settings
 from feedback.db import new_id, utc_now, write_transaction
 from feedback.review import ReviewItem
 from feedback.review_io import ImportRejected, LineError, detect_format, read_records
+from feedback.sql import flag
 from feedback.text import question_key
 from trainer.dataset.validate import check_example
 
@@ -166,7 +167,10 @@ def import_base(db: Database, settings: Settings, source: str | Path) -> dict:
     }
     try:
         with write_transaction(db):
-            db["dataset_bases"].insert(record)
+            db.execute(  # plain SQL, not sqlite-utils' table API: the PostgreSQL handle has none
+                f"INSERT INTO dataset_bases ({', '.join(record)}) VALUES ({', '.join('?' for _ in record)})",
+                list(record.values()),
+            )
     except BaseException:
         target.unlink(missing_ok=True)
         raise
@@ -202,12 +206,12 @@ def upvoted_examples(db: Database, min_up: int) -> list[Example]:
     if min_up <= 0:
         return []
     rows = db.execute(
-        """SELECT a.id, a.created_at, u.content, a.content, SUM(f.rating > 0), SUM(f.rating < 0)
+        f"""SELECT a.id, a.created_at, u.content, a.content, SUM({flag("f.rating > 0")}), SUM({flag("f.rating < 0")})
            FROM feedback f
            JOIN messages a ON a.id = f.message_id
            JOIN messages u ON u.conversation_id = a.conversation_id AND u.seq = a.seq - 1
            WHERE a.error IS NULL AND a.content != ''
-           GROUP BY a.id"""
+           GROUP BY a.id, a.created_at, u.content, a.content"""  # one u per a: PostgreSQL wants them all grouped
     ).fetchall()
     groups: dict[tuple[str, str], dict] = defaultdict(
         lambda: {"up": 0, "down": 0, "phrasings": Counter(), "latest": ("", "")}

@@ -437,7 +437,7 @@ def get_evaluation(db: Database, evaluation_id: str) -> Evaluation:
 
 def list_evaluations(db: Database, candidate_id: str | None = None, *, limit: int = 20) -> list[Evaluation]:
     """Stored evaluations, newest first; of one candidate when given."""
-    where, params = ("candidate_id = ?", [candidate_id]) if candidate_id else ("1", [])
+    where, params = ("candidate_id = ?", [candidate_id]) if candidate_id else ("1=1", [])
     rows = db.execute(
         f"SELECT {', '.join(_COLUMNS)} FROM evaluations WHERE {where} ORDER BY created_at DESC, rowid DESC "
         f"LIMIT {int(limit)}",

@@ -69,7 +69,7 @@ def _last_local_run(db: Database) -> dict | None:
         """SELECT r.id, r.started_at, r.finished_at, r.hyperparameters, d.counts FROM training_runs r
            JOIN datasets d ON d.id = r.dataset_id
            WHERE r.provider = 'local' AND r.state = 'succeeded' AND r.started_at IS NOT NULL
-           ORDER BY r.finished_at DESC LIMIT 1"""
+           ORDER BY r.finished_at DESC NULLS LAST LIMIT 1"""
     ).fetchone()
     if row is None:
         return None

@@ -43,6 +43,7 @@ ERROR_FILE = "error.json"
 LOG_FILE = "worker.log"
 LOCK_FILE = "worker.lock"
 WORKER_MODULE = "trainer.providers.local_worker"
+DATABASE_URL_VARIABLE = "TUNELOOP_DATABASE__URL"  # how the worker learns a PostgreSQL store
 # [training] keys a local run records as its hyperparameters: every key a fine-tuning profile may set (each
 # changes the weights), then the ones about this machine and run.
 LOCAL_KEYS = (*PROFILE_KEYS["training"], "seed", "device", "cpu_threads", "save_total_limit", "launcher")
@@ -82,8 +83,11 @@ class LocalProvider(Provider):
             )
 
     def command(self, run: TrainingRun) -> list[str]:
-        """The worker's command line."""
+        """The worker's command line (a PostgreSQL store's URL goes in its environment: it may hold a password,
+        and a command line is visible to every user of the machine)."""
         launcher = shlex.split(self.settings.training.launcher) or [sys.executable]
+        if self.settings.database.url:
+            return [*launcher, "-m", WORKER_MODULE, run.id]
         return [*launcher, "-m", WORKER_MODULE, run.id, "--db", str(self.settings.db_path.resolve())]
 
     def find_submitted(self, run: TrainingRun) -> str | None:
@@ -100,6 +104,8 @@ class LocalProvider(Provider):
         work.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+        if self.settings.database.url:
+            env[DATABASE_URL_VARIABLE] = self.settings.database.url
         with open(work / LOG_FILE, "ab") as log:
             try:
                 # Its own session: Ctrl-C or a killed poller must not take the training with it.

@@ -25,7 +25,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from config.settings import load_settings
-from feedback.db import open_db
+from feedback.db import open_db, open_store
 from trainer.providers.local import ERROR_FILE, LOCK_FILE, RESULT_FILE, write_json_atomic
 from trainer.providers.runs import RunEvent, add_event, get_run, log
 
@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m trainer.providers.local_worker", description=__doc__.split("\n")[0]
     )
     parser.add_argument("run_id")
-    parser.add_argument("--db", help="SQLite database (default: the configured one)")
+    parser.add_argument("--db", help="SQLite database (default: the configured store, database.url included)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     args = parser.parse_args(argv)
-    db = open_db(args.db or load_settings().db_path)
+    db = open_db(args.db) if args.db else open_store(load_settings())
     run = get_run(db, args.run_id)
     work = Path(run.work_dir)
     work.mkdir(parents=True, exist_ok=True)

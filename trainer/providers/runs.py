@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from sqlite_utils import Database
 
 from config.errors import Conflict, NotFound
 from feedback.db import new_id, utc_now, write_transaction
+from feedback.sql import integrity_errors, is_unique_violation, json_text
 
 _COLUMNS = (
     "id",
@@ -136,7 +136,7 @@ def list_runs(db: Database, *, states: tuple[str, ...] | None = None, limit: int
     if states:
         where, params = f"r.state IN ({', '.join('?' for _ in states)})", list(states)
     else:
-        where, params = "1", []
+        where, params = "1=1", []
     return _select(db, where, params, order="r.created_at DESC", limit=limit)
 
 
@@ -180,8 +180,8 @@ def create_run(
                     now,
                 ],
             )
-    except sqlite3.IntegrityError as exc:
-        if "UNIQUE" not in str(exc):
+    except integrity_errors() as exc:
+        if not is_unique_violation(exc):
             raise
         raise Conflict(
             "a run of this dataset with the same configuration is already queued or running", code="run_active"
@@ -222,8 +222,8 @@ def add_event(db: Database, run_id: str, event: RunEvent) -> bool:
     level = _EVENT_LEVELS.get(event.level, "info")
     with write_transaction(db):
         cursor = db.execute(
-            """INSERT OR IGNORE INTO training_events (run_id, created_at, level, message, data, external_id)
-               VALUES (?, ?, ?, ?, ?, ?)""",
+            """INSERT INTO training_events (run_id, created_at, level, message, data, external_id)
+               VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
             [
                 run_id,
                 event.created_at or utc_now(),
@@ -255,9 +255,9 @@ def list_events(db: Database, run_id: str, *, after_id: int = 0, limit: int | No
 def latest_event_data(db: Database, run_id: str, key: str) -> dict[str, Any] | None:
     """``data`` of the newest event whose data has ``key`` (e.g. the latest progress report)."""
     row = db.execute(
-        "SELECT data FROM training_events WHERE run_id = ? AND json_extract(data, ?) IS NOT NULL "
+        f"SELECT data FROM training_events WHERE run_id = ? AND {json_text(db, 'data', f'$.{key}')} IS NOT NULL "
         "ORDER BY id DESC LIMIT 1",
-        [run_id, f"$.{key}"],
+        [run_id],
     ).fetchone()
     return json.loads(row[0]) if row else None
 
