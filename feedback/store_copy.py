@@ -56,6 +56,8 @@ class TableShape:
     columns: list[str]  # the named columns, sorted (engine-independent order), without rowid
     key: list[str]  # the primary key's columns, in key order ("rowid" when it has none)
     has_rowid: bool
+    writes_rowid: bool = False  # the target takes the rowid as a value (not derived from the id)
+    triggers: list[tuple[str, str]] = field(default_factory=list)  # the target's (name, SQL) for this table
 
 
 @dataclass
@@ -168,7 +170,14 @@ def shape(source, target, table: str) -> TableShape:
     if shapes[0] != shapes[1]:
         raise Conflict(f"table {table} differs between the two stores (columns, primary key or rowid): {shapes}")
     columns, key, has_rowid = shapes[0]
-    return TableShape(table, columns, key, has_rowid)
+    return TableShape(
+        table,
+        columns,
+        key,
+        has_rowid,
+        writes_rowid=has_rowid and _writes_rowid(target, table),
+        triggers=_triggers(target, table),
+    )
 
 
 def _references(db, table: str) -> set[str]:
@@ -245,7 +254,7 @@ def checksum(db, table: TableShape, *, size: int = DEFAULT_BATCH) -> tuple[int, 
 def _write_batch(db, table: TableShape, rows: list[tuple]) -> None:
     """Insert one batch (inside the caller's transaction), the table's triggers off."""
     columns = list(table.columns)
-    if table.has_rowid and _writes_rowid(db, table):
+    if table.writes_rowid:
         columns.append("rowid")
     else:
         rows = [row[: len(table.columns)] for row in rows]
@@ -259,53 +268,58 @@ def _write_batch(db, table: TableShape, rows: list[tuple]) -> None:
         db.conn.executemany(f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})', rows)
 
 
-def _writes_rowid(db, table: TableShape) -> bool:
+def _writes_rowid(db, table: str) -> bool:
     # The rowid is written unless it is derived from the id: a PostgreSQL rowid GENERATED ALWAYS AS (id), or a
     # SQLite INTEGER PRIMARY KEY, which is the rowid itself.
     if dialect(db) == POSTGRESQL:
         generated = db.execute(
-            "SELECT attgenerated FROM pg_attribute WHERE attrelid = ?::regclass AND attname = 'rowid'",
-            [table.name],
+            "SELECT attgenerated FROM pg_attribute WHERE attrelid = ?::regclass AND attname = 'rowid'", [table]
         ).fetchone()[0]
         return generated == ""
     (alias,) = db.execute(
         "SELECT COUNT(*) FROM pragma_table_info(?) WHERE pk = 1 AND upper(type) = 'INTEGER'"
         " AND (SELECT COUNT(*) FROM pragma_table_info(?) WHERE pk > 0) = 1",
-        [table.name, table.name],
+        [table, table],
     ).fetchone()
     return not alias
 
 
-class _TriggersOff:
-    """Within the current transaction, the table's own triggers do not fire (restored before it commits)."""
+def _triggers(db, table: str) -> list[tuple[str, str]]:
+    if dialect(db) == POSTGRESQL:
+        sql = "SELECT tgname, '' FROM pg_trigger WHERE tgrelid = ?::regclass AND NOT tgisinternal"
+    else:
+        sql = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?"
+    return [(name, text) for name, text in db.execute(sql, [table]).fetchall()]
 
-    def __init__(self, db, table: str):
+
+class _TriggersOff:
+    """Within the current transaction, the table's own triggers do not fire (restored before it commits).
+
+    PostgreSQL: ``DISABLE TRIGGER USER`` (foreign keys stay checked). SQLite has no switch: the triggers
+    are dropped and created again from their SQL, inside the same transaction.
+    """
+
+    def __init__(self, db, table: TableShape):
         self.db, self.table = db, table
-        self.saved: list[str] = []
+
+    def _each(self, postgres: str) -> None:
+        if dialect(self.db) == POSTGRESQL:
+            self.db.execute(f'ALTER TABLE "{self.table.name}" {postgres} TRIGGER USER')
 
     def __enter__(self):
-        if dialect(self.db) == POSTGRESQL:
-            self.db.execute(f'ALTER TABLE "{self.table}" DISABLE TRIGGER USER')
-            return self
-        self.saved = [
-            sql
-            for (name, sql) in self.db.execute(
-                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?", [self.table]
-            ).fetchall()
-        ]
-        for (name,) in self.db.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?", [self.table]
-        ).fetchall():
-            self.db.execute(f'DROP TRIGGER "{name}"')
+        if self.table.triggers:
+            self._each("DISABLE")
+            if dialect(self.db) != POSTGRESQL:
+                for name, _ in self.table.triggers:
+                    self.db.execute(f'DROP TRIGGER "{name}"')
         return self
 
     def __exit__(self, kind, exc, tb):
-        if kind is not None:
-            return False  # the transaction rolls back, and the triggers with it
-        if dialect(self.db) == POSTGRESQL:
-            self.db.execute(f'ALTER TABLE "{self.table}" ENABLE TRIGGER USER')
-        for sql in self.saved:
-            self.db.execute(sql)
+        if kind is None and self.table.triggers:  # on an error the transaction rolls back, triggers with it
+            self._each("ENABLE")
+            if dialect(self.db) != POSTGRESQL:
+                for _, sql in self.table.triggers:
+                    self.db.execute(sql)
         return False
 
 
@@ -376,8 +390,12 @@ class _Snapshot:
         self.db.execute("SELECT COUNT(*) FROM sqlite_master" if dialect(self.db) != POSTGRESQL else "SELECT 1")
         return self.db
 
-    def __exit__(self, *exc):
-        self.db.execute("ROLLBACK")
+    def __exit__(self, kind, exc, tb):
+        try:
+            self.db.execute("ROLLBACK")
+        except Exception:  # noqa: BLE001 - the connection may be the failure being raised; keep that error
+            if kind is None:
+                raise
         return False
 
 
@@ -416,7 +434,7 @@ def copy_store(
                 check_empty(target, names)
             with write_transaction(target, lock="copy"):
                 for table in reversed(tables):
-                    with _TriggersOff(target, table.name):
+                    with _TriggersOff(target, table):
                         target.execute(f'DELETE FROM "{table.name}"')
                 target.execute(f"DELETE FROM {PROGRESS}")
         if on_total:
@@ -430,7 +448,7 @@ def copy_store(
                 last_key = [batch[-1][i] for i in key_positions]
                 rows += len(batch)
                 with write_transaction(target, lock="copy"):
-                    with _TriggersOff(target, table.name):
+                    with _TriggersOff(target, table):
                         _write_batch(target, table, batch)
                     _save_progress(target, table.name, last_key, rows, False)
                 result.copied[table.name] = result.copied.get(table.name, 0) + len(batch)
