@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 
 from config.errors import Conflict, InvalidRequest
 from config.settings import is_postgres_url, redact_url, sqlite_url_path
+from feedback import sql
 from feedback.db import POSTGRESQL, column_names, dialect, open_db, write_transaction
 from feedback.migrations import MIGRATIONS
 
@@ -135,7 +136,7 @@ def table_names(db) -> list[str]:
             name
             for (name,) in db.execute(
                 "SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'table'"
-                " AND name NOT LIKE 'sqlite_%'"
+                " AND substr(name, 1, 7) <> 'sqlite_'"
             )
         ]
     return sorted(n for n in names if n not in SKIPPED)
@@ -218,7 +219,6 @@ def _select_list(db, table: TableShape) -> str:
 def read_batches(db, table: TableShape, *, after: list | None, size: int) -> Iterator[list[tuple]]:
     """The table's rows (named columns sorted, then rowid) in primary-key order, ``size`` at a time."""
     key = ", ".join(f'"{k}"' if k != "rowid" else "rowid" for k in table.key)
-    key_positions = [(table.columns + ["rowid"]).index(k) for k in table.key]
     select = f'SELECT {_select_list(db, table)} FROM "{table.name}"'
     while True:
         if after is None:
@@ -229,7 +229,12 @@ def read_batches(db, table: TableShape, *, after: list | None, size: int) -> Ite
         if not rows:
             return
         yield [tuple(r) for r in rows]
-        after = [rows[-1][i] for i in key_positions]
+        after = key_of(table, rows[-1])
+
+
+def key_of(table: TableShape, row: tuple) -> list:
+    """The primary-key values of a row as :func:`read_batches` gives it."""
+    return [row[(table.columns + ["rowid"]).index(k)] for k in table.key]
 
 
 def canonical(row: tuple) -> bytes:
@@ -265,7 +270,7 @@ def _write_batch(db, table: TableShape, rows: list[tuple]) -> None:
                 copy.write_row(row)
     else:
         marks = ", ".join("?" for _ in columns)
-        db.conn.executemany(f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})', rows)
+        sql.executemany(db, f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})', rows)
 
 
 def _writes_rowid(db, table: str) -> bool:
@@ -321,6 +326,17 @@ class _TriggersOff:
                 for _, sql in self.table.triggers:
                     self.db.execute(sql)
         return False
+
+
+def _refused(table: TableShape, batch: list[tuple], exc: BaseException) -> Conflict:
+    # DST would not take a row (a NUL character in text on PostgreSQL, a value of the wrong type): say which
+    # batch, keep what committed before it, and let the operator fix the row and resume.
+    reason = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+    return Conflict(
+        f"DST refused a row of {table.name} in the batch from key {key_of(table, batch[0])} to"
+        f" {key_of(table, batch[-1])}: {reason}; the batches before it are committed — fix the row in SRC,"
+        " then run again with --resume"
+    )
 
 
 def _progress(target) -> dict[str, tuple[list | None, int, bool]]:
@@ -443,14 +459,16 @@ def copy_store(
             last_key, rows, finished = done.get(table.name, (None, 0, False))
             if finished:
                 continue
-            key_positions = [(table.columns + ["rowid"]).index(k) for k in table.key]
             for batch in read_batches(source, table, after=last_key, size=batch_size):
-                last_key = [batch[-1][i] for i in key_positions]
+                last_key = key_of(table, batch[-1])
+                try:
+                    with write_transaction(target, lock="copy"):
+                        with _TriggersOff(target, table):
+                            _write_batch(target, table, batch)
+                        _save_progress(target, table.name, last_key, rows + len(batch), False)
+                except sql.driver_errors() as exc:
+                    raise _refused(table, batch, exc) from exc
                 rows += len(batch)
-                with write_transaction(target, lock="copy"):
-                    with _TriggersOff(target, table):
-                        _write_batch(target, table, batch)
-                    _save_progress(target, table.name, last_key, rows, False)
                 result.copied[table.name] = result.copied.get(table.name, 0) + len(batch)
                 if progress:
                     progress(table.name, len(batch))

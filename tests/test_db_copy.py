@@ -211,3 +211,21 @@ def test_a_copy_that_differs_exits_1_naming_the_table(filled, tmp_path, monkeypa
     assert re.search(r"^feedback +(\d+) +(\d+) .* DIFFERS$", lost.output, re.M)
     assert "error: the copy differs from the source in: feedback\n" in lost.output
     assert re.search(r"^messages .* ok$", lost.output, re.M)
+
+
+def test_a_row_the_target_cannot_hold_stops_the_copy_with_its_table_and_key(filled, blank_postgres, env):
+    db = open_db(filled, migrate=False)
+    conversation = db.execute("SELECT id FROM conversations ORDER BY id LIMIT 1 OFFSET 3").fetchone()[0]
+    db.execute("UPDATE conversations SET metadata = ? WHERE id = ?", ['{"note": "nul \x00 inside"}', conversation])
+    db.conn.commit()
+    db.close()
+
+    refused = run_copy(str(filled), blank_postgres, "--batch-size", "2", env=env)
+    assert refused.exit_code == 1, refused.output
+    assert "error: DST refused a row of conversations in the batch from key ['" in refused.output
+    assert f"'{conversation}']" in refused.output and "--resume" in refused.output
+    db = open_db(blank_postgres, migrate=False)
+    try:  # the batches before it stayed: a resume after the fix continues from there
+        assert db.execute("SELECT rows FROM _copy_progress WHERE table_name = 'conversations'").fetchone()[0] == 2
+    finally:
+        db.close()
