@@ -1,4 +1,4 @@
-"""``tuneloop db``: which store this configuration uses, and its migrations (``status``, ``migrate``).
+"""``tuneloop db``: which store this configuration uses, its migrations (``status``, ``migrate``), and ``copy``.
 
 ``tuneloop db migrate`` is for deployments that migrate in a step of their own (an init container, a
 release job) before the gateways start; every process also migrates on start-up, one at a time.
@@ -9,8 +9,10 @@ from __future__ import annotations
 import click
 
 from cli.context import CliContext, pass_cli
+from config.errors import InvalidRequest
 from config.settings import Settings, redact_url
-from feedback.db import POSTGRESQL, dialect, open_store
+from feedback import store_copy
+from feedback.db import POSTGRESQL, dialect, open_db, open_store
 from feedback.migrations import MIGRATIONS
 
 
@@ -81,6 +83,65 @@ def migrate(ctx: CliContext) -> None:
         db.close()
     click.echo(f"store: {_where(settings)}")
     click.echo(f"applied {len(done)} migration(s)" + (f": {', '.join(done)}" if done else "; already up to date"))
+
+
+@db_group.command("copy")
+@click.argument("src")
+@click.argument("dst")
+@click.option("--overwrite", is_flag=True, help="Replace the rows DST already holds.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted copy into DST where it stopped.")
+@click.option(
+    "--batch-size", type=int, default=store_copy.DEFAULT_BATCH, show_default=True, help="Rows per committed batch."
+)
+def copy(src: str, dst: str, overwrite: bool, resume: bool, batch_size: int) -> None:
+    """Copy the store SRC into DST (each a SQLite path or a store URL), then compare every table on both sides.
+
+    DST is migrated first; both must have applied the same migrations. Exit 1 names any table whose
+    row count or checksum differs.
+    """
+    from tqdm.auto import tqdm
+
+    if overwrite and resume:
+        raise InvalidRequest("--overwrite and --resume exclude each other", field="--resume")
+    if store_copy.describe(src) == store_copy.describe(dst):
+        raise InvalidRequest("SRC and DST are the same store", field="DST")
+    source = store_copy.open_source(src)
+    try:
+        target = open_db(dst)
+        try:
+            bar = tqdm(unit="row", unit_scale=True, dynamic_ncols=True, desc="copy")
+            with bar:
+
+                def on_batch(table: str, rows: int) -> None:
+                    bar.set_description_str(table)
+                    bar.update(rows)
+
+                result = store_copy.copy_store(
+                    source,
+                    target,
+                    overwrite=overwrite,
+                    resume=resume,
+                    batch_size=batch_size,
+                    progress=on_batch,
+                    on_total=lambda total: setattr(bar, "total", total),
+                )
+        finally:
+            target.close()
+    finally:
+        source.close()
+    click.echo(f"copied {sum(result.copied.values())} row(s): {store_copy.describe(src)} → {store_copy.describe(dst)}")
+    width = max(len(c.name) for c in result.checks) if result.checks else 5
+    click.echo(f"{'table':<{width}}  {'rows SRC':>9}  {'rows DST':>9}  {'sha256 SRC':<12}  {'sha256 DST':<12}  ")
+    for check in result.checks:
+        verdict = "ok" if check.equal else "DIFFERS"
+        click.echo(
+            f"{check.name:<{width}}  {check.source_rows:>9}  {check.target_rows:>9}  "
+            f"{check.source_sha256[:12]:<12}  {check.target_sha256[:12]:<12}  {verdict}"
+        )
+    if result.mismatched:
+        click.echo(f"error: the copy differs from the source in: {', '.join(result.mismatched)}", err=True)
+        raise SystemExit(1)
+    click.echo(f"all {len(result.checks)} tables equal (row counts and sha256)")
 
 
 COMMANDS = [db_group]

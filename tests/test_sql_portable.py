@@ -166,6 +166,7 @@ ALLOWED = {
     "feedback/migrations_postgres.py": "PostgreSQL's baseline and runner",
     "feedback/health.py": "the store's probes, per engine",
     "feedback/schema_doc.py": "reads each engine's catalogue",
+    "feedback/store_copy.py": "copies between the engines: reads each one's catalogue and triggers, per engine",
     "feedback/sql.py": "renders the SQLite and the PostgreSQL form of each construct",
     "feedback/privacy/disk.py": "SQLite's free-space wipe (VACUUM, WAL checkpoint); does nothing on PostgreSQL",
     "trainer/scheduler.py": "the scheduler's own SQLite job-store file, not the store",
