@@ -1,6 +1,7 @@
 """Benchmarks: run from the repository root (see docs/benchmarks.md); not part of the installed package."""
 
 import resource
+from pathlib import Path
 
 
 def raise_fd_limit() -> int:
@@ -17,3 +18,15 @@ def raise_fd_limit() -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         soft = target
     return soft
+
+
+def model_dir_or_starter(model: str | None, settings) -> Path:
+    """The model folder a bench runs on: ``model`` if given, else the starter model, built first when missing."""
+    from trainer.starter import build_from_settings, built_fingerprint
+
+    if model:
+        return Path(model)
+    if built_fingerprint(settings.model_dir) is None:
+        print(f"building the starter model into {settings.model_dir} (about two minutes) ...", flush=True)
+        build_from_settings(settings)
+    return settings.model_dir

@@ -200,14 +200,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
 
+    from bench import model_dir_or_starter
     from config.settings import load_settings
-    from trainer.starter import build_from_settings, built_fingerprint
 
     settings = load_settings()
-    model_dir = Path(args.model) if args.model else settings.model_dir
-    if not args.model and built_fingerprint(model_dir) is None:
-        print(f"building the starter model into {model_dir} (about a minute) ...", flush=True)
-        build_from_settings(settings)
+    model_dir = model_dir_or_starter(args.model, settings)
     with tempfile.TemporaryDirectory(prefix="bench-adapter-") as tmp:
         good, corrupt = make_adapters(model_dir, Path(tmp))
         report = {"model_dir": str(model_dir), "rounds": args.rounds, "modes": []}

@@ -133,18 +133,15 @@ def exact_answers(model_dir: Path, output: str, method: str, rows: list[dict]) -
 
 
 def run_cpu(args) -> dict:
+    from bench import model_dir_or_starter
     from config.settings import load_settings
     from feedback import review
     from feedback.db import open_db
     from trainer.providers.local import LOCAL_KEYS
     from trainer.providers.local_train import train_local
-    from trainer.starter import build_from_settings, built_fingerprint
 
     settings = load_settings(args.config)
-    model_dir = Path(args.model) if args.model else settings.model_dir
-    if not args.model and built_fingerprint(model_dir) is None:
-        print(f"building the starter model into {model_dir} (about a minute) ...", flush=True)
-        build_from_settings(settings)
+    model_dir = model_dir_or_starter(args.model, settings)
     torch.set_num_threads(settings.training.cpu_threads or torch.get_num_threads())
     report: dict = {"model_dir": str(model_dir), "threads": torch.get_num_threads(), "runs": []}
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
