@@ -12,7 +12,6 @@ import click
 from cli.context import CliContext, pass_cli
 from config.errors import ConfigError
 from config.settings import PROJECT_ROOT
-from feedback.db import open_store
 
 GUNICORN_CONF = PROJECT_ROOT / "config" / "gunicorn.conf.py"
 
@@ -50,9 +49,11 @@ def serve(ctx: CliContext, host: str | None, port: int | None, workers: int | No
             os.environ[f"TUNELOOP_GATEWAY__{key}"] = str(value)
     ctx.__dict__.pop("settings", None)
     settings = ctx.settings  # validates before gunicorn starts, so errors name the key
-    # Reach and migrate the store once, here: an unreachable server or a role without rights stops start-up
-    # with one line naming database.url, and the workers find nothing left to migrate.
-    open_store(settings).close()
+    # Reach, migrate and seed the store once, here: an unreachable server or a role without rights stops start-up
+    # with one line naming database.url, and the workers find nothing left to migrate or seed (seeding the
+    # knowledge base in every worker at once made them wait on one another's write lock past its timeout).
+    ctx.db.close()
+    ctx.__dict__.pop("db", None)
     gw = settings.gateway
     if not port_is_free(gw.host, gw.port):
         raise ConfigError(
