@@ -20,6 +20,7 @@ from config.settings import Settings, load_settings
 from feedback import accounts
 from feedback.audit import Actor
 from feedback.db import open_store
+from feedback.hosts import check_data_dir, check_shared_store
 from feedback.knowledge.seed import ensure_seeded
 
 
@@ -44,6 +45,13 @@ class CliContext:
         db = open_store(self.settings)
         ensure_seeded(db, self.settings.knowledge)
         return db
+
+    def check_host(self) -> None:
+        """Before a long-running command (serve, up, scheduler) starts: ``paths.data_dir`` takes writes, and on a
+        shared store this host shares its folder and its secrets (``feedback.hosts``); else one line naming the key.
+        """
+        check_data_dir(self.settings)  # first: a SQLite store is a file in that folder
+        check_shared_store(self.settings, self.db)
 
     def actor(self, role: str, named: str | None = None) -> Actor:
         """Who this command acts as, checked against ``role`` when it is an account.

@@ -1,4 +1,5 @@
-"""``tuneloop db``: which store this configuration uses, its migrations (``status``, ``migrate``), and ``copy``.
+"""``tuneloop db``: which store this configuration uses, its migrations (``status``, ``migrate``), ``copy``, and
+``forget-secrets`` (after changing a secret on every host).
 
 ``tuneloop db migrate`` is for deployments that migrate in a step of their own (an init container, a
 release job) before the gateways start; every process also migrates on start-up, one at a time.
@@ -14,6 +15,7 @@ from config.settings import Settings, redact_url
 from feedback import store_copy
 from feedback.db import POSTGRESQL, dialect, open_db, open_store
 from feedback.migrations import MIGRATIONS
+from feedback.secrets import forget_fingerprints
 
 
 @click.group("db")
@@ -142,6 +144,22 @@ def copy(src: str, dst: str, overwrite: bool, resume: bool, batch_size: int) -> 
         click.echo(f"error: the copy differs from the source in: {', '.join(result.mismatched)}", err=True)
         raise SystemExit(1)
     click.echo(f"all {len(result.checks)} tables equal (row counts and sha256)")
+
+
+@db_group.command("forget-secrets")
+@pass_cli
+def forget_secrets(ctx: CliContext) -> None:
+    """Drop the recorded fingerprints of admin.token and gateway.secret_key, after changing them on every host.
+
+    Each host's first start records them, and a host whose value differs is refused; the next start after
+    this records the new values.
+    """
+    dropped = forget_fingerprints(ctx.db)
+    click.echo(f"store: {_where(ctx.settings)}")
+    if not dropped:
+        click.echo("no secret fingerprints recorded")
+        return
+    click.echo(f"forgot the fingerprints of {', '.join(dropped)}; the next host to start records its values")
 
 
 COMMANDS = [db_group]

@@ -23,6 +23,7 @@ def scheduler_command(ctx: CliContext, wait: bool) -> None:
     from trainer.scheduler import SchedulerBusy, build_scheduler, hold_lock, lock_path
 
     settings = ctx.settings
+    ctx.check_host()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         lock = hold_lock(settings, wait=wait)

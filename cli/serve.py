@@ -52,6 +52,7 @@ def serve(ctx: CliContext, host: str | None, port: int | None, workers: int | No
     # Reach, migrate and seed the store once, here: an unreachable server or a role without rights stops start-up
     # with one line naming database.url, and the workers find nothing left to migrate or seed (seeding the
     # knowledge base in every worker at once made them wait on one another's write lock past its timeout).
+    ctx.check_host()  # paths.data_dir writable; on a shared store, this host's folder and secrets are the others'
     ctx.db.close()
     ctx.__dict__.pop("db", None)
     gw = settings.gateway

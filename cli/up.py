@@ -75,6 +75,7 @@ def _redeploy(settings: Settings) -> None:
 def up(ctx: CliContext, rebuild: bool) -> None:
     """Start the platform: model server, gateway and scheduler (Ctrl-C stops all)."""
     settings = ctx.settings
+    ctx.check_host()  # before any child starts: each would refuse the same way
     builtin = _uses_builtin_model(settings)
     _check_ports(settings, builtin)
     token = admin_token(settings, ctx.db)

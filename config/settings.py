@@ -169,7 +169,7 @@ class GatewaySettings:
     max_body_bytes: int = 65536
     max_message_chars: int = 4000
     cors_origins: list[str] = field(default_factory=list)
-    model_cache_s: float = 2.0
+    model_cache_s: float = 0.5
     secret_key: str = ""
     request_header_timeout_s: float = 10.0
     request_body_timeout_s: float = 30.0

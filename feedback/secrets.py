@@ -1,11 +1,19 @@
-"""Instance-wide secrets kept in the database, so every gateway process agrees on them (and on a rotation)."""
+"""Instance-wide secrets kept in the database, so every gateway process agrees on them (and on a rotation).
+
+The same table keeps, under ``fingerprint:<setting key>``, an HMAC-SHA256 fingerprint of each secret a host
+takes from its settings (``admin.token``, ``gateway.secret_key``): every host sharing the store must hold the
+same value, and one that does not is refused at start-up (:func:`check_fingerprint`, ``feedback.hosts``).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 
 from sqlite_utils import Database
 
+from config.errors import ConfigError
 from feedback.db import utc_now, write_transaction
 
 
@@ -32,3 +40,56 @@ def rotate_instance_secret(db: Database, name: str) -> str:
             [name, value, utc_now()],
         )
     return value
+
+
+FINGERPRINT_PREFIX = "fingerprint:"  # + a setting key, e.g. "fingerprint:admin.token"
+FINGERPRINT_KEY = "fingerprint_key"  # keys the HMAC, so a copy of the table does not let anyone test guesses offline
+UNSET = "unset"
+
+
+def fingerprint(db: Database, key: str, value: str) -> str:
+    """The fingerprint of setting ``key``'s ``value`` on this store ("unset" when empty); never the value."""
+    if not value:
+        return UNSET
+    mac = hmac.new(instance_secret(db, FINGERPRINT_KEY).encode(), f"{key}\0{value}".encode(), hashlib.sha256)
+    return "hmac-sha256:" + mac.hexdigest()
+
+
+def check_fingerprint(db: Database, key: str, value: str) -> None:
+    """Record the fingerprint of setting ``key``'s ``value`` on first start; later, refuse a different one.
+
+    Every host sharing the store must set a secret like ``admin.token`` to the same value (or leave it unset on
+    all of them): :class:`ConfigError` naming ``key`` says so, without the value. After changing it on every
+    host on purpose, ``tuneloop db forget-secrets`` drops the recorded fingerprints.
+    """
+    mine = fingerprint(db, key, value)
+    name = FINGERPRINT_PREFIX + key
+    with write_transaction(db, lock=name):
+        db.execute(
+            "INSERT INTO instance_secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+            [name, mine, utc_now()],
+        )
+        stored, since = db.execute("SELECT value, created_at FROM instance_secrets WHERE name = ?", [name]).fetchone()
+    if stored == mine:
+        return
+    if mine == UNSET:
+        what = "is unset on this host but set on the hosts sharing this store"
+    elif stored == UNSET:
+        what = "is set on this host but unset on the hosts sharing this store"
+    else:
+        what = "on this host differs from the value the hosts sharing this store use"
+    raise ConfigError(
+        f"{key} {what} (recorded {since}); set the same value on every host, or after changing it on all of them "
+        "run `tuneloop db forget-secrets` once",
+        field=key,
+    )
+
+
+def forget_fingerprints(db: Database) -> list[str]:
+    """Drop every recorded secret fingerprint (the next start records anew); returns the setting keys dropped."""
+    with write_transaction(db):
+        rows = db.execute(
+            "SELECT name FROM instance_secrets WHERE name LIKE ? ORDER BY name", [FINGERPRINT_PREFIX + "%"]
+        ).fetchall()
+        db.execute("DELETE FROM instance_secrets WHERE name LIKE ?", [FINGERPRINT_PREFIX + "%"])
+    return [row[0][len(FINGERPRINT_PREFIX) :] for row in rows]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from config.errors import Conflict, NotFound, ValidationFailed
@@ -146,6 +148,18 @@ def test_the_gateway_follows_promotion_and_rollback_without_restart(make_gateway
     assert version_id == tuned.id
     registry.rollback(gateway_db, "t")
     assert client.post("/api/chat", json={"message": "hi"}).get_json()["model"] == "starter"
+
+
+def test_a_promotion_reaches_every_gateway_within_a_second_by_default(make_gateway, gateway_db):
+    """Two gateways on one store (two hosts), default settings: one second after a promotion written through a
+    third connection, both answer with the promoted version (gateway.model_cache_s is at most 1 s by default)."""
+    gateways = [make_gateway().test_client() for _ in range(2)]
+    assert [g.post("/api/chat", json={"message": "hi"}).get_json()["model"] for g in gateways] == ["starter"] * 2
+    tuned = create_candidate(gateway_db, name="tuned-v1", provider="local", base_model="starter")
+    registry.promote(gateway_db, tuned, "t")
+    time.sleep(1.0)  # the promise under test, not a measurement: each gateway's cached live version has expired
+    served = [g.post("/api/chat", json={"message": "hi"}).get_json()["model"] for g in gateways]
+    assert served == ["tuned-v1", "tuned-v1"]
 
 
 def test_the_gateway_sends_a_canary_its_share_sticky_per_conversation(make_gateway, gateway_db):

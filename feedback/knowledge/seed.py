@@ -9,7 +9,9 @@ path and sha256 in ``kb_state``. A base row whose question an entry already has 
 newer (a correction approved meanwhile). Because that record
 exists afterwards, a restart never imports again over reviewers' edits, even when the file changed (then it
 logs how to import the new file on purpose: ``tuneloop kb import``). Two processes starting at once
-seed once: the check and the import run in one ``BEGIN IMMEDIATE`` transaction.
+— two workers, or two hosts on one empty PostgreSQL store — seed once: the check and the import run in one
+write transaction under a lock of their own (``knowledge-seed``: ``BEGIN IMMEDIATE`` on SQLite, an advisory
+lock on PostgreSQL), and the one that waited finds the work done.
 
 A knowledge base seeded from the bundled FAQ also gets the bundled alternate questions
 (``data/faq-alternates.jsonl``, :mod:`feedback.knowledge.alternates`): right after the first import, and at the
@@ -33,6 +35,7 @@ from feedback.review_io import ImportRejected
 
 BUNDLED_BASE = PROJECT_ROOT / "data" / "faq.jsonl"
 SEED_ACTOR = "system"
+SEED_LOCK = "knowledge-seed"
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,7 @@ def ensure_seeded(db: Database, settings: KnowledgeSettings) -> int | None:
     path = base_file(settings)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     name = display_name(path)
-    with write_transaction(db):
+    with write_transaction(db, lock=SEED_LOCK):
         if _seeded(db):  # another worker seeded while this one waited for the lock
             return None
         try:
