@@ -50,8 +50,10 @@ TABLE_NOTES = {
         "Ratings (+1/−1) with reason, comment and suggested correction; unique per (message, voter), so a voter "
         "changes a vote instead of adding one."
     ),
-    "instance_secrets": "Secrets shared by every process on this database (the feedback-token signing key), the fingerprints of"
-    " secrets set in the hosts' settings, and the instance id written to paths.data_dir on PostgreSQL.",
+    "instance_secrets": (
+        "Secrets shared by every process on this database (the feedback-token signing key), the fingerprints of"
+        " secrets set in the hosts' settings, and the instance id written to paths.data_dir on PostgreSQL."
+    ),
     "review_items": (
         "The review queue: a worst-answered question (`origin` `ranking`, or an `import`ed / `manual` one) with its "
         "`evidence` as JSON (votes, answers given with their votes, comments, reasons, suggested corrections, "
