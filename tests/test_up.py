@@ -22,6 +22,7 @@ import pytest
 
 from cli import supervisor
 from cli.supervisor import Child, Supervisor
+from feedback.db import open_db
 from tests.plugins.common import free_port
 from tests.plugins.gateway import write_config
 
@@ -47,21 +48,20 @@ def _children(process: subprocess.Popen) -> dict[str, int]:
     return found
 
 
-@pytest.fixture
-def platform(tmp_path, tiny_model_dir):
+def _up(tmp_path: Path, tiny_model_dir: Path, extra: dict | None = None):
     """``tuneloop up`` on free ports, serving the tiny model; stopped (the whole session) afterwards."""
     ms_port, gw_port = free_port(), free_port()
-    config = write_config(
-        tmp_path / "up.toml",
-        {
-            "paths": {"data_dir": str(tmp_path / "var")},
-            "model_server": {"port": ms_port, "model_dir": str(tiny_model_dir), "threads": 4},
-            "model": {"base_url": f"http://127.0.0.1:{ms_port}/v1", "retries": 1, "first_token_timeout_s": 10.0},
-            "gateway": {"port": gw_port, "workers": 1},
-            "chat": {"max_tokens": 16},
-            "limits": {"enabled": False},
-        },
-    )
+    values = {
+        "paths": {"data_dir": str(tmp_path / "var")},
+        "model_server": {"port": ms_port, "model_dir": str(tiny_model_dir), "threads": 4},
+        "model": {"base_url": f"http://127.0.0.1:{ms_port}/v1", "retries": 1, "first_token_timeout_s": 10.0},
+        "gateway": {"port": gw_port, "workers": 1},
+        "chat": {"max_tokens": 16},
+        "limits": {"enabled": False},
+    }
+    for section, keys in (extra or {}).items():
+        values.setdefault(section, {}).update(keys)
+    config = write_config(tmp_path / "up.toml", values)
     log = tmp_path / "up.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
     with open(log, "wb") as out:
@@ -81,6 +81,12 @@ def platform(tmp_path, tiny_model_dir):
             for leftover in [*psutil.Process(process.pid).children(recursive=True), psutil.Process(process.pid)]:
                 leftover.kill()
             process.wait()
+
+
+@pytest.fixture
+def platform(tmp_path, tiny_model_dir):
+    """``tuneloop up`` on the embedded SQLite store."""
+    yield from _up(tmp_path, tiny_model_dir)
 
 
 @pytest.mark.slow
@@ -185,3 +191,48 @@ def test_a_child_that_keeps_dying_is_restarted_with_growing_backoff(monkeypatch)
         restarting[0]["last_exit"] == "exit code 3" and restarting[0]["pid"] is None and "next_start" in restarting[0]
     )
     assert states[-1]["state"] == "stopped"
+
+
+@pytest.mark.slow
+def test_up_runs_the_platform_on_postgresql_and_a_host_without_its_data_dir_is_refused(
+    tmp_path, tiny_model_dir, postgres_url
+):
+    """``TUNELOOP_DATABASE__URL=postgresql://… tuneloop up``: answers land in PostgreSQL, not in a SQLite file, the
+    store's instance marker is in paths.data_dir, and ``tuneloop serve`` on another data_dir is refused."""
+    platform = _up(tmp_path, tiny_model_dir, {"database": {"url": postgres_url}})
+    process, url, log, data_dir = next(platform)
+    try:
+        assert set(_children(process)) == {"model-server", "serve", "scheduler"}
+        chat = httpx2.post(url + "/api/chat", json={"message": "hello", "user": "u1"}, timeout=30)
+        assert chat.status_code == 200, chat.text
+        answer = chat.json()
+        vote = {"message_id": answer["message_id"], "feedback_token": answer["feedback_token"], "user": "u1"}
+        assert httpx2.post(url + "/api/feedback", json=vote | {"rating": "up"}, timeout=30).status_code == 200
+        db = open_db(postgres_url, migrate=False)
+        try:
+            rated = db.execute("SELECT rating FROM feedback WHERE message_id = ?", [answer["message_id"]]).fetchall()
+            (instance_id,) = db.execute("SELECT value FROM instance_secrets WHERE name = 'instance_id'").fetchone()
+        finally:
+            db.close()
+        assert rated == [(1,)]
+        assert (data_dir / ".tuneloop-instance").read_text().strip() == instance_id
+        assert not (data_dir / "tuneloop.db").exists()
+        other = write_config(
+            tmp_path / "host-b.toml",
+            {"paths": {"data_dir": str(tmp_path / "host-b")}, "database": {"url": postgres_url}},
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
+        refused = subprocess.run(
+            [str(Path(sys.executable).with_name("tuneloop")), "--config", str(other), "serve", "--port", "1"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert refused.stderr.startswith(f"error: paths.data_dir: {tmp_path / 'host-b'} is not the folder the other")
+        assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=40) == 0
+    finally:
+        platform.close()
