@@ -5,7 +5,7 @@ order and each only once the previous one is healthy: the built-in model server
 (unless ``model.provider`` points elsewhere), the gateway, and the scheduler.
 Prints the URLs and the admin token, then watches: Ctrl-C/SIGTERM stops all; a
 child that dies is restarted with backoff while the others keep running
-(:mod:`cli.supervisor`), and its state goes to ``<data_dir>/run/processes.json``
+(:mod:`cli.supervisor`), and its state goes to ``<data_dir>/run/processes.<host>.json``
 for ``/readyz``. Each time the built-in model server is up — at start and after
 a restart, which empties it — the live and canary adapters are loaded into it
 again. A child that fails while the platform is starting stops it all.

@@ -1,25 +1,29 @@
 """What ``tuneloop up`` says about the processes it supervises, kept where ``/readyz`` can read it.
 
-``tuneloop up`` writes ``<paths.data_dir>/run/processes.json`` whenever one of its
+``tuneloop up`` writes ``<paths.data_dir>/run/processes.<host name>.json`` whenever one of its
 children changes state (starting, running, restarting after a crash, stopped),
 and the gateway's ``/readyz`` adds the model server's entry to its model check:
 a probe during a crash says "restarting after it was killed by SIGKILL, next
 start at …", not only "cannot connect". The file names the supervisor's pid; one
 left behind by a supervisor that is gone is ignored. Without ``tuneloop up``
 (``tuneloop serve`` under systemd, compose, Kubernetes) there is no file and
-nothing is added.
+nothing is added. The host's name is in the file's name because on many hosts ``paths.data_dir`` is one shared
+volume: a gateway reads only its own host's supervisor, never the model server another host runs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 from pathlib import Path
 
 
 def status_file(data_dir: Path) -> Path:
-    """Where the supervisor of ``data_dir`` writes its children's state."""
-    return Path(data_dir) / "run" / "processes.json"
+    """Where this host's supervisor of ``data_dir`` writes its children's state."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
+    return Path(data_dir) / "run" / f"processes.{host}.json"
 
 
 def write_status(data_dir: Path, children: dict[str, dict]) -> None:

@@ -18,6 +18,7 @@ from config.settings import load_settings
 from feedback.db import open_store
 from feedback.hosts import MARKER_FILE, check_data_dir, check_shared_store
 from feedback.knowledge.seed import ensure_seeded
+from feedback.process_status import read_status, write_status
 from feedback.secrets import forget_fingerprints
 
 pytestmark = pytest.mark.engines  # the storage tests run on SQLite and on PostgreSQL
@@ -155,6 +156,22 @@ def test_forgetting_the_fingerprints_lets_a_changed_secret_start_and_records_it(
     _start(changed)
     assert _error(lambda: _start(host("var", **{"admin.token": TOKEN}))).field == "admin.token"  # the old one now
     assert forget_fingerprints(db) == ["admin.token", "gateway.secret_key"]
+
+
+@pytest.mark.engines("sqlite")
+def test_a_gateway_reads_only_its_own_hosts_supervisor_status_from_a_shared_data_dir(tmp_path, monkeypatch):
+    """``tuneloop up`` on host A writes what its model server is doing; a gateway on host B, on the same shared
+    volume, must not report host A's model server in its /readyz (nor host A's file overwrite host B's)."""
+    shared = tmp_path / "shared"
+    monkeypatch.setattr("socket.gethostname", lambda: "host-a")
+    write_status(shared, {"model": {"state": "restarting"}})
+    assert read_status(shared) == {"model": {"state": "restarting"}}
+    monkeypatch.setattr("socket.gethostname", lambda: "host-b")
+    assert read_status(shared) is None
+    write_status(shared, {"model": {"state": "running"}})
+    assert read_status(shared) == {"model": {"state": "running"}}
+    monkeypatch.setattr("socket.gethostname", lambda: "host-a")
+    assert read_status(shared) == {"model": {"state": "restarting"}}
 
 
 def test_two_hosts_starting_at_once_on_an_empty_store_seed_the_knowledge_base_once(host, db):

@@ -23,6 +23,7 @@ import pytest
 from cli import supervisor
 from cli.supervisor import Child, Supervisor
 from feedback.db import open_db
+from feedback.process_status import status_file
 from tests.plugins.common import free_port
 from tests.plugins.gateway import write_config
 
@@ -160,7 +161,7 @@ def test_a_killed_model_server_is_restarted_while_the_gateway_answers_503(platfo
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=40) == 0
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-    assert (data_dir / "run" / "processes.json").exists()
+    assert status_file(data_dir).exists()
 
 
 def test_a_child_that_keeps_dying_is_restarted_with_growing_backoff(monkeypatch):
