@@ -43,7 +43,9 @@ def rotate_instance_secret(db: Database, name: str) -> str:
 
 
 FINGERPRINT_PREFIX = "fingerprint:"  # + a setting key, e.g. "fingerprint:admin.token"
-FINGERPRINT_KEY = "fingerprint_key"  # keys the HMAC, so a copy of the table does not let anyone test guesses offline
+# Keys the HMAC: a fingerprint is this store's own, so it matches no precomputed table and no other store's. (It
+# does not stop guessing by someone who can read the table: the key is there too, as is a generated admin token.)
+FINGERPRINT_KEY = "fingerprint_key"
 UNSET = "unset"
 
 
