@@ -1,13 +1,12 @@
 """What a host checks before it serves (feedback/hosts.py): paths.data_dir writable and, on PostgreSQL, the shared
-one; secrets set in the settings equal on every host; and the knowledge base seeded once by hosts starting at once.
+one; secrets set in the settings equal on every host; a supervisor's status read only on its own host. (Two hosts
+seeding one empty store at once: tests/test_knowledge_store.py.)
 
 "Two hosts" here are two settings (each its own paths.data_dir and secrets) on one store, each with its own
 connection — what two machines starting ``tuneloop serve`` on one ``database.url`` amount to for the store.
 """
 
 from __future__ import annotations
-
-import threading
 
 import pytest
 from click.testing import CliRunner
@@ -17,7 +16,6 @@ from config.errors import ConfigError
 from config.settings import load_settings
 from feedback.db import open_store
 from feedback.hosts import MARKER_FILE, check_data_dir, check_shared_store
-from feedback.knowledge.seed import ensure_seeded
 from feedback.process_status import read_status, write_status
 from feedback.secrets import forget_fingerprints
 
@@ -172,38 +170,3 @@ def test_a_gateway_reads_only_its_own_hosts_supervisor_status_from_a_shared_data
     assert read_status(shared) == {"model": {"state": "running"}}
     monkeypatch.setattr("socket.gethostname", lambda: "host-a")
     assert read_status(shared) == {"model": {"state": "restarting"}}
-
-
-def test_two_hosts_starting_at_once_on_an_empty_store_seed_the_knowledge_base_once(host, db):
-    """Each on its own connection, released together; the one that waited for the seed lock finds it done."""
-    hosts = [host("var"), host("var")]
-    start = threading.Barrier(len(hosts))
-    results: list = []
-    errors: list = []
-
-    def seed(settings) -> None:
-        own = open_store(settings)
-        try:
-            start.wait()
-            results.append(ensure_seeded(own, settings.knowledge))
-        except Exception as exc:  # noqa: BLE001 - the assertion below shows it
-            errors.append(exc)
-        finally:
-            own.close()
-
-    threads = [threading.Thread(target=seed, args=(s,)) for s in hosts]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert errors == []
-    created = [r for r in results if r is not None]
-    assert len(results) == 2 and len(created) == 1 and created[0] > 0, results
-    (entries, refs) = db.execute(
-        "SELECT COUNT(*), COUNT(DISTINCT source_ref) FROM kb_entries WHERE source_kind = 'base'"
-    ).fetchone()
-    assert entries == refs == created[0]
-    (history,) = db.execute("SELECT COUNT(*) FROM kb_history WHERE version = 1").fetchone()
-    assert history == entries  # each entry created once, not created and then kept by the second host
-    (seeded,) = db.execute("SELECT COUNT(*) FROM kb_state WHERE seeded_at IS NOT NULL").fetchone()
-    assert seeded == 1

@@ -68,12 +68,16 @@ def test_first_start_imports_the_bundled_faq_once_with_its_lines(seeded, setting
 
 
 def test_two_processes_starting_at_once_seed_once(settings):
-    open_db(settings.db_path).close()
+    """Four starts at once, each on its own connection (four workers, or four hosts on one empty PostgreSQL store):
+    one seeds; the others wait for the seed lock and find the work done, without an error."""
+    open_db(settings.store).close()
     errors, results = [], []
+    together = threading.Barrier(4)
 
     def start():
-        db = open_db(settings.db_path, migrate=False)
+        db = open_db(settings.store, migrate=False)
         try:
+            together.wait()
             results.append(seed.ensure_seeded(db, settings.knowledge))
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
@@ -87,8 +91,13 @@ def test_two_processes_starting_at_once_seed_once(settings):
         t.join()
     assert errors == []
     assert sorted(results, key=lambda n: n or 0) == [None, None, None, len(faq_rows())]
-    db = open_db(settings.db_path)
-    assert counts(db)[0] == len(faq_rows())
+    db = open_db(settings.store)
+    try:
+        assert counts(db)[0] == len(faq_rows())
+        (created,) = db.execute("SELECT COUNT(*) FROM kb_history WHERE version = 1").fetchone()
+        assert created == len(faq_rows())  # each entry created once
+    finally:
+        db.close()
 
 
 def test_a_changed_base_file_is_reported_not_reimported(tmp_path, db, caplog):
