@@ -24,6 +24,7 @@ Exit status 0 when every request was answered and no rating was lost; 1 otherwis
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):
@@ -67,7 +69,7 @@ class Plan:
 
 
 FULL = Plan(rounds=2, latency_counts={1: 300, 64: 1000}, ratings=2000, ratings_concurrency=32, scale_workers=(1, 2, 4))
-QUICK = Plan(rounds=1, latency_counts={1: 50, 64: 200}, ratings=300, ratings_concurrency=16, scale_workers=(1, 2))
+QUICK = Plan(rounds=1, latency_counts={1: 30, 64: 128}, ratings=200, ratings_concurrency=16, scale_workers=(1, 2))
 
 
 class Store:
@@ -97,6 +99,21 @@ class Store:
         }
         # Started again on the same folder, a gateway finds the same SQLite file (gw-var/tuneloop.db) or database.
         return start_gunicorn_gateway(self.dir, upstream.base_url, extra=extra, timeout_s=90)
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for one bench run (the tests' own), stopped and deleted afterwards."""
+    # Not under the bench's folder: the server runs as the postgres user, which cannot enter a private one.
+    root = Path(tempfile.mkdtemp(prefix="tuneloop-bench-pg-"))
+    try:
+        server = start_server(root)
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def postmaster_pid(server: PostgresServer) -> int:
@@ -282,31 +299,31 @@ def report(figures: dict) -> tuple[str, bool]:
 def run(plan: Plan, mode: str, workdir: Path) -> dict:
     """Start PostgreSQL and the upstream, run both workloads, stop everything."""
     nofile = raise_fd_limit()
-    # Not under workdir: the server runs as the postgres user, which cannot enter a private temporary folder.
-    pg_root = Path(tempfile.mkdtemp(prefix="tuneloop-bench-pg-"))
-    server = start_server(pg_root)
-    upstream = Upstream()
-    try:
-        pg_pid = postmaster_pid(server)
-        figures = {
-            "mode": mode,
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "cpus": os.cpu_count(),
-            "loadavg": os.getloadavg(),
-            "nofile": nofile,
-            "postgres": server.bin.parent.name,
-            "plan": plan.__dict__,
-        }
-        stores = {e: Store(e, workdir, server, "engines") for e in ENGINES}
-        figures["engines"] = engines(plan, upstream, stores, pg_pid, workdir)
-        stores = {e: Store(e, workdir, server, "scaling") for e in ENGINES}
-        figures["scaling"] = scaling(plan, upstream, stores, pg_pid, workdir)
-        figures["loadavg_end"] = os.getloadavg()
-        return figures
-    finally:
-        upstream.stop()
-        server.stop()
-        shutil.rmtree(pg_root, ignore_errors=True)
+    with throwaway_postgres() as server:
+        upstream = Upstream()
+        try:
+            return _run(plan, mode, workdir, server, upstream, nofile)
+        finally:
+            upstream.stop()
+
+
+def _run(plan: Plan, mode: str, workdir: Path, server: PostgresServer, upstream: Upstream, nofile: int) -> dict:
+    pg_pid = postmaster_pid(server)
+    figures = {
+        "mode": mode,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpus": os.cpu_count(),
+        "loadavg": os.getloadavg(),
+        "nofile": nofile,
+        "postgres": server.bin.parent.name,
+        "plan": plan.__dict__,
+    }
+    stores = {e: Store(e, workdir, server, "engines") for e in ENGINES}
+    figures["engines"] = engines(plan, upstream, stores, pg_pid, workdir)
+    stores = {e: Store(e, workdir, server, "scaling") for e in ENGINES}
+    figures["scaling"] = scaling(plan, upstream, stores, pg_pid, workdir)
+    figures["loadavg_end"] = os.getloadavg()
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
