@@ -11,6 +11,12 @@ it exists), then times, best of ``--repeat`` runs on a warm page cache:
 - ``report``: build the weekly report of the last complete week (12-week trend
   included), without writing files.
 
+With ``--postgresql`` each store is also copied into a throw-away PostgreSQL
+server (the tests' :func:`tests.plugins.postgres.start_server`) with
+``tuneloop db copy`` (which compares every table's rows and checksum after the
+copy), ``ANALYZE``d as autovacuum would, and the same three steps are timed there
+in the same run, after SQLite's; both engines must rank the same questions.
+
 The store is built with ``INSERT … SELECT`` over a recursive CTE — no Python per
 row — through the real migrations, so it has exactly the production schema and
 indexes. Its traffic, over 12 weeks: two model versions (the newer one live for
@@ -23,9 +29,12 @@ questions the model answers badly, comments and corrections on some down-votes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
+import os
 import random
+import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -34,6 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.postgres import throwaway_postgres  # noqa: E402
 from config.settings import load_settings  # noqa: E402
 from feedback.db import open_db  # noqa: E402
 from feedback.ranking import RankingOptions, rank_worst  # noqa: E402
@@ -202,58 +212,100 @@ def _report(db, settings, week: str) -> None:
     render_html(report), render_markdown(report), render_json(report)
 
 
-def run(sizes: list[int], directory: Path, repeat: int, rebuild: bool) -> list[dict]:
-    """Build (or reuse) a store per size and time ranking and the report on it."""
-    settings = load_settings(env={}, overrides={"paths.data_dir": str(directory)})
-    results = []
-    for turns in sizes:
-        path = directory / f"analytics-{turns}.db"
-        built = None
-        if rebuild or not path.exists():
-            started = time.perf_counter()
-            build_store(path, turns)
-            built = time.perf_counter() - started
-        db = open_db(path)
-        counts = {
-            "messages": db.execute("SELECT COUNT(*) FROM messages").fetchone()[0],
-            "feedback": db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0],
-        }
-        week = last_complete_week(settings.report.timezone, END)
-        since, until = iso_week_window(week, settings.report.timezone)
-        first = db.execute("SELECT MIN(created_at) FROM messages").fetchone()[0]
-        options = RankingOptions.from_settings(settings.report)
-        rankings = {}
-        # functools.partial binds this iteration's values now (a lambda would look them up when called).
-        rank = functools.partial(_rank_into, rankings, db, options)
-        rank_all = _best_of(repeat, functools.partial(rank, "all", first, "9999"))
-        rank_week = _best_of(repeat, functools.partial(rank, "week", since, until))
-        report = _best_of(repeat, functools.partial(_report, db, settings, week))
-        size_mb = sum(Path(str(path) + s).stat().st_size for s in ("", "-wal") if Path(str(path) + s).exists()) / 2**20
-        everything, one_week = rankings["all"], rankings["week"]
-        row = {
-            "turns": turns,
-            **counts,
-            "db_mb": round(size_mb),
-            "build_s": round(built, 1) if built else None,
-            "rank_all": rank_all,
-            "rank_week": rank_week,
-            "report": report,
-            "week": week,
-            "all": {
-                "distinct": everything.distinct_questions,
-                "rated": everything.rated_questions,
-                "groups": everything.candidate_groups,
-            },
-            "one_week": {
-                "distinct": one_week.distinct_questions,
-                "rated": one_week.rated_questions,
-                "groups": one_week.candidate_groups,
-            },
-        }
+def copy_to_postgres(server, path: Path, name: str) -> tuple[str, float]:
+    """``tuneloop db copy`` the SQLite store at ``path`` into a new database ``name``; its URL and the seconds taken."""
+    server.admin(f'CREATE DATABASE "{name}"')
+    url = server.url(name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
+    started = time.perf_counter()
+    subprocess.run(
+        [str(Path(sys.executable).with_name("tuneloop")), "db", "copy", str(path), url],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    seconds = time.perf_counter() - started
+    db = open_db(url, migrate=False)
+    try:
+        # What autovacuum does to a table after this many inserts: statistics, and the visibility map that lets
+        # the report's counts be index-only scans (without it every counted row is also read from the table).
+        db.execute("VACUUM ANALYZE")
+    finally:
         db.close()
-        print(json.dumps(row), flush=True)
-        results.append(row)
-    return results
+    return url, seconds
+
+
+def _timings(db, settings, repeat: int, week: str, since: str, until: str) -> tuple[dict, dict]:
+    """Best-of-``repeat`` timings of the three steps on ``db``; and the rankings they produced."""
+    first = db.execute("SELECT MIN(created_at) FROM messages").fetchone()[0]
+    options = RankingOptions.from_settings(settings.report)
+    rankings = {}
+    # functools.partial binds this iteration's values now (a lambda would look them up when called).
+    rank = functools.partial(_rank_into, rankings, db, options)
+    steps = {
+        "rank_all": _best_of(repeat, functools.partial(rank, "all", first, "9999")),
+        "rank_week": _best_of(repeat, functools.partial(rank, "week", since, until)),
+        "report": _best_of(repeat, functools.partial(_report, db, settings, week)),
+    }
+    return steps, rankings
+
+
+def run(sizes: list[int], directory: Path, repeat: int, rebuild: bool, postgresql: bool = False) -> list[dict]:
+    """Build (or reuse) a store per size and time ranking and the report on it (and on a PostgreSQL copy)."""
+    settings = load_settings(env={}, overrides={"paths.data_dir": str(directory)})
+    with throwaway_postgres() if postgresql else contextlib.nullcontext() as server:
+        return [_run_size(turns, directory, repeat, rebuild, settings, server) for turns in sizes]
+
+
+def _rankings_seen(rankings: dict) -> dict:
+    return {
+        label: {"distinct": r.distinct_questions, "rated": r.rated_questions, "groups": r.candidate_groups}
+        for label, r in (("all", rankings["all"]), ("one_week", rankings["week"]))
+    }
+
+
+def _run_size(turns: int, directory: Path, repeat: int, rebuild: bool, settings, server) -> dict:
+    """One size: build or reuse its store, time the three steps on it, and on its PostgreSQL copy with a server."""
+    path = directory / f"analytics-{turns}.db"
+    built = None
+    if rebuild or not path.exists():
+        started = time.perf_counter()
+        build_store(path, turns)
+        built = time.perf_counter() - started
+    db = open_db(path)
+    counts = {
+        "messages": db.execute("SELECT COUNT(*) FROM messages").fetchone()[0],
+        "feedback": db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0],
+    }
+    week = last_complete_week(settings.report.timezone, END)
+    since, until = iso_week_window(week, settings.report.timezone)
+    try:
+        steps, rankings = _timings(db, settings, repeat, week, since, until)
+    finally:
+        db.close()
+    size_mb = sum(Path(str(path) + s).stat().st_size for s in ("", "-wal") if Path(str(path) + s).exists()) / 2**20
+    row = {
+        "turns": turns,
+        **counts,
+        "db_mb": round(size_mb),
+        "build_s": round(built, 1) if built else None,
+        **steps,
+        "week": week,
+        **_rankings_seen(rankings),
+    }
+    if server is not None:
+        url, copy_s = copy_to_postgres(server, path, f"analytics_{turns}")
+        pg = open_db(url, migrate=False)
+        try:
+            pg_steps, pg_rankings = _timings(pg, settings, repeat, week, since, until)
+        finally:
+            pg.close()
+        # Both engines must have ranked the same questions, or the timings compare different work.
+        assert _rankings_seen(pg_rankings) == _rankings_seen(rankings), (_rankings_seen(pg_rankings), row)
+        row["postgresql"] = {"copy_s": round(copy_s, 1), **pg_steps}
+        row["pg_over_sqlite"] = {k: round(pg_steps[k]["best_s"] / steps[k]["best_s"], 2) for k in steps}
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -263,8 +315,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", default=str(ROOT / "var" / "bench"), help="where the synthetic stores are kept")
     parser.add_argument("--repeat", type=int, default=3, help="time each step this many times, keep the best")
     parser.add_argument("--rebuild", action="store_true", help="rebuild stores even when they exist")
+    parser.add_argument(
+        "--postgresql", action="store_true", help="also copy each store into a throw-away PostgreSQL and time it there"
+    )
     args = parser.parse_args(argv)
-    run([parse_size(s) for s in args.sizes.split(",")], Path(args.dir), args.repeat, args.rebuild)
+    run([parse_size(s) for s in args.sizes.split(",")], Path(args.dir), args.repeat, args.rebuild, args.postgresql)
 
 
 if __name__ == "__main__":

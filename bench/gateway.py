@@ -442,8 +442,9 @@ def beside_peers(ctx: Context, peers: list[Peer], skipped: list[str]) -> dict:
     return {"rows": rows, "skipped": skipped, "stream_tokens": STREAM_TOKENS}
 
 
-def seed_answers(db_path: Path, count: int, source: str) -> list[dict]:
-    """Record ``count`` answered turns straight into the store; one rating request body each."""
+def seed_answers(db_path: Path | str, count: int, source: str) -> list[dict]:
+    """Record ``count`` answered turns straight into the store (a SQLite path or a database URL); one rating
+    request body each."""
     db = open_db(db_path)
     try:
         secret = instance_secret(db, "feedback_token")

@@ -1,5 +1,6 @@
 """The benchmarks run end to end: `bench/gateway.py`, `bench/retrieval.py`, `bench/write_lock.py`,
-`bench/knowledge.py` (its gateway sections) and `bench/rate_limits.py` with `--quick`, each in a subprocess."""
+`bench/knowledge.py` (its gateway sections), `bench/rate_limits.py` and `bench/postgres.py` with `--quick`, each in a
+subprocess."""
 
 from __future__ import annotations
 
@@ -85,3 +86,15 @@ def test_rate_limit_benchmark_runs_and_prints_its_table(tmp_path):
     assert "| database |" in out and "Checks: every request answered 200" in out
     assert set(figures) == {"off", "memory", "database"}
     assert all(run["statuses"] == {"200": 300} for runs in figures.values() for run in runs)
+
+
+@pytest.mark.slow
+def test_postgres_benchmark_compares_the_engines_and_counts_processes(tmp_path):
+    out, figures = run_quick("postgres.py", tmp_path, timeout=240)
+    assert "PG / SQLite" in out and "Checks: every request answered, no rating lost" in out
+    assert [(r["what"], r["clients"]) for r in figures["engines"]] == [("chat", 1), ("chat", 64), ("ratings", 16)]
+    ratings = [row[e] for row in figures["engines"] if row["what"] == "ratings" for e in ("sqlite", "postgresql")]
+    scaled = figures["scaling"]
+    assert [(r["workers"], r["engine"]) for r in scaled] == [(w, e) for w in (1, 2) for e in ("sqlite", "postgresql")]
+    assert all(r["statuses"] == {"200": 200} and r["lost"] == 0 for r in [*ratings, *scaled])
+    assert all(r["store_cpu_ms"] > 0 for r in scaled if r["engine"] == "postgresql")  # the server's CPU is counted
