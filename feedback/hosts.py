@@ -13,8 +13,8 @@ start-up with one line naming the setting to fix:
   a store writes the store's instance id (kept in the store) into ``<data_dir>/.tuneloop-instance``; a
   host whose folder lacks that file, or holds another store's, refuses. (A SQLite store is a file on
   this host, so there is nothing to share.)
-- The secrets a host takes from its settings (``admin.token``, ``gateway.secret_key``) must be the same
-  on every host: a feedback token signed by one gateway is checked by whichever gateway the load
+- On PostgreSQL, the secrets a host takes from its settings (``admin.token``, ``gateway.secret_key``) must be
+  the same on every host: a feedback token signed by one gateway is checked by whichever gateway the load
   balancer picks, and the admin token must open every gateway. The first start records each one's
   fingerprint in the store (``feedback.secrets.check_fingerprint``); a host with another value refuses.
 """
@@ -65,9 +65,14 @@ def check_data_dir(settings: Settings) -> Path:
 
 
 def check_shared_store(settings: Settings, db: Database) -> None:
-    """On PostgreSQL, ``paths.data_dir`` is the store's shared folder; on both engines, the secrets match."""
-    if dialect(db) == POSTGRESQL:
-        _check_instance_marker(db, settings.data_dir)
+    """On PostgreSQL, ``paths.data_dir`` is the store's shared folder and the secrets match every other host's.
+
+    On SQLite there is one host and nothing to compare with: a secret changed in its settings is a rotation, and
+    the next start simply uses it.
+    """
+    if dialect(db) != POSTGRESQL:
+        return
+    _check_instance_marker(db, settings.data_dir)
     for key, value in shared_secrets(settings).items():
         check_fingerprint(db, key, value)
 

@@ -127,8 +127,8 @@ def rotate_admin_token(settings: Settings, db: Database, *, actor: str) -> str:
     """
     if settings.admin.token:
         raise ConfigError(
-            "admin.token is set in your settings; put a new value there (or in TUNELOOP_ADMIN__TOKEN) on every host, "
-            "run `tuneloop db forget-secrets`, and restart the gateways",
+            "admin.token is set in your settings; put a new value there (or in TUNELOOP_ADMIN__TOKEN) and restart the "
+            "gateways (on PostgreSQL: on every host, after `tuneloop db forget-secrets`)",
             field="admin.token",
         )
     with write_transaction(db):
