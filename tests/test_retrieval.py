@@ -243,6 +243,21 @@ def test_many_changes_keep_the_index_exact():
     )
 
 
+def test_an_entry_edited_over_and_over_stays_findable_through_compactions():
+    # Each replacement of a three-question entry leaves three dead question slots; past 1,000 dead (more than the
+    # live ones) the postings are compacted and the slots renumbered, in the middle of removing an entry's slots.
+    questions = ("how do I return an item", "send it back", "refund please")
+    retriever = Retriever([Entry("a", questions, "return within 30 days"), Entry("b", ("shipping cost",), "3,000")])
+    for i in range(600):
+        retriever.upsert(Entry("a", questions, f"return within 30 days (edit {i})"))
+    assert len(retriever) == 2
+    assert retriever.search("send it back", k=2)[0] == Hit("a", "send it back", 1.0)
+    assert top_id(retriever, "shipping cost") == "b"
+    assert retriever.search("edit 599", k=1)[0].entry_id == "a"
+    retriever.refresh_norms()
+    assert retriever.search("shipping cost", k=1)[0].score == pytest.approx(1.0)
+
+
 def test_bad_entries_and_settings_are_refused():
     with pytest.raises(ValueError, match="question"):
         Entry("x", (), "answer")

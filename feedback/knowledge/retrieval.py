@@ -229,6 +229,13 @@ class Retriever:
             self._count -= 1
             return True
 
+    def refresh_norms(self) -> None:
+        """Recompute every indexed text's norm with today's document frequencies, so scores are exactly those of
+        an index built afresh (changes refresh them only after 5 % of the base changed; see ``sparse.py``)."""
+        with self._lock:
+            for index in (self._questions, self._answers, self._pooled):
+                index.refresh_norms()
+
     def _new_ordinal(self, entry: Entry, questions: tuple[str, ...], ordinal: int | None = None) -> int:
         if ordinal is None:
             ordinal = self._ordinal[entry.entry_id] = len(self._stored)
@@ -244,12 +251,8 @@ class Retriever:
         return ordinal
 
     def _unindex(self, ordinal: int) -> None:
-        for slot in self._questions.slots_of(ordinal):
-            self._questions.remove(slot)
-        for slot in self._answers.slots_of(ordinal):
-            self._answers.remove(slot)
-        for slot in self._pooled.slots_of(ordinal):
-            self._pooled.remove(slot)
+        for index in (self._questions, self._answers, self._pooled):
+            index.remove_owner(ordinal)
         for question in self._stored[ordinal].questions:
             if self._exact.get(question_key(question)) == ordinal:
                 del self._exact[question_key(question)]

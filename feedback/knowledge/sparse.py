@@ -126,7 +126,20 @@ class SparseIndex:
         return slots
 
     def remove(self, slot: int) -> None:
-        """Forget one slot (its postings are dropped at the next compaction)."""
+        """Forget one slot (its postings are dropped at the next compaction, which renumbers the slots)."""
+        self._forget(slot)
+        self._after_removal()
+
+    def remove_owner(self, owner: int) -> int:
+        """Forget every slot of ``owner`` (at most one compaction, after the last); returns how many."""
+        slots = self.slots_of(owner)
+        for slot in slots:  # all forgotten before any compaction: it renumbers the slots
+            self._forget(slot)
+        if slots:
+            self._after_removal()
+        return len(slots)
+
+    def _forget(self, slot: int) -> None:
         if self._slot_terms[slot] is None:
             return
         ids, _ = self._slot_terms[slot]
@@ -136,6 +149,8 @@ class SparseIndex:
         self._norm.view[slot] = np.inf
         self._alive -= 1
         self._dead += 1
+
+    def _after_removal(self) -> None:
         if self._dead > 1000 and self._dead > self._alive:
             self._compact()
         else:
