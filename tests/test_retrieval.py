@@ -72,9 +72,14 @@ def test_rewordings_are_new_wordings_of_faq_rows_in_both_languages():
     assert 0.25 <= test_share <= 0.4
 
 
-def test_the_second_held_out_set_rewords_faq_rows_in_their_language():
-    holdout = _rows("rewordings-holdout2.jsonl")
-    assert len(holdout) == 100 and {r["split"] for r in holdout} == {"holdout2"}
+# holdout3's writer, who never saw the alternates, wrote one of them word for word ("do I have to pay to be a
+# member?", row 154): kept as written, and counted in its figures as the hit it is.
+@pytest.mark.parametrize(
+    ("name", "rows", "split", "coincidences"), [("holdout2", 100, "holdout2", []), ("holdout3", 184, "holdout3", [154])]
+)
+def test_the_later_held_out_sets_reword_faq_rows_in_their_language(name, rows, split, coincidences):
+    holdout = _rows(f"rewordings-{name}.jsonl")
+    assert len(holdout) == rows and {r["split"] for r in holdout} == {split}
     for row in holdout:
         source = FAQ[row["rewording_of"]]
         assert row["messages"][1]["content"] == source["messages"][1]["content"]
@@ -83,7 +88,7 @@ def test_the_second_held_out_set_rewords_faq_rows_in_their_language():
         )
     # Nothing the knowledge base is seeded with: the FAQ's alternate questions are not among them.
     seeded = {question_key(q) for r in _rows("faq-alternates.jsonl") for q in r["questions"]}
-    assert [r["rewording_of"] for r in holdout if question_key(r["messages"][0]["content"]) in seeded] == []
+    assert [r["rewording_of"] for r in holdout if question_key(r["messages"][0]["content"]) in seeded] == coincidences
 
 
 # --- finding entries ---------------------------------------------------------------------------------
