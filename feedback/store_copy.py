@@ -2,10 +2,13 @@
 
 What ``tuneloop db copy SRC DST`` runs. The destination is migrated first and both migration ledgers must
 list the same names, so every table has the same columns on both sides. Tables are copied parents first
-(foreign-key order), each in keyset batches in primary-key order; SQLite's rowid and PostgreSQL's
+(foreign-key order), each in keyset batches in the order its rows were written (SQLite's rowid, where the
+source is SQLite; primary-key order otherwise), so a table's rows lie in the destination as they would in a live
+store: a week's messages together, not spread over the whole table by random ids (the weekly report at 1M
+turns took 8.1 s on PostgreSQL when they were, 2.2 s in time order; docs/benchmarks.md). SQLite's rowid and PostgreSQL's
 ``rowid``/identity columns are carried, so queries that break ties by rowid order rows the same after the
 move, and PostgreSQL's identity sequences are set past the copied values. Each batch commits together with
-its resume point (the table and the last primary key written) in ``_copy_progress`` in the destination, so
+its resume point (the table and the last key written, in the order read) in ``_copy_progress`` in the destination, so
 an interrupted copy continues where it stopped (``resume=True``) and never writes a row twice.
 
 The source is read in one snapshot: one read transaction on SQLite (WAL readers see the file as it was
@@ -58,6 +61,7 @@ class TableShape:
     key: list[str]  # the primary key's columns, in key order ("rowid" when it has none)
     has_rowid: bool
     writes_rowid: bool = False  # the target takes the rowid as a value (not derived from the id)
+    order: list[str] = field(default_factory=list)  # the copy's read order; the primary key when empty
     triggers: list[tuple[str, str]] = field(default_factory=list)  # the target's (name, SQL) for this table
 
 
@@ -177,6 +181,8 @@ def shape(source, target, table: str) -> TableShape:
         key,
         has_rowid,
         writes_rowid=has_rowid and _writes_rowid(target, table),
+        # SQLite's rowid is its table's own key and insertion order; PostgreSQL's rowid has no index to read by.
+        order=["rowid"] if has_rowid and dialect(source) != POSTGRESQL else [],
         triggers=_triggers(target, table),
     )
 
@@ -216,9 +222,13 @@ def _select_list(db, table: TableShape) -> str:
     return ", ".join(columns)
 
 
-def read_batches(db, table: TableShape, *, after: list | None, size: int) -> Iterator[list[tuple]]:
-    """The table's rows (named columns sorted, then rowid) in primary-key order, ``size`` at a time."""
-    key = ", ".join(f'"{k}"' if k != "rowid" else "rowid" for k in table.key)
+def read_batches(
+    db, table: TableShape, *, after: list | None, size: int, by: list[str] | None = None
+) -> Iterator[list[tuple]]:
+    """The table's rows (named columns sorted, then rowid) ordered by ``by`` (a unique key; default the primary
+    key), ``size`` at a time, after the key values ``after``."""
+    by = by or table.key
+    key = ", ".join(f'"{k}"' if k != "rowid" else "rowid" for k in by)
     select = f'SELECT {_select_list(db, table)} FROM "{table.name}"'
     while True:
         if after is None:
@@ -229,12 +239,12 @@ def read_batches(db, table: TableShape, *, after: list | None, size: int) -> Ite
         if not rows:
             return
         yield [tuple(r) for r in rows]
-        after = key_of(table, rows[-1])
+        after = key_of(table, rows[-1], by)
 
 
-def key_of(table: TableShape, row: tuple) -> list:
-    """The primary-key values of a row as :func:`read_batches` gives it."""
-    return [row[(table.columns + ["rowid"]).index(k)] for k in table.key]
+def key_of(table: TableShape, row: tuple, by: list[str] | None = None) -> list:
+    """The values of the key ``by`` (default the primary key) of a row as :func:`read_batches` gives it."""
+    return [row[(table.columns + ["rowid"]).index(k)] for k in by or table.key]
 
 
 def canonical(row: tuple) -> bytes:
@@ -459,8 +469,8 @@ def copy_store(
             last_key, rows, finished = done.get(table.name, (None, 0, False))
             if finished:
                 continue
-            for batch in read_batches(source, table, after=last_key, size=batch_size):
-                last_key = key_of(table, batch[-1])
+            for batch in read_batches(source, table, after=last_key, size=batch_size, by=table.order):
+                last_key = key_of(table, batch[-1], table.order)
                 try:
                     with write_transaction(target, lock="copy"):
                         with _TriggersOff(target, table):

@@ -215,7 +215,8 @@ def test_a_copy_that_differs_exits_1_naming_the_table(filled, tmp_path, monkeypa
 
 def test_a_row_the_target_cannot_hold_stops_the_copy_with_its_table_and_key(filled, blank_postgres, env):
     db = open_db(filled, migrate=False)
-    conversation = db.execute("SELECT id FROM conversations ORDER BY id LIMIT 1 OFFSET 3").fetchone()[0]
+    # The fourth row in the copy's order (SQLite's rowid: the order rows were written).
+    conversation = db.execute("SELECT id FROM conversations ORDER BY rowid LIMIT 1 OFFSET 3").fetchone()[0]
     db.execute("UPDATE conversations SET metadata = ? WHERE id = ?", ['{"note": "nul \x00 inside"}', conversation])
     db.conn.commit()
     db.close()
@@ -229,3 +230,27 @@ def test_a_row_the_target_cannot_hold_stops_the_copy_with_its_table_and_key(fill
         assert db.execute("SELECT rows FROM _copy_progress WHERE table_name = 'conversations'").fetchone()[0] == 2
     finally:
         db.close()
+
+
+def test_rows_arrive_in_postgresql_in_the_order_they_were_written(filled, blank_postgres, env):
+    # A week's rows must lie together in the table, as in a live store, not spread by random ids: the weekly
+    # report reads them by time (docs/benchmarks.md "PostgreSQL (issue 18)").
+    source = open_db(filled, migrate=False)
+    written = [row[0] for row in source.execute("SELECT id FROM messages ORDER BY rowid").fetchall()]
+    source.close()
+    assert written != sorted(written)  # ids are not in time order, so primary-key order would scatter them
+
+    copied = run_copy(str(filled), blank_postgres, "--batch-size", "50", env=env)
+    assert copied.exit_code == 0, copied.output
+    db = open_db(blank_postgres, migrate=False)
+    try:
+        db.execute("ANALYZE messages")
+        # How closely the table's physical order follows each column (1: the same order; ~0: unrelated).
+        correlation = dict(
+            db.execute(
+                "SELECT attname, correlation FROM pg_stats WHERE tablename = 'messages' AND attname IN ('rowid', 'id')"
+            ).fetchall()
+        )
+    finally:
+        db.close()
+    assert correlation["rowid"] > 0.99 and abs(correlation["id"]) < 0.5, correlation
