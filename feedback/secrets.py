@@ -15,6 +15,7 @@ from sqlite_utils import Database
 
 from config.errors import ConfigError
 from feedback.db import utc_now, write_transaction
+from feedback.sql import escape_like, like
 
 
 def instance_secret(db: Database, name: str) -> str:
@@ -90,8 +91,7 @@ def check_fingerprint(db: Database, key: str, value: str) -> None:
 def forget_fingerprints(db: Database) -> list[str]:
     """Drop every recorded secret fingerprint (the next start records anew); returns the setting keys dropped."""
     with write_transaction(db):
-        rows = db.execute(
-            "SELECT name FROM instance_secrets WHERE name LIKE ? ORDER BY name", [FINGERPRINT_PREFIX + "%"]
-        ).fetchall()
-        db.execute("DELETE FROM instance_secrets WHERE name LIKE ?", [FINGERPRINT_PREFIX + "%"])
+        prefix = [escape_like(FINGERPRINT_PREFIX) + "%"]
+        rows = db.execute(f"SELECT name FROM instance_secrets WHERE {like('name')} ORDER BY name", prefix).fetchall()
+        db.execute(f"DELETE FROM instance_secrets WHERE {like('name')}", prefix)
     return [row[0][len(FINGERPRINT_PREFIX) :] for row in rows]
