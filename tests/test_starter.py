@@ -209,7 +209,9 @@ def test_cli_builds_then_says_up_to_date(tmp_path, tiny_model_rows):
     assert second.exit_code == 0 and "up to date" in second.output
 
 
+# It may be the test that builds the session's starter (minutes on 2 busy cores): the loop tests' budget.
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_full_starter_build_answers_every_faq_question(starter_model_dir, capsys):
     """The product promise: the default starter model answers every bundled FAQ question word for word.
 
