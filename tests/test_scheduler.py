@@ -8,16 +8,20 @@ import base64
 import os
 import sqlite3
 import subprocess
+import threading
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
+import sqlite_utils
 
 from config.settings import load_settings
-from feedback.db import open_store, write_transaction
+from feedback.db import open_db, open_store, utc_text, write_transaction
 from feedback.demo import seed_demo
+from feedback.migrations import MIGRATIONS
+from feedback.sql import integrity_errors, is_unique_violation
 from tests.plugins.model import tuneloop_exe
-from trainer.pipeline import list_pipeline_runs
+from trainer.pipeline import get_pipeline_run, list_pipeline_runs, open_run
 from trainer.scheduler import SchedulerBusy, build_scheduler, current_leader, run_due, take_leadership
 
 pytestmark = pytest.mark.engines
@@ -169,3 +173,66 @@ def test_jobs_live_in_the_store_and_an_older_scheduler_db_is_carried_over(settin
     assert scheduler.get_job("weekly").next_run_time == moved
     assert {job.id for job in scheduler.get_jobs()} == set(stored)
     scheduler.shutdown()
+
+
+# --- pipeline state: at most one open run per kind, whoever opens it ---
+
+
+def test_the_store_refuses_a_second_open_run_of_a_kind(db):
+    now = datetime(2026, 11, 18, tzinfo=timezone.utc)
+    run, resumed = open_run(db, "weekly", now=now)
+    assert not resumed
+    with pytest.raises(integrity_errors()) as refused, write_transaction(db):
+        db.execute(
+            "INSERT INTO pipeline_runs (id, kind, state, started_at) VALUES ('pl_second', 'weekly', 'running', ?)",
+            [utc_text(now)],
+        )
+    assert is_unique_violation(refused.value)
+    assert open_run(db, "weekly", now=now) == (run, True)
+    assert open_run(db, "monthly", now=now)[1] is False  # another kind is another run
+
+
+def test_concurrent_openers_on_their_own_connections_share_one_run(settings, db):
+    now = datetime(2026, 11, 18, tzinfo=timezone.utc)
+    opened, errors = [], []
+
+    def opener():
+        own = open_store(settings, migrate=False)
+        try:
+            opened.append(open_run(own, "threshold", now=now))
+        except Exception as exc:  # noqa: BLE001 — collected, asserted below
+            errors.append(exc)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=opener) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len({run.id for run, _ in opened}) == 1
+    assert sorted(resumed for _, resumed in opened) == [False] + [True] * 5
+    assert len(list_pipeline_runs(db, kind="threshold")) == 1
+
+
+@pytest.mark.engines("sqlite")
+def test_the_migration_closes_all_but_the_newest_open_run_of_a_kind(tmp_path):
+    older = sqlite_utils.Database(tmp_path / "old.db")
+    MIGRATIONS.apply(older, stop_before="m015_one_open_pipeline_run_per_kind")
+    for run_id, kind, started in (
+        ("pl_a", "weekly", "2026-11-01T00:00:00.000Z"),
+        ("pl_b", "weekly", "2026-11-08T00:00:00.000Z"),
+        ("pl_c", "monthly", "2026-11-01T00:00:00.000Z"),
+    ):
+        older.execute(
+            "INSERT INTO pipeline_runs (id, kind, state, started_at) VALUES (?, ?, 'running', ?)",
+            [run_id, kind, started],
+        )
+    older.conn.commit()
+    older.close()
+    db = open_db(tmp_path / "old.db")
+    states = dict(db.execute("SELECT id, state FROM pipeline_runs").fetchall())
+    assert states == {"pl_a": "failed", "pl_b": "running", "pl_c": "running"}
+    assert "newer run of this kind" in get_pipeline_run(db, "pl_a").error
+    db.close()
