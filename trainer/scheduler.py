@@ -265,10 +265,11 @@ _HOLDS_LEADER_LOCK = (
     " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
     " AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended(?, 0)"
 )
-# The leader's own connection notices a dead network within about half a minute (libpq's TCP settings),
+# The leader's own connection notices a dead network within about 45 s (libpq's TCP settings on top of
+# feedback.db_postgres's keepalives after 30 s idle; tcp_user_timeout bounds a query sent into a dead network),
 # and the server notices a dead leader host as fast (its keepalive settings, set for this session).
-_LEADER_CONNECTION = {"keepalives_idle": "10", "keepalives_interval": "5", "keepalives_count": "3"}
-_LEADER_SESSION = ("tcp_keepalives_idle = 10", "tcp_keepalives_interval = 5", "tcp_keepalives_count = 3")
+_LEADER_CONNECTION = {"keepalives_interval": "5", "keepalives_count": "3", "tcp_user_timeout": "30000"}
+_LEADER_SESSION = ("tcp_keepalives_idle = 30", "tcp_keepalives_interval = 5", "tcp_keepalives_count = 3")
 
 
 def lock_path(settings: Settings) -> Path:
@@ -292,17 +293,23 @@ def take_leadership(
     taken (returned) or ``stop`` is set (None).
     """
     stop = stop or threading.Event()
-    attempt = _try_postgres if settings.database.is_postgres else _try_file
-    while True:
-        taken = attempt(settings)
-        if taken is not None:
-            return taken
-        if not wait:
-            leader = current_leader(settings)
-            held_by = f" ({leader.describe()})" if leader else ""
-            raise SchedulerBusy(f"another scheduler holds {lock_name(settings)}{held_by}", leader=leader)
-        if stop.wait(STANDBY_POLL_S):
-            return None
+    # On PostgreSQL one connection of its own stands by and, once it has the lock, holds it.
+    session = _leader_session(settings) if settings.database.is_postgres else None
+    try:
+        while True:
+            taken = _try_postgres(session) if session is not None else _try_file(settings)
+            if taken is not None:
+                session = None  # the Leadership owns it now
+                return taken
+            if not wait:
+                leader = current_leader(settings)
+                held_by = f" ({leader.describe()})" if leader else ""
+                raise SchedulerBusy(f"another scheduler holds {lock_name(settings)}{held_by}", leader=leader)
+            if stop.wait(STANDBY_POLL_S):
+                return None
+    finally:
+        if session is not None:
+            session.close()
 
 
 def _try_file(settings: Settings) -> Leadership | None:
@@ -321,7 +328,7 @@ def _try_file(settings: Settings) -> Leadership | None:
         raise
 
 
-def _try_postgres(settings: Settings) -> Leadership | None:
+def _leader_session(settings: Settings):
     db = open_db(
         _with_params(settings.database.url, _LEADER_CONNECTION),
         busy_timeout_ms=settings.database.busy_timeout_ms,
@@ -330,15 +337,18 @@ def _try_postgres(settings: Settings) -> Leadership | None:
     try:
         for setting in _LEADER_SESSION:
             db.execute(f"SET {setting}")
-        (taken,) = db.execute("SELECT pg_try_advisory_lock(hashtextextended(?, 0))", [LEADER_LOCK]).fetchone()
-        if not taken:
-            db.close()
-            return None
-        (backend_pid,) = db.execute("SELECT pg_backend_pid()").fetchone()
-        return Leadership(db, _record_leader(db, backend_pid=backend_pid))
     except BaseException:
         db.close()
         raise
+    return db
+
+
+def _try_postgres(db) -> Leadership | None:
+    (taken,) = db.execute("SELECT pg_try_advisory_lock(hashtextextended(?, 0))", [LEADER_LOCK]).fetchone()
+    if not taken:
+        return None
+    (backend_pid,) = db.execute("SELECT pg_backend_pid()").fetchone()
+    return Leadership(db, _record_leader(db, backend_pid=backend_pid))
 
 
 def _with_params(url: str, params: dict[str, str]) -> str:
