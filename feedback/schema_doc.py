@@ -115,7 +115,9 @@ TABLE_NOTES = {
         "Fine-tuning runs (`tuneloop train`): `provider` `local` or `openai`, the `hyperparameters` used and "
         "`config_key` (their fingerprint with provider and base model; a partial unique index allows one "
         "queued-or-running run per dataset and config). `external_job_id` is the OpenAI job id or the local worker's "
-        "`pid:N`, so a restarted process resumes polling instead of submitting again. `state` queued → running → "
+        "`pid:HOST:N` (`pid:N` before m016), so a restarted process resumes polling instead of submitting "
+        "again; the local worker writes `heartbeat_at` every few seconds, by which a poller on another host "
+        "judges whether it lives. `state` queued → running → "
         "succeeded / failed / cancelled; `metrics` (losses, tokens/s, epochs) as JSON; `output` is the adapter or "
         "model folder, or the `ft:` model name; `work_dir` holds checkpoints and the worker log; "
         "`candidate_version_id` is the model version registered from the output."
@@ -125,7 +127,18 @@ TABLE_NOTES = {
         "/ manual (build → train → evaluate → gate → deploy → report); `step` is the step running or last run and "
         "`state` pending / running / succeeded / failed / skipped; `context` JSON holds what the steps made (dataset, "
         "training run, candidate, evaluation, gate action, report path) and `steps` JSON each step's outcome in "
-        "order, so a restarted scheduler resumes at the step it stopped without submitting a second training job."
+        "order, so a restarted scheduler resumes at the step it stopped without submitting a second training job. "
+        "A partial unique index allows one open (pending or running) run per kind."
+    ),
+    "scheduler_jobs": (
+        "The scheduler's jobs (APScheduler's job store, trainer/scheduler.py): `id` (weekly, monthly, threshold, "
+        "retention), `next_run_time` (Unix seconds) and `job_state`, APScheduler's pickled job as base64. Every "
+        "scheduler process on the store reads the one schedule; only the leader runs it."
+    ),
+    "scheduler_leader": (
+        "One row: the scheduler that took the leader lock last (`host`, `pid`, `started_at`; on PostgreSQL "
+        "`backend_pid`, the server process of the session holding the advisory lock). `tuneloop scheduler status` "
+        "shows it while the lock is held."
     ),
     "users": (
         "Named accounts of the admin pages (`tuneloop users`, /admin/users): `email` (lowercased, unique), display "

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -207,7 +208,8 @@ def test_killed_pipeline_resumes_the_same_run_and_adopts_the_surviving_worker(lo
     assert run.context.training_run_id == training_id
     assert db.execute("SELECT id FROM training_runs").fetchall() == [(training_id,)]
     training = get_run(db, training_id)
-    assert training.state == "succeeded" and training.external_job_id == f"pid:{worker}", training.error
+    assert training.state == "succeeded", training.error
+    assert training.external_job_id == f"pid:{socket.gethostname()}:{worker}"
     # One worker ever started for it: the resumed pipeline polled the survivor instead of submitting.
     assert worker_starts(db, training_id) == 1
     assert "another worker is training" not in (Path(training.work_dir) / LOG_FILE).read_text(errors="replace")

@@ -134,7 +134,7 @@ class _Recorder:
 
 
 def test_per_week_answer_counts_and_latencies_read_only_an_index(db, store, tmp_path):
-    # On PostgreSQL the covering index cannot hold the free-text error column; m015's partial index must answer
+    # On PostgreSQL the covering index cannot hold the free-text error column; m017's partial index must answer
     # the per-week counts and latency samples alone, or each week reads its rows from the table (7.6 s at 1M).
     settings = report_settings(tmp_path)
     since, until = iso_week_window(W47, settings.report.timezone)

@@ -38,6 +38,7 @@ from feedback.report import generate_report
 from feedback.report.deliver import deliver_report
 from feedback.report.weeks import utc_text
 from feedback.review import collect_worst
+from feedback.sql import integrity_errors, is_unique_violation
 from feedback.versions import get_version, live_version
 from trainer import deploy, gate
 from trainer.dataset import build_dataset
@@ -236,10 +237,24 @@ def _save(db: Database, run: PipelineRun) -> None:
 
 
 def open_run(db: Database, kind: str, *, now: datetime) -> tuple[PipelineRun, bool]:
-    """The newest unfinished (pending or running) run of ``kind``, or a new one: (run, resumed)."""
+    """The newest unfinished (pending or running) run of ``kind``, or a new one: (run, resumed).
+
+    At most one run of a kind is open, across every process and host: the store refuses a second
+    (unique index ``pipeline_runs_one_open``), and on PostgreSQL the look-then-insert holds the
+    advisory lock ``pipeline:<kind>``. A process that loses the race resumes the winner's run.
+    """
     if kind not in KINDS:
         raise ValidationFailed(f"unknown pipeline kind {kind!r}; pick from {', '.join(KINDS)}", field="kind")
-    with write_transaction(db):
+    try:
+        return _open_run(db, kind, now)
+    except integrity_errors() as exc:
+        if not is_unique_violation(exc):
+            raise
+        return _open_run(db, kind, now)  # another process opened one in between: resume it
+
+
+def _open_run(db: Database, kind: str, now: datetime) -> tuple[PipelineRun, bool]:
+    with write_transaction(db, lock=f"pipeline:{kind}"):
         rows = list(
             db.query(
                 f"SELECT {_COLUMNS} FROM pipeline_runs WHERE kind = ? AND state IN ('pending', 'running') "

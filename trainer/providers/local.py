@@ -3,14 +3,20 @@
 ``submit`` starts ``python -m trainer.providers.local_worker RUN_ID --db DB`` (or
 ``training.launcher`` in front of ``-m …``, e.g. ``accelerate launch --multi_gpu
 --num_processes 4`` for several GPUs) in its own session, with its output in
-``<work_dir>/worker.log``, and returns ``pid:N``. The training itself is in
-``local_train.py``; this module imports no torch, so the CLI and the scheduler
-stay quick to start.
+``<work_dir>/worker.log``, and returns ``pid:HOST:N`` (``pid:N`` from older
+releases means this host). The training itself is in ``local_train.py``; this
+module imports no torch, so the CLI and the scheduler stay quick to start.
 
 Nothing here lives only in memory. ``poll`` looks at the files the worker
 leaves in the run's folder — ``result.json`` once it succeeded, ``error.json``
-when it failed — and, while neither exists, at whether process N is still that
-run's worker (``/proc/N/cmdline`` names the run; a zombie counts as gone).
+when it failed — and, while neither exists, at whether the worker lives: on this
+host, whether process N is still that run's worker (``/proc/N/cmdline`` names
+the run; a zombie counts as gone); on another host (a scheduler that took over
+the lead from the one that started the run, with ``paths.data_dir`` on a shared
+volume), whether the worker's heartbeat (``training_runs.heartbeat_at``, written
+every :data:`HEARTBEAT_S` seconds) is younger than :data:`HEARTBEAT_STALE_S`.
+The heartbeat also carries a cancel made on another host: a worker that finds
+its run cancelled stops itself.
 Progress is the newest ``step/total_steps`` the worker logged into
 ``training_events``. A process that died without either file (killed, out of
 memory) is a failed run whose error points at the log. So a restarted poller
@@ -25,9 +31,11 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +51,8 @@ ERROR_FILE = "error.json"
 LOG_FILE = "worker.log"
 LOCK_FILE = "worker.lock"
 WORKER_MODULE = "trainer.providers.local_worker"
+HEARTBEAT_S = 5.0  # how often a worker writes training_runs.heartbeat_at
+HEARTBEAT_STALE_S = 60.0  # a worker on another host whose heartbeat is older than this is gone
 DATABASE_URL_VARIABLE = "TUNELOOP_DATABASE__URL"  # how the worker learns a PostgreSQL store
 # [training] keys a local run records as its hyperparameters: every key a fine-tuning profile may set (each
 # changes the weights), then the ones about this machine and run.
@@ -95,9 +105,9 @@ class LocalProvider(Provider):
         started = latest_event_data(self.db, run.id, "pid")
         if not started:
             return None
-        pid = int(started["pid"])
+        pid, host = int(started["pid"]), started.get("host") or socket.gethostname()
         finished = (Path(run.work_dir) / RESULT_FILE).exists() or (Path(run.work_dir) / ERROR_FILE).exists()
-        return f"pid:{pid}" if finished or process_running(pid, run.id) else None
+        return job_id(host, pid) if finished or self._alive(run, host, {pid}) else None
 
     def submit(self, run: TrainingRun) -> str:
         work = Path(run.work_dir)
@@ -121,15 +131,15 @@ class LocalProvider(Provider):
             except OSError as exc:
                 raise ProviderError(f"cannot start the local worker ({self.command(run)[0]}): {exc}") from exc
         _CHILDREN[process.pid] = process
-        return f"pid:{process.pid}"
+        return job_id(socket.gethostname(), process.pid)
 
     def poll(self, run: TrainingRun) -> PollResult:
         work = Path(run.work_dir)
-        pid = worker_pid(run)
+        pid, host = worker_pid(run), worker_host(run)
         # The worker that trains logged its own pid: under a launcher (accelerate) it is not the pid we started.
         started = latest_event_data(self.db, run.id, "pid")
         pids = {p for p in (pid, started and int(started["pid"])) if p}
-        alive = any(process_running(p, run.id) for p in pids)
+        alive = self._alive(run, host, pids)
         # Read the files only after sampling the process: a worker that was gone by then had written them.
         result, error = _read_json(work / RESULT_FILE), _read_json(work / ERROR_FILE)
         if result:
@@ -138,11 +148,20 @@ class LocalProvider(Provider):
             return PollResult("failed", error=f"{error['error']} (log: {work / LOG_FILE})")
         if alive:
             return PollResult("running", progress=self._progress(run))
-        return PollResult(
-            "failed",
-            error=f"the local worker (pid {pid}) exited without a result; "
-            f"its log {work / LOG_FILE} ends: {_tail(work / LOG_FILE)}",
-        )
+        gone = f"the local worker (pid {pid}) exited without a result"
+        if host != socket.gethostname():
+            age = heartbeat_age(self.db, run)
+            gone = f"the local worker on {host} (pid {pid}) sent no heartbeat for " + (
+                "ever" if age is None else f"{age:.0f} s"
+            )
+        return PollResult("failed", error=f"{gone}; its log {work / LOG_FILE} ends: {_tail(work / LOG_FILE)}")
+
+    def _alive(self, run: TrainingRun, host: str, pids: set[int]) -> bool:
+        # On this host the process table answers; another host's worker is judged by its heartbeat's age.
+        if host == socket.gethostname():
+            return any(process_running(p, run.id) for p in pids)
+        age = heartbeat_age(self.db, run)
+        return age is not None and age < HEARTBEAT_STALE_S
 
     def _progress(self, run: TrainingRun) -> float | None:
         data = latest_event_data(self.db, run.id, "total_steps")
@@ -152,6 +171,8 @@ class LocalProvider(Provider):
 
     def cancel(self, run: TrainingRun) -> None:
         pid = worker_pid(run)
+        if worker_host(run) != socket.gethostname():
+            return  # the worker's next heartbeat finds its run cancelled and stops it (local_worker.py)
         if pid is None or not process_running(pid, run.id):
             return
         for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
@@ -199,10 +220,30 @@ class LocalProvider(Provider):
         )
 
 
+def job_id(host: str, pid: int) -> str:
+    """A local run's external id: ``pid:HOST:N``."""
+    return f"pid:{host}:{pid}"
+
+
 def worker_pid(run: TrainingRun) -> int | None:
-    """The pid in a local run's ``pid:N`` external id."""
-    job = run.external_job_id or ""
-    return int(job[4:]) if job.startswith("pid:") and job[4:].isdigit() else None
+    """The pid in a local run's ``pid:HOST:N`` (or older ``pid:N``) external id."""
+    pid = (run.external_job_id or "").rpartition(":")[2]
+    return int(pid) if (run.external_job_id or "").startswith("pid:") and pid.isdigit() else None
+
+
+def worker_host(run: TrainingRun) -> str:
+    """The host in a local run's ``pid:HOST:N`` external id (this host for an older ``pid:N``)."""
+    parts = (run.external_job_id or "").split(":")
+    return parts[1] if len(parts) == 3 and parts[0] == "pid" else socket.gethostname()
+
+
+def heartbeat_age(db: Database, run: TrainingRun) -> float | None:
+    """Seconds since the run's worker last wrote its heartbeat (None: it never did)."""
+    row = db.execute("SELECT heartbeat_at FROM training_runs WHERE id = ?", [run.id]).fetchone()
+    if not row or not row[0]:
+        return None
+    beat = datetime.fromisoformat(row[0].replace("Z", "+00:00"))
+    return (datetime.now(timezone.utc) - beat).total_seconds()
 
 
 def process_running(pid: int, run_id: str) -> bool:
