@@ -771,9 +771,7 @@ def m017_report_answered_ok_index(db: Database) -> None:
     # report at 1M turns. An index of the answers without an error holds what those queries read, on both
     # engines, so they are index-only scans (docs/benchmarks.md "PostgreSQL (issue 18)"). Rows with no version
     # (the users' messages, half the table) are left out.
-    from feedback.db import POSTGRESQL, dialect  # feedback.db imports this module
-
-    if dialect(db) == POSTGRESQL:
+    if getattr(db, "dialect", "sqlite") == "postgresql":  # feedback.db imports this module, not the reverse
         # rowid is the latency sample's spreading key; SQLite's is in every index already.
         columns = "(model_version_id, created_at) INCLUDE (latency_ms, rowid)"
     else:
