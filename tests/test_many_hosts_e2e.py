@@ -36,7 +36,7 @@ from bench.gateway import seed_answers
 from config.settings import load_settings
 from feedback.db import open_db
 from feedback.report.weeks import last_complete_week, shift_week
-from tests.plugins.common import free_port, wait_until_healthy
+from tests.plugins.common import free_port, wait_for_log_line, wait_until_healthy
 from tests.plugins.gateway import write_config
 
 pytestmark = pytest.mark.slow
@@ -91,17 +91,6 @@ class Platform:
         )
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
-
-
-def _wait_for_line(host: Host, text: str, timeout_s: float) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        log = host.log()
-        if text in log:
-            return log
-        assert host.process.poll() is None, f"host {host.name} exited with {host.process.returncode}:\n{log[-3000:]}"
-        time.sleep(0.3)
-    raise AssertionError(f"{text!r} not in host {host.name}'s log after {timeout_s} s:\n{host.log()[-3000:]}")
 
 
 def _stop(host: Host, sig: int) -> None:
@@ -159,7 +148,7 @@ def platform(tmp_path_factory, postgres_server, tiny_model_dir):
     a = start("a", a_port, "up")
     b = start("b", b_port, "serve", "--port", str(b_port))
     try:
-        log = _wait_for_line(a, "tuneloop is up.", timeout_s=240)
+        log = wait_for_log_line(a.log_path, "tuneloop is up.", a.process, what=f"host {a.name}", timeout_s=240)
         wait_until_healthy(b.process, b.url + "/readyz", b.log_path, what="host B's gateway", timeout_s=120)
         token = log.split("token: ", 1)[1].split()[0]
         yield Platform(a, b, database_url, config, env, token)

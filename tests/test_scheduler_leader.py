@@ -16,6 +16,7 @@ import pytest
 from config.settings import load_settings
 from feedback.db import open_store
 from feedback.demo import seed_demo
+from tests.plugins.common import wait_for
 from tests.plugins.model import tuneloop_exe
 from tests.test_scheduler import cli_env
 from trainer.pipeline import list_pipeline_runs
@@ -55,17 +56,6 @@ def _status(settings) -> subprocess.CompletedProcess:
     )
 
 
-def _wait_for(what: str, check, timeout_s: float, *logs):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.2)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in logs)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{tails}")
-
-
 def _leader_pid(settings) -> int | None:
     leader = current_leader(settings)  # what `tuneloop scheduler status` prints (checked through the CLI below)
     return leader.pid if leader else None
@@ -93,14 +83,27 @@ def test_two_schedulers_one_leads_each_due_job_runs_once_and_the_standby_takes_o
     first = _start(settings, first_log)
     second = None
     try:
-        _wait_for("the first scheduler to lead", lambda: _leader_pid(settings) == first.pid, 60, first_log)
+        wait_for(
+            lambda: _leader_pid(settings) == first.pid,
+            what="the first scheduler to lead",
+            timeout_s=60,
+            logs=[first_log],
+        )
         status = _status(settings)
         assert status.returncode == 0, status.stderr
         assert status.stdout.startswith(f"scheduler leading: host {socket.gethostname()}, pid {first.pid}, since ")
         second = _start(settings, second_log, "--wait")
-        _wait_for("the second to stand by", lambda: "waiting for" in second_log.read_text(), 60, second_log)
-        weekly = _wait_for(
-            "the due weekly job", lambda: [r for r in _runs(db, "weekly") if r.finished_at], 60, first_log
+        wait_for(
+            lambda: "waiting for" in second_log.read_text(),
+            what="the second to stand by",
+            timeout_s=60,
+            logs=[second_log],
+        )
+        weekly = wait_for(
+            lambda: [r for r in _runs(db, "weekly") if r.finished_at],
+            what="the due weekly job",
+            timeout_s=60,
+            logs=[first_log],
         )
         assert [r.state for r in weekly] == ["succeeded"], weekly[0].error
         time.sleep(STANDBY_POLL_S * 2)  # the standby had time to run it too, had it not been standing by
@@ -113,12 +116,20 @@ def test_two_schedulers_one_leads_each_due_job_runs_once_and_the_standby_takes_o
         first.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         first.wait(timeout=10)
-        _wait_for("the standby to lead", lambda: _leader_pid(settings) == second.pid, TAKEOVER_BOUND_S, second_log)
+        wait_for(
+            lambda: _leader_pid(settings) == second.pid,
+            what="the standby to lead",
+            timeout_s=TAKEOVER_BOUND_S,
+            logs=[second_log],
+        )
         took_over_s = time.monotonic() - killed_at
         assert took_over_s < TAKEOVER_BOUND_S
         assert f"pid {second.pid}," in _status(settings).stdout
-        monthly = _wait_for(
-            "the monthly job", lambda: [r for r in _runs(db, "monthly") if r.finished_at], 60, second_log
+        monthly = wait_for(
+            lambda: [r for r in _runs(db, "monthly") if r.finished_at],
+            what="the monthly job",
+            timeout_s=60,
+            logs=[second_log],
         )
         assert [r.state for r in monthly] == ["succeeded"], monthly[0].error
         time.sleep(STANDBY_POLL_S)
@@ -145,7 +156,9 @@ def test_a_leader_that_loses_its_session_stops_and_exits_non_zero(store, tmp_pat
     log_path = tmp_path / "leader.log"
     leader = _start(settings, log_path)
     try:
-        _wait_for("the scheduler to lead", lambda: _leader_pid(settings) == leader.pid, 60, log_path)
+        wait_for(
+            lambda: _leader_pid(settings) == leader.pid, what="the scheduler to lead", timeout_s=60, logs=[log_path]
+        )
         # What a restarted server or a cut network does to the leader's session: the server ends it.
         (backend,) = db.execute("SELECT backend_pid FROM scheduler_leader").fetchone()
         db.execute("SELECT pg_terminate_backend(?)", [backend])

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx2
@@ -25,6 +24,7 @@ from safetensors.torch import load_file
 from config.settings import PROJECT_ROOT, load_settings
 from feedback.db import new_id, open_db, utc_now
 from feedback.versions import get_version
+from tests.plugins.common import wait_for
 from tests.plugins.model import qa, tuneloop_exe
 from trainer.providers.local import process_running, worker_pid
 from trainer.providers.local_data import AssistantOnlyCollator, ChatExamples, encode_messages, encode_with_template
@@ -313,7 +313,7 @@ def test_a_restarted_poller_resumes_the_run_instead_of_training_again(tmp_path, 
         [tuneloop_exe(), "train", "start"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        run_id = _wait_for(lambda: _started_run(db), timeout_s=60)
+        run_id = wait_for(lambda: _started_run(db), what="the worker to start", timeout_s=60, interval_s=0.1)
     finally:
         poller.send_signal(signal.SIGKILL)  # the poller dies mid-run, without any clean-up
         poller.wait()
@@ -348,7 +348,12 @@ def test_a_worker_that_dies_or_fails_fails_the_run_visibly(tmp_path, tiny_model_
     # Killed from outside (out of memory, kill -9): no result, no error file.
     killed = start_run(db, settings).run
     os.killpg(worker_pid(killed), signal.SIGKILL)
-    run = _wait_for(lambda: (r := poll_run(db, settings, killed.id)).finished and r, timeout_s=30)
+    run = wait_for(
+        lambda: (r := poll_run(db, settings, killed.id)).finished and r,
+        what="the killed run to finish",
+        timeout_s=30,
+        interval_s=0.1,
+    )
     assert run.state == "failed" and "exited without a result" in run.error and "worker.log" in run.error
     # A failed run does not count as trained: starting again trains. This time training raises, since every
     # example is cut before its answer at max_length 16.
@@ -366,13 +371,3 @@ def _started_run(db) -> str | None:
         "SELECT r.id FROM training_runs r JOIN training_events e ON e.run_id = r.id WHERE e.message = 'worker started'"
     ).fetchone()
     return row[0] if row else None
-
-
-def _wait_for(check, *, timeout_s: float):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"nothing happened within {timeout_s} s")

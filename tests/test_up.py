@@ -24,18 +24,8 @@ from cli import supervisor
 from cli.supervisor import Child, Supervisor
 from feedback.db import open_db
 from feedback.process_status import status_file
-from tests.plugins.common import free_port
+from tests.plugins.common import free_port, wait_for_log_line
 from tests.plugins.gateway import write_config
-
-
-def _wait_for_line(log: Path, text: str, process: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if text in log.read_text(errors="replace"):
-            return
-        assert process.poll() is None, f"tuneloop up exited with {process.returncode}:\n{log.read_text()[-3000:]}"
-        time.sleep(0.3)
-    raise AssertionError(f"{text!r} not in the log after {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
 def _children(process: subprocess.Popen) -> dict[str, int]:
@@ -75,7 +65,7 @@ def _up(tmp_path: Path, tiny_model_dir: Path, extra: dict | None = None):
             start_new_session=True,
         )
     try:
-        _wait_for_line(log, "tuneloop is up.", process, timeout_s=240)
+        wait_for_log_line(log, "tuneloop is up.", process, what="tuneloop up", timeout_s=240)
         yield process, f"http://127.0.0.1:{gw_port}", log, tmp_path / "var"
     finally:
         if process.poll() is None:  # the test failed half-way: take down up and every process it started

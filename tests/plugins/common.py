@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import time
+from pathlib import Path
 
 import pytest
 
@@ -34,11 +36,34 @@ def db(settings):
     database.close()
 
 
+def wait_for(check, *, what: str, timeout_s: float, logs=(), interval_s: float = 0.2):
+    """Poll ``check()`` until it returns something truthy and return that; raise naming ``what`` (and the tails
+    of ``logs``) when ``timeout_s`` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(interval_s)
+    tails = "".join(f"\n--- {Path(p).name}\n{Path(p).read_text(errors='replace')[-2000:]}" for p in logs)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}{tails}")
+
+
+def wait_for_log_line(log_path, text: str, process, *, what: str, timeout_s: float) -> str:
+    """Wait until ``text`` is in the log at ``log_path`` and return the log; fail at once if ``process`` exits."""
+    log_path = Path(log_path)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        log = log_path.read_text(errors="replace")
+        if text in log:
+            return log
+        assert process.poll() is None, f"{what} exited with {process.returncode}:\n{log[-3000:]}"
+        time.sleep(0.3)
+    raise AssertionError(f"{text!r} not in {what}'s log after {timeout_s} s:\n{log_path.read_text()[-3000:]}")
+
+
 def wait_until_healthy(process, url: str, log_path, *, what: str, timeout_s: float) -> None:
     """Poll ``url`` until it answers 200; raise with the log's tail if ``process`` exits or time runs out."""
-    import time
-    from pathlib import Path
-
     import httpx2
 
     deadline = time.monotonic() + timeout_s
