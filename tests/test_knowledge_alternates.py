@@ -141,6 +141,37 @@ def test_a_database_seeded_before_gets_them_at_next_start_except_on_entries_peop
     assert store.get_entry(db, shipping.id).questions == (SHIPPING,)
 
 
+def test_a_release_with_more_alternates_adds_them_to_entries_nobody_changed_since(db, settings, monkeypatch, tmp_path):
+    # A database seeded by a release that shipped the first three alternates of each row.
+    older = tmp_path / "faq-alternates.jsonl"
+    older.write_text(
+        "".join(
+            json.dumps({"alternates_of": r.faq_line, "question": r.question, "questions": list(r.alternates[:3])})
+            + "\n"
+            for r in ALTERNATES
+        ),
+        encoding="utf-8",
+    )
+    with monkeypatch.context() as patch:
+        patch.setattr(alternates, "BUNDLED_ALTERNATES", older)
+        seed.ensure_seeded(db, settings.knowledge)
+    entries = bundled_entries(db)
+    assert entries[5].questions == (ALTERNATES[5].question, *ALTERNATES[5].alternates[:3])
+    trimmed = store.update_entry(db, entries[3].id, actor="ana", questions=list(entries[3].questions[:2]))
+    corrected = store.update_entry(db, entries[4].id, actor="ana", answer="We changed this policy.")
+
+    seed.ensure_seeded(db, settings.knowledge)  # the next start runs the release with every alternate
+    after = bundled_entries(db)
+    assert after[5].questions == (ALTERNATES[5].question, *ALTERNATES[5].alternates)
+    assert after[3] == trimmed and after[4] == corrected  # what people changed stays as they left it
+    grown = [line for line, e in after.items() if len(e.questions) == 1 + len(ALTERNATES[line].alternates)]
+    assert len(grown) == len(FAQ) - 2
+    newest = store.history(db, after[5].id)[0]
+    assert (newest.actor, newest.reason) == ("system", alternates.REASON)
+    seq = store.current_seq(db)
+    assert seed.ensure_seeded(db, settings.knowledge) is None and store.current_seq(db) == seq  # idempotent
+
+
 def test_a_base_from_another_file_gets_no_bundled_alternates(tmp_path, db):
     from config.settings import load_settings
 

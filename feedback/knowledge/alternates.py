@@ -18,7 +18,10 @@ databases seeded before the alternates shipped, and is idempotent. It gives an e
 - it is still equal to that row: the same one question and the same answer (an entry a reviewer edited or
   corrected is theirs: its questions are left as they made them);
 - it never had them: its history has no version saved with :data:`REASON` (a reviewer who removes them later
-  is not overruled at the next start).
+  is not overruled at the next start);
+- or it has them and nobody changed it since: its newest version is the one saved with :data:`REASON`, its
+  answer is still the row's, and the file now holds phrasings it lacks (a release that ships more alternates:
+  the entry gets the whole list again, in the file's order).
 
 Each entry gets a new version with actor ``system`` and reason :data:`REASON` (``tuneloop kb show`` and the
 admin page's history say where the questions came from), all in one transaction with one ``kb.import`` audit
@@ -103,18 +106,29 @@ def _planned(db: Database, by_ref: dict[str, tuple[io.Row, AlternateRow]], base_
     candidates = []
     for entry in store.entries_from(db, "base", f"{base_name}:", state="active"):
         source, row = by_ref.get(entry.source_ref or "", (None, None))
-        if source is not None and (entry.questions, entry.answer) == (source.questions, source.answer):
+        if source is not None and entry.answer == source.answer and entry.questions[:1] == source.questions:
             candidates.append((entry, row))
     if not candidates:
         return []
     ids = [entry.id for entry, _ in candidates]
     marks = ", ".join("?" for _ in ids)
-    given = {
-        r[0]
-        for r in db.execute(
-            f"SELECT entry_id FROM kb_history WHERE reason = ? AND entry_id IN ({marks})", [REASON, *ids]
-        )
-    }
+    # Per entry: whether it ever got the alternates, and whether the version it has now is the one that gave them.
+    given, ours = set(), set()
+    for entry_id, version, newest in db.execute(
+        f"""SELECT h.entry_id, h.version, e.version FROM kb_history h JOIN kb_entries e ON e.id = h.entry_id
+            WHERE h.reason = ? AND h.entry_id IN ({marks})""",
+        [REASON, *ids],
+    ):
+        given.add(entry_id)
+        if version == newest:
+            ours.add(entry_id)
+    candidates = [
+        (entry, row)
+        for entry, row in candidates
+        if (entry.id not in given and len(entry.questions) == 1) or entry.id in ours
+    ]
+    if not candidates:
+        return []
     keys = sorted({question_key(q) for _, row in candidates for q in row.alternates})
     held: dict[str, str] = {}
     for start in range(0, len(keys), 500):  # under SQLite's limit on parameters
@@ -123,14 +137,13 @@ def _planned(db: Database, by_ref: dict[str, tuple[io.Row, AlternateRow]], base_
         held.update(db.execute(sql, chunk).fetchall())
     planned = []
     for entry, row in candidates:
-        if entry.id in given:
-            continue
         questions, seen = [row.question], {question_key(row.question)}
         for alternate in row.alternates:
             key = question_key(alternate)
             if key and key not in seen and held.get(key, entry.id) == entry.id:  # another entry's: left out
                 questions.append(alternate)
                 seen.add(key)
-        if len(questions) > 1:
-            planned.append(replace(entry, questions=store.clean_questions(questions)))
+        questions = store.clean_questions(questions)
+        if len(questions) > 1 and tuple(questions) != entry.questions:
+            planned.append(replace(entry, questions=questions))
     return planned
