@@ -20,8 +20,8 @@ SQLite file — and compares with a baseline taken in the same run, because a sh
    knowledge base on and off (the request's own ``knowledge: false``), alternating request by request on the
    same gateway, at 200 and at 20,000 entries (past the FAQ's 184, synthesised as in ``bench/retrieval.py``). The
    upstream is :mod:`bench.upstream`, which answers at once. Added = p50 on − p50 off. Target: ≤ 2 ms at 20,000.
-3. **answers** — every rewording (or one split: ``dev`` / ``test`` of ``data/rewordings.jsonl``, ``holdout2`` =
-   ``data/rewordings-holdout2.jsonl``) asked through ``/api/chat`` of the gateway on the built-in
+3. **answers** — every rewording (or one split: ``dev`` / ``test`` of ``data/rewordings.jsonl``, ``holdoutN`` =
+   ``data/rewordings-holdoutN.jsonl``) asked through ``/api/chat`` of the gateway on the built-in
    model server running the starter model (``--model-dir``, default ``var/models/starter``; build it with
    ``tuneloop starter build``; one gateway worker, questions asked one after another: the figure is right
    answers, not speed), with the
@@ -55,7 +55,7 @@ import httpx2  # noqa: E402
 
 from bench.gateway import Upstream, closed_spec, pct, run_load  # noqa: E402
 from bench.report import table  # noqa: E402
-from bench.retrieval import HOLDOUT2, synthesize  # noqa: E402
+from bench.retrieval import synthesize  # noqa: E402
 from config.settings import load_settings  # noqa: E402
 from feedback import review  # noqa: E402
 from feedback.db import open_db  # noqa: E402
@@ -78,6 +78,11 @@ class Plan:
 
 FULL = Plan(corrections=10, probe_s=2.5, sizes=(200, 20_000), per_condition=1000)
 QUICK = Plan(corrections=2, probe_s=2.0, sizes=(200,), per_condition=30)
+
+
+# Every rewordings file (data/README.md): rewordings.jsonl's dev and test splits, then the held-out sets, each
+# its own split (holdout2, holdout3, ...).
+REWORDINGS = ["rewordings.jsonl", *sorted(p.name for p in DATA.glob("rewordings-holdout*.jsonl"))]
 
 
 def rows(name: str) -> list[dict]:
@@ -291,7 +296,7 @@ def answers(workdir: Path, model_dir: Path, split: str | None) -> dict:
     if not (model_dir / "config.json").is_file():
         raise SystemExit(f"no model in {model_dir}: build the starter model first (tuneloop starter build)")
     faq = rows("faq.jsonl")
-    reworded = rows("rewordings.jsonl") + (rows(HOLDOUT2.name) if HOLDOUT2.is_file() else [])
+    reworded = [row for name in REWORDINGS for row in rows(name)]
     asked = [r for r in reworded if split in (None, r["split"])]
     # The FAQ's own questions too, word for word: what a grounded prompt must not break.
     asked += [
@@ -620,8 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, default=ROOT / "var" / "models" / "starter", help="for 'answers'")
     parser.add_argument(
         "--split",
-        choices=("dev", "test", "holdout2"),
-        help="only this split of the rewordings ('answers'; holdout2: data/rewordings-holdout2.jsonl)",
+        choices=("dev", "test", *(name.removeprefix("rewordings-").removesuffix(".jsonl") for name in REWORDINGS[1:])),
+        help="only this split of the rewordings ('answers'; holdoutN: data/rewordings-holdoutN.jsonl)",
     )
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, databases)")
