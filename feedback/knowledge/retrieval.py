@@ -319,18 +319,15 @@ class Retriever:
             except ValueError as exc:  # the endpoint now answers in another dimension than the index
                 log.warning("query embedding not usable, ranking lexically: %s", exc)
         exact = self._exact.get(key)
+        best_q, best_a, pooled = (_best_by_owner(m, n) for m in (questions, answers, pooled_matches))
         if cosines is not None:
             candidates = np.arange(n)
         else:
-            touched = np.zeros(n, dtype=bool)
-            for matches in (questions, answers, pooled_matches):
-                touched[matches.owners] = True
+            touched = (best_q + best_a + pooled) > 0
             if exact is not None:
                 touched[exact] = True
             candidates = np.flatnonzero(touched)
-        best_q = _best_by_owner(questions, n)[candidates]
-        best_a = _best_by_owner(answers, n)[candidates]
-        pooled = _best_by_owner(pooled_matches, n)[candidates]
+            best_q, best_a, pooled = best_q[candidates], best_a[candidates], pooled[candidates]
         question = (1.0 - config.pooled_weight) * best_q + config.pooled_weight * pooled
         lexical = 1.0 - (1.0 - question) * (1.0 - config.answer_weight * best_a)
         if config.other_language < 1.0:

@@ -225,11 +225,12 @@ class SparseIndex:
         for term, w in terms.items():
             tid = self._term_ids.get(term)
             df = self._df[tid] if tid is not None else 0
-            weight = w * self._idf(df)
+            idf = self._idf(df)
+            weight = w * idf
             total += weight * weight
             if df:
                 tids.append(tid)
-                scales.append(weight * self._idf(df))
+                scales.append(weight * idf)
         return tids, scales, total
 
     def _dots(self, tids: list[int], scales: list[float]) -> np.ndarray:
