@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 
 Embed = Callable[[list[str]], list[list[float]]]
 
-QUERY_CACHE = 4096  # analysed queries kept per retriever (a few MB at most)
+QUERY_CACHE = 1024  # analysed queries kept per retriever (about 3 KB each: 3 MB at most)
 
 
 @dataclass(frozen=True)
