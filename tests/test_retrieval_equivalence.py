@@ -173,3 +173,15 @@ def test_dense_fusion_ranks_as_before(faq):
     retriever = Retriever(faq_entries(faq, load_alternates()), analyzer=DEFAULT.retriever([]).analyzer, embed=embed)
     queries = all_queries()[::3]
     assert assert_same_rankings(retriever, queries) == 3 * len([q for q in queries if q.strip()])
+
+
+def test_a_query_asked_again_sees_the_changes_made_since(faq):
+    # The analysed form of a query is kept between searches; the index it is scored against is not.
+    retriever = DEFAULT.faq_retriever(faq)
+    query = "do you ship to Jeju island by drone?"
+    before = retriever.search(query, k=1)
+    retriever.upsert(Entry("drone", ("Do you deliver to Jeju island by drone?",), "Not yet: by boat only.", "en"))
+    assert before[0].entry_id != "drone" and retriever.search(query, k=1)[0].entry_id == "drone"
+    retriever.remove("drone")
+    assert [h.entry_id for h in retriever.search(query, k=1)] == [h.entry_id for h in before]
+    assert assert_same_rankings(retriever, [query]) == 3
