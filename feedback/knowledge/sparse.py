@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -56,6 +57,25 @@ class _Growable:
         return self._data[: self.size]
 
 
+@dataclass(frozen=True)
+class Matches:
+    """What one query scored in one index: the slots sharing a term with it (ascending), their cosines (all > 0)
+    and their owners; :meth:`cosines_of` gives any other slot's (0 for the ones not here)."""
+
+    slots: np.ndarray
+    cosines: np.ndarray
+    owners: np.ndarray
+    dots: np.ndarray | None  # the query's dot product with every slot; None when it shares no term
+    norms: np.ndarray  # the slots' norms as they were at the query
+    query_norm: float
+
+    def cosines_of(self, slots: list[int]) -> np.ndarray:
+        """The cosines of ``slots``, computed as :meth:`SparseIndex.match` computes its own."""
+        if self.dots is None:
+            return np.zeros(len(slots))
+        return self.dots[slots] / (self.norms[slots] * self.query_norm)
+
+
 class SparseIndex:
     """Documents as weighted terms; ``query`` returns owners ranked by their best slot's cosine."""
 
@@ -66,6 +86,7 @@ class SparseIndex:
         self._post_weights: list[array] = []
         self._df: list[int] = []
         self._slot_terms: list[tuple[np.ndarray, np.ndarray] | None] = []
+        self._owner_slots: dict[int, list[int]] = {}  # live slots by owner, ascending
         self._owner = _Growable(np.int32)
         self._norm = _Growable(np.float64, fill=np.inf)
         self._alive = 0
@@ -95,6 +116,7 @@ class SparseIndex:
 
     def _append_ids(self, owner: int, ids: np.ndarray, tfs: np.ndarray) -> int:
         slot = self._owner.append(owner)
+        self._owner_slots.setdefault(owner, []).append(slot)
         self._norm.append(np.inf)
         self._slot_terms.append((ids, tfs))
         for tid, tf in zip(ids.tolist(), tfs.tolist(), strict=True):
@@ -145,6 +167,11 @@ class SparseIndex:
         ids, _ = self._slot_terms[slot]
         for tid in ids.tolist():
             self._df[tid] -= 1
+        owner = int(self._owner.view[slot])
+        held = self._owner_slots[owner]
+        held.remove(slot)
+        if not held:
+            del self._owner_slots[owner]
         self._slot_terms[slot] = None
         self._norm.view[slot] = np.inf
         self._alive -= 1
@@ -185,39 +212,56 @@ class SparseIndex:
         self.refresh_norms()
 
     def slots_of(self, owner: int) -> list[int]:
-        """The live slots of ``owner`` (O(slots); used when an owner is removed or replaced)."""
-        owners = self._owner.view
-        return [s for s in np.flatnonzero(owners == owner).tolist() if self._slot_terms[s] is not None]
+        """The live slots of ``owner``, ascending (in the order they were added)."""
+        return list(self._owner_slots.get(owner, ()))
 
     # --- querying -----------------------------------------------------------------------------------
 
-    def scores(self, terms: Mapping[str, float]) -> np.ndarray:
-        """Cosine of the query with every slot (0 for dead slots and slots sharing no term)."""
-        n = self._owner.size
-        tids, qw = [], []
+    def _query(self, terms: Mapping[str, float]) -> tuple[list[int], list[float], float]:
+        # The query's indexed terms, each one's weight on a posting (query tf · idf · idf: the posting holds
+        # the document's tf, both sides take the idf), and the query vector's squared norm (all its terms).
+        tids, scales = [], []
         total = 0.0
         for term, w in terms.items():
             tid = self._term_ids.get(term)
             df = self._df[tid] if tid is not None else 0
-            weight = w * self._idf(df)
+            idf = self._idf(df)
+            weight = w * idf
             total += weight * weight
             if df:
                 tids.append(tid)
-                qw.append(weight)
-        if not tids or total == 0:
-            return np.zeros(n)
-        # Views on the postings (no copy), concatenated once; the views die with this frame, so the
-        # arrays can grow again on the next add.
+                scales.append(weight * idf)
+        return tids, scales, total
+
+    def _dots(self, tids: list[int], scales: list[float]) -> np.ndarray:
+        # Accumulates the query's posting lists only (term-at-a-time, as an inverted index does): the work is
+        # the postings of the query's terms, never the whole collection's. The products are float32, posting
+        # weight times the term's weight rounded to float32 (what ``float32 array * float`` gives), summed in
+        # float64 by ``bincount`` in term order — the same numbers whichever way the postings are gathered.
+        # Views on the postings (no copy) die with this frame, so the arrays can grow again on the next add.
         slot_parts = [np.frombuffer(self._post_slots[t], dtype=np.int32) for t in tids]
-        weight_parts = [
-            np.frombuffer(self._post_weights[t], dtype=np.float32) * (w * self._idf(self._df[t]))
-            for t, w in zip(tids, qw, strict=True)
-        ]
+        weight_parts = [np.frombuffer(self._post_weights[t], dtype=np.float32) for t in tids]
+        lengths = [len(part) for part in slot_parts]
         slots = np.concatenate(slot_parts)
-        weights = np.concatenate(weight_parts)
-        del slot_parts
-        dots = np.bincount(slots, weights=weights, minlength=n)
-        return dots / (self._norm.view * math.sqrt(total))
+        products = np.concatenate(weight_parts) * np.repeat(np.array(scales, dtype=np.float32), lengths)
+        del slot_parts, weight_parts
+        return np.bincount(slots, weights=products, minlength=self._owner.size)
+
+    def match(self, terms: Mapping[str, float]) -> Matches:
+        """The slots sharing a term with the query and their cosines (those > 0), without scoring the others."""
+        tids, scales, total = self._query(terms)
+        norms = self._norm.view
+        if not tids or total == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return Matches(empty, np.zeros(0), self._owner.view[empty], None, norms, 1.0)
+        dots = self._dots(tids, scales)
+        query_norm = math.sqrt(total)
+        slots = np.flatnonzero(dots > 0)
+        cosines = dots[slots] / (norms[slots] * query_norm)
+        live = cosines > 0  # a dead slot keeps its postings until compaction; its norm is inf
+        if not live.all():
+            slots, cosines = slots[live], cosines[live]
+        return Matches(slots, cosines, self._owner.view[slots], dots, norms, query_norm)
 
     def owners(self) -> np.ndarray:
         """The owner of every slot, by slot (dead slots included; their score is always 0)."""
