@@ -73,9 +73,12 @@ def test_rewordings_are_new_wordings_of_faq_rows_in_both_languages():
 
 
 # holdout3's writer, who never saw the alternates, wrote one of them word for word ("do I have to pay to be a
-# member?", row 154): kept as written, and counted in its figures as the hit it is.
+# member?", row 154): kept as written, and counted in its figures as the hit it is. holdout4's two writers did the
+# same twice (its rows 42 and 357 equal a phrasing of the first release's alternates); the later alternates that
+# equalled a question of any evaluation set were dropped before it was used (data/README.md).
 @pytest.mark.parametrize(
-    ("name", "rows", "split", "coincidences"), [("holdout2", 100, "holdout2", []), ("holdout3", 184, "holdout3", [154])]
+    ("name", "rows", "split", "coincidences"),
+    [("holdout2", 100, "holdout2", []), ("holdout3", 184, "holdout3", [154]), ("holdout4", 368, "holdout4", [42, 357])],
 )
 def test_the_later_held_out_sets_reword_faq_rows_in_their_language(name, rows, split, coincidences):
     holdout = _rows(f"rewordings-{name}.jsonl")
@@ -88,7 +91,8 @@ def test_the_later_held_out_sets_reword_faq_rows_in_their_language(name, rows, s
         )
     # Nothing the knowledge base is seeded with: the FAQ's alternate questions are not among them.
     seeded = {question_key(q) for r in _rows("faq-alternates.jsonl") for q in r["questions"]}
-    assert [r["rewording_of"] for r in holdout if question_key(r["messages"][0]["content"]) in seeded] == coincidences
+    found = [n for n, r in enumerate(holdout) if question_key(r["messages"][0]["content"]) in seeded]
+    assert found == coincidences
 
 
 # --- finding entries ---------------------------------------------------------------------------------
