@@ -8,8 +8,8 @@
 
 1. **Recall** — recall@1 and recall@3, by language, of each method compared (the rows of
    "Methods") on ``data/rewordings.jsonl`` (``dev``: what methods and parameters were chosen on;
-   ``test``: held out, looked at only for the final figures), ``data/rewordings-holdout2.jsonl`` (a second
-   held-out set, written apart from every retrieval choice) and ``data/paraphrases.jsonl``, with the
+   ``test``: held out, looked at only for the final figures), ``data/rewordings-holdoutN.jsonl`` (later
+   held-out sets, each written apart from every retrieval choice it judged) and ``data/paraphrases.jsonl``, with the
    184 FAQ rows as the knowledge base (one entry per row, its question and answer, and for the methods
    that say so the row's alternate questions from ``data/faq-alternates.jsonl``, as ``tuneloop`` seeds
    them). Golden rows (exact FAQ questions) are a sanity check: they must all be found. ``--heldout FILE``
@@ -184,8 +184,11 @@ def report_tuning(faq: list[dict]) -> dict:
     return figures
 
 
-HOLDOUT2 = DATA / "rewordings-holdout2.jsonl"
-HELD_OUT = ("rewordings test", "rewordings holdout2")  # left out by --dev-only
+# The later held-out sets, data/rewordings-holdoutN.jsonl (data/README.md), each its own query set.
+HOLDOUTS = {
+    f"rewordings {p.stem.removeprefix('rewordings-')}": p for p in sorted(DATA.glob("rewordings-holdout*.jsonl"))
+}
+HELD_OUT = ("rewordings test", *HOLDOUTS)  # left out by --dev-only
 
 
 def query_sets() -> dict[str, list[tuple[str, int, str]]]:
@@ -207,7 +210,7 @@ def query_sets() -> dict[str, list[tuple[str, int, str]]]:
             for r in paraphrases
         ],
         "golden": [g for g in golden if g[0] in golden_keys],
-        "rewordings holdout2": heldout_queries(HOLDOUT2) if HOLDOUT2.is_file() else [],
+        **{name: heldout_queries(path) for name, path in HOLDOUTS.items()},
     }
 
 
@@ -424,7 +427,7 @@ def main(argv=None) -> int:
         retriever = method.faq_retriever(faq)
         print(f"  -- {method.name}")
         figures["methods"][method.name] = {}
-        for name in ("rewordings dev", "rewordings test", "rewordings holdout2", "paraphrases", "golden"):
+        for name in ("rewordings dev", "rewordings test", *HOLDOUTS, "paraphrases", "golden"):
             if (args.dev_only and name in HELD_OUT) or not sets[name]:
                 continue
             result = recall(retriever, sets[name])
