@@ -20,8 +20,9 @@ SQLite file — and compares with a baseline taken in the same run, because a sh
    knowledge base on and off (the request's own ``knowledge: false``), alternating request by request on the
    same gateway, at 200 and at 20,000 entries (past the FAQ's 184, synthesised as in ``bench/retrieval.py``). The
    upstream is :mod:`bench.upstream`, which answers at once. Added = p50 on − p50 off. Target: ≤ 2 ms at 20,000.
-3. **answers** — every rewording (or one split: ``dev`` / ``test`` of ``data/rewordings.jsonl``, ``holdoutN`` =
-   ``data/rewordings-holdoutN.jsonl``) asked through ``/api/chat`` of the gateway on the built-in
+3. **answers** — every rewording (or one split: ``dev`` / ``test`` of ``data/rewordings.jsonl``, or a held-out
+   file: ``holdout2`` = ``data/rewordings-holdout2.jsonl``, likewise ``holdout3``, ``holdout4``) asked through
+   ``/api/chat`` of the gateway on the built-in
    model server running the starter model (``--model-dir``, default ``var/models/starter``; build it with
    ``tuneloop starter build``; one gateway worker, questions asked one after another: the figure is right
    answers, not speed), with the
@@ -626,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--split",
         choices=("dev", "test", *(name.removeprefix("rewordings-").removesuffix(".jsonl") for name in REWORDINGS[1:])),
-        help="only this split of the rewordings ('answers'; holdoutN: data/rewordings-holdoutN.jsonl)",
+        help="only this split of the rewordings ('answers'; holdout2: data/rewordings-holdout2.jsonl, and so on)",
     )
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, databases)")

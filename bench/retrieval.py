@@ -8,8 +8,9 @@
 
 1. **Recall** — recall@1 and recall@3, by language, of each method compared (the rows of
    "Methods") on ``data/rewordings.jsonl`` (``dev``: what methods and parameters were chosen on;
-   ``test``: held out, looked at only for the final figures), ``data/rewordings-holdoutN.jsonl`` (later
-   held-out sets, each written apart from every retrieval choice it judged) and ``data/paraphrases.jsonl``, with the
+   ``test``: held out, looked at only for the final figures), ``data/rewordings-holdout2.jsonl`` and the
+   later ``-holdout3``, ``-holdout4`` (held-out sets, each written apart from every retrieval choice it
+   judged) and ``data/paraphrases.jsonl``, with the
    184 FAQ rows as the knowledge base (one entry per row, its question and answer, and for the methods
    that say so the row's alternate questions from ``data/faq-alternates.jsonl``, as ``tuneloop`` seeds
    them). Golden rows (exact FAQ questions) are a sanity check: they must all be found. ``--heldout FILE``
@@ -184,7 +185,7 @@ def report_tuning(faq: list[dict]) -> dict:
     return figures
 
 
-# The later held-out sets, data/rewordings-holdoutN.jsonl (data/README.md), each its own query set.
+# The later held-out sets (data/README.md: data/rewordings-holdout2.jsonl and on), each its own query set.
 HOLDOUTS = {
     f"rewordings {p.stem.removeprefix('rewordings-')}": p for p in sorted(DATA.glob("rewordings-holdout*.jsonl"))
 }
