@@ -1,6 +1,7 @@
 """The bundled FAQ's alternate questions: the data lines up, first start and older databases get them, edits win.
 
-Real SQLite files; seeding goes through ``seed.ensure_seeded`` as every process start does.
+Real SQLite files and a real PostgreSQL (the storage tests run on both); seeding goes through
+``seed.ensure_seeded`` as every process start does.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from feedback.knowledge import alternates, seed, store
 from feedback.knowledge.analysis import language_of
 from feedback.knowledge.retrieval import Entry, Retriever
 from feedback.text import question_key
+
+pytestmark = pytest.mark.engines  # seeding runs at every start, on SQLite and on PostgreSQL
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 SHIPPING = "How much is the shipping fee?"
