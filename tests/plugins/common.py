@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
@@ -10,6 +11,16 @@ import pytest
 
 from config.settings import load_settings
 from feedback.db import open_store
+
+
+def run_folder(tmp_path_factory) -> Path:
+    """The temporary folder of this run: under pytest-xdist the one every worker's own folder is in.
+
+    For what the workers build once and share (the models of tests/plugins/model.py and starter_model.py, each
+    built under ``build_starter``'s file lock: the first worker builds, another waits and finds it up to date).
+    """
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 def free_port() -> int:

@@ -3,7 +3,7 @@
 Everything is trained here, on a few FAQ rows, in seconds; nothing is downloaded.
 
 - ``tiny_model_rows`` — the FAQ rows the tiny model memorizes (chat rows).
-- ``tiny_model_dir`` — that model (session-scoped, built once).
+- ``tiny_model_dir`` — that model (built once per run, shared by the pytest-xdist workers).
 - ``tiny_lora`` — a PEFT LoRA adapter on it that gives *different* answers to the same questions.
 - ``model_server`` — a real ``tuneloop model-server`` process serving ``tiny_model_dir``.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import PROJECT_ROOT, StarterSettings
-from tests.plugins.common import free_port, wait_until_healthy
+from tests.plugins.common import free_port, run_folder, wait_until_healthy
 from trainer.starter import build_starter
 
 # Small enough to train in seconds on one core, big enough to memorize 8 rows alone and after one or
@@ -85,7 +85,8 @@ def tiny_model_rows() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_model_rows) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "starter", tiny_model_rows)
+    """Built once per run (shared by pytest-xdist's workers: ``run_folder``); nothing writes into it after."""
+    return build_tiny_model(run_folder(tmp_path_factory) / "tiny-model" / "starter", tiny_model_rows)
 
 
 @dataclass(frozen=True)

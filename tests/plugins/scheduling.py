@@ -1,0 +1,143 @@
+"""The order tests run in, and which pytest-xdist worker runs which file (``make test``: ``-n auto --dist loadfile``).
+
+Three rules, for a suite whose wall time is set by its longest path on two cores:
+
+- The files on the real starter model (``tests/plugins/starter_model.py``) go first, and all to one worker, in
+  turn: that worker builds the starter once (~2 min of one core) while the other worker runs other files; none
+  waits for the build. Only when nothing else is left does the other worker take a starter file too (the build
+  is done or nearly; ``build_starter``'s file lock makes it wait for the rest). Without this scheduler (another
+  ``--dist``) both workers may need the starter at once: still one build (the file lock), the other waiting.
+- Then the longest files first (longest processing time first): files with ``slow`` tests, then browser
+  files, then the rest, so the files handed out last are short and both workers finish close together.
+- Within those groups, the collection order (file names), so a run is reproducible.
+
+The ordering is done at collection, identically on every worker (pytest-xdist requires the same collection
+everywhere); the workers also write which files need the starter into the run's shared folder, where the
+scheduler, in the controller process, reads it. The controller prints each worker's busy time at the end (``Timeline``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.plugins.common import run_folder
+from tests.plugins.starter_model import uses_starter
+
+PLAN_FILE = "xdist-plan.json"
+
+
+def file_of(nodeid: str) -> str:
+    """The test file of a test id (pytest-xdist's ``loadfile`` scope)."""
+    return nodeid.split("::", 1)[0]
+
+
+def weight(item) -> int:
+    """Larger runs earlier: the starter's files, then ``slow`` files, then browser files, then the rest."""
+    if uses_starter(item):
+        return 3
+    if item.get_closest_marker("slow"):
+        return 2
+    if item.get_closest_marker("browser"):
+        return 1
+    return 0
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    """Order whole files by their heaviest test (stable), and tell the controller which files use the starter."""
+    weights: dict[str, int] = {}
+    for item in items:
+        name = file_of(item.nodeid)
+        weights[name] = max(weights.get(name, 0), weight(item))
+    first_seen = {name: n for n, name in enumerate(weights)}
+    # Within a file, the tests on the starter first (the test that builds it, in tests/test_starter.py).
+    items.sort(
+        key=lambda item: (-weights[file_of(item.nodeid)], first_seen[file_of(item.nodeid)], not uses_starter(item))
+    )
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        starter_files = [name for name, weight in weights.items() if weight == 3]
+        plan = run_folder(config._tmp_path_factory) / PLAN_FILE
+        staging = plan.with_name(f"{PLAN_FILE}.{os.environ['PYTEST_XDIST_WORKER']}")
+        staging.write_text(json.dumps({"starter_files": starter_files}), encoding="utf-8")
+        staging.replace(plan)  # every worker writes the same plan; a reader never sees half of one
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with the starter's files on one worker (the module docstring); other modes as they are."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class StarterAffinityScheduling(LoadFileScheduling):
+        """LoadFileScheduling that hands every starter file to the worker that took the first one."""
+
+        def __init__(self, config, log=None):
+            super().__init__(config, log)
+            self.starter_files: set[str] = set()
+            self.starter_node = None
+            self.timeline = Timeline()
+            config.pluginmanager.register(self.timeline, "tuneloop-timeline")
+
+        def schedule(self):
+            if self.collection is None:
+                plan = Path(config._tmp_path_factory.getbasetemp()) / PLAN_FILE
+                if plan.exists():
+                    self.starter_files = set(json.loads(plan.read_text(encoding="utf-8"))["starter_files"])
+            super().schedule()
+
+        def mark_test_complete(self, node, item_index, duration=0):
+            self.timeline.add(node.gateway.id, self.registered_collections[node][item_index], duration)
+            super().mark_test_complete(node, item_index, duration)
+
+        def remove_node(self, node):
+            if node is self.starter_node:
+                self.starter_node = None  # a crashed worker's files go back to the queue, for any worker
+            return super().remove_node(node)
+
+        def _assign_work_unit(self, node):
+            scope = self._next_file_for(node)
+            self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)  # takes the queue's first file
+
+        def _next_file_for(self, node) -> str:
+            starter = [name for name in self.workqueue if name in self.starter_files]
+            if starter and self.starter_node in (None, node):
+                self.starter_node = node
+                return starter[0]
+            others = [name for name in self.workqueue if name not in self.starter_files]
+            return others[0] if others else starter[0]
+
+    return StarterAffinityScheduling(config, log)
+
+
+class Timeline:
+    """Which worker ran which file, when and for how long: a line per worker at the end of the run, and every
+    file in ``xdist-timeline.json`` in the run's temporary folder (for the next change to the order above)."""
+
+    def __init__(self):
+        self.started = time.monotonic()
+        self.files: dict[str, dict] = {}
+
+    def add(self, worker: str, nodeid: str, seconds: float) -> None:
+        now = time.monotonic() - self.started
+        entry = self.files.setdefault(file_of(nodeid), {"worker": worker, "start": now - seconds, "seconds": 0.0})
+        entry["seconds"] += seconds
+        entry["end"] = now
+
+    def pytest_terminal_summary(self, terminalreporter, config):
+        if not self.files:
+            return
+        path = Path(config._tmp_path_factory.getbasetemp()) / "xdist-timeline.json"
+        path.write_text(json.dumps(self.files, indent=1), encoding="utf-8")
+        for worker in sorted({entry["worker"] for entry in self.files.values()}):
+            ran = [entry for entry in self.files.values() if entry["worker"] == worker]
+            terminalreporter.write_line(
+                f"{worker}: {len(ran)} files, {sum(e['seconds'] for e in ran):.0f} s of tests, "
+                f"last result at {max(e['end'] for e in ran):.0f} s ({path})"
+            )
