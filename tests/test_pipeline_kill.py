@@ -61,7 +61,7 @@ def server(tmp_path, starter_model_dir):
     # Its own model server: the pipeline deploys the adapter into it, which must not reach the shared one.
     running = start_model_server(starter_model_dir, tmp_path / "model-server", name="starter")
     yield running
-    stop_model_server(running)
+    stop_model_server(running, quick=True)
 
 
 def loop_config(tmp_path, base_url: str, model_dir) -> dict:

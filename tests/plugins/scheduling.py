@@ -7,13 +7,15 @@ Three rules, for a suite whose wall time is set by its longest path on two cores
   waits for the build. Only when nothing else is left does the other worker take a starter file too (the build
   is done or nearly; ``build_starter``'s file lock makes it wait for the rest). Without this scheduler (another
   ``--dist``) both workers may need the starter at once: still one build (the file lock), the other waiting.
-- Then the longest files first (longest processing time first): files with ``slow`` tests, then browser
-  files, then the rest, so the files handed out last are short and both workers finish close together.
-- Within those groups, the collection order (file names), so a run is reproducible.
+- Then the longest files first (longest processing time first: ``KNOWN_SECONDS``, measured, else a file with
+  ``slow`` tests before one with browser tests before the rest), so the files handed out last are short and
+  both workers finish close together.
+- Files estimated alike keep the collection order (file names), so a run is reproducible.
 
 The ordering is done at collection, identically on every worker (pytest-xdist requires the same collection
 everywhere); the workers also write which files need the starter into the run's shared folder, where the
-scheduler, in the controller process, reads it. The controller prints each worker's busy time at the end (``Timeline``).
+scheduler, in the controller process, reads it. The controller prints each worker's busy time at the end
+(``Timeline``).
 """
 
 from __future__ import annotations
@@ -31,36 +33,59 @@ from tests.plugins.starter_model import uses_starter
 PLAN_FILE = "xdist-plan.json"
 
 
+# Seconds a file took in the fresh-clone CI runs (2 workers; pytest's --durations, whole files): only the order
+# depends on them. A file not here is estimated from its marks (_MARKED). xdist-timeline.json has every file.
+KNOWN_SECONDS = {
+    # On the starter (after its build), alone on the machine:
+    "tests/test_loop_cli_e2e.py": 175,
+    "tests/test_migrate_e2e.py": 125,
+    "tests/test_pipeline_kill.py": 115,
+    "tests/test_loop_e2e.py": 95,
+    "tests/test_starter.py": 80,
+    # The others:
+    "tests/test_bench_smoke.py": 140,
+    "tests/test_up.py": 55,
+    "tests/test_model_server.py": 45,
+    "tests/test_clients.py": 35,
+    "tests/test_scheduler_leader.py": 35,
+    "tests/test_many_hosts_e2e.py": 30,
+    "tests/test_adapter_failures.py": 30,
+    "tests/test_gateway_faults.py": 25,
+    "tests/test_widget_browser.py": 25,
+    "tests/test_training_local.py": 20,
+    "tests/test_pipeline.py": 20,
+    "tests/test_fuzz_openapi.py": 15,
+}
+_MARKED = {"slow": 30, "browser": 20}  # a file with such a test, and not in KNOWN_SECONDS
+
+
 def file_of(nodeid: str) -> str:
     """The test file of a test id (pytest-xdist's ``loadfile`` scope)."""
     return nodeid.split("::", 1)[0]
 
 
-def weight(item) -> int:
-    """Larger runs earlier: the starter's files, then ``slow`` files, then browser files, then the rest."""
-    if uses_starter(item):
-        return 3
-    if item.get_closest_marker("slow"):
-        return 2
-    if item.get_closest_marker("browser"):
-        return 1
-    return 0
+def estimated_seconds(name: str, items) -> float:
+    """How long a file's tests may take, for the order only."""
+    if name in KNOWN_SECONDS:
+        return KNOWN_SECONDS[name]
+    return max(
+        (seconds for mark, seconds in _MARKED.items() for item in items if item.get_closest_marker(mark)), default=0
+    )
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session, config, items):
-    """Order whole files by their heaviest test (stable), and tell the controller which files use the starter."""
-    weights: dict[str, int] = {}
+    """Whole files, longest first (stable), and tell the controller which files use the starter."""
+    files: dict[str, list] = {}
     for item in items:
-        name = file_of(item.nodeid)
-        weights[name] = max(weights.get(name, 0), weight(item))
-    first_seen = {name: n for n, name in enumerate(weights)}
+        files.setdefault(file_of(item.nodeid), []).append(item)
+    starter = {name for name, file_items in files.items() if any(map(uses_starter, file_items))}
+    estimate = {name: estimated_seconds(name, file_items) for name, file_items in files.items()}
+    order = sorted(files, key=lambda name: (name not in starter, -estimate[name]))
     # Within a file, the tests on the starter first (the test that builds it, in tests/test_starter.py).
-    items.sort(
-        key=lambda item: (-weights[file_of(item.nodeid)], first_seen[file_of(item.nodeid)], not uses_starter(item))
-    )
+    items[:] = [item for name in order for item in sorted(files[name], key=lambda item: not uses_starter(item))]
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        starter_files = [name for name, weight in weights.items() if weight == 3]
+        starter_files = [name for name in order if name in starter]
         plan = run_folder(config._tmp_path_factory) / PLAN_FILE
         staging = plan.with_name(f"{PLAN_FILE}.{os.environ['PYTEST_XDIST_WORKER']}")
         staging.write_text(json.dumps({"starter_files": starter_files}), encoding="utf-8")

@@ -53,7 +53,7 @@ def starter_model_server(tmp_path_factory, starter_model_dir):
     """A real ``tuneloop model-server`` process serving the starter model as ``starter``."""
     server = start_model_server(starter_model_dir, tmp_path_factory.mktemp("starter-server"), name="starter")
     yield server
-    stop_model_server(server)
+    stop_model_server(server, quick=True)
 
 
 def uses_starter(item) -> bool:
