@@ -125,6 +125,17 @@ def pytest_xdist_make_scheduler(config, log):
                 self.starter_node = None  # a crashed worker's files go back to the queue, for any worker
             return super().remove_node(node)
 
+        def _reschedule(self, node):
+            # As LoadFileScheduling, but a worker gets its next file only when it has one test left (it runs a
+            # test once it knows the next, for teardown), not two: no worker holds a file the other could run.
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+                return
+            if self._pending_of(self.assigned_work[node]) <= 1:
+                self._assign_work_unit(node)
+
         def _assign_work_unit(self, node):
             scope = self._next_file_for(node)
             self.workqueue.move_to_end(scope, last=False)
