@@ -39,9 +39,9 @@ KNOWN_SECONDS = {
     # On the starter (after its build), alone on the machine:
     "tests/test_loop_cli_e2e.py": 175,
     "tests/test_migrate_e2e.py": 125,
-    "tests/test_pipeline_kill.py": 115,
     "tests/test_loop_e2e.py": 95,
     "tests/test_starter.py": 80,
+    "tests/test_pipeline_kill.py": 70,
     # The others:
     "tests/test_bench_smoke.py": 140,
     "tests/test_up.py": 55,
