@@ -114,6 +114,8 @@ def pytest_xdist_make_scheduler(config, log):
                 plan = Path(config._tmp_path_factory.getbasetemp()) / PLAN_FILE
                 if plan.exists():
                     self.starter_files = set(json.loads(plan.read_text(encoding="utf-8"))["starter_files"])
+                # The collection's order is the plan; xdist's default would re-sort the files by test count.
+                self.config.option.loadscopereorder = False
             super().schedule()
 
         def mark_test_complete(self, node, item_index, duration=0):
