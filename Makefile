@@ -26,7 +26,8 @@ UV_COMPILE := $(UV) pip compile --quiet --python-version 3.11 --generate-hashes 
 run: $(RUNTIME_STAMP)
 	$(BIN)/tuneloop up
 
-# One pytest-xdist worker per core (CI has two), each taking whole test files (tests/plugins/starter_model.py).
+# One pytest-xdist worker per core (CI has two), each taking whole test files; which worker takes which, and in
+# what order: tests/plugins/scheduling.py (the starter model is built once, by the worker that runs its files).
 PYTEST_ARGS ?= -n auto --dist loadfile
 test: $(TEST_STAMP) browser postgres node lint
 	@# pytest exits 5 when it collected no test: that must fail, loudly.

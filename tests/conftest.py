@@ -6,6 +6,7 @@ pytest_plugins = [
     "tests.plugins.upstream",
     "tests.plugins.model",
     "tests.plugins.starter_model",
+    "tests.plugins.scheduling",
     "tests.plugins.gateway",
     "tests.plugins.browser",
     "tests.plugins.evaluation",

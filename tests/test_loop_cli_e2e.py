@@ -1,9 +1,10 @@
 """The whole loop, end to end, on the real starter model with the shipped defaults: the README's steps.
 
 A fresh data folder and no configuration beyond where things are — the data folder, the model server, the model
-folder, a free port (test plumbing; rate limits off, since one client here asks hundreds of questions). Users ask
-a real gunicorn gateway (``tuneloop serve``) over HTTP, get the FAQ's old answers to three questions whose policy
-has changed, and rate them down with the new answer. Then, exactly as in README "From thumbs-down to a better
+folder, a free port (test plumbing; rate limits off, since one client here asks hundreds of questions; the pipeline
+polling its training run every half second instead of every 10 s). Users ask a real gunicorn gateway (``tuneloop
+serve``) over HTTP, get the FAQ's old answers to three questions whose policy has changed, and rate them down with
+the new answer. Then, exactly as in README "From thumbs-down to a better
 model": ``tuneloop review collect`` → ``review approve ID --use-suggestion`` (live at once in the knowledge base)
 → ``train start --dry-run`` (the settings come from the starter's fine-tuning profile, in its model folder) →
 ``pipeline run`` (build closed book and as served, train, evaluate both views, gate, deploy). The same gateway,
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -104,7 +106,12 @@ class Platform:
         return self.post("/api/chat", {"message": question, "user": user, "knowledge": knowledge})
 
     def answers(self, questions, *, knowledge: bool) -> dict[str, dict]:
-        return {q: self.ask(q, knowledge=knowledge) for q in questions}
+        """Each question in a new conversation, four at a time (as the evaluation asks; the model server batches
+        them, and a batched answer is the answer alone: tests/test_model_server_batching.py)."""
+        questions = list(questions)
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            replies = pool.map(lambda q: self.ask(q, knowledge=knowledge), questions)
+            return dict(zip(questions, replies, strict=True))
 
     def live(self) -> ModelVersion:
         """The live version, as the registry says now."""
@@ -167,6 +174,8 @@ def platform(tmp_path_factory, starter_model_server, starter_model_dir) -> Platf
             "paths": {"data_dir": str(folder / "var")},
             "model_server": {"model_dir": str(starter_model_dir)},
             "model": {"first_token_timeout_s": 30.0},  # the shipped default (the fixture's is 5 s)
+            # The pipeline sees its training run end within half a second, not 10 s (as tests/test_loop_e2e.py).
+            "scheduler": {"poll_interval_s": 0.5},
         },
         timeout_s=60,
     )

@@ -64,7 +64,7 @@ def server(tmp_path, starter_model_dir):
     # reach the session's starter_model_server that other tests assert exact answers against.
     running = start_model_server(starter_model_dir, tmp_path / "model-server", name="starter")
     yield running
-    stop_model_server(running)
+    stop_model_server(running, quick=True)
 
 
 def ask(app, question: str, user: str = "checker", knowledge: bool = True) -> dict:

@@ -56,7 +56,7 @@ def taught_rewordings() -> list[tuple[str, str]]:
 def open_server(tmp_path, starter_model_dir):
     server = start_model_server(starter_model_dir, tmp_path / "open-server", name="starter")
     yield server
-    stop_model_server(server)
+    stop_model_server(server, quick=True)
 
 
 def test_off_an_ft_model_onto_the_open_base(

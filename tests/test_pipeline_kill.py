@@ -47,7 +47,7 @@ from trainer.pipeline import get_pipeline_run, list_pipeline_runs
 from trainer.providers.local import LOG_FILE, process_running, worker_pid
 from trainer.providers.runs import get_run, latest_event_data
 
-# Two pipeline runs on the starter model, each evaluating both views of every suite (hundreds of answers), on 2
+# Two pipeline runs on the starter model, each evaluating both views of the gate's suites (hundreds of answers), on 2
 # shared cores: minutes; the suite's 300 s per test is for single features.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -61,11 +61,11 @@ def server(tmp_path, starter_model_dir):
     # Its own model server: the pipeline deploys the adapter into it, which must not reach the shared one.
     running = start_model_server(starter_model_dir, tmp_path / "model-server", name="starter")
     yield running
-    stop_model_server(running)
+    stop_model_server(running, quick=True)
 
 
 def loop_config(tmp_path, base_url: str, model_dir) -> dict:
-    """LOOP (the loop test's model/scheduler keys; training settings come from the starter's profile) as TOML."""
+    """LOOP (the loop test's model/scheduler keys; other training settings come from the starter's profile) as TOML."""
     values: dict = {}
     for dotted, value in LOOP.items():
         section, key = dotted.split(".", 1)
@@ -75,6 +75,12 @@ def loop_config(tmp_path, base_url: str, model_dir) -> dict:
     values.setdefault("model_server", {})["model_dir"] = str(model_dir)
     values.setdefault("limits", {})["enabled"] = False
     values["scheduler"]["poll_interval_s"] = 0.2
+    # What this file proves (a killed pipeline resumes its run and adopts the surviving worker; a dead worker fails
+    # the run visibly) needs a training to kill in the middle of and an evaluation and gate after it, not their
+    # full size: 4 epochs instead of the profile's 10 (~180 steps, still seconds of training left at the kill), and
+    # the suites the gate needs (config/default.toml, evaluation.suites) instead of every one (576 answers → 332).
+    values["training"] = {"epochs": 4}
+    values["evaluation"] = {"suites": ["corrections", "golden"]}
     return values
 
 

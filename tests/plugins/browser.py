@@ -8,13 +8,14 @@ that instruction instead of skipping: a green run must mean the widget was teste
 from __future__ import annotations
 
 import shutil
-import threading
 from typing import Callable
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Response
+
+from tests.plugins.common import serve_in_thread
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -66,7 +67,7 @@ def serve() -> Callable[..., str]:
 
     def start(app) -> str:
         server = make_server("127.0.0.1", 0, app, threaded=True)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        serve_in_thread(server)
         servers.append(server)
         return f"http://127.0.0.1:{server.server_port}"
 

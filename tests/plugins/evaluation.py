@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -25,6 +24,7 @@ from feedback.db import open_db, utc_now, write_transaction
 from feedback.knowledge.seed import ensure_seeded
 from feedback.review import create_item
 from feedback.versions import create_candidate, ensure_live_version
+from tests.plugins.common import serve_in_thread
 
 
 @dataclass
@@ -98,7 +98,7 @@ def table_upstream():
     """Models answering from ``.answers[model][question]``; fill the table in the test."""
     table = TableUpstream(base_url="", answers={})
     server = make_server("127.0.0.1", 0, _table_app(table), threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_in_thread(server)
     table.base_url = f"http://127.0.0.1:{server.server_port}/v1"
     yield table
     server.shutdown()

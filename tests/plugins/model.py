@@ -3,7 +3,7 @@
 Everything is trained here, on a few FAQ rows, in seconds; nothing is downloaded.
 
 - ``tiny_model_rows`` — the FAQ rows the tiny model memorizes (chat rows).
-- ``tiny_model_dir`` — that model (session-scoped, built once).
+- ``tiny_model_dir`` — that model (built once per run, shared by the pytest-xdist workers).
 - ``tiny_lora`` — a PEFT LoRA adapter on it that gives *different* answers to the same questions.
 - ``model_server`` — a real ``tuneloop model-server`` process serving ``tiny_model_dir``.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import PROJECT_ROOT, StarterSettings
-from tests.plugins.common import free_port, wait_until_healthy
+from tests.plugins.common import free_port, run_folder, wait_until_healthy
 from trainer.starter import build_starter
 
 # Small enough to train in seconds on one core, big enough to memorize 8 rows alone and after one or
@@ -85,7 +85,8 @@ def tiny_model_rows() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_model_rows) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "starter", tiny_model_rows)
+    """Built once per run (shared by pytest-xdist's workers: ``run_folder``); nothing writes into it after."""
+    return build_tiny_model(run_folder(tmp_path_factory) / "tiny-model" / "starter", tiny_model_rows)
 
 
 @dataclass(frozen=True)
@@ -181,10 +182,14 @@ def start_model_server(
     return server
 
 
-def stop_model_server(server: RunningModelServer, grace_s: float = 20) -> int:
-    """SIGTERM, then SIGKILL after ``grace_s``; returns the exit code."""
+def stop_model_server(server: RunningModelServer, grace_s: float = 20, *, quick: bool = False) -> int:
+    """SIGTERM (the graceful stop), then SIGKILL after ``grace_s``; returns the exit code.
+
+    ``quick``: SIGINT, gunicorn's quick stop, for a fixture's teardown, when nothing of its tests is in flight
+    (the graceful stop waits ~2 s more for idle kept-alive connections, measured).
+    """
     if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGINT if quick else signal.SIGTERM)
         try:
             server.process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
@@ -198,7 +203,7 @@ def model_server(tmp_path_factory, tiny_model_dir):
     """A real ``tuneloop model-server`` process serving the tiny model as ``starter``."""
     server = start_model_server(tiny_model_dir, tmp_path_factory.mktemp("model-server"))
     yield server
-    stop_model_server(server)
+    stop_model_server(server, quick=True)
 
 
 def _is_korean(text: str) -> bool:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import socketserver
-import threading
 
 import pytest
+
+from tests.plugins.common import serve_in_thread
 
 
 class _SMTPHandler(socketserver.StreamRequestHandler):
@@ -44,8 +45,7 @@ def smtp_server():
     """A threaded SMTP server on a free loopback port; ``.received`` holds raw messages, ``.recipients`` RCPTs."""
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SMTPHandler)
     server.received, server.recipients = [], []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    serve_in_thread(server)
     yield server
     server.shutdown()
     server.server_close()

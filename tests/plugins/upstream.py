@@ -17,7 +17,6 @@ message scripts it:
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,6 +24,8 @@ from dataclasses import dataclass, field
 import pytest
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
+
+from tests.plugins.common import serve_in_thread
 
 
 @dataclass
@@ -132,8 +133,7 @@ class RunningUpstream:
 def _serve_fake_upstream():
     log = UpstreamLog()
     server = make_server("127.0.0.1", 0, fake_openai_app(log), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    serve_in_thread(server)
     return server, RunningUpstream(f"http://127.0.0.1:{server.server_port}", log)
 
 

@@ -22,7 +22,6 @@ Errors use vLLM's current body ``{"error": {"message", "type", "param", "code"}}
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,8 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
+
+from tests.plugins.common import serve_in_thread
 
 BASE = "base-model"
 MAX_LORA_RANK = 16
@@ -122,7 +123,7 @@ def fake_vllm():
     """A fake vLLM on a free port serving ``base-model``; ``.adapters`` is what it has loaded."""
     state = FakeVLLM()
     server = make_server("127.0.0.1", 0, _app(state), threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_in_thread(server)
     state.base_url = f"http://127.0.0.1:{server.server_port}/v1"
     yield state
     server.shutdown()
