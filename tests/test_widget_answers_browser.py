@@ -97,15 +97,17 @@ def test_sources_are_listed_under_the_answer_collapsed_and_reachable_by_keyboard
 
 def test_hostile_source_questions_are_shown_as_text(page, live_gateway, gateway_db):
     url = live_gateway(**{"knowledge.refresh_ms": 0})  # the entries added below are searched at once
-    store.add_entry(gateway_db, questions=XSS_IMG + " 포장 가능?", answer="네, 2,000원입니다.", actor="eve")
-    store.add_entry(gateway_db, questions="**bold** [x](javascript:alert(1)) 선물 포장", answer="네.", actor="eve")
+    # "보자기" (wrapping cloth) is in no bundled entry, so both hostile entries are the question's first sources.
+    store.add_entry(gateway_db, questions=XSS_IMG + " 보자기 포장 가능?", answer="네, 2,000원입니다.", actor="eve")
+    markdown = "**bold** [x](javascript:alert(1)) 보자기 선물 포장"
+    store.add_entry(gateway_db, questions=markdown, answer="네.", actor="eve")
     page.goto(url + "/?lang=ko")
-    send(page, "포장 가능?")
+    send(page, "보자기 포장 가능?")
     sources = answers(page).nth(0).locator("details.sources")
     expect(sources.locator("summary")).to_contain_text("출처")
     sources.locator("summary").click()
     texts = sources.locator("li").all_inner_texts()
-    assert XSS_IMG + " 포장 가능?" in texts  # the characters, not an image
+    assert XSS_IMG + " 보자기 포장 가능?" in texts  # the characters, not an image
     assert any("**bold** [x](javascript:alert(1))" in t for t in texts)  # sources are text, not Markdown
     page.wait_for_timeout(300)
     assert page.evaluate("window.__pwned") is None
