@@ -122,10 +122,13 @@ def _planned(db: Database, by_ref: dict[str, tuple[io.Row, AlternateRow]], base_
         given.add(entry_id)
         if version == newest:
             ours.add(entry_id)
+    # An entry that already holds the file's whole list, word for word, has nothing to gain: the usual case at
+    # every start after the first, decided here without normalising 2,000 questions (40 ms a process start).
     candidates = [
         (entry, row)
         for entry, row in candidates
-        if (entry.id not in given and len(entry.questions) == 1) or entry.id in ours
+        if (entry.id not in given and len(entry.questions) == 1)
+        or (entry.id in ours and entry.questions != tuple(q.strip() for q in (row.question, *row.alternates)))
     ]
     if not candidates:
         return []
